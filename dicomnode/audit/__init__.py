@@ -1,0 +1,1 @@
+"""Who did what, when: the audit trail beside every stage."""

@@ -1,0 +1,1 @@
+"""AI: model registry, backends, and series -> volume -> mask."""

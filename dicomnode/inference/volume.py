@@ -1,0 +1,163 @@
+"""Part-10 datasets of one series -> a 3D volume with its geometry, and back.
+
+Slices are sorted along the slice normal (not by InstanceNumber), pixel values get RescaleSlope and
+RescaleIntercept, and ``affine`` maps voxel indices ``(slice, row, column)`` to patient coordinates (LPS,
+mm) as PS3.3 C.7.6.2.1.1 defines them. Series that cannot form one regular volume raise
+:class:`~dicomnode.errors.SeriesNotUsable` with a sentence that says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicomnode.errors import SeriesNotUsable
+
+ORIENTATION_TOLERANCE = 1e-3
+SPACING_TOLERANCE = 0.05  # relative deviation of slice gaps from their median
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Voxels ``(slice, row, column)`` in float32, their LPS affine, and the sorted source datasets."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    datasets: tuple[Dataset, ...]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+
+def _orientation(ds: Dataset) -> np.ndarray:
+    return np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+
+
+def check_series(headers: Sequence[Dataset], min_slices: int = 1) -> None:
+    """Raise :class:`SeriesNotUsable` unless ``headers`` can form one regular volume.
+
+    Only header attributes are read, so this works on datasets read with ``stop_before_pixels``.
+    """
+    if not headers:
+        raise SeriesNotUsable("no instances")
+    if any("Rows" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds
+           for ds in headers):
+        raise SeriesNotUsable("not an image series with plane geometry (non-image objects or no "
+                              "ImagePositionPatient/ImageOrientationPatient)")
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in headers):
+        raise SeriesNotUsable("multi-frame images are not supported")
+    orientations = np.stack([_orientation(ds) for ds in headers])
+    distinct = _distinct_rows(orientations)
+    if distinct > 1:
+        raise SeriesNotUsable(f"several orientations ({distinct}) in one series")
+    if len({(int(ds.Rows), int(ds.Columns)) for ds in headers}) > 1:
+        raise SeriesNotUsable("mixed image sizes in one series")
+    if len(headers) < min_slices:
+        raise SeriesNotUsable(f"too few slices ({len(headers)} < {min_slices})")
+    if len(headers) > 1:
+        positions = _positions_along_normal(headers, orientations[0])
+        gaps = np.diff(np.sort(positions))
+        if np.any(gaps < 1e-3):
+            raise SeriesNotUsable("several slices share one position")
+        median = float(np.median(gaps))
+        if np.any(np.abs(gaps - median) > SPACING_TOLERANCE * median):
+            raise SeriesNotUsable("slice spacing is not uniform (gaps or overlaps)")
+
+
+def _distinct_rows(rows: np.ndarray) -> int:
+    distinct: list[np.ndarray] = []
+    for row in rows:
+        if not any(np.allclose(row, d, atol=ORIENTATION_TOLERANCE) for d in distinct):
+            distinct.append(row)
+    return len(distinct)
+
+
+def _normal(orientation: np.ndarray) -> np.ndarray:
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def _positions_along_normal(headers: Sequence[Dataset], orientation: np.ndarray) -> np.ndarray:
+    normal = _normal(orientation)
+    return np.asarray([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in headers])
+
+
+def build_volume(datasets: Sequence[Dataset], min_slices: int = 1) -> Volume:
+    """Sort ``datasets`` along the slice normal and stack their rescaled pixels into a :class:`Volume`."""
+    check_series(datasets, min_slices)
+    orientation = _orientation(datasets[0])
+    positions = _positions_along_normal(datasets, orientation)
+    order = np.argsort(positions)
+    ordered = tuple(datasets[i] for i in order)
+    try:
+        slices = [_rescaled(ds) for ds in ordered]
+    except Exception as exc:  # decoders raise many types; the series is unusable either way
+        raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
+    array = np.stack(slices).astype(np.float32, copy=False)
+    return Volume(array=array, affine=_affine(ordered, orientation), datasets=ordered)
+
+
+def _rescaled(ds: Dataset) -> np.ndarray:
+    pixels = ds.pixel_array
+    if pixels.ndim != 2:
+        raise SeriesNotUsable(f"expected one grey-scale frame per instance, got shape {pixels.shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _affine(ordered: Sequence[Dataset], orientation: np.ndarray) -> np.ndarray:
+    row_cos, col_cos = orientation[:3], orientation[3:]
+    row_spacing, col_spacing = (float(v) for v in ordered[0].PixelSpacing)
+    first = np.asarray([float(v) for v in ordered[0].ImagePositionPatient])
+    if len(ordered) > 1:
+        last = np.asarray([float(v) for v in ordered[-1].ImagePositionPatient])
+        slice_step = (last - first) / (len(ordered) - 1)
+    else:
+        thickness = float(ordered[0].get("SliceThickness", 1) or 1)
+        slice_step = _normal(orientation) * thickness
+    affine = np.eye(4)
+    affine[:3, 0] = slice_step
+    affine[:3, 1] = col_cos * row_spacing  # down the rows
+    affine[:3, 2] = row_cos * col_spacing  # along a row
+    affine[:3, 3] = first
+    return affine
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """How to bring an array with ``affine`` (LPS) into the RAS+ axis order that nibabel calls canonical."""
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        out = np.transpose(array, self.axes)
+        for axis, flip in enumerate(self.flips):
+            if flip:
+                out = np.flip(out, axis)
+        return np.ascontiguousarray(out)
+
+    def invert(self, array: np.ndarray) -> np.ndarray:
+        out = array
+        for axis, flip in enumerate(self.flips):
+            if flip:
+                out = np.flip(out, axis)
+        return np.ascontiguousarray(np.transpose(out, np.argsort(self.axes)))
+
+
+def ras_reorientation(affine: np.ndarray) -> Reorientation:
+    """The axis permutation and flips taking an LPS-affine array to closest-canonical RAS+ order."""
+    ras = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
+    unit = ras / np.linalg.norm(ras, axis=0)
+    axes: list[int] = []
+    flips: list[bool] = []
+    for world in range(3):
+        candidates = [a for a in range(3) if a not in axes]
+        best = max(candidates, key=lambda a: abs(unit[world, a]))
+        axes.append(best)
+        flips.append(bool(unit[world, best] < 0))
+    return Reorientation(axes=(axes[0], axes[1], axes[2]), flips=(flips[0], flips[1], flips[2]))

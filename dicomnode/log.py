@@ -1,0 +1,53 @@
+"""Logging set-up and the one helper that builds ``extra``: never log PHI values.
+
+Application logs carry job ids, stage names and *hashed* UIDs only. Patient names, IDs, birth dates and
+accession numbers belong in the audit trail alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Any
+
+
+def uid_hash(uid: str | None) -> str:
+    """A short, stable, non-reversible tag for a UID, safe to log."""
+    if not uid:
+        return "-"
+    return hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+
+def extra(**fields: Any) -> dict[str, Any]:
+    """Build the ``extra`` mapping for a log call; ``study_uid``/``series_uid`` are hashed."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key.endswith("_uid"):
+            out[key.removesuffix("_uid") + "_uid_hash"] = uid_hash(value)
+        else:
+            out[key] = value
+    return {"ctx": out}
+
+
+class _ContextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        ctx = getattr(record, "ctx", None)
+        if ctx:
+            base += " " + " ".join(f"{k}={v}" for k, v in ctx.items())
+        return base
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr in one line per record; pynetdicom's chatter is kept at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pynetdicom logs dataset contents (PHI) at DEBUG/INFO: keep it quiet whatever the level.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs UIDs of source datasets
+    logging.getLogger("alembic").setLevel(logging.WARNING)

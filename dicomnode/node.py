@@ -1,0 +1,103 @@
+"""``dicomnode serve``: receiver, completeness sweep and worker in one process.
+
+SIGTERM/SIGINT stop it cleanly: the SCP stops accepting, the sweep stops, the job in hand finishes (or,
+after a hard kill, its lease runs out and it is requeued on the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+
+import dicomnode
+from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.trail import record
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.inference.registry import Registry
+from dicomnode.jobs.completion import sweep
+from dicomnode.jobs.repository import release_held, requeue_expired
+from dicomnode.jobs.routing import effective_rules
+from dicomnode.log import extra
+from dicomnode.migrate import upgrade
+from dicomnode.pipeline import PipelineContext
+from dicomnode.receive.handlers import ReceiveContext
+from dicomnode.receive.scp import start_scp
+from dicomnode.settings import Settings
+from dicomnode.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    settings: Settings
+    server: Any
+    scheduler: BackgroundScheduler
+    worker: Worker | None
+    ctx: PipelineContext
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.scheduler.shutdown(wait=True)
+        if self.worker is not None:
+            self.worker.stop()
+            release_held(self.ctx.sessions, self.worker.worker_id)
+        with session_scope(self.ctx.sessions) as session:
+            record(session, AuditEvent.APPLICATION_STOP, actor=self.settings.ae_title)
+        log.info("node stopped", extra=extra(stage="serve"))
+
+
+def _maintenance(ctx: PipelineContext, rules: list[Any]) -> None:
+    try:
+        requeue_expired(ctx.sessions)
+        sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests)
+    except Exception:
+        log.exception("sweep failed", extra=extra(stage="sweep"))
+
+
+def start_node(settings: Settings) -> Node:
+    """Migrate the database, then start SCP, sweep and worker; returns the running node."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    upgrade(settings.db_url)
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    registry = Registry(settings.models_dir, settings.device)
+    ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry)
+    rules = effective_rules(settings.rules, (m.default_rule for m in registry.manifests.values()))
+    requeue_expired(sessions)
+    with session_scope(sessions) as session:
+        record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
+               models=sorted(registry.manifests), rules=[r.name for r in rules])
+    server = start_scp(ReceiveContext(settings=settings, sessions=sessions))
+    scheduler = BackgroundScheduler()
+    scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx, rules],
+                      max_instances=1, coalesce=True, id="sweep")
+    scheduler.start()
+    worker = None
+    if settings.start_worker:
+        worker = Worker(ctx)
+        worker.start()
+    log.info("node listening", extra=extra(stage="serve", ae_title=settings.ae_title, port=settings.port,
+                                           models=",".join(sorted(registry.manifests))))
+    return Node(settings=settings, server=server, scheduler=scheduler, worker=worker, ctx=ctx)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code."""
+    node = start_node(settings)
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum, extra=extra(stage="serve"))
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stopping.wait(1.0):
+        pass
+    node.stop()
+    return 0

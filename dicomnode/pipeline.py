@@ -1,0 +1,137 @@
+"""The data flow of one job, top to bottom: load -> volume -> infer -> build SEG/SR -> write -> send.
+
+Each stage is one function with typed input and output. :func:`run_job` raises
+:class:`~dicomnode.errors.SeriesNotUsable` when the model cannot take the series (the job is skipped)
+and other :class:`~dicomnode.errors.DicomNodeError` subclasses when it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from io import BytesIO
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.trail import record
+from dicomnode.db import session_scope
+from dicomnode.errors import ModelError, SendError, SeriesNotUsable
+from dicomnode.inference.registry import Manifest, Registry
+from dicomnode.inference.volume import Volume, build_volume
+from dicomnode.jobs.models import Delivery, Instance
+from dicomnode.jobs.repository import ClaimedJob
+from dicomnode.log import extra
+from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.sanitise import sanitise_headers
+from dicomnode.results.seg import build_seg
+from dicomnode.results.sr import build_sr, segment_volumes_ml
+from dicomnode.send.scu import send_files
+from dicomnode.settings import Settings
+from dicomnode.store.spool import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    registry: Registry
+
+
+@dataclass(frozen=True)
+class JobResult:
+    paths: tuple[Path, ...]
+    volumes_ml: dict[int, float]
+    inference_seconds: float
+
+
+def load_series(sessions: sessionmaker[Session], series_id: int) -> list[Dataset]:
+    """Stage 1: the series' instances from the spool."""
+    with sessions() as session:
+        paths = session.scalars(select(Instance.path).where(Instance.series_id == series_id)
+                                .order_by(Instance.id)).all()
+    try:
+        return [dcmread(p, force=True) for p in paths]
+    except Exception as exc:
+        raise SeriesNotUsable(f"instances could not be read: {type(exc).__name__}") from exc
+
+
+def infer(ctx: PipelineContext, manifest: Manifest, volume: Volume) -> tuple[np.ndarray, float]:
+    """Stage 3: run the warm model; returns the label map on the source grid and the seconds taken."""
+    model = ctx.registry.get(manifest.id)
+    started = time.perf_counter()
+    mask = model.predict(volume.array, volume.affine)
+    seconds = time.perf_counter() - started
+    if mask.shape != volume.array.shape:
+        raise ModelError(f"model returned shape {mask.shape} for a volume of {volume.array.shape}")
+    return np.asarray(mask).astype(np.uint8), seconds
+
+
+def build_results(manifest: Manifest, volume: Volume, labels: np.ndarray, job: ClaimedJob
+                  ) -> tuple[list[Dataset], dict[int, float]]:
+    """Stage 4: SEG and TID 1500 SR in the source study, with deterministic UIDs."""
+    sources = sanitise_headers(volume.datasets)
+    identity = ResultIdentity.for_job(job.series_uid, job.series_number, manifest)
+    seg = build_seg(sources, labels, manifest, identity)
+    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
+    sr = build_sr(seg, sources, volumes, manifest, identity)
+    return [seg, sr], volumes
+
+
+def write_results(results_dir: Path, job_id: int, objects: list[Dataset]) -> tuple[Path, ...]:
+    """Stage 5: the result files, written atomically under ``results/job-<id>/``."""
+    paths = []
+    for ds in objects:
+        path = results_dir / f"job-{job_id}" / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return tuple(paths)
+
+
+def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> None:
+    """Stage 6: C-STORE every result to the PACS, record each delivery; raise unless all were stored."""
+    peer = ctx.settings.pacs
+    if peer is None:
+        raise SendError("no destination configured (set DICOMNODE_PACS)", retryable=False)
+    outcomes = send_files(ctx.settings, peer, paths)
+    with session_scope(ctx.sessions) as session:
+        for outcome in outcomes:
+            status = f"0x{outcome.status:04X}" if outcome.status is not None else "none"
+            session.add(Delivery(job_id=job.id, destination=str(peer), sop_class_uid=outcome.sop_class_uid,
+                                 sop_instance_uid=outcome.sop_instance_uid, path=str(outcome.path),
+                                 status=outcome.status, outcome="stored" if outcome.stored else "failed"))
+            record(session, AuditEvent.RESULT_SENT if outcome.stored else AuditEvent.RESULT_SEND_FAILED,
+                   Outcome.SUCCESS if outcome.stored else Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
+                   study_uid=job.study_uid, patient_id=job.patient_id, job_id=job.id,
+                   sop_instance_uid=outcome.sop_instance_uid, status=status)
+    failed = [o for o in outcomes if not o.stored]
+    if failed:
+        codes = ", ".join("none" if o.status is None else f"0x{o.status:04X}" for o in failed)
+        raise SendError(f"{len(failed)} of {len(outcomes)} result(s) not stored by {peer}: {codes}",
+                        retryable=False)
+
+
+def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
+    """The whole flow for one job."""
+    manifest = ctx.registry.manifests.get(job.model_id)
+    if manifest is None or manifest.version != job.model_version:
+        raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
+    datasets = load_series(ctx.sessions, job.series_id)
+    volume = build_volume(datasets, manifest.min_slices)
+    labels, seconds = infer(ctx, manifest, volume)
+    log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
+                                           shape="x".join(map(str, volume.array.shape))))
+    objects, volumes = build_results(manifest, volume, labels, job)
+    paths = write_results(ctx.settings.results_dir, job.id, objects)
+    deliver(ctx, job, paths)
+    return JobResult(paths=paths, volumes_ml=volumes, inference_seconds=seconds)

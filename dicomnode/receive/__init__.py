@@ -1,0 +1,1 @@
+"""DICOM in: the pynetdicom SCP (C-ECHO, C-STORE)."""

@@ -1,0 +1,171 @@
+"""DIMSE and association event handlers: plain functions that return status codes and never raise.
+
+Dependencies come in through a bound :class:`ReceiveContext`, never through globals.
+Status codes (PS3.4 B.2.3 and PS3.7 C):
+
+- ``0x0000`` success: the instance is durably in the spool *and* in the database
+- ``0xA700`` refused, out of resources: the spool file could not be written (disk full, I/O error)
+- ``0xA701`` refused, out of resources: the database could not record the instance
+- ``0xC210`` cannot understand: the dataset could not be decoded
+- ``0xC211`` cannot understand: a required UID is missing or invalid
+- ``0xC212`` cannot understand: SOP Class/Instance UID in the dataset differ from the command's
+- ``0xC2FF`` cannot understand: an unexpected error (logged with a traceback, no PHI)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.trail import record
+from dicomnode.db import session_scope
+from dicomnode.errors import StoreError
+from dicomnode.log import extra
+from dicomnode.receive.accept import decide
+from dicomnode.settings import Settings
+from dicomnode.store.index import InstanceMeta, record_instance
+from dicomnode.store.spool import clean_uid, spool_path, write_atomic
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES_DISK = 0xA700
+OUT_OF_RESOURCES_DB = 0xA701
+CANNOT_DECODE = 0xC210
+BAD_UID = 0xC211
+UID_MISMATCH = 0xC212
+UNEXPECTED = 0xC2FF
+
+
+@dataclass(frozen=True)
+class ReceiveContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+
+
+def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
+    try:
+        with session_scope(ctx.sessions) as session:
+            record(session, event, outcome, **fields)
+    except SQLAlchemyError:
+        log.exception("could not write audit row", extra=extra(event=event.value))
+
+
+def _requestor(event: Any) -> tuple[str, str]:
+    """Calling AE title and address; at EVT_REQUESTED the title is only in the A-ASSOCIATE primitive."""
+    req = event.assoc.requestor
+    title = req.ae_title or (req.primitive.calling_ae_title if req.primitive is not None else "")
+    return str(title).strip(), str(req.address)
+
+
+def handle_requested(event: Any, ctx: ReceiveContext) -> None:
+    """EVT_REQUESTED: reject unknown callers with A-ASSOCIATE-RJ and a security-alert audit row."""
+    try:
+        calling_ae, address = _requestor(event)
+        primitive = event.assoc.requestor.primitive
+        called_ae = primitive.called_ae_title if primitive is not None else ""
+        decision = decide(own_ae=ctx.settings.ae_title, called_ae=str(called_ae), calling_ae=calling_ae,
+                          address=address, peers=ctx.settings.known_peers,
+                          require_known=ctx.settings.require_known_callers)
+        if decision.accepted:
+            return
+        event.assoc.acse.send_reject(0x01, 0x01, decision.diagnostic)
+        log.warning("association rejected: %s", decision.reason, extra=extra(stage="receive"))
+        _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor=calling_ae,
+               address=address, reason=decision.reason, security_alert=True)
+    except Exception:
+        log.exception("association check failed; rejecting", extra=extra(stage="receive"))
+        try:
+            event.assoc.acse.send_reject(0x02, 0x01, 0x01)
+        except Exception:
+            event.assoc.abort()
+
+
+def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
+    """EVT_ACCEPTED: audit the association."""
+    calling_ae, address = _requestor(event)
+    _audit(ctx, AuditEvent.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, actor=calling_ae, address=address)
+
+
+def handle_echo(event: Any, ctx: ReceiveContext) -> int:
+    """C-ECHO: success for every accepted association."""
+    return SUCCESS
+
+
+def handle_store(event: Any, ctx: ReceiveContext) -> int:
+    """C-STORE: store the instance durably, record it, and only then answer success."""
+    try:
+        return _store(event, ctx)
+    except Exception:
+        log.exception("unexpected failure while storing an instance", extra=extra(stage="receive"))
+        return UNEXPECTED
+
+
+def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid: str | None = None) -> int:
+    calling_ae, address = _requestor(event)
+    log.warning("C-STORE refused with 0x%04X: %s", status, reason, extra=extra(stage="receive"))
+    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, study_uid=study_uid,
+           address=address, status=f"0x{status:04X}", reason=reason)
+    return status
+
+
+def _meta(ds: Dataset, event: Any) -> InstanceMeta:
+    """Read and validate what the node keeps; raises ValueError naming the bad attribute."""
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        try:
+            uids[keyword] = clean_uid(ds.get(keyword))
+        except ValueError as exc:
+            raise ValueError(f"{keyword}: {exc}") from None
+    series_number = ds.get("SeriesNumber")
+    try:
+        number = int(series_number) if series_number not in (None, "") else None
+    except (TypeError, ValueError):
+        number = None
+    return InstanceMeta(
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        modality=str(ds.get("Modality", "") or "").strip("\x00 ")[:16],
+        series_number=number,
+        series_description=str(ds.get("SeriesDescription", "") or "").strip("\x00 "),
+        patient_id=str(ds.get("PatientID", "") or "").strip("\x00 ")[:64],
+    )
+
+
+def _store(event: Any, ctx: ReceiveContext) -> int:
+    try:
+        ds = event.dataset
+        meta = _meta(ds, event)
+    except ValueError as exc:
+        return _refuse(ctx, event, BAD_UID, str(exc))
+    except Exception as exc:
+        return _refuse(ctx, event, CANNOT_DECODE, f"dataset could not be decoded: {type(exc).__name__}")
+    request = event.request
+    if (meta.sop_instance_uid != str(request.AffectedSOPInstanceUID).strip()
+            or meta.sop_class_uid != str(request.AffectedSOPClassUID).strip()):
+        return _refuse(ctx, event, UID_MISMATCH,
+                       "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
+
+    path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+    data = event.encoded_dataset()
+    try:
+        sha256 = write_atomic(path, data)
+    except StoreError as exc:
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
+
+    calling_ae, _ = _requestor(event)
+    try:
+        with session_scope(ctx.sessions) as session:
+            record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae)
+    except SQLAlchemyError as exc:
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
+    return SUCCESS

@@ -1,0 +1,64 @@
+"""What every result object shares: equipment, algorithm identification, UID and series-number policy.
+
+UIDs are deterministic: the same job (source series, model, model version) always yields the same
+Series and SOP Instance UIDs, so a re-run replaces rather than duplicates on the PACS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+import dicomnode
+from dicomnode.inference.registry import Manifest
+
+MANUFACTURER = "dicomnode"
+MANUFACTURER_MODEL_NAME = "dicomnode AI node"
+DEVICE_SERIAL_NUMBER = "dicomnode"
+NOT_FOR_CLINICAL_USE = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
+
+
+def deterministic_uid(*parts: str) -> str:
+    """A ``2.25.`` UID derived from ``parts`` (PS3.5 B.2): same parts, same UID."""
+    return str(generate_uid(prefix=None, entropy_srcs=["dicomnode", *parts]))
+
+
+@dataclass(frozen=True)
+class ResultIdentity:
+    """UIDs and numbers of one job's SEG and SR."""
+
+    seg_series_uid: str
+    seg_sop_uid: str
+    seg_series_number: int
+    sr_series_uid: str
+    sr_sop_uid: str
+    sr_series_number: int
+
+    @classmethod
+    def for_job(cls, source_series_uid: str, source_series_number: int | None, manifest: Manifest) -> ResultIdentity:
+        key = (source_series_uid, manifest.id, manifest.version)
+        number = (source_series_number or 0) % 100
+        return cls(
+            seg_series_uid=deterministic_uid(*key, "seg-series"),
+            seg_sop_uid=deterministic_uid(*key, "seg-instance"),
+            seg_series_number=manifest.series_number_base + number,
+            sr_series_uid=deterministic_uid(*key, "sr-series"),
+            sr_sop_uid=deterministic_uid(*key, "sr-instance"),
+            sr_series_number=manifest.series_number_base + 100 + number,
+        )
+
+
+def algorithm_identification(manifest: Manifest) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=manifest.name[:64],
+        version=manifest.version,
+        family=codes.DCM.ArtificialIntelligence,
+        source="dicomnode",
+    )
+
+
+def software_versions(manifest: Manifest) -> str:
+    return f"dicomnode {dicomnode.__version__}; {manifest.id} {manifest.version}"[:64]

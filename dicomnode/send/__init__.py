@@ -1,0 +1,1 @@
+"""DICOM out: C-STORE of result objects to the PACS."""

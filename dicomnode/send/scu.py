@@ -1,0 +1,90 @@
+"""C-STORE SCU: send result files to a destination and check every response status.
+
+An instance counts as stored only when the destination answered success (0x0000) or a warning
+(0xB000-0xBFFF, PS3.4 B.2.3). Anything else, or no answer, is a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicomnode.errors import SendError
+from dicomnode.log import extra
+from dicomnode.settings import Peer, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    status: int | None
+
+    @property
+    def stored(self) -> bool:
+        return self.status is not None and (self.status == 0x0000 or 0xB000 <= self.status <= 0xBFFF)
+
+
+def _ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.acse_timeout = settings.acse_timeout_seconds
+    ae.dimse_timeout = settings.dimse_timeout_seconds
+    ae.network_timeout = settings.network_timeout_seconds
+    return ae
+
+
+def send_files(settings: Settings, peer: Peer, paths: Sequence[Path]) -> list[StoreOutcome]:
+    """C-STORE each file in one association; return one outcome per file.
+
+    Raises
+    ------
+    SendError
+        When no association could be established (``retryable`` unless the peer rejected it).
+    """
+    datasets = [dcmread(p) for p in paths]
+    ae = _ae(settings)
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        rejected = assoc.is_rejected
+        raise SendError(f"association with {peer} {'rejected' if rejected else 'not established'}",
+                        retryable=not rejected)
+    outcomes = []
+    try:
+        for path, ds in zip(paths, datasets, strict=True):
+            status = None
+            if assoc.is_established:
+                rsp = assoc.send_c_store(ds)
+                status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+            outcomes.append(StoreOutcome(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), status))
+            log.info("C-STORE answered", extra=extra(stage="send", destination=peer.ae_title,
+                                                     status=f"0x{status:04X}" if status is not None else "none"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes
+
+
+def echo(settings: Settings, peer: Peer) -> int | None:
+    """C-ECHO ``peer``; returns the status, or None when no association was established."""
+    ae = _ae(settings)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        return None
+    try:
+        rsp = assoc.send_c_echo()
+        return int(rsp.Status) if "Status" in rsp else None
+    finally:
+        assoc.release()

@@ -1,0 +1,1 @@
+"""The durable landing zone: atomic spool files and their rows in the database."""

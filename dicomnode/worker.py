@@ -1,0 +1,101 @@
+"""The worker loop: claim -> pipeline.run_job -> record the outcome; heartbeat while running.
+
+The worker never dies of a job: every exception becomes a recorded FAILED (or SKIPPED) outcome. On a
+clean stop the job in hand finishes first; after a crash its lease runs out and the job is requeued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from dicomnode.db import session_scope
+from dicomnode.errors import DicomNodeError, IllegalTransition, SeriesNotUsable
+from dicomnode.jobs.repository import ClaimedJob, claim, heartbeat, transition
+from dicomnode.jobs.status import JobStatus
+from dicomnode.log import extra
+from dicomnode.pipeline import PipelineContext, run_job
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """One job at a time, polling the job table every ``worker_poll_seconds``."""
+
+    def __init__(self, ctx: PipelineContext, worker_id: str | None = None) -> None:
+        self.ctx = ctx
+        self.worker_id = worker_id or new_worker_id()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="dicomnode-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to stop after the job in hand, and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:
+                log.exception("worker loop error", extra=extra(stage="worker"))
+                ran = False
+            if not ran:
+                self._stop.wait(self.ctx.settings.worker_poll_seconds)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue was empty."""
+        settings = self.ctx.settings
+        job = claim(self.ctx.sessions, self.worker_id, settings.job_lease_seconds)
+        if job is None:
+            return False
+        log.info("job started", extra=extra(stage="worker", job_id=job.id, model=job.model_id))
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, beat_stop), daemon=True)
+        beat.start()
+        try:
+            status, reason = self._execute(job)
+        finally:
+            beat_stop.set()
+            beat.join()
+        try:
+            with session_scope(self.ctx.sessions) as session:
+                transition(session, job.id, JobStatus.RUNNING, status, reason, worker_id=self.worker_id)
+        except IllegalTransition:
+            log.warning("job lease lost before the outcome was recorded", extra=extra(job_id=job.id))
+        log.info("job finished", extra=extra(stage="worker", job_id=job.id, status=status.value))
+        return True
+
+    def _execute(self, job: ClaimedJob) -> tuple[JobStatus, str]:
+        try:
+            result = run_job(self.ctx, job)
+        except SeriesNotUsable as exc:
+            return JobStatus.SKIPPED, str(exc)
+        except DicomNodeError as exc:
+            log.warning("job failed: %s", type(exc).__name__, extra=extra(job_id=job.id))
+            return JobStatus.FAILED, str(exc)
+        except Exception as exc:
+            log.exception("job crashed", extra=extra(stage="worker", job_id=job.id))
+            return JobStatus.FAILED, f"internal error: {type(exc).__name__}"
+        volumes = ", ".join(f"segment {k}: {v:.1f} ml" for k, v in result.volumes_ml.items())
+        return JobStatus.SUCCEEDED, f"{len(result.paths)} result(s) stored; {volumes}"
+
+    def _heartbeat(self, job: ClaimedJob, stop: threading.Event) -> None:
+        interval = self.ctx.settings.job_lease_seconds / 3
+        while not stop.wait(interval):
+            try:
+                heartbeat(self.ctx.sessions, job.id, self.worker_id, self.ctx.settings.job_lease_seconds)
+            except Exception:
+                log.exception("heartbeat failed", extra=extra(job_id=job.id))
