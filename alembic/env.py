@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-
 from dicomnode.db import make_engine
 from dicomnode.jobs.models import Base
 

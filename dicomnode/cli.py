@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -36,7 +37,7 @@ def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
         query = select(Study).order_by(Study.id)
         if study_uid:
             query = query.where(Study.study_uid == study_uid)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for study in session.scalars(query):
             jobs = session.scalars(select(Job).join(Job.series).where(Series.study_id == study.id)).all()
             rows.append({

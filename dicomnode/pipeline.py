@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from io import BytesIO
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np

@@ -46,6 +46,7 @@ class Worker:
             self._thread.join(timeout)
 
     def run(self) -> None:
+        self._warm_up()
         while not self._stop.is_set():
             try:
                 ran = self.run_once()
@@ -54,6 +55,14 @@ class Worker:
                 ran = False
             if not ran:
                 self._stop.wait(self.ctx.settings.worker_poll_seconds)
+
+    def _warm_up(self) -> None:
+        """Load every installed model before the first job, so that no study waits for a model load."""
+        for model_id in self.ctx.registry.manifests:
+            try:
+                self.ctx.registry.get(model_id)
+            except DicomNodeError as exc:
+                log.error("model not loaded: %s", exc, extra=extra(stage="worker", model=model_id))
 
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue was empty."""

@@ -8,8 +8,8 @@ Create Date: 2026-11-23 19:27:50.831902
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -25,6 +25,7 @@ def build_ae(ctx: ReceiveContext) -> AE:
     settings = ctx.settings
     ae = AE(ae_title=settings.ae_title)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
     ae.require_called_aet = False  # checked, and audited, in handle_requested
@@ -37,7 +38,7 @@ def build_ae(ctx: ReceiveContext) -> AE:
 def start_scp(ctx: ReceiveContext) -> Any:
     """Start listening on ``settings.host:settings.port``; returns the running server."""
     ae = build_ae(ctx)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_REQUESTED, partial(handle_requested, ctx=ctx)),
         (evt.EVT_ACCEPTED, partial(handle_accepted, ctx=ctx)),
         (evt.EVT_C_ECHO, partial(handle_echo, ctx=ctx)),

@@ -6,11 +6,11 @@ Series and SOP Instance UIDs, so a re-run replaces rather than duplicates on the
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 import dicomnode
 from dicomnode.inference.registry import Manifest
@@ -21,9 +21,15 @@ DEVICE_SERIAL_NUMBER = "dicomnode"
 NOT_FOR_CLINICAL_USE = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
 
 
+_NAMESPACE = uuid.UUID("6f1b8f0e-3c1e-5a4b-9d7e-2a0d1c0de000")
+
+
 def deterministic_uid(*parts: str) -> str:
-    """A ``2.25.`` UID derived from ``parts`` (PS3.5 B.2): same parts, same UID."""
-    return str(generate_uid(prefix=None, entropy_srcs=["dicomnode", *parts]))
+    """A ``2.25.`` UID from a name-based (SHA-1) UUID of ``parts`` (PS3.5 B.2): same parts, same UID.
+
+    (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and is random.)
+    """
+    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}"
 
 
 @dataclass(frozen=True)

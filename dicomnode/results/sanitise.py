@@ -60,7 +60,8 @@ def sanitise_header(source: Dataset) -> Dataset:
         if elem.tag.group == 0x7FE0 or elem.tag.is_private:
             continue
         ds.add(copy.deepcopy(elem))
-    ds.file_meta = copy.deepcopy(source.file_meta) if hasattr(source, "file_meta") else Dataset()
+    if hasattr(source, "file_meta"):
+        ds.file_meta = copy.deepcopy(source.file_meta)
     _clean_dataset(ds)
     if str(ds.get("PatientSex", "") or "").upper() not in _SEX:
         ds.PatientSex = ""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install the real peers the tests run against, when missing: Orthanc (the PACS), DCMTK (foreign
+# SCU/SCP), dicom3tools (dciodvfy) and PostgreSQL. The tests start them on loopback themselves.
+set -euo pipefail
+missing=()
+command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+command -v storescu >/dev/null || missing+=(dcmtk)
+command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up dicomnode in ./.venv: Python venv, torch 2.13.0 (CPU wheel), dicomnode, deepbet's weights.
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --dev    plus the test and lint tools (dependency group "dev")
+# Idempotent: a stamp of pyproject.toml and this script skips the pip steps when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0; [ "${1:-}" = --dev ] && dev=1
+
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=".venv/.dicomnode-setup-$dev-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+[ -f "$stamp" ] && exit 0
+
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --upgrade "pip>=25.1"
+# The CPU wheel first: a plain "torch" requirement must never pull a multi-GB CUDA build.
+"${pip[@]}" torch==2.13.0
+if [ "$dev" = 1 ]; then
+  "${pip[@]}" -e ".[torch,postgres]" --group dev
+else
+  "${pip[@]}" -e ".[torch]"
+fi
+# deepbet ships the brain-extraction TorchScript weights; --no-deps keeps out its GUI (customtkinter).
+"${pip[@]}" --no-deps deepbet==1.0.2
+rm -f .venv/.dicomnode-setup-*
+touch "$stamp"

@@ -1,0 +1,63 @@
+"""Fixtures: settings on a temporary data dir, a migrated SQLite database, the shared real data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import config as pydicom_config
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.db import make_engine, make_sessionmaker
+from dicomnode.migrate import upgrade
+from dicomnode.settings import Settings
+from tests.support.peers import REPO, Orthanc
+
+SHARED_DATA = Path(os.environ.get("DICOMNODE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("DICOMNODE_") and key != "DICOMNODE_SHARED_DATA":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _strict_writing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strict about what we write (pydicom raises on invalid values we set)."""
+    monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.RAISE)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real third-party DICOM not found at {SHARED_DATA} (../shared/data)")
+    return SHARED_DATA
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings.load(None, data_dir=data_dir, **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", study_idle_seconds=0.5)
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield pacs
+    pacs.stop()

@@ -1,0 +1,167 @@
+"""Real peers on loopback: Orthanc (the PACS), the node as a subprocess, DCMTK tools, dciodvfy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.net import free_port, port_open, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # else ~45 ms per C-STORE (Nagle)
+
+
+def require(tool: str) -> str:
+    """The path of ``tool``; a missing real peer is a failure (scripts/peers.sh installs them)."""
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    if path is None:
+        raise AssertionError(f"{tool} is not installed: run scripts/test.sh, which installs the real peers")
+    return path
+
+
+def storescu(port: int, files: list[Path] | Path, *, called: str, calling: str = "STORESCU",
+             extra_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    args = [require("storescu"), "-aet", calling, "-aec", called, *extra_args, "127.0.0.1", str(port)]
+    if isinstance(files, Path):
+        args += ["+sd", "+r", str(files)] if files.is_dir() else [str(files)]
+    else:
+        args += [str(f) for f in files]
+    return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=300, check=False)
+
+
+def echoscu(port: int, *, called: str, calling: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, env=DCMTK_ENV, timeout=60, check=False)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """Errors and warnings that dicom3tools' validator reports for ``path``."""
+    result = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
+
+
+@dataclass
+class Orthanc:
+    """A throwaway Orthanc on loopback (after ../shared/tools/orthanc-loopback.sh)."""
+
+    folder: Path
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    aet: str = "ORTHANC"
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Orthanc:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "TEST-PACS", "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"), "StorageCompression": False, "Plugins": [],
+            "HttpServerEnabled": True, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomServerEnabled": True, "DicomAet": self.aet,
+            "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False, "DicomScuTimeout": 30,
+            "DicomModalities": {}, "OverwriteInstances": True, "SaveJobs": False, "ConcurrentJobs": 2,
+            "StableAge": 60,
+        }
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.process = subprocess.Popen([require("Orthanc"), str(self.folder / "orthanc.json")],
+                                        stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
+        wait_for(lambda: self._alive() and self.get("/system"), timeout=60, msg="Orthanc answering HTTP")
+        return self
+
+    def _alive(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError("Orthanc exited: " + (self.folder / "orthanc.log").read_text()[-2000:])
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=120) as rsp:
+            raw = rsp.read()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def add_modality(self, name: str, aet: str, port: int) -> None:
+        self.request("PUT", f"/modalities/{name}", {"AET": aet, "Host": "127.0.0.1", "Port": port})
+
+    def study_id(self, study_uid: str) -> str | None:
+        hits = self.request("POST", "/tools/lookup", study_uid.encode())
+        return next((h["ID"] for h in hits if h["Type"] == "Study"), None)
+
+    def series_of(self, study_id: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/studies/{study_id}/series"))
+
+    def download(self, instance_id: str, path: Path) -> Path:
+        path.write_bytes(self.get(f"/instances/{instance_id}/file"))
+        return path
+
+
+@dataclass
+class NodeProcess:
+    """``python -m dicomnode serve`` as a real process, configured through DICOMNODE_* variables."""
+
+    folder: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    ae_title: str = "DICOMNODE"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "node.log"
+
+    def start(self) -> NodeProcess:
+        env = {**os.environ, "DICOMNODE_DATA_DIR": str(self.data_dir), "DICOMNODE_PORT": str(self.port),
+               "DICOMNODE_HOST": "127.0.0.1", "DICOMNODE_AE_TITLE": self.ae_title, **self.env}
+        env.pop("DICOMNODE_CONFIG", None)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
+        self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
+        return self
+
+    def _alive(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError("node exited: " + self.log_path.read_text()[-3000:])
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"node did not stop within {timeout} s after signal {sig}") from None

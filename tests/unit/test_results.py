@@ -1,0 +1,103 @@
+"""SEG and SR building on synthetic data (real data: tests/integration/test_results_real.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicomnode.errors import BuildError
+from dicomnode.inference.registry import Manifest, load_manifests
+from dicomnode.inference.volume import build_volume
+from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.sanitise import sanitise_headers
+from dicomnode.results.seg import build_seg
+from dicomnode.results.sr import build_sr, segment_volumes_ml
+from tests.support.peers import REPO
+from tests.support.synthetic import make_series
+
+
+@pytest.fixture
+def manifest() -> Manifest:
+    return load_manifests(REPO / "models")["deepbet"]
+
+
+def _build(manifest: Manifest, series_uid_seed: list | None = None):  # type: ignore[no-untyped-def,type-arg]
+    series = series_uid_seed or make_series(n_slices=10, rows=16, columns=12)
+    volume = build_volume(series)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:7, 4:10, 3:9] = 1
+    sources = sanitise_headers(volume.datasets)
+    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
+    seg = build_seg(sources, labels, manifest, identity)
+    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
+    sr = build_sr(seg, sources, volumes, manifest, identity)
+    return series, volume, labels, seg, sr
+
+
+def test_seg_frames_sit_on_source_slices(manifest: Manifest) -> None:
+    series, volume, labels, seg, _ = _build(manifest)
+    assert seg.StudyInstanceUID == series[0].StudyInstanceUID
+    assert seg.NumberOfFrames == 5  # empty slices are omitted
+    positions = {tuple(map(float, ds.ImagePositionPatient)): ds.SOPInstanceUID for ds in volume.datasets}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        position = tuple(map(float, frame.PlanePositionSequence[0].ImagePositionPatient))
+        referenced = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert positions[position] == referenced
+    assert int(np.count_nonzero(seg.pixel_array)) == int(labels.sum())
+
+
+def test_seg_codes_and_algorithm_come_from_the_manifest(manifest: Manifest) -> None:
+    *_, seg, _ = _build(manifest)
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "Brain"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "12738006"
+    assert segment.SegmentAlgorithmName == manifest.name
+    assert seg.ContentLabel == "AI_SEG"
+
+
+def test_sr_volume_is_voxel_count_times_voxel_volume(manifest: Manifest) -> None:
+    _, volume, labels, seg, sr = _build(manifest)
+    expected_ml = labels.sum() * volume.voxel_volume_mm3 / 1000
+    values = [item for item in _walk(sr.ContentSequence) if item.ValueType == "NUM"]
+    assert len(values) == 1
+    measured = values[0].MeasuredValueSequence[0]
+    assert float(measured.NumericValue) == pytest.approx(expected_ml, abs=1e-3)
+    assert measured.MeasurementUnitsCodeSequence[0].CodeValue == "ml"
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID
+    assert sr.SeriesInstanceUID != seg.SeriesInstanceUID
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+
+
+def _walk(items):  # type: ignore[no-untyped-def]
+    for item in items:
+        yield item
+        if "ContentSequence" in item:
+            yield from _walk(item.ContentSequence)
+
+
+def test_uids_are_deterministic(manifest: Manifest) -> None:
+    series = make_series(n_slices=10, rows=16, columns=12)
+    *_, seg1, sr1 = _build(manifest, series)
+    *_, seg2, sr2 = _build(manifest, series)
+    assert (seg1.SOPInstanceUID, seg1.SeriesInstanceUID, sr1.SOPInstanceUID) == \
+        (seg2.SOPInstanceUID, seg2.SeriesInstanceUID, sr2.SOPInstanceUID)
+    assert seg1.SeriesNumber == manifest.series_number_base + 7
+    assert sr1.SeriesNumber == manifest.series_number_base + 107
+
+
+def test_empty_mask_is_a_build_error(manifest: Manifest) -> None:
+    volume = build_volume(make_series(n_slices=4))
+    identity = ResultIdentity.for_job("1.2.3", 1, manifest)
+    with pytest.raises(BuildError, match="found nothing"):
+        build_seg(sanitise_headers(volume.datasets), np.zeros(volume.array.shape, np.uint8), manifest, identity)
+
+
+def test_written_objects_read_back(manifest: Manifest, tmp_path: Path) -> None:
+    *_, seg, sr = _build(manifest)
+    seg.save_as(tmp_path / "seg.dcm")
+    sr.save_as(tmp_path / "sr.dcm")
+    assert dcmread(tmp_path / "seg.dcm").Modality == "SEG"
+    assert dcmread(tmp_path / "sr.dcm").Modality == "SR"

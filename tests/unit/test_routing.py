@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from dicomnode.jobs.routing import effective_rules, evaluate, route
+from dicomnode.settings import Rule
+
+BRAIN = Rule(name="brain", model="deepbet",
+             match={"Modality": "^MR$", "BodyPartExamined": "BRAIN|HEAD", "SeriesDescription": "T1|MPRAGE"})
+
+
+def header(**values: object) -> Dataset:
+    ds = Dataset()
+    for key, value in values.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def test_matching_series() -> None:
+    assert evaluate(BRAIN, header(Modality="MR", BodyPartExamined="BRAIN", SeriesDescription="t1 mprage")).matched
+
+
+def test_knee_does_not_match_and_says_why() -> None:
+    result = evaluate(BRAIN, header(Modality="MR", BodyPartExamined="KNEE", SeriesDescription="T1W_aTSE"))
+    assert not result.matched
+    assert result.reason == "rule brain: BodyPartExamined does not match /BRAIN|HEAD/"
+
+
+def test_absent_attribute_never_matches() -> None:
+    result = evaluate(BRAIN, header(Modality="MR", SeriesDescription="T1"))
+    assert result.reason == "rule brain: BodyPartExamined is absent"
+
+
+def test_nul_padding_is_ignored() -> None:
+    dirty = Dataset()
+    dirty.add(DataElement(0x00080060, "CS", "MR\x00", validation_mode=config.IGNORE))  # Modality, as received
+    assert evaluate(Rule(name="x", model="m", match={"Modality": "^MR$"}), dirty).matched
+
+
+def test_route_collects_reasons() -> None:
+    ct = Rule(name="ct", model="other", match={"Modality": "^CT$"})
+    matched, reasons = route([BRAIN, ct], header(Modality="CT", BodyPartExamined="HEAD", SeriesDescription="T1"))
+    assert matched == [ct]
+    assert reasons == ["rule brain: Modality does not match /^MR$/"]
+
+
+def test_configured_rules_replace_the_models_default() -> None:
+    configured = Rule(name="mine", model="deepbet", match={"Modality": "MR"})
+    other_default = Rule(name="d2", model="other", match={})
+    assert effective_rules([configured], [BRAIN, other_default]) == [configured, other_default]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicomnode.errors import SeriesNotUsable
+from dicomnode.inference.volume import build_volume, check_series, ras_reorientation
+from tests.support.synthetic import make_series
+
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def test_slices_sorted_along_normal_and_rescaled() -> None:
+    series = make_series(n_slices=6, slope=2.0, intercept=-100.0)
+    shuffled = [series[i] for i in (3, 0, 5, 1, 4, 2)]
+    volume = build_volume(shuffled)
+    positions = [float(ds.ImagePositionPatient[2]) for ds in volume.datasets]
+    assert positions == sorted(positions)
+    # slice k, row r holds ((k + 1) * 10 + r) * 2 - 100
+    assert volume.array[0, 0, 0] == pytest.approx(20 * 1 - 100)
+    assert volume.array[5, 3, 7] == pytest.approx((60 + 3) * 2 - 100)
+
+
+def test_affine_maps_voxels_to_patient_positions() -> None:
+    series = make_series(n_slices=5, spacing=(0.8, 0.9), slice_step=2.0, orientation=SAGITTAL)
+    volume = build_volume(series)
+    for k, ds in enumerate(volume.datasets):
+        assert np.allclose(volume.affine @ [k, 0, 0, 1], [*map(float, ds.ImagePositionPatient), 1])
+    # one row down = 0.8 mm along the column direction cosine (0, 0, -1)
+    assert np.allclose(volume.affine[:3, 1], [0, 0, -0.8])
+    assert np.allclose(volume.affine[:3, 2], [0, 0.9, 0])
+    assert volume.voxel_volume_mm3 == pytest.approx(0.8 * 0.9 * 2.0)
+
+
+def test_several_orientations_are_refused() -> None:
+    series = make_series(n_slices=4) + make_series(n_slices=4, orientation=SAGITTAL)
+    with pytest.raises(SeriesNotUsable, match="several orientations"):
+        check_series(series)
+
+
+def test_too_few_slices_are_refused() -> None:
+    with pytest.raises(SeriesNotUsable, match=r"too few slices \(3 < 32\)"):
+        check_series(make_series(n_slices=3), min_slices=32)
+
+
+def test_gaps_are_refused() -> None:
+    series = make_series(n_slices=6)
+    del series[3]
+    with pytest.raises(SeriesNotUsable, match="not uniform"):
+        check_series(series)
+
+
+def test_non_image_objects_are_refused() -> None:
+    series = make_series(n_slices=3)
+    del series[1].ImagePositionPatient
+    with pytest.raises(SeriesNotUsable, match="not an image series"):
+        check_series(series)
+
+
+@pytest.mark.parametrize("orientation", [(1.0, 0, 0, 0, 1.0, 0), SAGITTAL, (1.0, 0, 0, 0, 0, -1.0)])
+def test_reorientation_reaches_ras_and_back(orientation: tuple[float, ...]) -> None:
+    volume = build_volume(make_series(n_slices=4, rows=5, columns=6, orientation=orientation))
+    reorientation = ras_reorientation(volume.affine)
+    canonical = reorientation.apply(volume.array)
+    assert np.array_equal(reorientation.invert(canonical), volume.array)
+    # Moving along canonical axis 0 must move to the patient's right (LPS x decreasing), axis 2 superior.
+    ras_affine = np.diag([-1.0, -1.0, 1.0]) @ volume.affine[:3, :3]
+    permuted = ras_affine[:, list(reorientation.axes)] * np.where(reorientation.flips, -1, 1)
+    assert np.all(np.diag(permuted) > 0)
