@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import warnings
 from typing import Any
 
 
@@ -49,5 +50,10 @@ def setup_logging(level: str = "INFO") -> None:
     # pynetdicom logs dataset contents (PHI) at DEBUG/INFO: keep it quiet whatever the level.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # pydicom's and highdicom's validation warnings quote attribute values, patient names among them:
+    # keep them out of the logs. Input is read leniently anyway; what the node writes is sanitised.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    for module in ("pydicom", "highdicom"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs UIDs of source datasets
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -75,10 +75,11 @@ def handle_requested(event: Any, ctx: ReceiveContext) -> None:
                           require_known=ctx.settings.require_known_callers)
         if decision.accepted:
             return
-        event.assoc.acse.send_reject(0x01, 0x01, decision.diagnostic)
         log.warning("association rejected: %s", decision.reason, extra=extra(stage="receive"))
         _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor=calling_ae,
                address=address, reason=decision.reason, security_alert=True)
+        event.assoc.acse.send_reject(0x01, 0x01, decision.diagnostic)
+        event.assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the A-ASSOCIATE-RJ first
     except Exception:
         log.exception("association check failed; rejecting", extra=extra(stage="receive"))
         try:

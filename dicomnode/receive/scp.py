@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -17,7 +18,10 @@ from dicomnode.receive.handlers import (
 )
 
 # Stored as received: uncompressed, deflate, JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, ...
-ACCEPTED_TRANSFER_SYNTAXES = list(ALL_TRANSFER_SYNTAXES)
+# Where a proposed context offers several, the first of this list that it offers wins: explicit VR
+# little endian first (as DCMTK's storescp prefers), so that VRs travel with the data.
+ACCEPTED_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian] + [
+    ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian]
 
 
 def build_ae(ctx: ReceiveContext) -> AE:

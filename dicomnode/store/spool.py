@@ -6,6 +6,7 @@ fsynced, so that after a crash a spool path either holds the whole instance or d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -56,7 +57,8 @@ def write_atomic(path: Path, data: bytes) -> str:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise StoreError(f"could not write spool file: {exc.strerror or exc}") from exc
     return hashlib.sha256(data).hexdigest()
 

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,21 @@ def storescu(port: int, files: list[Path] | Path, *, called: str, calling: str =
     else:
         args += [str(f) for f in files]
     return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=300, check=False)
+
+
+@contextmanager
+def storescp(folder: Path, *, aet: str = "STORESCP", extra_args: tuple[str, ...] = ()) -> Iterator[int]:
+    """DCMTK's storescp on a free loopback port, writing what it receives to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen([require("storescp"), "-aet", aet, "-od", str(folder), *extra_args, str(port)],
+                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: process.poll() is None and port_open(port), timeout=30, msg="storescp listening")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def echoscu(port: int, *, called: str, calling: str) -> subprocess.CompletedProcess[str]:

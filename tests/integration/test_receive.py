@@ -1,0 +1,138 @@
+"""The SCP over real loopback sockets, driven by DCMTK (a foreign SCU) and pynetdicom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydicom import config, dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from dicomnode.jobs.models import AuditRecord, Instance, Study
+from tests.integration.conftest import RunningScp
+from tests.support.peers import echoscu, storescp, storescu
+from tests.support.synthetic import make_series, write_series
+
+
+def _audit(scp: RunningScp, event: str) -> list[AuditRecord]:
+    with scp.sessions() as session:
+        return list(session.scalars(select(AuditRecord).where(AuditRecord.event == event)))
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset after preamble and file meta: what travelled over the wire."""
+    ds = dcmread(path, stop_before_pixels=True)
+    raw = path.read_bytes()
+    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    return raw[meta_end:]
+
+
+def test_echo_from_known_peer_and_audit(scp: RunningScp) -> None:
+    result = echoscu(scp.port, called="DICOMNODE", calling="STORESCU")
+    assert result.returncode == 0, result.stderr
+    assert [a.actor for a in _audit(scp, "association_accepted")] == ["STORESCU"]
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(scp: RunningScp) -> None:
+    result = echoscu(scp.port, called="DICOMNODE", calling="INTRUDER")
+    assert result.returncode != 0
+    assert "Calling AE Title Not Recognized" in result.stderr + result.stdout
+    (row,) = _audit(scp, "association_rejected")
+    assert row.actor == "INTRUDER" and row.outcome == "minor_failure"
+    assert json.loads(row.detail)["security_alert"] is True
+    assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0  # still serving
+
+
+def test_wrong_called_ae_is_rejected(scp: RunningScp) -> None:
+    result = echoscu(scp.port, called="NOTME", calling="STORESCU")
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stderr + result.stdout
+
+
+def test_storescu_series_lands_in_spool_and_database(scp: RunningScp, tmp_path: Path) -> None:
+    paths = write_series(make_series(n_slices=5), tmp_path / "in")
+    result = storescu(scp.port, tmp_path / "in", called="DICOMNODE")
+    assert result.returncode == 0, result.stderr
+    with scp.sessions() as session:
+        instances = session.scalars(select(Instance)).all()
+        study = session.scalars(select(Study)).one()
+    assert len(instances) == 5
+    assert study.state.value == "receiving" and study.calling_ae == "STORESCU"
+    by_uid = {i.sop_instance_uid: i for i in instances}
+    for path in paths:
+        sent = dcmread(path)
+        stored = Path(by_uid[sent.SOPInstanceUID].path)
+        assert stored.is_relative_to(scp.settings.spool_dir)
+        assert _dataset_bytes(stored) == _dataset_bytes(path)
+        assert stored.stat().st_mode & 0o077 == 0  # PHI: owner-only
+    assert len(_audit(scp, "instance_received")) == 5
+
+
+@pytest.mark.parametrize(("folder", "propose"), [
+    ("mr_knix_loc_jpeg_lossless", "-xs"),     # JPEG Lossless SV1
+    ("mr_knee_2series_j2k_lossy/T1", "-xw"),  # JPEG 2000 (lossy)
+    ("ct_comunix_3slice_j2k", "-xw"),         # JPEG 2000, CT
+    ("multiframe", "-xy"),                    # JPEG baseline US cine + uncompressed Enhanced MR
+])
+def test_compressed_instances_are_stored_byte_for_byte(
+    scp: RunningScp, shared_data: Path, tmp_path: Path, folder: str, propose: str
+) -> None:
+    """What the node stores equals, byte for byte, what DCMTK's storescp keeps in bit-preserving mode."""
+    files = sorted(p for p in (shared_data / folder).rglob("*") if p.is_file())
+    reference = tmp_path / "storescp"
+    with storescp(reference, extra_args=("+B", "+xa")) as ref_port:  # +B: keep bytes as received
+        # propose the files' own compressed syntax, so that DCMTK sends them as they are
+        for port, called in ((scp.port, "DICOMNODE"), (ref_port, "STORESCP")):
+            result = storescu(port, files, called=called, extra_args=(propose,))
+            assert result.returncode == 0, result.stderr
+    with scp.sessions() as session:
+        stored = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+    received = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in reference.iterdir()}
+    assert len(stored) == len(files) == len(received)
+    for path in files:
+        sent = dcmread(path, stop_before_pixels=True)
+        row, reference_file = stored[sent.SOPInstanceUID], received[sent.SOPInstanceUID]
+        assert row.transfer_syntax_uid == dcmread(reference_file, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert _dataset_bytes(Path(row.path)) == _dataset_bytes(reference_file)
+        if sent.file_meta.TransferSyntaxUID.is_compressed:  # kept compressed, pixel data untouched
+            assert row.transfer_syntax_uid == sent.file_meta.TransferSyntaxUID
+            assert dcmread(row.path).PixelData == dcmread(path).PixelData
+
+
+def _pyscu_send(port: int, ds: Dataset) -> int:
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # we send it on purpose
+def test_invalid_uid_is_refused_without_a_file(scp: RunningScp) -> None:
+    ds = make_series(n_slices=1)[0]
+    ds.SeriesInstanceUID = "1.2.bad/../../etc"
+    with config.disable_value_validation():
+        status = _pyscu_send(scp.port, ds)
+    assert status == 0xC211
+    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
+    (row,) = _audit(scp, "instance_refused")
+    assert "SeriesInstanceUID" in json.loads(row.detail)["reason"]
+
+
+def test_disk_failure_answers_out_of_resources(scp: RunningScp) -> None:
+    scp.settings.spool_dir.parent.mkdir(parents=True, exist_ok=True)
+    scp.settings.spool_dir.write_text("not a folder")  # any write below it fails
+    status = _pyscu_send(scp.port, make_series(n_slices=1)[0])
+    assert status == 0xA700
+    with scp.sessions() as session:
+        assert session.scalars(select(Instance)).all() == []
+    (row,) = _audit(scp, "instance_refused")
+    assert json.loads(row.detail)["status"] == "0xA700"
+    assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
