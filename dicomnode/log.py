@@ -12,6 +12,8 @@ import sys
 import warnings
 from typing import Any
 
+from pydicom import config as pydicom_config
+
 
 def uid_hash(uid: str | None) -> str:
     """A short, stable, non-reversible tag for a UID, safe to log."""
@@ -53,6 +55,7 @@ def setup_logging(level: str = "INFO") -> None:
     # pydicom's and highdicom's validation warnings quote attribute values, patient names among them:
     # keep them out of the logs. Input is read leniently anyway; what the node writes is sanitised.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE  # lenient about what we read
     for module in ("pydicom", "highdicom"):
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs UIDs of source datasets

@@ -27,8 +27,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _strict_writing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strict about what we write (pydicom raises on invalid values we set)."""
+    """Strict about what we write (pydicom raises on invalid values we set), lenient about what we read
+    (as ``dicomnode.log.setup_logging`` makes the node)."""
     monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.RAISE)
+    monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.IGNORE)
 
 
 @pytest.fixture

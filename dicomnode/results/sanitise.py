@@ -11,8 +11,10 @@ import copy
 import re
 from collections.abc import Iterable
 
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT", "UI"}
 _DA_RE = re.compile(r"^\d{8}$")
@@ -23,30 +25,46 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID
           "ReferringPhysicianName", "AccessionNumber")
 
 
-def _clean_text(value: object) -> object:
+# PS3.5 Table 6.2-1 maximum lengths (characters) of the text VRs the node may copy
+_MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "LT": 10240,
+               "PN": 64, "SH": 16, "ST": 1024, "TM": 14, "UI": 64}
+
+
+def _clean_text(value: object, vr: str) -> object:
+    limit = _MAX_LENGTH.get(vr)
     if isinstance(value, str):
-        return value.replace("\x00", "").strip()
+        text = value.replace("\x00", "").strip()
+        if vr == "PN" and text and "^" not in text and "=" not in text:
+            text += "^"  # a family name alone, said explicitly (PS3.5 6.2.1.2)
+        return text[:limit] if limit and vr != "UI" else text
+    if isinstance(value, PersonName):
+        return _clean_text(str(value), vr)
     if isinstance(value, bytes):
         return value.replace(b"\x00", b"").strip()
     return value
 
 
-def _clean_element(elem: DataElement) -> None:
+def _cleaned(elem: DataElement) -> DataElement | None:
+    """A cleaned copy of ``elem``, or None when it needs none (sequences are cleaned in place)."""
     if elem.VR == "SQ":
         for item in elem.value:
             _clean_dataset(item)
-        return
+        return None
     if elem.VR not in _TEXT_VRS or elem.value is None:
-        return
+        return None
     if elem.VM > 1:
-        elem.value = [_clean_text(v) for v in elem.value]
+        value: object = [_clean_text(v, elem.VR) for v in elem.value]
     else:
-        elem.value = _clean_text(elem.value)
+        value = _clean_text(elem.value, elem.VR)
+    # validation off for this element only: the point is to repair what was received
+    return DataElement(elem.tag, elem.VR, value, validation_mode=config.IGNORE)
 
 
 def _clean_dataset(ds: Dataset) -> None:
-    for elem in ds:
-        _clean_element(elem)
+    for elem in list(ds):
+        cleaned = _cleaned(elem)
+        if cleaned is not None:
+            ds[elem.tag] = cleaned
 
 
 def sanitise_header(source: Dataset) -> Dataset:

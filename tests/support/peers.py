@@ -90,9 +90,9 @@ class Orthanc:
             "StableAge": 60,
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
-        log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 (closed with the process)
-        self.process = subprocess.Popen([require("Orthanc"), str(self.folder / "orthanc.json")],
-                                        stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
+        with open(self.folder / "orthanc.log", "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([require("Orthanc"), str(self.folder / "orthanc.json")],
+                                            stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
         wait_for(lambda: self._alive() and self.get("/system"), timeout=60, msg="Orthanc answering HTTP")
         return self
 
@@ -161,9 +161,9 @@ class NodeProcess:
                "DICOMNODE_HOST": "127.0.0.1", "DICOMNODE_AE_TITLE": self.ae_title, **self.env}
         env.pop("DICOMNODE_CONFIG", None)
         self.folder.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
-        self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
         return self
 

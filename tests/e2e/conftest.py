@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.peers import NodeProcess, Orthanc
+
+
+@pytest.fixture(scope="module")
+def node(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """The node as a real process; Orthanc is its PACS, and knows it as modality NODE."""
+    process = NodeProcess(tmp_path_factory.mktemp("node"), env={
+        "DICOMNODE_PACS": f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+        "DICOMNODE_STUDY_IDLE_SECONDS": "2",
+        "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.5",
+    }).start()
+    orthanc.add_modality("NODE", process.ae_title, process.port)
+    yield process
+    process.stop()

@@ -1,0 +1,74 @@
+"""C-STORE SCU against DCMTK's storescp, a foreign SCP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicomnode.errors import SendError
+from dicomnode.inference.registry import load_manifests
+from dicomnode.inference.volume import build_volume
+from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.sanitise import sanitise_headers
+from dicomnode.results.seg import build_seg
+from dicomnode.results.sr import build_sr, segment_volumes_ml
+from dicomnode.send.scu import echo, send_files
+from dicomnode.settings import Peer, Settings
+from tests.support.net import free_port
+from tests.support.peers import REPO, storescp
+
+
+@pytest.fixture
+def result_files(tmp_path: Path) -> list[Path]:
+    from tests.support.synthetic import make_series
+
+    manifest = load_manifests(REPO / "models")["deepbet"]
+    volume = build_volume(make_series(n_slices=6, rows=8, columns=8))
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[1:4, 2:6, 2:6] = 1
+    sources = sanitise_headers(volume.datasets)
+    identity = ResultIdentity.for_job("1.2.3.4", 1, manifest)
+    seg = build_seg(sources, labels, manifest, identity)
+    sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
+    paths = [tmp_path / "seg.dcm", tmp_path / "sr.dcm"]
+    seg.save_as(paths[0])
+    sr.save_as(paths[1])
+    return paths
+
+
+def test_results_reach_a_dcmtk_scp(settings: Settings, result_files: list[Path], tmp_path: Path) -> None:
+    with storescp(tmp_path / "received") as port:
+        peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port)
+        assert echo(settings, peer) == 0
+        outcomes = send_files(settings, peer, result_files)
+    assert [o.status for o in outcomes] == [0x0000, 0x0000]
+    assert all(o.stored for o in outcomes)
+    received = sorted(dcmread(p).Modality for p in (tmp_path / "received").iterdir())
+    assert received == ["SEG", "SR"]
+
+
+def test_refused_association_is_a_permanent_send_error(settings: Settings, result_files: list[Path],
+                                                       tmp_path: Path) -> None:
+    with storescp(tmp_path / "received", extra_args=("--refuse",)) as port:
+        with pytest.raises(SendError, match="rejected") as info:
+            send_files(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port), result_files)
+    assert info.value.retryable is False
+
+
+def test_nobody_listening_is_a_retryable_send_error(settings: Settings, result_files: list[Path]) -> None:
+    with pytest.raises(SendError, match="not established") as info:
+        send_files(settings, Peer(ae_title="NOBODY", host="127.0.0.1", port=free_port()), result_files)
+    assert info.value.retryable is True
+
+
+def test_warning_and_failure_statuses() -> None:
+    from dicomnode.send.scu import StoreOutcome
+
+    def outcome(status: int | None) -> bool:
+        return StoreOutcome(Path("x"), "1.2", "1.2.3", status).stored
+
+    assert outcome(0x0000) and outcome(0xB000) and outcome(0xB007)
+    assert not outcome(0xA700) and not outcome(0xA900) and not outcome(0xC000) and not outcome(None)
