@@ -1,0 +1,71 @@
+"""Ingest: DCMTK storescu -> storescp (reference) vs -> the node's SCP, same files, same run."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from dicomnode.db import make_engine, make_sessionmaker
+from dicomnode.migrate import upgrade
+from dicomnode.receive.handlers import ReceiveContext
+from dicomnode.receive.scp import start_scp
+from dicomnode.settings import Peer, Settings
+from tests.support.net import free_port
+from tests.support.peers import REPO, storescp, storescu
+
+SOURCE = REPO.parent / "shared" / "data" / "ct_single_slice_tcia" / "CT01.dcm"
+
+
+def clone(n: int, folder: Path) -> list[Path]:
+    base = dcmread(SOURCE)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for i in range(n):
+        base.StudyInstanceUID, base.SeriesInstanceUID = study, series
+        base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        base.InstanceNumber = i + 1
+        path = folder / f"CT{i:04d}.dcm"
+        base.save_as(path)
+        paths.append(path)
+    return paths
+
+
+def timed_store(port: int, folder: Path, called: str) -> float:
+    started = time.perf_counter()
+    result = storescu(port, folder, called=called)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"storescu to {called} failed: {result.stderr[-500:]}")
+    return elapsed
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "in").mkdir()
+        clone(n, root / "in")
+        settings = Settings.load(None, data_dir=root / "node", host="127.0.0.1", port=free_port(),
+                                 peers=[Peer(ae_title="STORESCU", host="127.0.0.1")])
+        settings.data_dir.mkdir()
+        upgrade(settings.db_url)
+        server = start_scp(ReceiveContext(settings, make_sessionmaker(make_engine(settings.db_url))))
+        try:
+            with storescp(root / "ref") as ref_port:
+                reference = timed_store(ref_port, root / "in", "STORESCP")
+            node = timed_store(settings.port, root / "in", "DICOMNODE")
+        finally:
+            server.shutdown()
+    print(f"{n} instances of {SOURCE.stat().st_size // 1024} KiB")
+    print(f"DCMTK storescp : {reference:6.2f} s  {n / reference:7.1f} instances/s")
+    print(f"dicomnode SCP  : {node:6.2f} s  {n / node:7.1f} instances/s (fsync + database row each)")
+    print(f"ratio node/storescp time: {node / reference:.2f}")
+
+
+if __name__ == "__main__":
+    main()
