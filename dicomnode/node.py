@@ -82,9 +82,9 @@ def start_node(settings: Settings) -> Node:
         worker = Worker(ctx)
         worker.start()
     if settings.pacs is None:
-        log.warning("no PACS configured (DICOMNODE_PACS): results cannot be sent"
-                    + (", and every caller is rejected" if settings.require_known_callers and not settings.peers else ""),
-                    extra=extra(stage="serve"))
+        rejects_all = settings.require_known_callers and not settings.peers
+        log.warning("no PACS configured (DICOMNODE_PACS): results cannot be sent%s",
+                    ", and every caller is rejected" if rejects_all else "", extra=extra(stage="serve"))
     log.info("node listening", extra=extra(stage="serve", ae_title=settings.ae_title, port=settings.port,
                                            models=",".join(sorted(registry.manifests))))
     return Node(settings=settings, server=server, scheduler=scheduler, worker=worker, ctx=ctx)
