@@ -14,7 +14,9 @@ from sqlalchemy import select
 from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.log import setup_logging
+from dicomnode.receive.handlers import disk_guard
 from dicomnode.settings import Settings
+from dicomnode.store.spool import free_bytes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,9 +49,14 @@ def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
                 "jobs": [{"id": j.id, "model": j.model_id, "status": j.status.value, "reason": j.reason,
                           "attempts": j.attempts} for j in jobs],
             })
+    guard = disk_guard(settings)
+    disk = {"free_mb": round(free_bytes(settings.spool_dir) / 2**20), "min_free_mb": settings.min_free_disk_mb,
+            "accepting": not guard, "reason": guard}
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"disk": disk, "studies": rows}, indent=2))
     else:
+        print(f"disk: {disk['free_mb']} MiB free (min {settings.min_free_disk_mb:g}): "
+              + ("accepting instances" if not guard else f"REFUSING instances ({guard})"))
         for row in rows:
             print(f"{row['study_uid']}  {row['reason']}")
             for series in row["series"]:

@@ -36,13 +36,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class Node:
     settings: Settings
-    server: Any
+    servers: list[Any]
     scheduler: BackgroundScheduler
     worker: Worker | None
     ctx: PipelineContext
 
     def stop(self) -> None:
-        self.server.shutdown()
+        for server in self.servers:
+            server.shutdown()
         self.scheduler.shutdown(wait=True)
         if self.worker is not None:
             self.worker.stop()
@@ -72,7 +73,7 @@ def start_node(settings: Settings) -> Node:
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
                models=sorted(registry.manifests), rules=[r.name for r in rules])
-    server = start_scp(ReceiveContext(settings=settings, sessions=sessions))
+    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions))
     scheduler = BackgroundScheduler()
     scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx, rules],
                       max_instances=1, coalesce=True, id="sweep")
@@ -85,9 +86,11 @@ def start_node(settings: Settings) -> Node:
         rejects_all = settings.require_known_callers and not settings.peers
         log.warning("no PACS configured (DICOMNODE_PACS): results cannot be sent%s",
                     ", and every caller is rejected" if rejects_all else "", extra=extra(stage="serve"))
-    log.info("node listening", extra=extra(stage="serve", ae_title=settings.ae_title, port=settings.port,
+    log.info("node listening", extra=extra(stage="serve", ae_title=settings.ae_title,
+                                           port=settings.port if settings.plain_port_enabled else "off",
+                                           tls_port=settings.tls_port or "off",
                                            models=",".join(sorted(registry.manifests))))
-    return Node(settings=settings, server=server, scheduler=scheduler, worker=worker, ctx=ctx)
+    return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx)
 
 
 def serve(settings: Settings) -> int:

@@ -7,6 +7,7 @@ and other :class:`~dicomnode.errors.DicomNodeError` subclasses when it fails.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,14 +30,17 @@ from dicomnode.jobs.models import Delivery, Instance
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
-from dicomnode.send.scu import send_files
+from dicomnode.send.scu import StoreOutcome, send_files
 from dicomnode.settings import Settings
 from dicomnode.store.spool import write_atomic
 
 log = logging.getLogger(__name__)
+
+RESULTS_SUMMARY = "results.json"
 
 
 @dataclass(frozen=True)
@@ -79,31 +83,82 @@ def build_results(manifest: Manifest, volume: Volume, labels: np.ndarray, job: C
                   ) -> tuple[list[Dataset], dict[int, float]]:
     """Stage 4: SEG and TID 1500 SR in the source study, with deterministic UIDs."""
     sources = sanitise_headers(volume.datasets)
-    identity = ResultIdentity.for_job(job.series_uid, job.series_number, manifest)
+    identity = ResultIdentity.for_job(job.series_uid, job.series_number, manifest, job.revision)
     seg = build_seg(sources, labels, manifest, identity)
     volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
     sr = build_sr(seg, sources, volumes, manifest, identity)
     return [seg, sr], volumes
 
 
-def write_results(results_dir: Path, job_id: int, objects: list[Dataset]) -> tuple[Path, ...]:
-    """Stage 5: the result files, written atomically under ``results/job-<id>/``."""
+def write_results(results_dir: Path, job_id: int, objects: list[Dataset], volumes_ml: dict[int, float],
+                  inference_seconds: float) -> JobResult:
+    """Stage 5: the result files, written atomically under ``results/job-<id>/``, then ``results.json``.
+
+    ``results.json`` is written last: when it exists, every result file is complete, and a retried job
+    goes straight to delivery instead of running the model again.
+    """
+    folder = results_dir / f"job-{job_id}"
     paths = []
     for ds in objects:
-        path = results_dir / f"job-{job_id}" / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
+        path = folder / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         write_atomic(path, buffer.getvalue())
         paths.append(path)
-    return tuple(paths)
+    result = JobResult(paths=tuple(paths), volumes_ml=volumes_ml, inference_seconds=inference_seconds)
+    summary = {"paths": [p.name for p in paths], "volumes_ml": volumes_ml, "inference_seconds": inference_seconds}
+    write_atomic(folder / RESULTS_SUMMARY, json.dumps(summary).encode())
+    return result
+
+
+def written_results(results_dir: Path, job_id: int) -> JobResult | None:
+    """The results an earlier attempt of this job wrote completely, if any."""
+    folder = results_dir / f"job-{job_id}"
+    try:
+        summary = json.loads((folder / RESULTS_SUMMARY).read_text())
+        paths = tuple(folder / name for name in summary["paths"])
+        if not all(p.is_file() for p in paths):
+            return None
+        volumes = {int(k): float(v) for k, v in summary["volumes_ml"].items()}
+        return JobResult(paths=paths, volumes_ml=volumes, inference_seconds=float(summary["inference_seconds"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _already_stored(sessions: sessionmaker[Session], job_id: int, destination: str) -> set[str]:
+    with sessions() as session:
+        return set(session.scalars(select(Delivery.sop_instance_uid).where(
+            Delivery.job_id == job_id, Delivery.destination == destination, Delivery.outcome == "stored")))
+
+
+def _classify(failed: list[StoreOutcome]) -> bool:
+    """Retryable when every failure is 'out of resources' (0xA7xx) or no answer at all."""
+    return all(o.status is None or 0xA700 <= o.status <= 0xA7FF for o in failed)
 
 
 def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> None:
-    """Stage 6: C-STORE every result to the PACS, record each delivery; raise unless all were stored."""
+    """Stage 6: C-STORE each result not yet stored to the PACS, record each answer; raise unless all stored.
+
+    Raises
+    ------
+    SendError
+        ``retryable`` when the PACS could not be reached or answered 0xA7xx (or not at all); permanent
+        when it rejected the association or answered another failure status.
+    """
     peer = ctx.settings.pacs
     if peer is None:
         raise SendError("no destination configured (set DICOMNODE_PACS)", retryable=False)
-    outcomes = send_files(ctx.settings, peer, paths)
+    done = _already_stored(ctx.sessions, job.id, str(peer))
+    pending = tuple(p for p in paths if dcmread(p, stop_before_pixels=True).SOPInstanceUID not in done)
+    if not pending:
+        return
+    try:
+        outcomes = send_files(ctx.settings, peer, pending)
+    except SendError as exc:
+        with session_scope(ctx.sessions) as session:
+            record(session, AuditEvent.RESULT_SEND_FAILED, Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
+                   study_uid=job.study_uid, patient_id=job.patient_id, job_id=job.id, reason=str(exc))
+        raise
     with session_scope(ctx.sessions) as session:
         for outcome in outcomes:
             status = f"0x{outcome.status:04X}" if outcome.status is not None else "none"
@@ -116,22 +171,55 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
                    sop_instance_uid=outcome.sop_instance_uid, status=status)
     failed = [o for o in outcomes if not o.stored]
     if failed:
-        codes = ", ".join("none" if o.status is None else f"0x{o.status:04X}" for o in failed)
+        codes = ", ".join("no answer" if o.status is None else f"0x{o.status:04X}" for o in failed)
         raise SendError(f"{len(failed)} of {len(outcomes)} result(s) not stored by {peer}: {codes}",
-                        retryable=False)
+                        retryable=_classify(failed))
 
 
 def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
-    """The whole flow for one job."""
+    """The whole flow for one job; a retry resumes at delivery when the results were already written."""
+    result = written_results(ctx.settings.results_dir, job.id)
+    if result is None:
+        manifest = ctx.registry.manifests.get(job.model_id)
+        if manifest is None or manifest.version != job.model_version:
+            raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
+        datasets = load_series(ctx.sessions, job.series_id)
+        volume = build_volume(datasets, manifest.min_slices)
+        labels, seconds = infer(ctx, manifest, volume)
+        log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
+                                               shape="x".join(map(str, volume.array.shape))))
+        objects, volumes = build_results(manifest, volume, labels, job)
+        result = write_results(ctx.settings.results_dir, job.id, objects, volumes, seconds)
+    deliver(ctx, job, result.paths)
+    return result
+
+
+def send_failure_notice(ctx: PipelineContext, job: ClaimedJob, reason: str) -> bool:
+    """Best effort: put an "AI result not available: <reason>" SR into the study; True when stored."""
     manifest = ctx.registry.manifests.get(job.model_id)
-    if manifest is None or manifest.version != job.model_version:
-        raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
-    datasets = load_series(ctx.sessions, job.series_id)
-    volume = build_volume(datasets, manifest.min_slices)
-    labels, seconds = infer(ctx, manifest, volume)
-    log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
-                                           shape="x".join(map(str, volume.array.shape))))
-    objects, volumes = build_results(manifest, volume, labels, job)
-    paths = write_results(ctx.settings.results_dir, job.id, objects)
-    deliver(ctx, job, paths)
-    return JobResult(paths=paths, volumes_ml=volumes, inference_seconds=seconds)
+    peer = ctx.settings.pacs
+    try:
+        if manifest is None or peer is None:
+            raise SendError("no model manifest or no destination for the notice", retryable=False)
+        with ctx.sessions() as session:
+            path = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)).first()
+        if path is None:
+            raise SendError("the source series has no instances", retryable=False)
+        source = sanitise_headers([dcmread(path, stop_before_pixels=True, force=True)])
+        notice = build_failure_notice(source, manifest, reason, job.series_number, job.revision)
+        folder = ctx.settings.results_dir / f"job-{job.id}"
+        buffer = BytesIO()
+        notice.save_as(buffer, enforce_file_format=True)
+        write_atomic(notice_path := folder / f"notice-{notice.SOPInstanceUID}.dcm", buffer.getvalue())
+        (outcome,) = send_files(ctx.settings, peer, [notice_path])
+        stored = outcome.stored
+        detail = f"0x{outcome.status:04X}" if outcome.status is not None else "no answer"
+    except Exception as exc:  # a notice must never take the worker down
+        stored, detail = False, f"{type(exc).__name__}: {exc}"
+    with session_scope(ctx.sessions) as session:
+        record(session, AuditEvent.RESULT_SENT if stored else AuditEvent.RESULT_SEND_FAILED,
+               Outcome.SUCCESS if stored else Outcome.SERIOUS_FAILURE, actor=peer.ae_title if peer else "",
+               study_uid=job.study_uid, patient_id=job.patient_id, job_id=job.id, kind="failure_notice",
+               status=detail)
+    log.info("failure notice", extra=extra(stage="send", job_id=job.id, stored=stored))
+    return stored

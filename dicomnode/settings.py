@@ -40,6 +40,7 @@ class Peer(BaseModel):
     ae_title: str
     host: str = "127.0.0.1"
     port: int = Field(default=104, ge=1, le=65535)
+    tls: bool = False  # connect to this peer with DICOM TLS (as SCU)
 
     @field_validator("ae_title")
     @classmethod
@@ -108,6 +109,18 @@ class Settings(BaseSettings):
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
+    retry_max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_max_delay_seconds: float = Field(default=600.0, gt=0)
+    failure_notice: bool = True
+    min_free_disk_mb: float = Field(default=1024.0, ge=0)
+    max_associations: int = Field(default=10, ge=1)
+    max_pdu_bytes: int = Field(default=16382, ge=0)
+    plain_port_enabled: bool = True
+    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 

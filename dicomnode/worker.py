@@ -1,23 +1,29 @@
 """The worker loop: claim -> pipeline.run_job -> record the outcome; heartbeat while running.
 
-The worker never dies of a job: every exception becomes a recorded FAILED (or SKIPPED) outcome. On a
-clean stop the job in hand finishes first; after a crash its lease runs out and the job is requeued.
+The worker never dies of a job: every exception becomes a recorded outcome. Transient failures are
+retried under :class:`~dicomnode.jobs.retry.RetryPolicy`; permanent ones go to the dead letter, and a
+failure notice SR goes into the study. On a clean stop the job in hand finishes first; after a crash its
+lease runs out and the job is requeued.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
 import threading
 import uuid
+from dataclasses import dataclass
 
 from dicomnode.db import session_scope
 from dicomnode.errors import DicomNodeError, IllegalTransition, SeriesNotUsable
+from dicomnode.jobs.models import utcnow
 from dicomnode.jobs.repository import ClaimedJob, claim, heartbeat, transition
+from dicomnode.jobs.retry import RetryPolicy
 from dicomnode.jobs.status import JobStatus
 from dicomnode.log import extra
-from dicomnode.pipeline import PipelineContext, run_job
+from dicomnode.pipeline import PipelineContext, run_job, send_failure_notice
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +32,22 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    status: JobStatus
+    reason: str
+    run_after: dt.datetime | None = None
+
+
 class Worker:
     """One job at a time, polling the job table every ``worker_poll_seconds``."""
 
     def __init__(self, ctx: PipelineContext, worker_id: str | None = None) -> None:
         self.ctx = ctx
         self.worker_id = worker_id or new_worker_id()
+        settings = ctx.settings
+        self.policy = RetryPolicy(max_attempts=settings.retry_max_attempts, base_seconds=settings.retry_base_seconds,
+                                  max_delay_seconds=settings.retry_max_delay_seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,36 +86,45 @@ class Worker:
         job = claim(self.ctx.sessions, self.worker_id, settings.job_lease_seconds)
         if job is None:
             return False
-        log.info("job started", extra=extra(stage="worker", job_id=job.id, model=job.model_id))
+        log.info("job started", extra=extra(stage="worker", job_id=job.id, model=job.model_id, attempt=job.attempts))
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, beat_stop), daemon=True)
         beat.start()
         try:
-            status, reason = self._execute(job)
+            outcome = self._execute(job)
         finally:
             beat_stop.set()
             beat.join()
         try:
             with session_scope(self.ctx.sessions) as session:
-                transition(session, job.id, JobStatus.RUNNING, status, reason, worker_id=self.worker_id)
+                transition(session, job.id, JobStatus.RUNNING, outcome.status, outcome.reason,
+                           worker_id=self.worker_id, run_after=outcome.run_after)
         except IllegalTransition:
             log.warning("job lease lost before the outcome was recorded", extra=extra(job_id=job.id))
-        log.info("job finished", extra=extra(stage="worker", job_id=job.id, status=status.value))
+            return True
+        log.info("job finished", extra=extra(stage="worker", job_id=job.id, status=outcome.status.value))
+        if outcome.status is JobStatus.DEAD_LETTER and settings.failure_notice:
+            send_failure_notice(self.ctx, job, outcome.reason)
         return True
 
-    def _execute(self, job: ClaimedJob) -> tuple[JobStatus, str]:
+    def _execute(self, job: ClaimedJob) -> JobOutcome:
         try:
             result = run_job(self.ctx, job)
         except SeriesNotUsable as exc:
-            return JobStatus.SKIPPED, str(exc)
-        except DicomNodeError as exc:
-            log.warning("job failed: %s", type(exc).__name__, extra=extra(job_id=job.id))
-            return JobStatus.FAILED, str(exc)
+            return JobOutcome(JobStatus.SKIPPED, str(exc))
         except Exception as exc:
-            log.exception("job crashed", extra=extra(stage="worker", job_id=job.id))
-            return JobStatus.FAILED, f"internal error: {type(exc).__name__}"
+            if not isinstance(exc, DicomNodeError):
+                log.exception("job crashed", extra=extra(stage="worker", job_id=job.id))
+            decision = self.policy.decide(job.attempts, exc)
+            log.warning("job attempt failed (%s)", type(exc).__name__,
+                        extra=extra(stage="worker", job_id=job.id, retry=decision.retry,
+                                    delay=round(decision.delay_seconds, 1)))
+            if decision.retry:
+                return JobOutcome(JobStatus.QUEUED, decision.reason,
+                                  utcnow() + dt.timedelta(seconds=decision.delay_seconds))
+            return JobOutcome(JobStatus.DEAD_LETTER, decision.reason)
         volumes = ", ".join(f"segment {k}: {v:.1f} ml" for k, v in result.volumes_ml.items())
-        return JobStatus.SUCCEEDED, f"{len(result.paths)} result(s) stored; {volumes}"
+        return JobOutcome(JobStatus.SUCCEEDED, f"{len(result.paths)} result(s) stored; {volumes}")
 
     def _heartbeat(self, job: ClaimedJob, stop: threading.Event) -> None:
         interval = self.ctx.settings.job_lease_seconds / 3

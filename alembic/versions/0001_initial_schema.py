@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 19:27:50.831902
+Create Date: 2026-11-23 19:46:22.466479
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def upgrade() -> None:
     sa.Column('series_number', sa.Integer(), nullable=True),
     sa.Column('description', sa.String(length=64), nullable=False),
     sa.Column('route_reason', sa.Text(), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('routed_revision', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['study_id'], ['study.id'], name=op.f('fk_series_study_id_study')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_series')),
     sa.UniqueConstraint('series_uid', name=op.f('uq_series_series_uid'))
@@ -89,19 +91,21 @@ def upgrade() -> None:
     sa.Column('rule', sa.String(length=64), nullable=False),
     sa.Column('model_id', sa.String(length=64), nullable=False),
     sa.Column('model_version', sa.String(length=32), nullable=False),
-    sa.Column('status', sa.Enum('queued', 'running', 'succeeded', 'skipped', 'failed', name='job_status', native_enum=False, create_constraint=True, length=16), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('status', sa.Enum('queued', 'running', 'succeeded', 'skipped', 'dead_letter', name='job_status', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('worker_id', sa.String(length=128), nullable=True),
     sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('run_after', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['series_id'], ['series.id'], name=op.f('fk_job_series_id_series')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_job')),
-    sa.UniqueConstraint('series_id', 'model_id', 'model_version', name='uq_job_series_model')
+    sa.UniqueConstraint('series_id', 'model_id', 'model_version', 'revision', name='uq_job_series_model')
     )
     with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.create_index('ix_job_status_id', ['status', 'id'], unique=False)
+        batch_op.create_index('ix_job_status_run_after', ['status', 'run_after'], unique=False)
 
     op.create_table('delivery',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -122,8 +126,8 @@ def upgrade() -> None:
     op.create_table('job_event',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=False),
-    sa.Column('from_status', sa.Enum('queued', 'running', 'succeeded', 'skipped', 'failed', name='job_event_from', native_enum=False, create_constraint=True, length=16), nullable=True),
-    sa.Column('to_status', sa.Enum('queued', 'running', 'succeeded', 'skipped', 'failed', name='job_event_to', native_enum=False, create_constraint=True, length=16), nullable=False),
+    sa.Column('from_status', sa.Enum('queued', 'running', 'succeeded', 'skipped', 'dead_letter', name='job_event_from', native_enum=False, create_constraint=True, length=16), nullable=True),
+    sa.Column('to_status', sa.Enum('queued', 'running', 'succeeded', 'skipped', 'dead_letter', name='job_event_to', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['job.id'], name=op.f('fk_job_event_job_id_job')),
@@ -146,7 +150,7 @@ def downgrade() -> None:
 
     op.drop_table('delivery')
     with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.drop_index('ix_job_status_id')
+        batch_op.drop_index('ix_job_status_run_after')
 
     op.drop_table('job')
     with op.batch_alter_table('instance', schema=None) as batch_op:

@@ -109,6 +109,7 @@ def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: d
                 series.route_reason += f"; rule {rule.name} names unknown model {rule.model!r}"
                 continue
             enqueue(session, series, rule.name, manifest.id, manifest.version)
+        series.routed_revision = series.revision
     session.flush()
     n_jobs = len(session.scalars(select(Job.id).join(Job.series).where(Series.study_id == study.id)).all())
     if n_jobs:

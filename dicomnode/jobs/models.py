@@ -71,6 +71,10 @@ class Series(Base):
     series_number: Mapped[int | None]
     description: Mapped[str] = mapped_column(String(64), default="")
     route_reason: Mapped[str] = mapped_column(Text, default="")
+    # Content revision: goes up when an instance is added or changed after the series was routed, so
+    # that routing queues a new result version that supersedes the old one.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    routed_revision: Mapped[int | None]
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -96,8 +100,8 @@ class Instance(Base):
 class Job(Base):
     __tablename__ = "job"
     __table_args__ = (
-        UniqueConstraint("series_id", "model_id", "model_version", name="uq_job_series_model"),
-        Index("ix_job_status_id", "status", "id"),
+        UniqueConstraint("series_id", "model_id", "model_version", "revision", name="uq_job_series_model"),
+        Index("ix_job_status_run_after", "status", "run_after"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -105,11 +109,13 @@ class Job(Base):
     rule: Mapped[str] = mapped_column(String(64))
     model_id: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.QUEUED)
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[dt.datetime | None]
+    run_after: Mapped[dt.datetime | None]  # a scheduled retry: not claimed before this
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

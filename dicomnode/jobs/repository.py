@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome
@@ -25,7 +25,7 @@ _AUDIT_FOR = {
     JobStatus.RUNNING: (AuditEvent.JOB_STARTED, Outcome.SUCCESS),
     JobStatus.SUCCEEDED: (AuditEvent.JOB_SUCCEEDED, Outcome.SUCCESS),
     JobStatus.SKIPPED: (AuditEvent.JOB_SKIPPED, Outcome.MINOR_FAILURE),
-    JobStatus.FAILED: (AuditEvent.JOB_FAILED, Outcome.SERIOUS_FAILURE),
+    JobStatus.DEAD_LETTER: (AuditEvent.JOB_FAILED, Outcome.SERIOUS_FAILURE),
 }
 
 
@@ -41,6 +41,7 @@ class ClaimedJob:
     patient_id: str | None
     model_id: str
     model_version: str
+    revision: int
     attempts: int
 
 
@@ -49,29 +50,33 @@ def _study_of(session: Session, job: Job) -> Study:
 
 
 def enqueue(session: Session, series: Series, rule: str, model_id: str, model_version: str) -> Job | None:
-    """Queue ``model_id`` on ``series`` unless that (series, model, version) job exists; returns the new job."""
+    """Queue ``model_id`` on the current revision of ``series``, unless that job exists; returns the new job."""
     existing = session.scalar(select(Job).where(
-        Job.series_id == series.id, Job.model_id == model_id, Job.model_version == model_version))
+        Job.series_id == series.id, Job.model_id == model_id, Job.model_version == model_version,
+        Job.revision == series.revision))
     if existing is not None:
         return None
     job = Job(series=series, rule=rule, model_id=model_id, model_version=model_version,
-              status=JobStatus.QUEUED)
+              revision=series.revision, status=JobStatus.QUEUED)
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED, reason=f"rule {rule}"))
     record(session, AuditEvent.JOB_QUEUED, actor="router", study_uid=series.study.study_uid,
            patient_id=series.study.patient_id, job_id=job.id, model=model_id, model_version=model_version,
-           rule=rule, series_uid=series.series_uid)
+           rule=rule, series_uid=series.series_uid, revision=series.revision)
     return job
 
 
 def transition(
     session: Session, job_id: int, current: JobStatus, new: JobStatus, reason: str = "", *,
-    worker_id: str | None = None, lease_until: dt.datetime | None = None,
+    worker_id: str | None = None, lease_until: dt.datetime | None = None, run_after: dt.datetime | None = None,
 ) -> None:
-    """Move job ``job_id`` from ``current`` to ``new`` or raise :class:`IllegalTransition`."""
+    """Move job ``job_id`` from ``current`` to ``new`` or raise :class:`IllegalTransition`.
+
+    ``run_after`` (with ``new`` QUEUED) schedules a retry: no worker claims the job before then.
+    """
     check_transition(current, new)
-    values: dict[str, object] = {"status": new, "reason": reason, "updated_at": utcnow()}
+    values: dict[str, object] = {"status": new, "reason": reason, "updated_at": utcnow(), "run_after": run_after}
     if new is JobStatus.RUNNING:
         values.update(worker_id=worker_id, lease_until=lease_until, attempts=Job.attempts + 1)
     else:
@@ -95,13 +100,16 @@ def transition(
 def claim(sessions: sessionmaker[Session], worker_id: str, lease_seconds: float) -> ClaimedJob | None:
     """Take the oldest queued job, atomically; None when there is none."""
     with session_scope(sessions) as session:
-        query = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1)
+        now = utcnow()
+        query = (select(Job.id).where(Job.status == JobStatus.QUEUED,
+                                      or_(Job.run_after.is_(None), Job.run_after <= now))
+                 .order_by(Job.id).limit(1))
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         job_id = session.scalar(query)
         if job_id is None:
             return None
-        lease = utcnow() + dt.timedelta(seconds=lease_seconds)
+        lease = now + dt.timedelta(seconds=lease_seconds)
         try:
             transition(session, job_id, JobStatus.QUEUED, JobStatus.RUNNING, "claimed",
                        worker_id=worker_id, lease_until=lease)
@@ -113,7 +121,7 @@ def claim(sessions: sessionmaker[Session], worker_id: str, lease_seconds: float)
         return ClaimedJob(id=job.id, series_id=job.series_id, series_uid=job.series.series_uid,
                           series_number=job.series.series_number, study_uid=study.study_uid,
                           patient_id=study.patient_id, model_id=job.model_id,
-                          model_version=job.model_version, attempts=job.attempts)
+                          model_version=job.model_version, revision=job.revision, attempts=job.attempts)
 
 
 def heartbeat(sessions: sessionmaker[Session], job_id: int, worker_id: str, lease_seconds: float) -> bool:

@@ -13,11 +13,11 @@ from dicomnode.errors import IllegalTransition
 
 
 class JobStatus(enum.StrEnum):
-    QUEUED = "queued"        # waiting for a worker
-    RUNNING = "running"      # claimed by a worker holding a lease
-    SUCCEEDED = "succeeded"  # every result instance stored on the destination (0x0000 or warning)
-    SKIPPED = "skipped"      # the model cannot take this series; the reason is recorded
-    FAILED = "failed"        # gave up; the reason is recorded
+    QUEUED = "queued"            # waiting for a worker (not before run_after, when a retry is scheduled)
+    RUNNING = "running"          # claimed by a worker holding a lease
+    SUCCEEDED = "succeeded"      # every result instance stored on the destination (0x0000 or warning)
+    SKIPPED = "skipped"          # the model cannot take this series; the reason is recorded
+    DEAD_LETTER = "dead_letter"  # failed permanently, or out of retries; the reason is recorded
 
 
 class StudyState(enum.StrEnum):
@@ -28,16 +28,17 @@ class StudyState(enum.StrEnum):
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING}),
-    # back to QUEUED: the lease expired (dead worker) or the worker was stopped mid-job
+    # back to QUEUED: a transient failure (retry scheduled), the lease expired (dead worker), or the
+    # worker was stopped mid-job
     JobStatus.RUNNING: frozenset(
-        {JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.FAILED, JobStatus.QUEUED}
+        {JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.DEAD_LETTER, JobStatus.QUEUED}
     ),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.SKIPPED: frozenset(),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),  # an operator's retry
+    JobStatus.DEAD_LETTER: frozenset({JobStatus.QUEUED}),  # an operator's retry
 }
 
-FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.FAILED})
+FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.DEAD_LETTER})
 
 
 def check_transition(current: JobStatus, new: JobStatus) -> None:

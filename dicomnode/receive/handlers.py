@@ -4,7 +4,8 @@ Dependencies come in through a bound :class:`ReceiveContext`, never through glob
 Status codes (PS3.4 B.2.3 and PS3.7 C):
 
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
-- ``0xA700`` refused, out of resources: the spool file could not be written (disk full, I/O error)
+- ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
+  guard), or the spool file could not be written (disk full, I/O error)
 - ``0xA701`` refused, out of resources: the database could not record the instance
 - ``0xC210`` cannot understand: the dataset could not be decoded
 - ``0xC211`` cannot understand: a required UID is missing or invalid
@@ -30,7 +31,7 @@ from dicomnode.log import extra
 from dicomnode.receive.accept import decide
 from dicomnode.settings import Settings
 from dicomnode.store.index import InstanceMeta, record_instance
-from dicomnode.store.spool import clean_uid, spool_path, write_atomic
+from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,20 @@ def handle_requested(event: Any, ctx: ReceiveContext) -> None:
             event.assoc.abort()
 
 
+def handle_rejected(event: Any, ctx: ReceiveContext) -> None:
+    """EVT_REJECTED: pynetdicom's own rejections (too many associations: local limit exceeded)."""
+    calling_ae, address = _requestor(event)
+    log.warning("association rejected by the association limit", extra=extra(stage="receive"))
+    _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
+           reason=f"local limit exceeded (max_associations={ctx.settings.max_associations})")
+
+
+def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
+    """A TLS handshake failed (plain peer on the TLS port, untrusted or missing certificate)."""
+    _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor="", address=address,
+           reason=f"TLS handshake failed: {reason}", security_alert=True)
+
+
 def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
     """EVT_ACCEPTED: audit the association."""
     calling_ae, address = _requestor(event)
@@ -114,6 +129,18 @@ def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid
     _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, study_uid=study_uid,
            address=address, status=f"0x{status:04X}", reason=reason)
     return status
+
+
+def disk_guard(settings: Settings) -> str:
+    """Why the node must refuse instances for lack of disk space, or "" when it need not."""
+    try:
+        free = free_bytes(settings.spool_dir)
+    except OSError as exc:
+        return f"disk guard: free space unknown ({exc.strerror or exc})"
+    threshold = int(settings.min_free_disk_mb * 1024 * 1024)
+    if free < threshold:
+        return f"disk guard: {free // 2**20} MiB free, below min_free_disk_mb={settings.min_free_disk_mb:g}"
+    return ""
 
 
 def _meta(ds: Dataset, event: Any) -> InstanceMeta:
@@ -156,6 +183,9 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
         return _refuse(ctx, event, UID_MISMATCH,
                        "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
 
+    guard = disk_guard(ctx.settings)
+    if guard:
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
     path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
     data = event.encoded_dataset()
     try:

@@ -13,9 +13,12 @@ from dicomnode.receive.handlers import (
     ReceiveContext,
     handle_accepted,
     handle_echo,
+    handle_rejected,
     handle_requested,
     handle_store,
+    handle_tls_failure,
 )
+from dicomnode.tls import server_context
 
 # Stored as received: uncompressed, deflate, JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, ...
 # Where a proposed context offers several, the first of this list that it offers wins: explicit VR
@@ -36,16 +39,32 @@ def build_ae(ctx: ReceiveContext) -> AE:
     ae.acse_timeout = settings.acse_timeout_seconds
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_bytes
     return ae
 
 
-def start_scp(ctx: ReceiveContext) -> Any:
-    """Start listening on ``settings.host:settings.port``; returns the running server."""
+def start_scp(ctx: ReceiveContext) -> list[Any]:
+    """Start listening: plain on ``port`` (unless disabled) and DICOM TLS on ``tls_port`` (when set).
+
+    Returns the running servers; shut each down to stop.
+    """
+    settings = ctx.settings
     ae = build_ae(ctx)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, partial(handle_requested, ctx=ctx)),
         (evt.EVT_ACCEPTED, partial(handle_accepted, ctx=ctx)),
+        (evt.EVT_REJECTED, partial(handle_rejected, ctx=ctx)),
         (evt.EVT_C_ECHO, partial(handle_echo, ctx=ctx)),
         (evt.EVT_C_STORE, partial(handle_store, ctx=ctx)),
     ]
-    return ae.start_server((ctx.settings.host, ctx.settings.port), block=False, evt_handlers=handlers)
+    servers = []
+    if settings.plain_port_enabled:
+        servers.append(ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers))
+    if settings.tls_port is not None:
+        context = server_context(settings, partial(handle_tls_failure, ctx=ctx))
+        servers.append(ae.start_server((settings.host, settings.tls_port), block=False, evt_handlers=handlers,
+                                       ssl_context=context))
+    if not servers:
+        raise ValueError("nothing to listen on: plain_port_enabled is false and tls_port is not set")
+    return servers

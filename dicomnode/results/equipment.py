@@ -44,8 +44,12 @@ class ResultIdentity:
     sr_series_number: int
 
     @classmethod
-    def for_job(cls, source_series_uid: str, source_series_number: int | None, manifest: Manifest) -> ResultIdentity:
-        key = (source_series_uid, manifest.id, manifest.version)
+    def for_job(cls, source_series_uid: str, source_series_number: int | None, manifest: Manifest,
+                revision: int = 1) -> ResultIdentity:
+        """UIDs for the results of ``manifest`` on revision ``revision`` of the source series."""
+        key: tuple[str, ...] = (source_series_uid, manifest.id, manifest.version)
+        if revision > 1:  # a new version of the result, superseding the one from the earlier content
+            key += (f"revision-{revision}",)
         number = (source_series_number or 0) % 100
         return cls(
             seg_series_uid=deterministic_uid(*key, "seg-series"),

@@ -14,11 +14,13 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.errors import SendError
 from dicomnode.log import extra
 from dicomnode.settings import Peer, Settings
+from dicomnode.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,12 @@ def _ae(settings: Settings) -> AE:
     return ae
 
 
+def _associate(settings: Settings, ae: AE, peer: Peer) -> Association:
+    tls_args = (client_context(settings), peer.host) if peer.tls else None
+    return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, max_pdu=settings.max_pdu_bytes,
+                        tls_args=tls_args)
+
+
 def send_files(settings: Settings, peer: Peer, paths: Sequence[Path]) -> list[StoreOutcome]:
     """C-STORE each file in one association; return one outcome per file.
 
@@ -55,7 +63,7 @@ def send_files(settings: Settings, peer: Peer, paths: Sequence[Path]) -> list[St
     ae = _ae(settings)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = _associate(settings, ae, peer)
     if not assoc.is_established:
         rejected = assoc.is_rejected
         raise SendError(f"association with {peer} {'rejected' if rejected else 'not established'}",
@@ -80,7 +88,7 @@ def echo(settings: Settings, peer: Peer) -> int | None:
     """C-ECHO ``peer``; returns the status, or None when no association was established."""
     ae = _ae(settings)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = _associate(settings, ae, peer)
     if not assoc.is_established:
         return None
     try:

@@ -30,12 +30,22 @@ class InstanceMeta:
 
 def record_instance(
     session: Session, meta: InstanceMeta, *, path: str, sha256: str, size: int, calling_ae: str
-) -> Instance:
+) -> bool:
     """Upsert study and series, insert or refresh the instance, and audit the receipt.
 
-    A study that was already complete goes back to RECEIVING, so that its completeness is judged again.
+    Re-send policy: an instance received again with the same content (SHA-256) changes nothing. A new or
+    changed instance reopens its study (RECEIVING), and if its series was already routed, raises the
+    series' revision so that routing queues a new result version. Returns whether anything changed.
     """
     now = utcnow()
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
+    unchanged = instance is not None and instance.sha256 == sha256
+    record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, study_uid=meta.study_uid,
+           patient_id=meta.patient_id or None, sop_instance_uid=meta.sop_instance_uid,
+           sop_class_uid=meta.sop_class_uid, size=size, unchanged=unchanged)
+    if unchanged:
+        return False
+
     study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
     if study is None:
         study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id or None, calling_ae=calling_ae,
@@ -47,11 +57,12 @@ def record_instance(
 
     series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
     if series is None:
-        series = Series(series_uid=meta.series_uid, study=study, modality=meta.modality,
+        series = Series(series_uid=meta.series_uid, study=study, modality=meta.modality, revision=1,
                         series_number=meta.series_number, description=meta.series_description[:64])
         session.add(series)
+    elif series.routed_revision == series.revision:
+        series.revision += 1  # new content after routing: a new result version will supersede the old
 
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
     if instance is None:
         instance = Instance(sop_instance_uid=meta.sop_instance_uid, series=series)
         session.add(instance)
@@ -62,7 +73,4 @@ def record_instance(
     instance.sha256 = sha256
     instance.calling_ae = calling_ae
     instance.received_at = now
-    record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, study_uid=meta.study_uid,
-           patient_id=meta.patient_id or None, sop_instance_uid=meta.sop_instance_uid,
-           sop_class_uid=meta.sop_class_uid, size=size)
-    return instance
+    return True

@@ -14,6 +14,7 @@ def node(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "DICOMNODE_PACS": f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
         "DICOMNODE_STUDY_IDLE_SECONDS": "2",
         "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.5",
+        "DICOMNODE_MIN_FREE_DISK_MB": "1",
     }).start()
     orthanc.add_modality("NODE", process.ae_title, process.port)
     yield process

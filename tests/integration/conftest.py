@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,19 +18,37 @@ from tests.support.net import free_port
 class RunningScp:
     settings: Settings
     sessions: sessionmaker[Session]
-    server: Any
+    servers: list[Any]
 
     @property
     def port(self) -> int:
         return self.settings.port
 
 
+StartScp = Callable[..., RunningScp]
+
+
 @pytest.fixture
-def scp(tmp_path: Path, sessions: sessionmaker[Session], settings: Settings) -> Iterator[RunningScp]:
-    """The node's real SCP on a loopback port, in this process; STORESCU and PYSCU are known peers."""
-    node_settings = make_settings(settings.data_dir, host="127.0.0.1", port=free_port(),
-                                  peers=[Peer(ae_title="STORESCU", host="127.0.0.1"),
-                                         Peer(ae_title="PYSCU", host="127.0.0.1")])
-    server = start_scp(ReceiveContext(settings=node_settings, sessions=sessions))
-    yield RunningScp(node_settings, sessions, server)
-    server.shutdown()
+def start_scp_with(sessions: sessionmaker[Session], settings: Settings) -> Iterator[StartScp]:
+    """Start the node's real SCP on loopback ports, in this process; STORESCU and PYSCU are known peers."""
+    running: list[RunningScp] = []
+
+    def start(**overrides: Any) -> RunningScp:
+        values: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), "min_free_disk_mb": 1,
+                                  "peers": [Peer(ae_title="STORESCU", host="127.0.0.1"),
+                                            Peer(ae_title="PYSCU", host="127.0.0.1")]}
+        node_settings = make_settings(settings.data_dir, **{**values, **overrides})
+        scp = RunningScp(node_settings, sessions, start_scp(ReceiveContext(settings=node_settings,
+                                                                          sessions=sessions)))
+        running.append(scp)
+        return scp
+
+    yield start
+    for scp in running:
+        for server in scp.servers:
+            server.shutdown()
+
+
+@pytest.fixture
+def scp(start_scp_with: StartScp) -> RunningScp:
+    return start_scp_with()

@@ -17,9 +17,9 @@ def test_every_state_has_a_row() -> None:
     (JobStatus.QUEUED, JobStatus.RUNNING),
     (JobStatus.RUNNING, JobStatus.SUCCEEDED),
     (JobStatus.RUNNING, JobStatus.SKIPPED),
-    (JobStatus.RUNNING, JobStatus.FAILED),
+    (JobStatus.RUNNING, JobStatus.DEAD_LETTER),
     (JobStatus.RUNNING, JobStatus.QUEUED),
-    (JobStatus.FAILED, JobStatus.QUEUED),
+    (JobStatus.DEAD_LETTER, JobStatus.QUEUED),
 ])
 def test_allowed(current: JobStatus, new: JobStatus) -> None:
     check_transition(current, new)
@@ -45,9 +45,9 @@ def test_database_refuses_unknown_state(sessions: sessionmaker[Session]) -> None
     with sessions() as session:
         session.execute(text("INSERT INTO study (study_uid, state, state_reason, calling_ae, first_received_at, "
                              "last_received_at) VALUES ('1.2', 'receiving', '', 'X', '2026-01-01', '2026-01-01')"))
-        session.execute(text("INSERT INTO series (study_id, series_uid, modality, description, route_reason) "
-                             "VALUES (1, '1.2.3', 'MR', '', '')"))
+        session.execute(text("INSERT INTO series (study_id, series_uid, modality, description, route_reason, revision) "
+                             "VALUES (1, '1.2.3', 'MR', '', '', 1)"))
         with pytest.raises(IntegrityError, match="CHECK constraint"):
-            session.execute(text("INSERT INTO job (series_id, rule, model_id, model_version, status, reason, "
-                                 "attempts, created_at, updated_at) VALUES (1, 'r', 'm', '1', 'exploded', '', 0, "
+            session.execute(text("INSERT INTO job (series_id, rule, model_id, model_version, revision, status, reason, "
+                                 "attempts, created_at, updated_at) VALUES (1, 'r', 'm', '1', 1, 'exploded', '', 0, "
                                  "'2026-01-01', '2026-01-01')"))
