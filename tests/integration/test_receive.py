@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,8 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicomnode.jobs.models import AuditRecord, Instance, Study
-from tests.integration.conftest import RunningScp
+from tests.integration.conftest import RunningScp, StartScp
+from tests.support.net import wait_for
 from tests.support.peers import echoscu, storescp, storescu
 from tests.support.synthetic import make_series, write_series
 
@@ -136,3 +140,45 @@ def test_disk_failure_answers_out_of_resources(scp: RunningScp) -> None:
     (row,) = _audit(scp, "instance_refused")
     assert json.loads(row.detail)["status"] == "0xA700"
     assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
+
+
+def test_disk_guard_refuses_before_the_disk_is_full(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(min_free_disk_mb=2**40)  # a petabyte: more than this machine has free
+    status = _pyscu_send(scp.port, make_series(n_slices=1)[0])
+    assert status == 0xA700
+    (row,) = _audit(scp, "instance_refused")
+    assert "disk guard" in json.loads(row.detail)["reason"]
+    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
+    status_cli = subprocess.run(
+        [sys.executable, "-m", "dicomnode", "status", "--json"], capture_output=True, text=True, check=True,
+        env={**os.environ, "DICOMNODE_DATA_DIR": str(scp.settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": str(2**40)})
+    disk = json.loads(status_cli.stdout)["disk"]
+    assert disk["accepting"] is False and "disk guard" in disk["reason"]
+
+
+def test_association_limit(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(max_associations=1)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage)
+    held = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
+    assert held.is_established
+    try:
+        result = echoscu(scp.port, called="DICOMNODE", calling="STORESCU")
+        assert result.returncode != 0
+        assert "Local Limit Exceeded" in result.stderr + result.stdout
+    finally:
+        held.release()
+    rows = _audit(scp, "association_rejected")
+    assert any("local limit exceeded" in json.loads(r.detail)["reason"] for r in rows)
+    wait_for(lambda: echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0,
+             timeout=10, msg="serving again once the held association is released")
+
+
+def test_resend_of_unchanged_instances_changes_nothing(scp: RunningScp, tmp_path: Path) -> None:
+    write_series(make_series(n_slices=3), tmp_path / "in")
+    for _ in range(2):
+        assert storescu(scp.port, tmp_path / "in", called="DICOMNODE").returncode == 0
+    with scp.sessions() as session:
+        assert len(session.scalars(select(Instance)).all()) == 3
+    unchanged = [json.loads(r.detail)["unchanged"] for r in _audit(scp, "instance_received")]
+    assert unchanged == [False] * 3 + [True] * 3

@@ -54,8 +54,9 @@ def storescp(folder: Path, *, aet: str = "STORESCP", extra_args: tuple[str, ...]
         process.wait(10)
 
 
-def echoscu(port: int, *, called: str, calling: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+def echoscu(port: int, *, called: str, calling: str, extra_args: tuple[str, ...] = ()
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require("echoscu"), "-aet", calling, "-aec", called, *extra_args, "127.0.0.1", str(port)],
                           capture_output=True, text=True, env=DCMTK_ENV, timeout=60, check=False)
 
 

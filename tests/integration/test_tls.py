@@ -1,0 +1,86 @@
+"""DICOM TLS (PS3.15 B.9) at both boundaries, with DCMTK as the foreign TLS peer and throwaway certificates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dicomnode.jobs.models import AuditRecord
+from dicomnode.send.scu import echo, send_files
+from dicomnode.settings import Peer, Settings
+from tests.conftest import make_settings
+from tests.integration.conftest import StartScp
+from tests.support.certs import KeyPair, make_ca, make_cert
+from tests.support.net import free_port
+from tests.support.peers import echoscu, storescp
+from tests.support.synthetic import make_series, write_series
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    folder = tmp_path_factory.mktemp("pki")
+    ca, rogue = make_ca(folder, "hospital-ca"), make_ca(folder, "rogue-ca")
+    return {"ca": ca, "node": make_cert(ca, folder, "node"), "pacs": make_cert(ca, folder, "pacs"),
+            "rogue": make_cert(rogue, folder, "rogue")}
+
+
+def tls_args(pair: KeyPair, ca: KeyPair) -> tuple[str, ...]:
+    return ("+tls", str(pair.key), str(pair.cert), "+cf", str(ca.cert))
+
+
+@pytest.fixture
+def tls_scp(start_scp_with: StartScp, pki: dict[str, KeyPair]):  # type: ignore[no-untyped-def]
+    return start_scp_with(plain_port_enabled=False, tls_port=free_port(), tls_cert_file=pki["node"].cert,
+                          tls_key_file=pki["node"].key, tls_ca_file=pki["ca"].cert)
+
+
+def security_alerts(scp) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    with scp.sessions() as session:
+        rows = session.scalars(select(AuditRecord).where(AuditRecord.event == "association_rejected"))
+        return [json.loads(r.detail) for r in rows]
+
+
+def test_mutual_tls_peer_is_served(tls_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    result = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU",
+                     extra_args=tls_args(pki["pacs"], pki["ca"]))
+    assert result.returncode == 0, result.stderr
+
+
+def test_plain_peer_is_refused_on_the_tls_port(tls_scp) -> None:  # type: ignore[no-untyped-def]
+    result = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU")
+    assert result.returncode != 0
+    alerts = security_alerts(tls_scp)
+    assert len(alerts) == 1 and "TLS handshake failed" in str(alerts[0]["reason"])
+    assert alerts[0]["security_alert"] is True
+
+
+def test_certificate_from_another_ca_is_refused(tls_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    result = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU",
+                     extra_args=tls_args(pki["rogue"], pki["ca"]))
+    assert result.returncode != 0
+    assert any("TLS handshake failed" in str(a["reason"]) for a in security_alerts(tls_scp))
+    # and the node keeps serving the right peers
+    ok = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU",
+                 extra_args=tls_args(pki["pacs"], pki["ca"]))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_scu_sends_over_tls(pki: dict[str, KeyPair], tmp_path: Path) -> None:
+    settings: Settings = make_settings(tmp_path / "data", tls_cert_file=pki["node"].cert,
+                                       tls_key_file=pki["node"].key, tls_ca_file=pki["ca"].cert)
+    files = write_series(make_series(n_slices=2), tmp_path / "out")
+    with storescp(tmp_path / "received", extra_args=tls_args(pki["pacs"], pki["ca"])) as port:
+        peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)
+        assert echo(settings, peer) == 0
+        outcomes = send_files(settings, peer, files)
+    assert [o.status for o in outcomes] == [0, 0]
+    assert len(list((tmp_path / "received").iterdir())) == 2
+
+
+def test_scu_refuses_a_pacs_with_an_untrusted_certificate(pki: dict[str, KeyPair], tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tls_ca_file=pki["ca"].cert)
+    with storescp(tmp_path / "received", extra_args=tls_args(pki["rogue"], pki["ca"])) as port:
+        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) is None
