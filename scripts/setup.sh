@@ -24,9 +24,9 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # The CPU wheel first: a plain "torch" requirement must never pull a multi-GB CUDA build.
 "${pip[@]}" torch==2.13.0
 if [ "$dev" = 1 ]; then
-  "${pip[@]}" -e ".[torch,postgres]" --group dev
+  "${pip[@]}" -e ".[torch,onnx,postgres]" --group dev
 else
-  "${pip[@]}" -e ".[torch]"
+  "${pip[@]}" -e ".[torch,onnx]"
 fi
 # deepbet ships the brain-extraction TorchScript weights; --no-deps keeps out its GUI (customtkinter).
 "${pip[@]}" --no-deps deepbet==1.0.2

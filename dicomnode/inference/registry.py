@@ -140,6 +140,10 @@ def _load(manifest: Manifest, device: str) -> Model:
         from dicomnode.inference.deepbet import DeepbetModel  # torch is imported only here
 
         return DeepbetModel(manifest, device)
+    if manifest.backend == "onnx":
+        from dicomnode.inference.onnx import OnnxModel  # onnxruntime is imported only here
+
+        return OnnxModel(manifest, device)
     raise ModelError(f"model {manifest.id}: unknown backend {manifest.backend!r}")
 
 

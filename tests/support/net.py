@@ -31,6 +31,16 @@ def wait_for(predicate: Callable[[], T], *, timeout: float, msg: str, interval: 
     raise AssertionError(f"timed out after {timeout} s: {msg}" + (f" (last error: {last_error})" if last_error else ""))
 
 
+def holds_for(predicate: Callable[[], bool], *, seconds: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` for ``seconds``; True when it held every time (for "nothing happens" checks)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        time.sleep(interval)
+    return bool(predicate())
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

@@ -76,6 +76,7 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     aet: str = "ORTHANC"
+    strict: bool = False  # only AE titles listed as modalities may associate at all
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Orthanc:
@@ -85,8 +86,8 @@ class Orthanc:
             "IndexDirectory": str(self.folder / "db"), "StorageCompression": False, "Plugins": [],
             "HttpServerEnabled": True, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomServerEnabled": True, "DicomAet": self.aet,
-            "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False, "DicomScuTimeout": 30,
+            "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": not self.strict,
+            "DicomAlwaysAllowStore": not self.strict, "DicomCheckModalityHost": False, "DicomScuTimeout": 30,
             "DicomModalities": {}, "OverwriteInstances": True, "SaveJobs": False, "ConcurrentJobs": 2,
             "StableAge": 60,
         }
@@ -110,6 +111,7 @@ class Orthanc:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait(10)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
