@@ -53,9 +53,8 @@ class OnnxModel:
 
     def predict(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
         (output,) = self._session.run(None, {self._input: volume.astype(np.float32)[None, None]})
-        scores = np.asarray(output)[0]
+        scores: np.ndarray = np.asarray(output)[0]
         if scores.shape[1:] != volume.shape:
             raise ModelError(f"ONNX model returned shape {scores.shape} for a volume of {volume.shape}")
-        if scores.shape[0] > 1:
-            return np.argmax(scores, axis=0).astype(np.uint8)
-        return (scores[0] > 0.5).astype(np.uint8)
+        labels: np.ndarray = np.argmax(scores, axis=0) if scores.shape[0] > 1 else scores[0] > 0.5
+        return labels.astype(np.uint8)
