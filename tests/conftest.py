@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,9 @@ from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.migrate import upgrade
 from dicomnode.settings import Settings
 from tests.support.peers import REPO, Orthanc
+from tests.support.postgres import Postgres
+
+_DB_COUNTER = itertools.count()
 
 SHARED_DATA = Path(os.environ.get("DICOMNODE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -54,6 +60,29 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    # not under pytest's tmp folder: that one is private to root, and PostgreSQL runs as postgres
+    folder = Path(tempfile.mkdtemp(prefix="dicomnode-pg-"))
+    server = Postgres(folder).start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated, empty database on each supported backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database(f"t{os.getpid()}_{next(_DB_COUNTER)}")
+    upgrade(url)
+    engine = make_engine(url)
     yield make_sessionmaker(engine)
     engine.dispose()
 

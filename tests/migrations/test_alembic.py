@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -13,8 +14,15 @@ from dicomnode.jobs.models import Base
 from dicomnode.migrate import upgrade
 
 
-def test_upgrade_head_matches_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'm.db'}"
+    return str(request.getfixturevalue("postgres").create_database(f"mig_{tmp_path.name[-12:].lower()}"))
+
+
+def test_upgrade_head_matches_models(empty_db: str) -> None:
+    url = empty_db
     upgrade(url)
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -25,7 +33,6 @@ def test_upgrade_head_matches_models(tmp_path: Path) -> None:
     assert {"study", "series", "instance", "job", "job_event", "delivery", "audit"} <= tables
 
 
-def test_upgrade_is_repeatable(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    upgrade(url)
-    upgrade(url)
+def test_upgrade_is_repeatable(empty_db: str) -> None:
+    upgrade(empty_db)
+    upgrade(empty_db)

@@ -22,30 +22,30 @@ def _series(session: Session, n: int = 1) -> list[Series]:
     return out
 
 
-def test_enqueue_is_idempotent(sessions: sessionmaker[Session]) -> None:
-    with session_scope(sessions) as session:
+def test_enqueue_is_idempotent(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
         (series,) = _series(session)
         assert enqueue(session, series, "rule", "deepbet", "1.0.2") is not None
         assert enqueue(session, series, "rule", "deepbet", "1.0.2") is None
         assert enqueue(session, series, "rule", "deepbet", "2.0") is not None
-    with sessions() as session:
+    with any_sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 2
         assert [a.event for a in session.scalars(select(AuditRecord))] == ["job_queued", "job_queued"]
 
 
-def test_claim_runs_and_finishes(sessions: sessionmaker[Session]) -> None:
-    with session_scope(sessions) as session:
+def test_claim_runs_and_finishes(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
         (series,) = _series(session)
         enqueue(session, series, "rule", "m", "1")
-    job = claim(sessions, "w1", 60)
+    job = claim(any_sessions, "w1", 60)
     assert job is not None and job.attempts == 1 and job.study_uid == "1.2.3"
-    assert claim(sessions, "w2", 60) is None
-    with session_scope(sessions) as session:
+    assert claim(any_sessions, "w2", 60) is None
+    with session_scope(any_sessions) as session:
         with pytest.raises(IllegalTransition, match="no longer running"):
             transition(session, job.id, JobStatus.RUNNING, JobStatus.SUCCEEDED, "x", worker_id="w2")
-    with session_scope(sessions) as session:
+    with session_scope(any_sessions) as session:
         transition(session, job.id, JobStatus.RUNNING, JobStatus.SUCCEEDED, "done", worker_id="w1")
-    with sessions() as session:
+    with any_sessions() as session:
         events = session.scalars(select(JobEvent).order_by(JobEvent.id)).all()
         assert [(e.from_status, e.to_status) for e in events] == [
             (None, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING), (JobStatus.RUNNING, JobStatus.SUCCEEDED)]
@@ -53,15 +53,15 @@ def test_claim_runs_and_finishes(sessions: sessionmaker[Session]) -> None:
         assert audit == ["job_queued", "job_started", "job_succeeded"]
 
 
-def test_concurrent_claims_take_each_job_once(sessions: sessionmaker[Session]) -> None:
-    with session_scope(sessions) as session:
+def test_concurrent_claims_take_each_job_once(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
         for series in _series(session, 30):
             enqueue(session, series, "rule", "m", "1")
     claimed: list[int] = []
     lock = threading.Lock()
 
     def work(name: str) -> None:
-        while (job := claim(sessions, name, 60)) is not None:
+        while (job := claim(any_sessions, name, 60)) is not None:
             with lock:
                 claimed.append(job.id)
 
@@ -73,26 +73,26 @@ def test_concurrent_claims_take_each_job_once(sessions: sessionmaker[Session]) -
     assert sorted(claimed) == list(range(1, 31))
 
 
-def test_expired_lease_is_requeued(sessions: sessionmaker[Session]) -> None:
-    with session_scope(sessions) as session:
+def test_expired_lease_is_requeued(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
         (series,) = _series(session)
         enqueue(session, series, "rule", "m", "1")
-    job = claim(sessions, "dead-worker", 60)
+    job = claim(any_sessions, "dead-worker", 60)
     assert job is not None
-    assert requeue_expired(sessions) == 0
-    with session_scope(sessions) as session:
+    assert requeue_expired(any_sessions) == 0
+    with session_scope(any_sessions) as session:
         session.execute(update(Job).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
-    assert requeue_expired(sessions) == 1
-    again = claim(sessions, "live-worker", 60)
+    assert requeue_expired(any_sessions) == 1
+    again = claim(any_sessions, "live-worker", 60)
     assert again is not None and again.id == job.id and again.attempts == 2
 
 
-def test_clean_stop_releases_held_jobs(sessions: sessionmaker[Session]) -> None:
-    with session_scope(sessions) as session:
+def test_clean_stop_releases_held_jobs(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
         (series,) = _series(session)
         enqueue(session, series, "rule", "m", "1")
-    assert claim(sessions, "w1", 60) is not None
-    assert release_held(sessions, "other") == 0
-    assert release_held(sessions, "w1") == 1
-    with sessions() as session:
+    assert claim(any_sessions, "w1", 60) is not None
+    assert release_held(any_sessions, "other") == 0
+    assert release_held(any_sessions, "w1") == 1
+    with any_sessions() as session:
         assert session.scalars(select(Job.status)).one() is JobStatus.QUEUED
