@@ -59,3 +59,10 @@ def test_example_config_is_valid() -> None:
     settings = Settings.load(example)
     assert settings.ae_title == "DICOMNODE"
     assert settings.rules and settings.rules[0].model == "deepbet"
+
+
+def test_every_setting_is_documented_in_the_example() -> None:
+    example = (Path(__file__).resolve().parents[2] / "config" / "dicomnode.example.toml").read_text()
+    undocumented = [name for name in Settings.model_fields
+                    if f"{name} =" not in example and f"[[{name}]]" not in example]
+    assert undocumented == []
