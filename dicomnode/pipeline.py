@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -57,15 +58,20 @@ class JobResult:
     inference_seconds: float
 
 
-def load_series(sessions: sessionmaker[Session], series_id: int) -> list[Dataset]:
-    """Stage 1: the series' instances from the spool."""
+def load_series(sessions: sessionmaker[Session], job: ClaimedJob) -> list[Dataset]:
+    """Stage 1: the series' instances from the spool; audited as DICOM Instances Accessed."""
     with sessions() as session:
-        paths = session.scalars(select(Instance.path).where(Instance.series_id == series_id)
+        paths = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)
                                 .order_by(Instance.id)).all()
     try:
-        return [dcmread(p, force=True) for p in paths]
+        datasets: list[Dataset] = [dcmread(p, force=True) for p in paths]
     except Exception as exc:
         raise SeriesNotUsable(f"instances could not be read: {type(exc).__name__}") from exc
+    with session_scope(sessions) as session:
+        record(session, AuditEvent.INSTANCES_ACCESSED, actor=f"{job.model_id} {job.model_version}",
+               **job.subject(), job_id=job.id, series_uid=job.series_uid, instances=len(datasets),
+               sop_classes=dict(Counter(str(ds.get("SOPClassUID", "")) for ds in datasets)))
+    return datasets
 
 
 def infer(ctx: PipelineContext, manifest: Manifest, volume: Volume) -> tuple[np.ndarray, float]:
@@ -152,12 +158,15 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
     pending = tuple(p for p in paths if dcmread(p, stop_before_pixels=True).SOPInstanceUID not in done)
     if not pending:
         return
+    with session_scope(ctx.sessions) as session:
+        record(session, AuditEvent.BEGIN_TRANSFER_OUT, actor=ctx.settings.ae_title, **job.subject(), job_id=job.id,
+               destination=str(peer), instances=len(pending))
     try:
         outcomes = send_files(ctx.settings, peer, pending)
     except SendError as exc:
         with session_scope(ctx.sessions) as session:
             record(session, AuditEvent.RESULT_SEND_FAILED, Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
-                   study_uid=job.study_uid, patient_id=job.patient_id, job_id=job.id, reason=str(exc))
+                   **job.subject(), job_id=job.id, reason=str(exc))
         raise
     with session_scope(ctx.sessions) as session:
         for outcome in outcomes:
@@ -167,7 +176,7 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
                                  status=outcome.status, outcome="stored" if outcome.stored else "failed"))
             record(session, AuditEvent.RESULT_SENT if outcome.stored else AuditEvent.RESULT_SEND_FAILED,
                    Outcome.SUCCESS if outcome.stored else Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
-                   study_uid=job.study_uid, patient_id=job.patient_id, job_id=job.id,
+                   **job.subject(), job_id=job.id,
                    sop_instance_uid=outcome.sop_instance_uid, status=status)
     failed = [o for o in outcomes if not o.stored]
     if failed:
@@ -183,7 +192,7 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
         manifest = ctx.registry.manifests.get(job.model_id)
         if manifest is None or manifest.version != job.model_version:
             raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
-        datasets = load_series(ctx.sessions, job.series_id)
+        datasets = load_series(ctx.sessions, job)
         volume = build_volume(datasets, manifest.min_slices)
         labels, seconds = infer(ctx, manifest, volume)
         log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
@@ -219,7 +228,7 @@ def send_failure_notice(ctx: PipelineContext, job: ClaimedJob, reason: str) -> b
     with session_scope(ctx.sessions) as session:
         record(session, AuditEvent.RESULT_SENT if stored else AuditEvent.RESULT_SEND_FAILED,
                Outcome.SUCCESS if stored else Outcome.SERIOUS_FAILURE, actor=peer.ae_title if peer else "",
-               study_uid=job.study_uid, patient_id=job.patient_id, job_id=job.id, kind="failure_notice",
+               **job.subject(), job_id=job.id, kind="failure_notice",
                status=detail)
     log.info("failure notice", extra=extra(stage="send", job_id=job.id, stored=stored))
     return stored

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 19:46:22.466479
+Create Date: 2026-11-23 20:06:58.905931
 """
 
 from __future__ import annotations
@@ -27,17 +27,29 @@ def upgrade() -> None:
     sa.Column('actor', sa.String(length=128), nullable=False),
     sa.Column('study_uid', sa.String(length=64), nullable=True),
     sa.Column('patient_id', sa.String(length=64), nullable=True),
+    sa.Column('patient_name', sa.String(length=324), nullable=True),
     sa.Column('detail', sa.Text(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit'))
+    sa.Column('prev_hash', sa.String(length=64), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit')),
+    sa.UniqueConstraint('hash', name=op.f('uq_audit_hash'))
     )
     with op.batch_alter_table('audit', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_audit_at'), ['at'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_event'), ['event'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_study_uid'), ['study_uid'], unique=False)
 
+    op.create_table('audit_cursor',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('last_audit_id', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_audit_cursor'))
+    )
     op.create_table('study',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('study_uid', sa.String(length=64), nullable=False),
     sa.Column('patient_id', sa.String(length=64), nullable=True),
+    sa.Column('patient_name', sa.String(length=324), nullable=True),
     sa.Column('state', sa.Enum('receiving', 'routed', 'no_match', name='study_state', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('state_reason', sa.Text(), nullable=False),
     sa.Column('calling_ae', sa.String(length=16), nullable=False),
@@ -165,9 +177,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_study_last_received_at'))
 
     op.drop_table('study')
+    op.drop_table('audit_cursor')
     with op.batch_alter_table('audit', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_study_uid'))
         batch_op.drop_index(batch_op.f('ix_audit_event'))
+        batch_op.drop_index(batch_op.f('ix_audit_at'))
 
     op.drop_table('audit')
     # ### end Alembic commands ###

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import enum
+from typing import TypedDict
+
+
+class Subject(TypedDict):
+    """The study and patient an audit row is about (the participant objects of its ATNA message)."""
+
+    study_uid: str | None
+    patient_id: str | None
+    patient_name: str | None
 
 
 class AuditEvent(enum.StrEnum):
@@ -10,6 +19,7 @@ class AuditEvent(enum.StrEnum):
     APPLICATION_STOP = "application_stop"
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
+    BEGIN_TRANSFER_IN = "begin_transfer_in"      # first instance of a study arrives
     INSTANCE_RECEIVED = "instance_received"
     INSTANCE_REFUSED = "instance_refused"
     STUDY_RECEIVED = "study_received"
@@ -17,12 +27,20 @@ class AuditEvent(enum.StrEnum):
     STUDY_NOT_ROUTED = "study_not_routed"
     JOB_QUEUED = "job_queued"
     JOB_STARTED = "job_started"
+    INSTANCES_ACCESSED = "instances_accessed"    # a model read a series
     JOB_REQUEUED = "job_requeued"
     JOB_SUCCEEDED = "job_succeeded"
     JOB_SKIPPED = "job_skipped"
     JOB_FAILED = "job_failed"
+    BEGIN_TRANSFER_OUT = "begin_transfer_out"    # results about to be sent
     RESULT_SENT = "result_sent"
     RESULT_SEND_FAILED = "result_send_failed"
+    STUDY_DELETED = "study_deleted"              # retention purge
+    USER_LOGIN = "user_login"
+    USER_LOGIN_FAILED = "user_login_failed"
+    USER_LOGOUT = "user_logout"
+    CONFIG_CHANGED = "config_changed"
+    AUDIT_EXPORTED = "audit_exported"
 
 
 class Outcome(enum.StrEnum):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome
@@ -93,15 +93,18 @@ def sweep(
 def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: dict[str, Manifest],
            n_instances: int) -> None:
     study.completed_at = utcnow()
-    record(session, AuditEvent.STUDY_RECEIVED, actor=study.calling_ae, study_uid=study.study_uid,
-           patient_id=study.patient_id, series=len(plans), instances=n_instances)
+    sop_classes = dict(session.execute(
+        select(Instance.sop_class_uid, func.count()).join(Instance.series).where(Series.study_id == study.id)
+        .group_by(Instance.sop_class_uid)).all())
+    record(session, AuditEvent.STUDY_RECEIVED, actor=study.calling_ae, **study.subject(), series=len(plans),
+           instances=n_instances, sop_classes=sop_classes)
     for plan in plans:
         series = session.get(Series, plan.series_id)
         assert series is not None
         series.route_reason = plan.reason
         if plan.skipped:
             record(session, AuditEvent.SERIES_SKIPPED, Outcome.MINOR_FAILURE, actor="router",
-                   study_uid=study.study_uid, patient_id=study.patient_id, series_uid=series.series_uid,
+                   **study.subject(), series_uid=series.series_uid,
                    reason=plan.reason)
         for rule in plan.rules:
             manifest = manifests.get(rule.model)
@@ -120,6 +123,6 @@ def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: d
             f"series {session.get(Series, p.series_id).series_number}: {p.reason}"  # type: ignore[union-attr]
             for p in plans)
         record(session, AuditEvent.STUDY_NOT_ROUTED, Outcome.SUCCESS, actor="router",
-               study_uid=study.study_uid, patient_id=study.patient_id, reason=study.state_reason)
+               **study.subject(), reason=study.state_reason)
     log.info("study complete", extra=extra(stage="route", study_uid=study.study_uid, series=len(plans),
                                            jobs=n_jobs, state=study.state.value))

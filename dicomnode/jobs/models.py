@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from dicomnode.audit.events import Subject
 from dicomnode.jobs.status import JobStatus, StudyState
 
 NAMING = {
@@ -51,6 +52,7 @@ class Study(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
     state: Mapped[StudyState] = mapped_column(_enum(StudyState, "study_state"), default=StudyState.RECEIVING)
     state_reason: Mapped[str] = mapped_column(Text, default="")
     calling_ae: Mapped[str] = mapped_column(String(16))
@@ -59,6 +61,10 @@ class Study(Base):
     completed_at: Mapped[dt.datetime | None]
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
+
+    def subject(self) -> Subject:
+        """Who and what an audit row about this study names."""
+        return {"study_uid": self.study_uid, "patient_id": self.patient_id, "patient_name": self.patient_name}
 
 
 class Series(Base):
@@ -155,15 +161,33 @@ class Delivery(Base):
 
 
 class AuditRecord(Base):
-    """Append-only audit trail, written in the same transaction as the change it records."""
+    """Append-only, hash-chained audit trail, written in the same transaction as the change it records.
+
+    ``hash`` is SHA-256 over the row's content and ``prev_hash``, the hash of the row before it, so that
+    editing, deleting or reordering rows breaks the chain (``dicomnode audit verify``). Database triggers
+    refuse UPDATE and DELETE. Only this table (and the study rows) hold PHI.
+    """
 
     __tablename__ = "audit"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     event: Mapped[str] = mapped_column(String(48), index=True)
     outcome: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(128), default="")
     study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditCursor(Base):
+    """How far the ATNA sender got: the id of the last audit row delivered to the repository."""
+
+    __tablename__ = "audit_cursor"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_audit_id: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.events import AuditEvent, Outcome, Subject
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import IllegalTransition
@@ -39,10 +39,14 @@ class ClaimedJob:
     series_number: int | None
     study_uid: str
     patient_id: str | None
+    patient_name: str | None
     model_id: str
     model_version: str
     revision: int
     attempts: int
+
+    def subject(self) -> Subject:
+        return {"study_uid": self.study_uid, "patient_id": self.patient_id, "patient_name": self.patient_name}
 
 
 def _study_of(session: Session, job: Job) -> Study:
@@ -61,8 +65,7 @@ def enqueue(session: Session, series: Series, rule: str, model_id: str, model_ve
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED, reason=f"rule {rule}"))
-    record(session, AuditEvent.JOB_QUEUED, actor="router", study_uid=series.study.study_uid,
-           patient_id=series.study.patient_id, job_id=job.id, model=model_id, model_version=model_version,
+    record(session, AuditEvent.JOB_QUEUED, actor="router", **series.study.subject(), job_id=job.id, model=model_id, model_version=model_version,
            rule=rule, series_uid=series.series_uid, revision=series.revision)
     return job
 
@@ -93,8 +96,7 @@ def transition(
     session.refresh(job)
     event, outcome = _AUDIT_FOR[new]
     study = _study_of(session, job)
-    record(session, event, outcome, actor=worker_id or "node", study_uid=study.study_uid,
-           patient_id=study.patient_id, job_id=job_id, model=job.model_id, reason=reason)
+    record(session, event, outcome, actor=worker_id or "node", **study.subject(), job_id=job_id, model=job.model_id, reason=reason)
 
 
 def claim(sessions: sessionmaker[Session], worker_id: str, lease_seconds: float) -> ClaimedJob | None:
@@ -120,7 +122,7 @@ def claim(sessions: sessionmaker[Session], worker_id: str, lease_seconds: float)
         study = job.series.study
         return ClaimedJob(id=job.id, series_id=job.series_id, series_uid=job.series.series_uid,
                           series_number=job.series.series_number, study_uid=study.study_uid,
-                          patient_id=study.patient_id, model_id=job.model_id,
+                          patient_id=study.patient_id, patient_name=study.patient_name, model_id=job.model_id,
                           model_version=job.model_version, revision=job.revision, attempts=job.attempts)
 
 

@@ -123,9 +123,11 @@ def handle_store(event: Any, ctx: ReceiveContext) -> int:
         return UNEXPECTED
 
 
-def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid: str | None = None) -> int:
+def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid: str | None = None,
+            log_reason: str | None = None) -> int:
+    """Audit the refusal with its full reason; the log gets ``log_reason``, which quotes no values."""
     calling_ae, address = _requestor(event)
-    log.warning("C-STORE refused with 0x%04X: %s", status, reason, extra=extra(stage="receive"))
+    log.warning("C-STORE refused with 0x%04X: %s", status, log_reason or reason, extra=extra(stage="receive"))
     _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, study_uid=study_uid,
            address=address, status=f"0x{status:04X}", reason=reason)
     return status
@@ -166,6 +168,7 @@ def _meta(ds: Dataset, event: Any) -> InstanceMeta:
         series_number=number,
         series_description=str(ds.get("SeriesDescription", "") or "").strip("\x00 "),
         patient_id=str(ds.get("PatientID", "") or "").strip("\x00 ")[:64],
+        patient_name=str(ds.get("PatientName", "") or "").strip("\x00 ")[:324],
     )
 
 
@@ -174,7 +177,8 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
         ds = event.dataset
         meta = _meta(ds, event)
     except ValueError as exc:
-        return _refuse(ctx, event, BAD_UID, str(exc))
+        keyword = str(exc).split(":", 1)[0]
+        return _refuse(ctx, event, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
     except Exception as exc:
         return _refuse(ctx, event, CANNOT_DECODE, f"dataset could not be decoded: {type(exc).__name__}")
     request = event.request

@@ -19,7 +19,7 @@ def meta(sop: str) -> InstanceMeta:
     return InstanceMeta(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid=sop,
                         sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
                         transfer_syntax_uid="1.2.840.10008.1.2.1", modality="MR", series_number=3,
-                        series_description="T1", patient_id="P1")
+                        series_description="T1", patient_id="P1", patient_name="DOE^JANE")
 
 
 def receive(sessions: sessionmaker[Session], sop: str, sha: str) -> bool:
