@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import json
+import os
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from dicomnode.db import make_engine, make_sessionmaker
+from dicomnode.audit.atna import Source, audit_message
+from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.trail import as_dict, export_rows, record, verify
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.log import setup_logging
 from dicomnode.receive.handlers import disk_guard
@@ -30,7 +38,60 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--study", help="only this StudyInstanceUID")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("echo", help="C-ECHO the configured PACS")
+    sub.add_parser("purge", help="apply the retention policy now")
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
+    export = audit_sub.add_parser("export", help="export the trail (PHI: written owner-only)")
+    export.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
+    export.add_argument("--until", type=_timestamp, help="ISO date/time, exclusive")
+    export.add_argument("--format", choices=["json", "xml"], default="json",
+                        help="json: every row with its hashes; xml: the DICOM audit messages (PS3.15 A.5)")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     return parser
+
+
+def _timestamp(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _audit_command(settings: Settings, args: argparse.Namespace) -> int:
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    if args.audit_command == "verify":
+        result = verify(sessions)
+        if result.ok:
+            print(f"audit trail intact: {result.rows} rows")
+            return 0
+        print(f"audit trail BROKEN at row {result.first_bad_id}: {result.reason} "
+              f"({result.rows} rows before it verified)", file=sys.stderr)
+        return 1
+    rows = export_rows(sessions, args.since, args.until)
+    if args.format == "json":
+        payload = json.dumps([as_dict(r) for r in rows], indent=1).encode()
+    else:
+        source = Source(ae_title=settings.audit_source_id or settings.ae_title, host=socket.gethostname(),
+                        pid=os.getpid(), site_id=settings.audit_enterprise_site_id)
+        messages = [m for m in (audit_message(r, source) for r in rows) if m is not None]
+        payload = b"<?xml version='1.0' encoding='utf-8'?>\n<AuditMessages>\n" + b"\n".join(
+            m.split(b"?>", 1)[1].strip() for m in messages) + b"\n</AuditMessages>\n"
+    with session_scope(sessions) as session:
+        record(session, AuditEvent.AUDIT_EXPORTED, actor=_operator(), rows=len(rows), format=args.format,
+               since=args.since, until=args.until, output=str(args.output or "stdout"))
+    if args.output is None:
+        sys.stdout.buffer.write(payload)
+    else:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(payload)
+    return 0
 
 
 def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
@@ -71,6 +132,7 @@ def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.umask(0o077)  # the database, spool, results and exports hold PHI: owner-only
     try:
         settings = Settings.load(args.config)
     except (ValidationError, FileNotFoundError) as exc:
@@ -89,6 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(settings, args.study, args.json)
+    if args.command == "audit":
+        return _audit_command(settings, args)
+    if args.command == "purge":
+        from dicomnode.jobs.retention import purge
+
+        print(f"purged {purge(settings, make_sessionmaker(make_engine(settings.db_url)))} studies")
+        return 0
     if args.command == "echo":
         from dicomnode.send.scu import echo
 

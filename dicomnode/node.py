@@ -16,11 +16,13 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 
 import dicomnode
 from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.inference.registry import Registry
 from dicomnode.jobs.completion import sweep
 from dicomnode.jobs.repository import release_held, requeue_expired
+from dicomnode.jobs.retention import purge
 from dicomnode.jobs.routing import effective_rules
 from dicomnode.log import extra
 from dicomnode.migrate import upgrade
@@ -40,6 +42,7 @@ class Node:
     scheduler: BackgroundScheduler
     worker: Worker | None
     ctx: PipelineContext
+    forwarder: Forwarder | None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -50,7 +53,20 @@ class Node:
             release_held(self.ctx.sessions, self.worker.worker_id)
         with session_scope(self.ctx.sessions) as session:
             record(session, AuditEvent.APPLICATION_STOP, actor=self.settings.ae_title)
+        if self.forwarder is not None:
+            try:  # one last pass, so that the stop message goes out too when the repository is up
+                self.forwarder.forward_pending()
+            except OSError:
+                pass  # it stays in the trail and goes out after the next start
+            self.forwarder.stop()
         log.info("node stopped", extra=extra(stage="serve"))
+
+
+def _retention(ctx: PipelineContext) -> None:
+    try:
+        purge(ctx.settings, ctx.sessions)
+    except Exception:
+        log.exception("retention purge failed", extra=extra(stage="retention"))
 
 
 def _maintenance(ctx: PipelineContext, rules: list[Any]) -> None:
@@ -77,7 +93,14 @@ def start_node(settings: Settings) -> Node:
     scheduler = BackgroundScheduler()
     scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx, rules],
                       max_instances=1, coalesce=True, id="sweep")
+    if settings.retention_days > 0:
+        scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
+                          max_instances=1, coalesce=True, id="retention")
     scheduler.start()
+    forwarder = None
+    if settings.audit_repository:
+        forwarder = Forwarder(settings, sessions)
+        forwarder.start()
     worker = None
     if settings.start_worker:
         worker = Worker(ctx)
@@ -90,7 +113,8 @@ def start_node(settings: Settings) -> Node:
                                            port=settings.port if settings.plain_port_enabled else "off",
                                            tls_port=settings.tls_port or "off",
                                            models=",".join(sorted(registry.manifests))))
-    return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx)
+    return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx,
+                forwarder=forwarder)
 
 
 def serve(settings: Settings) -> int:

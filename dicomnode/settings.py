@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
+    audit_repository: str = ""
+    audit_source_id: str = ""
+    audit_enterprise_site_id: str = ""
+    audit_poll_seconds: float = Field(default=1.0, gt=0)
+    audit_retry_seconds: float = Field(default=2.0, gt=0)
+    retention_days: float = Field(default=0.0, ge=0)
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 
@@ -128,6 +135,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @field_validator("audit_repository")
+    @classmethod
+    def _check_repository(cls, value: str) -> str:
+        if value and not re.match(r"^(udp|tcp|tls)://[^:/]+:\d{1,5}$", value):
+            raise ValueError(f"audit_repository {value!r} must look like udp://, tcp:// or tls://host:port")
+        return value
 
     @field_validator("pacs", mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 20:06:58.905931
+Create Date: 2026-11-23 20:09:58.379144
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def upgrade() -> None:
     sa.Column('study_uid', sa.String(length=64), nullable=False),
     sa.Column('patient_id', sa.String(length=64), nullable=True),
     sa.Column('patient_name', sa.String(length=324), nullable=True),
-    sa.Column('state', sa.Enum('receiving', 'routed', 'no_match', name='study_state', native_enum=False, create_constraint=True, length=16), nullable=False),
+    sa.Column('state', sa.Enum('receiving', 'routed', 'no_match', 'purged', name='study_state', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('state_reason', sa.Text(), nullable=False),
     sa.Column('calling_ae', sa.String(length=16), nullable=False),
     sa.Column('first_received_at', sa.DateTime(timezone=True), nullable=False),

@@ -65,7 +65,8 @@ def enqueue(session: Session, series: Series, rule: str, model_id: str, model_ve
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED, reason=f"rule {rule}"))
-    record(session, AuditEvent.JOB_QUEUED, actor="router", **series.study.subject(), job_id=job.id, model=model_id, model_version=model_version,
+    record(session, AuditEvent.JOB_QUEUED, actor="router", **series.study.subject(), job_id=job.id, model=model_id,
+           model_version=model_version,
            rule=rule, series_uid=series.series_uid, revision=series.revision)
     return job
 
@@ -96,7 +97,8 @@ def transition(
     session.refresh(job)
     event, outcome = _AUDIT_FOR[new]
     study = _study_of(session, job)
-    record(session, event, outcome, actor=worker_id or "node", **study.subject(), job_id=job_id, model=job.model_id, reason=reason)
+    record(session, event, outcome, actor=worker_id or "node", **study.subject(), job_id=job_id,
+           model=job.model_id, reason=reason)
 
 
 def claim(sessions: sessionmaker[Session], worker_id: str, lease_seconds: float) -> ClaimedJob | None:

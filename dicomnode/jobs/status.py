@@ -24,6 +24,7 @@ class StudyState(enum.StrEnum):
     RECEIVING = "receiving"  # instances still arriving: waits for study_idle_seconds of quiet
     ROUTED = "routed"        # complete; routing created one job per (series, model)
     NO_MATCH = "no_match"    # complete; no rule matched any usable series, so nothing to do
+    PURGED = "purged"        # its instances and results were deleted by the retention policy
 
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
