@@ -41,20 +41,18 @@ def record_instance(
     now = utcnow()
     instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
     unchanged = instance is not None and instance.sha256 == sha256
-    record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, study_uid=meta.study_uid,
-           patient_id=meta.patient_id, patient_name=meta.patient_name, sop_instance_uid=meta.sop_instance_uid,
-           sop_class_uid=meta.sop_class_uid, size=size, unchanged=unchanged)
-    if unchanged:
-        return False
-
     study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
     if study is None:
         study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id or None,
                       patient_name=meta.patient_name or None, calling_ae=calling_ae, first_received_at=now)
         session.add(study)
         session.flush()
-        record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(),
-               source=calling_ae)
+        record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(), source=calling_ae)
+    record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, **study.subject(),
+           sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, size=size, unchanged=unchanged)
+    if unchanged:
+        return False
+
     study.last_received_at = now
     study.state = StudyState.RECEIVING
     study.state_reason = "receiving: complete after study_idle_seconds without a new instance"

@@ -1,0 +1,97 @@
+"""ATNA transport against a syslog receiver on loopback: RFC 5424 over TCP (RFC 6587), TLS and UDP."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.syslog import Forwarder
+from dicomnode.audit.trail import record
+from dicomnode.db import session_scope
+from dicomnode.settings import Settings
+from tests.conftest import make_settings
+from tests.support.audit_schema import check, codes
+from tests.support.certs import make_ca, make_cert
+from tests.support.net import free_port, wait_for
+from tests.support.syslog import SyslogReceiver
+
+
+def write_events(sessions: sessionmaker[Session], n: int = 1) -> None:
+    for _ in range(n):
+        with session_scope(sessions) as session:
+            record(session, AuditEvent.APPLICATION_START, actor="DICOMNODE")
+            record(session, AuditEvent.JOB_QUEUED, actor="router")  # internal: no message
+            record(session, AuditEvent.STUDY_RECEIVED, actor="ORTHANC", study_uid="1.2.3", patient_id="PID-7",
+                   patient_name="DOE^JANE", address="127.0.0.1", sop_classes={"1.2.840.10008.5.1.4.1.1.4": 2})
+            record(session, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor="INTRUDER",
+                   address="127.0.0.1", reason="calling AE title 'INTRUDER' is not a known peer")
+
+
+def forwarder(settings: Settings, sessions: sessionmaker[Session], url: str, **extra: object) -> Forwarder:
+    configured = make_settings(settings.data_dir, audit_repository=url, audit_poll_seconds=0.1,
+                               audit_retry_seconds=0.2, **extra)
+    return Forwarder(configured, sessions)
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_messages_are_rfc5424_with_valid_audit_xml(settings: Settings, sessions: sessionmaker[Session],
+                                                   protocol: str) -> None:
+    receiver = SyslogReceiver(free_port(), protocol).start()
+    sender = forwarder(settings, sessions, f"{protocol}://127.0.0.1:{receiver.port}")
+    try:
+        write_events(sessions)
+        sender.start()
+        wait_for(lambda: len(receiver.messages) >= 3, timeout=20, msg="three audit messages")
+    finally:
+        sender.stop()
+        receiver.stop()
+    assert len(receiver.messages) == 3
+    for message in receiver.messages:
+        assert message.pri == 85 and message.app == "dicomnode" and message.msgid == "IHE+RFC-3881"
+        check(message.xml)
+    event_ids = [codes(check(m.xml), "EventIdentification/EventID")[0] for m in receiver.messages]
+    assert event_ids == ["110100", "110104", "110113"]
+    assert b"DOE^JANE" in receiver.messages[1].xml and b"PID-7" in receiver.messages[1].xml
+
+
+def test_repository_down_then_back_loses_nothing_and_repeats_nothing(settings: Settings,
+                                                                     sessions: sessionmaker[Session]) -> None:
+    port = free_port()  # nobody listens yet
+    sender = forwarder(settings, sessions, f"tcp://127.0.0.1:{port}")
+    sender.start()
+    write_events(sessions, n=5)  # written while the repository is down: never blocked
+    assert sender.sent == 0
+    sender.stop()
+    receiver = SyslogReceiver(port).start()
+    restarted = forwarder(settings, sessions, f"tcp://127.0.0.1:{port}")  # a node restart: the cursor is in the DB
+    try:
+        restarted.start()
+        wait_for(lambda: len(receiver.messages) >= 15, timeout=30, msg="the queued messages")
+        write_events(sessions, n=1)
+        wait_for(lambda: len(receiver.messages) >= 18, timeout=30, msg="the new messages")
+    finally:
+        restarted.stop()
+        receiver.stop()
+    assert len(receiver.messages) == 18  # 6 x 3 mapped rows, each once
+
+
+def test_tls_transport(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    ca = make_ca(tmp_path, "ca")
+    server = make_cert(ca, tmp_path, "arr")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server.cert, server.key)
+    receiver = SyslogReceiver(free_port(), "tcp", tls_context=context).start()
+    sender = forwarder(settings, sessions, f"tls://127.0.0.1:{receiver.port}", tls_ca_file=ca.cert)
+    try:
+        write_events(sessions)
+        sender.start()
+        wait_for(lambda: len(receiver.messages) >= 3, timeout=20, msg="audit messages over TLS")
+    finally:
+        sender.stop()
+        receiver.stop()
+    for message in receiver.messages:
+        check(message.xml)

@@ -1,0 +1,96 @@
+"""Every DICOM audit message the node can emit has the structure of PS3.15 A.5.1 and its event's codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from dicomnode.audit.atna import EVENTS, Source, audit_message
+from dicomnode.audit.events import AuditEvent
+from dicomnode.jobs.models import AuditRecord
+from tests.support.audit_schema import check, codes
+
+SOURCE = Source(ae_title="DICOMNODE", host="node1", pid=4242, site_id="HOSPITAL")
+SOP = {"1.2.840.10008.5.1.4.1.1.4": 189}
+
+# event -> (EventID, EventTypeCode or None, role codes of the active participants)
+EXPECTED = {
+    AuditEvent.APPLICATION_START: ("110100", "110120", {"110150"}),
+    AuditEvent.APPLICATION_STOP: ("110100", "110121", {"110150"}),
+    AuditEvent.ASSOCIATION_REJECTED: ("110113", "110126", {"110150"}),
+    AuditEvent.USER_LOGIN_FAILED: ("110113", "110132", {"110150"}),
+    AuditEvent.CONFIG_CHANGED: ("110113", "110128", {"110150"}),
+    AuditEvent.BEGIN_TRANSFER_IN: ("110102", None, {"110153", "110152"}),
+    AuditEvent.STUDY_RECEIVED: ("110104", None, {"110153", "110152"}),
+    AuditEvent.BEGIN_TRANSFER_OUT: ("110102", None, {"110153", "110152"}),
+    AuditEvent.RESULT_SENT: ("110104", None, {"110153", "110152"}),
+    AuditEvent.RESULT_SEND_FAILED: ("110104", None, {"110153", "110152"}),
+    AuditEvent.INSTANCES_ACCESSED: ("110103", None, {"110150"}),
+    AuditEvent.STUDY_DELETED: ("110105", None, {"110150"}),
+    AuditEvent.USER_LOGIN: ("110114", "110122", {"110150"}),
+    AuditEvent.USER_LOGOUT: ("110114", "110123", {"110150"}),
+    AuditEvent.AUDIT_EXPORTED: ("110101", None, {"110150"}),
+}
+STUDY_EVENTS = {AuditEvent.BEGIN_TRANSFER_IN, AuditEvent.STUDY_RECEIVED, AuditEvent.BEGIN_TRANSFER_OUT,
+                AuditEvent.RESULT_SENT, AuditEvent.RESULT_SEND_FAILED, AuditEvent.INSTANCES_ACCESSED,
+                AuditEvent.STUDY_DELETED}
+
+
+def row(event: AuditEvent, outcome: str = "success", **detail: object) -> AuditRecord:
+    study = event in STUDY_EVENTS
+    return AuditRecord(id=1, at=dt.datetime(2026, 11, 23, 19, 30, 1, 123456, tzinfo=dt.UTC), event=event.value,
+                       outcome=outcome, actor="ORTHANC" if study else "admin",
+                       study_uid="1.2.3.4" if study else None, patient_id="PID-1" if study else None,
+                       patient_name="DOE^JANE" if study else None,
+                       detail=json.dumps({"address": "127.0.0.1", "sop_classes": SOP, **detail}),
+                       prev_hash="0" * 64, hash="1" * 64)
+
+
+def test_every_mapped_event_is_covered() -> None:
+    assert set(EVENTS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("event", sorted(EXPECTED))
+def test_message_structure_and_codes(event: AuditEvent) -> None:
+    xml = audit_message(row(event), SOURCE)
+    assert xml is not None
+    root = check(xml)
+    event_id, type_code, roles = EXPECTED[event]
+    assert codes(root, "EventIdentification/EventID") == [event_id]
+    assert codes(root, "EventIdentification/EventTypeCode") == ([type_code] if type_code else [])
+    assert roles <= set(codes(root, "ActiveParticipant/RoleIDCode"))
+    source = root.find("AuditSourceIdentification")
+    assert source is not None and source.get("AuditSourceID") == "DICOMNODE"
+    assert source.get("AuditEnterpriseSiteID") == "HOSPITAL"
+    if event in STUDY_EVENTS:
+        objects = {o.get("ParticipantObjectTypeCodeRole"): o for o in root.iterfind("ParticipantObjectIdentification")}
+        assert codes(objects["3"], "ParticipantObjectIDTypeCode") == ["110180"]
+        assert objects["3"].get("ParticipantObjectID") == "1.2.3.4"
+        sop = objects["3"].find("ParticipantObjectDescription/SOPClass")
+        assert sop is not None and sop.get("NumberOfInstances") == "189"
+        assert objects["1"].get("ParticipantObjectID") == "PID-1"
+        assert objects["1"].findtext("ParticipantObjectName") == "DOE^JANE"
+
+
+def test_outcome_and_description() -> None:
+    xml = audit_message(row(AuditEvent.RESULT_SEND_FAILED, "serious_failure", status="0xA700"), SOURCE)
+    assert xml is not None
+    ident = check(xml).find("EventIdentification")
+    assert ident is not None
+    assert ident.get("EventOutcomeIndicator") == "8"
+    assert ident.get("EventActionCode") == "R"
+    assert ident.get("EventDateTime") == "2026-11-23T19:30:01.123456Z"
+    assert ident.findtext("EventOutcomeDescription") == "0xA700"
+
+
+def test_rule_change_is_software_configuration() -> None:
+    xml = audit_message(row(AuditEvent.CONFIG_CHANGED, kind="rule"), SOURCE)
+    assert xml is not None
+    assert codes(check(xml), "EventIdentification/EventTypeCode") == ["110131"]
+
+
+def test_internal_events_have_no_dicom_message() -> None:
+    assert audit_message(row(AuditEvent.JOB_QUEUED), SOURCE) is None
+    assert audit_message(row(AuditEvent.INSTANCE_RECEIVED), SOURCE) is None
