@@ -11,20 +11,17 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
+from dicomnode.admin.auth import hash_password
+from dicomnode.admin.status import disk_status, study_rows
 from dicomnode.audit.atna import Source, audit_message
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import as_dict, export_rows, record, verify
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.log import setup_logging
-from dicomnode.receive.handlers import disk_guard
 from dicomnode.settings import Settings
-from dicomnode.store.spool import free_bytes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("echo", help="C-ECHO the configured PACS")
     sub.add_parser("purge", help="apply the retention policy now")
+    admin = sub.add_parser("admin", help="admin API users")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin_sub.add_parser("hash-password", help="read a password (prompt or stdin), print its hash for admin_users")
     audit = sub.add_parser("audit", help="the tamper-evident audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
@@ -95,38 +95,33 @@ def _audit_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
-    sessions = make_sessionmaker(make_engine(settings.db_url))
-    with sessions() as session:
-        query = select(Study).order_by(Study.id)
-        if study_uid:
-            query = query.where(Study.study_uid == study_uid)
-        rows: list[dict[str, Any]] = []
-        for study in session.scalars(query):
-            jobs = session.scalars(select(Job).join(Job.series).where(Series.study_id == study.id)).all()
-            rows.append({
-                "study_uid": study.study_uid, "state": study.state.value, "reason": study.state_reason,
-                "series": [{"series_uid": s.series_uid, "number": s.series_number, "route": s.route_reason}
-                           for s in study.series],
-                "jobs": [{"id": j.id, "model": j.model_id, "status": j.status.value, "reason": j.reason,
-                          "attempts": j.attempts} for j in jobs],
-            })
-    guard = disk_guard(settings)
-    disk = {"free_mb": round(free_bytes(settings.spool_dir) / 2**20), "min_free_mb": settings.min_free_disk_mb,
-            "accepting": not guard, "reason": guard}
+    rows = study_rows(make_sessionmaker(make_engine(settings.db_url)), study_uid)
+    disk = disk_status(settings)
     if as_json:
         print(json.dumps({"disk": disk, "studies": rows}, indent=2))
     else:
         print(f"disk: {disk['free_mb']} MiB free (min {settings.min_free_disk_mb:g}): "
-              + ("accepting instances" if not guard else f"REFUSING instances ({guard})"))
+              + ("accepting instances" if disk["accepting"] else f"REFUSING instances ({disk['reason']})"))
         for row in rows:
             print(f"{row['study_uid']}  {row['reason']}")
             for series in row["series"]:
                 print(f"  series {series['number']}: {series['route']}")
             for job in row["jobs"]:
-                print(f"  job {job['id']} {job['model']}: {job['status']} {job['reason']}")
+                retry = f" (next try {job['run_after']})" if job["run_after"] else ""
+                print(f"  job {job['id']} {job['model']}: {job['status']} after {job['attempts']} attempt(s): "
+                      f"{job['reason']}{retry}")
     if study_uid and not rows:
         print(f"no study {study_uid}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _admin_command(args: argparse.Namespace) -> int:
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        print("dicomnode: use a password of at least 12 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
     return 0
 
 
@@ -151,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(settings, args.study, args.json)
+    if args.command == "admin":
+        return _admin_command(args)
     if args.command == "audit":
         return _audit_command(settings, args)
     if args.command == "purge":

@@ -10,11 +10,14 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 
 import dicomnode
+from dicomnode.admin.api import AdminContext, start_admin
+from dicomnode.admin.config_store import runtime_rules
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
@@ -43,10 +46,14 @@ class Node:
     worker: Worker | None
     ctx: PipelineContext
     forwarder: Forwarder | None
+    admin: ThreadingHTTPServer | None
 
     def stop(self) -> None:
         for server in self.servers:
             server.shutdown()
+        if self.admin is not None:
+            self.admin.shutdown()
+            self.admin.server_close()
         self.scheduler.shutdown(wait=True)
         if self.worker is not None:
             self.worker.stop()
@@ -69,9 +76,11 @@ def _retention(ctx: PipelineContext) -> None:
         log.exception("retention purge failed", extra=extra(stage="retention"))
 
 
-def _maintenance(ctx: PipelineContext, rules: list[Any]) -> None:
+def _maintenance(ctx: PipelineContext) -> None:
     try:
         requeue_expired(ctx.sessions)
+        defaults = [m.default_rule for m in ctx.registry.manifests.values()]
+        rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
         sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests)
     except Exception:
         log.exception("sweep failed", extra=extra(stage="sweep"))
@@ -91,12 +100,13 @@ def start_node(settings: Settings) -> Node:
                models=sorted(registry.manifests), rules=[r.name for r in rules])
     servers = start_scp(ReceiveContext(settings=settings, sessions=sessions))
     scheduler = BackgroundScheduler()
-    scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx, rules],
+    scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx],
                       max_instances=1, coalesce=True, id="sweep")
     if settings.retention_days > 0:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="retention")
     scheduler.start()
+    admin = start_admin(AdminContext(settings, sessions)) if settings.admin_port else None
     forwarder = None
     if settings.audit_repository:
         forwarder = Forwarder(settings, sessions)
@@ -114,7 +124,7 @@ def start_node(settings: Settings) -> Node:
                                            tls_port=settings.tls_port or "off",
                                            models=",".join(sorted(registry.manifests))))
     return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx,
-                forwarder=forwarder)
+                forwarder=forwarder, admin=admin)
 
 
 def serve(settings: Settings) -> int:

@@ -61,6 +61,15 @@ class Peer(BaseModel):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class AdminUser(BaseModel):
+    """An admin API user: a name and a PBKDF2 hash (``dicomnode admin hash-password``), never a password."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    password_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
+
+
 class Rule(BaseModel):
     """A routing rule: when every ``match`` regex is found in the series' attribute, run ``model``.
 
@@ -128,6 +137,10 @@ class Settings(BaseSettings):
     audit_retry_seconds: float = Field(default=2.0, gt=0)
     retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=0, ge=0, le=65535)
+    admin_users: list[AdminUser] = Field(default_factory=list)
+    admin_session_minutes: float = Field(default=60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 

@@ -183,6 +183,38 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class PeerConfig(Base):
+    """A peer added at run time through the admin API (the configuration file's peers stay in force)."""
+
+    __tablename__ = "peer_config"
+
+    ae_title: Mapped[str] = mapped_column(String(16), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int]
+    tls: Mapped[bool] = mapped_column(default=False)
+
+
+class RuleConfig(Base):
+    """A routing rule added at run time through the admin API."""
+
+    __tablename__ = "rule_config"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    match: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class AdminSession(Base):
+    """A logged-in admin user: the SHA-256 of the bearer token, never the token."""
+
+    __tablename__ = "admin_session"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class AuditCursor(Base):
     """How far the ATNA sender got: the id of the last audit row delivered to the repository."""
 

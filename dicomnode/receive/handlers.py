@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
@@ -72,7 +73,7 @@ def handle_requested(event: Any, ctx: ReceiveContext) -> None:
         primitive = event.assoc.requestor.primitive
         called_ae = primitive.called_ae_title if primitive is not None else ""
         decision = decide(own_ae=ctx.settings.ae_title, called_ae=str(called_ae), calling_ae=calling_ae,
-                          address=address, peers=ctx.settings.known_peers,
+                          address=address, peers=runtime_peers(ctx.settings, ctx.sessions),
                           require_known=ctx.settings.require_known_callers)
         if decision.accepted:
             return

@@ -1,0 +1,93 @@
+"""Peers and routing rules as data: changed at run time through the admin API, every change audited.
+
+The configuration file's peers and rules stay in force; these add to them (a rule stored here replaces
+the manifest default of its model, as a configured rule does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.trail import record
+from dicomnode.jobs.models import PeerConfig, RuleConfig
+from dicomnode.jobs.routing import effective_rules
+from dicomnode.settings import Peer, Rule, Settings
+
+
+def _peer(row: PeerConfig) -> Peer:
+    return Peer(ae_title=row.ae_title, host=row.host, port=row.port, tls=row.tls)
+
+
+def _rule(row: RuleConfig) -> Rule:
+    return Rule(name=row.name, model=row.model, match=json.loads(row.match))
+
+
+def list_peers(session: Session) -> list[Peer]:
+    return [_peer(r) for r in session.scalars(select(PeerConfig).order_by(PeerConfig.ae_title))]
+
+
+def list_rules(session: Session) -> list[Rule]:
+    return [_rule(r) for r in session.scalars(select(RuleConfig).order_by(RuleConfig.name))]
+
+
+def put_peer(session: Session, peer: Peer, *, user: str, address: str) -> None:
+    row = session.get(PeerConfig, peer.ae_title)
+    before = _peer(row).model_dump() if row else None
+    if row is None:
+        row = PeerConfig(ae_title=peer.ae_title)
+        session.add(row)
+    row.host, row.port, row.tls = peer.host, peer.port, peer.tls
+    _audit(session, "peer", peer.ae_title, before, peer.model_dump(), user, address)
+
+
+def delete_peer(session: Session, ae_title: str, *, user: str, address: str) -> bool:
+    row = session.get(PeerConfig, ae_title)
+    if row is None:
+        return False
+    _audit(session, "peer", ae_title, _peer(row).model_dump(), None, user, address)
+    session.delete(row)
+    return True
+
+
+def put_rule(session: Session, rule: Rule, *, user: str, address: str) -> None:
+    row = session.get(RuleConfig, rule.name)
+    before = _rule(row).model_dump() if row else None
+    if row is None:
+        row = RuleConfig(name=rule.name)
+        session.add(row)
+    row.model, row.match = rule.model, json.dumps(rule.match, sort_keys=True)
+    _audit(session, "rule", rule.name, before, rule.model_dump(), user, address)
+
+
+def delete_rule(session: Session, name: str, *, user: str, address: str) -> bool:
+    row = session.get(RuleConfig, name)
+    if row is None:
+        return False
+    _audit(session, "rule", name, _rule(row).model_dump(), None, user, address)
+    session.delete(row)
+    return True
+
+
+def _audit(session: Session, kind: str, name: str, before: Any, after: Any, user: str, address: str) -> None:
+    change = "added" if before is None else "removed" if after is None else "changed"
+    record(session, AuditEvent.CONFIG_CHANGED, actor=user, kind=kind, name=name, before=before, after=after,
+           address=address, reason=f"{kind} {name} {change}")
+
+
+def runtime_peers(settings: Settings, sessions: sessionmaker[Session]) -> tuple[Peer, ...]:
+    """The peers allowed to call in now: the configuration's, then those added at run time."""
+    with sessions() as session:
+        return settings.known_peers + tuple(list_peers(session))
+
+
+def runtime_rules(settings: Settings, sessions: sessionmaker[Session], defaults: Iterable[Rule]) -> list[Rule]:
+    """The routing rules in force now: configured and stored rules, then the models' defaults."""
+    with sessions() as session:
+        stored = list_rules(session)
+    return effective_rules([*settings.rules, *stored], defaults)
