@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.net import free_port
 from tests.support.peers import NodeProcess, Orthanc
 
 
@@ -15,6 +16,7 @@ def node(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "DICOMNODE_STUDY_IDLE_SECONDS": "2",
         "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.5",
         "DICOMNODE_MIN_FREE_DISK_MB": "1",
+        "DICOMNODE_ADMIN_PORT": str(free_port()),
     }).start()
     orthanc.add_modality("NODE", process.ae_title, process.port)
     yield process

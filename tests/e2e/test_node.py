@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,16 @@ def test_study_no_rule_matches_creates_no_job(orthanc: Orthanc, node: NodeProces
     (not_routed,) = [d for e, d in audit_rows(node, study_uid) if e == "study_not_routed"]
     assert "no rule matched" in not_routed["reason"]
     assert result_series(orthanc, study_id) == {}
+
+
+def test_health_and_metrics_of_the_running_node(node: NodeProcess) -> None:
+    base = f"http://127.0.0.1:{node.env['DICOMNODE_ADMIN_PORT']}"
+    with urllib.request.urlopen(base + "/healthz", timeout=10) as rsp:
+        assert json.loads(rsp.read())["status"] == "ok"
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as rsp:
+        text = rsp.read().decode()
+    assert 'dicomnode_jobs{status="succeeded"} 1' in text
+    assert 'dicomnode_studies{state="no_match"} 3' in text
 
 
 def test_sigterm_stops_the_node_cleanly(orthanc: Orthanc, node: NodeProcess) -> None:
