@@ -14,7 +14,7 @@ import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -157,6 +157,3 @@ def select_device(requested: str) -> str:
         return "cuda"
     return "cpu"
 
-
-def manifest_summary(manifest: Manifest) -> dict[str, Any]:
-    return {"id": manifest.id, "version": manifest.version, "backend": manifest.backend}

@@ -216,6 +216,8 @@ def _fuzz_pdus(scp: RunningScp, examples: int, monkeypatch: pytest.MonkeyPatch) 
     return count, len(fsm_errors)
 
 
+# pydicom warns about odd encodings it still reads; the node runs with warnings as warnings, not errors
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fuzz_datasets_sample(scp: RunningScp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     statuses = _fuzz_datasets(scp, tmp_path, CI_SAMPLE, monkeypatch)
     print(f"\n{sum(statuses.values())} malformed datasets: {dict(statuses)}")
@@ -234,6 +236,7 @@ def test_fuzz_pdus_sample(pdu_scp: RunningScp, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fuzz_datasets_full(scp: RunningScp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     statuses = _fuzz_datasets(scp, tmp_path, FULL, monkeypatch)
     print(f"\n{sum(statuses.values())} malformed datasets: {dict(statuses)}")
