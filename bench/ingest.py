@@ -1,4 +1,8 @@
-"""Ingest: DCMTK storescu -> storescp (reference) vs -> the node's SCP, same files, same run."""
+"""Ingest: DCMTK storescu -> storescp (reference) vs -> the node's SCP, same files, same run.
+
+A third run repeats the node's with the ATNA forwarder running against a repository that is down,
+to show that audit transport never slows ingest.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from dicomnode.audit.syslog import Forwarder
 from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.migrate import upgrade
 from dicomnode.receive.handlers import ReceiveContext
@@ -44,27 +49,44 @@ def timed_store(port: int, folder: Path, called: str) -> float:
     return elapsed
 
 
+def node_run(root: Path, name: str, n: int, audit_repository: str = "") -> float:
+    clone(n, root / name)  # new UIDs: every instance is new to the node
+    settings = Settings.load(None, data_dir=root / f"node-{name}", host="127.0.0.1", port=free_port(),
+                             peers=[Peer(ae_title="STORESCU", host="127.0.0.1")], min_free_disk_mb=1,
+                             audit_repository=audit_repository, audit_retry_seconds=0.2)
+    settings.data_dir.mkdir()
+    upgrade(settings.db_url)
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    forwarder = Forwarder(settings, sessions) if audit_repository else None
+    servers = start_scp(ReceiveContext(settings, sessions))
+    if forwarder:
+        forwarder.start()
+    try:
+        return timed_store(settings.port, root / name, "DICOMNODE")
+    finally:
+        for server in servers:
+            server.shutdown()
+        if forwarder:
+            forwarder.stop()
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "in").mkdir()
         clone(n, root / "in")
-        settings = Settings.load(None, data_dir=root / "node", host="127.0.0.1", port=free_port(),
-                                 peers=[Peer(ae_title="STORESCU", host="127.0.0.1")])
-        settings.data_dir.mkdir()
-        upgrade(settings.db_url)
-        server = start_scp(ReceiveContext(settings, make_sessionmaker(make_engine(settings.db_url))))
-        try:
-            with storescp(root / "ref") as ref_port:
-                reference = timed_store(ref_port, root / "in", "STORESCP")
-            node = timed_store(settings.port, root / "in", "DICOMNODE")
-        finally:
-            server.shutdown()
+        with storescp(root / "ref") as ref_port:
+            reference = timed_store(ref_port, root / "in", "STORESCP")
+        (root / "plain").mkdir()
+        node = node_run(root, "plain", n)
+        (root / "atna").mkdir()
+        down = node_run(root, "atna", n, audit_repository=f"tcp://127.0.0.1:{free_port()}")
     print(f"{n} instances of {SOURCE.stat().st_size // 1024} KiB")
-    print(f"DCMTK storescp : {reference:6.2f} s  {n / reference:7.1f} instances/s")
-    print(f"dicomnode SCP  : {node:6.2f} s  {n / node:7.1f} instances/s (fsync + database row each)")
-    print(f"ratio node/storescp time: {node / reference:.2f}")
+    print(f"DCMTK storescp               : {reference:6.2f} s  {n / reference:7.1f} instances/s")
+    print(f"dicomnode SCP                : {node:6.2f} s  {n / node:7.1f} instances/s (fsync + DB + audit row each)")
+    print(f"dicomnode SCP, ATNA repo down: {down:6.2f} s  {n / down:7.1f} instances/s")
+    print(f"ratio node/storescp time: {node / reference:.2f}; repository down/plain: {down / node:.2f}")
 
 
 if __name__ == "__main__":

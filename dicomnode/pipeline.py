@@ -176,8 +176,8 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
                                  status=outcome.status, outcome="stored" if outcome.stored else "failed"))
             record(session, AuditEvent.RESULT_SENT if outcome.stored else AuditEvent.RESULT_SEND_FAILED,
                    Outcome.SUCCESS if outcome.stored else Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
-                   **job.subject(), job_id=job.id,
-                   sop_instance_uid=outcome.sop_instance_uid, status=status)
+                   **job.subject(), job_id=job.id, address=peer.host,
+                   sop_instance_uid=outcome.sop_instance_uid, sop_classes={outcome.sop_class_uid: 1}, status=status)
     failed = [o for o in outcomes if not o.stored]
     if failed:
         codes = ", ".join("no answer" if o.status is None else f"0x{o.status:04X}" for o in failed)

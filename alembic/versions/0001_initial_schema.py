@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 20:17:59.445710
+Create Date: 2026-11-23 20:42:53.101032
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def upgrade() -> None:
     sa.Column('state', sa.Enum('receiving', 'routed', 'no_match', 'purged', name='study_state', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('state_reason', sa.Text(), nullable=False),
     sa.Column('calling_ae', sa.String(length=16), nullable=False),
+    sa.Column('calling_address', sa.String(length=64), nullable=False),
     sa.Column('first_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),

@@ -115,7 +115,8 @@ def _participants(root: ET.Element, row: AuditRecord, detail: dict[str, Any], so
         _participant(root, source.ae_title, False, ROLE_DESTINATION, **node)
     elif event in (AuditEvent.BEGIN_TRANSFER_OUT, AuditEvent.RESULT_SENT, AuditEvent.RESULT_SEND_FAILED):
         _participant(root, source.ae_title, True, ROLE_SOURCE, **node)
-        _participant(root, row.actor or str(detail.get("destination", "")), False, ROLE_DESTINATION)
+        _participant(root, row.actor or str(detail.get("destination", "")), False, ROLE_DESTINATION,
+                     address=str(detail.get("address", "")))
     elif event in (AuditEvent.USER_LOGIN, AuditEvent.USER_LOGOUT, AuditEvent.USER_LOGIN_FAILED,
                    AuditEvent.CONFIG_CHANGED, AuditEvent.AUDIT_EXPORTED):
         _participant(root, row.actor, True, None, address=str(detail.get("address", "")))

@@ -96,7 +96,8 @@ def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: d
     sop_classes = dict(session.execute(
         select(Instance.sop_class_uid, func.count()).join(Instance.series).where(Series.study_id == study.id)
         .group_by(Instance.sop_class_uid)).all())
-    record(session, AuditEvent.STUDY_RECEIVED, actor=study.calling_ae, **study.subject(), series=len(plans),
+    record(session, AuditEvent.STUDY_RECEIVED, actor=study.calling_ae, **study.subject(),
+           address=study.calling_address, series=len(plans),
            instances=n_instances, sop_classes=sop_classes)
     for plan in plans:
         series = session.get(Series, plan.series_id)

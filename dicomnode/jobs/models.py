@@ -56,6 +56,7 @@ class Study(Base):
     state: Mapped[StudyState] = mapped_column(_enum(StudyState, "study_state"), default=StudyState.RECEIVING)
     state_reason: Mapped[str] = mapped_column(Text, default="")
     calling_ae: Mapped[str] = mapped_column(String(16))
+    calling_address: Mapped[str] = mapped_column(String(64), default="")
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     completed_at: Mapped[dt.datetime | None]

@@ -198,10 +198,11 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
     except StoreError as exc:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
 
-    calling_ae, _ = _requestor(event)
+    calling_ae, address = _requestor(event)
     try:
         with session_scope(ctx.sessions) as session:
-            record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae)
+            record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae,
+                            calling_address=address)
     except SQLAlchemyError as exc:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
     return SUCCESS

@@ -30,7 +30,8 @@ class InstanceMeta:
 
 
 def record_instance(
-    session: Session, meta: InstanceMeta, *, path: str, sha256: str, size: int, calling_ae: str
+    session: Session, meta: InstanceMeta, *, path: str, sha256: str, size: int, calling_ae: str,
+    calling_address: str = "",
 ) -> bool:
     """Upsert study and series, insert or refresh the instance, and audit the receipt.
 
@@ -44,10 +45,11 @@ def record_instance(
     study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
     if study is None:
         study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id or None,
-                      patient_name=meta.patient_name or None, calling_ae=calling_ae, first_received_at=now)
+                      patient_name=meta.patient_name or None, calling_ae=calling_ae,
+                      calling_address=calling_address, first_received_at=now)
         session.add(study)
         session.flush()
-        record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(), source=calling_ae)
+        record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(), address=calling_address)
     record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, **study.subject(),
            sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, size=size, unchanged=unchanged)
     if unchanged:

@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom import config, dcmread
+from pydicom import config, dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -182,3 +184,50 @@ def test_resend_of_unchanged_instances_changes_nothing(scp: RunningScp, tmp_path
         assert len(session.scalars(select(Instance)).all()) == 3
     unchanged = [json.loads(r.detail)["unchanged"] for r in _audit(scp, "instance_received")]
     assert unchanged == [False] * 3 + [True] * 3
+
+
+def _send_raw(port: int, tmp_path: Path, meta_sop: str, dataset: Dataset | bytes,
+              monkeypatch: pytest.MonkeyPatch) -> int:
+    """C-STORE exactly these bytes (pynetdicom's chunked mode sends a file's dataset as it is)."""
+    from pynetdicom import _config as pynetdicom_config
+
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
+    path = tmp_path / "raw.dcm"
+    if isinstance(dataset, Dataset):
+        meta = BytesIO()
+        dataset.file_meta.MediaStorageSOPInstanceUID = meta_sop  # what the command will say
+        write_file_meta_info(meta, dataset.file_meta, enforce_standard=False)
+        body = BytesIO()
+        dcmwrite(body, Dataset(dataset), implicit_vr=False, little_endian=True)
+        path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body.getvalue())
+    else:
+        path.write_bytes(dataset)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def test_instance_uid_differing_from_the_command_is_refused(scp: RunningScp, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_series(n_slices=1)[0]
+    status = _send_raw(scp.port, tmp_path, "1.2.826.0.1.3680043.10.999.1", ds, monkeypatch)
+    assert status == 0xC212
+    (row,) = _audit(scp, "instance_refused")
+    assert "differ" in json.loads(row.detail)["reason"]
+
+
+def test_truncated_dataset_is_refused_and_leaves_nothing(scp: RunningScp, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_series(n_slices=1)[0]
+    ds.save_as(tmp_path / "full.dcm", enforce_file_format=True)
+    whole = (tmp_path / "full.dcm").read_bytes()
+    meta_end = 132 + 12 + int(dcmread(tmp_path / "full.dcm").file_meta.FileMetaInformationGroupLength)
+    status = _send_raw(scp.port, tmp_path, str(ds.SOPInstanceUID), whole[:meta_end + 40], monkeypatch)
+    assert status in (0xC210, 0xC211)  # cut inside the header: undecodable, or the UIDs are gone
+    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
+    assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
