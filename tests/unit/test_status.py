@@ -43,8 +43,9 @@ def test_final_states_go_nowhere_but_an_operator_retry() -> None:
 
 def test_database_refuses_unknown_state(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
-        session.execute(text("INSERT INTO study (study_uid, state, state_reason, calling_ae, first_received_at, "
-                             "last_received_at) VALUES ('1.2', 'receiving', '', 'X', '2026-01-01', '2026-01-01')"))
+        session.execute(text("INSERT INTO study (study_uid, state, state_reason, calling_ae, calling_address, "
+                             "first_received_at, last_received_at) "
+                             "VALUES ('1.2', 'receiving', '', 'X', '', '2026-01-01', '2026-01-01')"))
         session.execute(text("INSERT INTO series (study_id, series_uid, modality, description, route_reason, revision) "
                              "VALUES (1, '1.2.3', 'MR', '', '', 1)"))
         with pytest.raises(IntegrityError, match="CHECK constraint"):
