@@ -78,7 +78,7 @@ def _retention(ctx: PipelineContext) -> None:
 
 def _maintenance(ctx: PipelineContext) -> None:
     try:
-        requeue_expired(ctx.sessions)
+        requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts)
         defaults = [m.default_rule for m in ctx.registry.manifests.values()]
         rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
         sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests)
@@ -94,7 +94,7 @@ def start_node(settings: Settings) -> Node:
     registry = Registry(settings.models_dir, settings.device)
     ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry)
     rules = effective_rules(settings.rules, (m.default_rule for m in registry.manifests.values()))
-    requeue_expired(sessions)
+    requeue_expired(sessions, settings.retry_max_attempts)
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
                models=sorted(registry.manifests), rules=[r.name for r in rules])

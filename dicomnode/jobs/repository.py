@@ -138,14 +138,22 @@ def heartbeat(sessions: sessionmaker[Session], job_id: int, worker_id: str, leas
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def requeue_expired(sessions: sessionmaker[Session]) -> int:
-    """Put RUNNING jobs whose lease ran out (their worker died) back in the queue; returns how many."""
+def requeue_expired(sessions: sessionmaker[Session], max_attempts: int | None = None) -> int:
+    """Put RUNNING jobs whose lease ran out (their worker died) back in the queue; returns how many.
+
+    A job whose worker died in each of ``max_attempts`` attempts (a model crashing the process on that
+    series, say) goes to the dead letter instead: nothing loops forever.
+    """
     with session_scope(sessions) as session:
-        ids = session.scalars(select(Job.id).where(
+        rows = session.execute(select(Job.id, Job.attempts).where(
             Job.status == JobStatus.RUNNING, Job.lease_until < utcnow())).all()
-        for job_id in ids:
-            transition(session, job_id, JobStatus.RUNNING, JobStatus.QUEUED, "lease expired: worker gone")
-        return len(ids)
+        for job_id, attempts in rows:
+            if max_attempts is not None and attempts >= max_attempts:
+                transition(session, job_id, JobStatus.RUNNING, JobStatus.DEAD_LETTER,
+                           f"gave up after {attempts} attempts: the worker died during each")
+            else:
+                transition(session, job_id, JobStatus.RUNNING, JobStatus.QUEUED, "lease expired: worker gone")
+        return len(rows)
 
 
 def release_held(sessions: sessionmaker[Session], worker_id: str) -> int:

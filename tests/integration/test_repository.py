@@ -96,3 +96,20 @@ def test_clean_stop_releases_held_jobs(any_sessions: sessionmaker[Session]) -> N
     assert release_held(any_sessions, "w1") == 1
     with any_sessions() as session:
         assert session.scalars(select(Job.status)).one() is JobStatus.QUEUED
+
+
+def test_job_whose_worker_keeps_dying_goes_to_the_dead_letter(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
+        (series,) = _series(session)
+        enqueue(session, series, "rule", "m", "1")
+    for attempt in range(1, 4):
+        job = claim(any_sessions, f"doomed-{attempt}", 60)
+        assert job is not None and job.attempts == attempt
+        with session_scope(any_sessions) as session:
+            session.execute(update(Job).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
+        assert requeue_expired(any_sessions, max_attempts=3) == 1
+    with any_sessions() as session:
+        job_row = session.scalars(select(Job)).one()
+        assert job_row.status is JobStatus.DEAD_LETTER
+        assert job_row.reason == "gave up after 3 attempts: the worker died during each"
+    assert claim(any_sessions, "next", 60) is None
