@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -34,6 +35,19 @@ def extra(**fields: Any) -> dict[str, Any]:
 
 
 class _ContextFormatter(logging.Formatter):
+    """One line per record plus ``ctx``; tracebacks keep their frames but drop exception messages,
+    which can quote patient data (SQL parameters, attribute values)."""
+
+    def formatException(self, ei: Any) -> str:
+        _, exc, tb = ei
+        lines = ["Traceback (most recent call last):", *traceback.format_tb(tb)]
+        chain = []
+        while exc is not None:
+            chain.append(f"{type(exc).__module__}.{type(exc).__qualname__}")
+            exc = exc.__cause__ or exc.__context__
+        lines.append(" <- ".join(chain) + " (message withheld: it may carry patient data)")
+        return "\n".join(line.rstrip("\n") for line in lines)
+
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         ctx = getattr(record, "ctx", None)

@@ -66,3 +66,26 @@ def test_every_setting_is_documented_in_the_example() -> None:
     undocumented = [name for name in Settings.model_fields
                     if f"{name} =" not in example and f"[[{name}]]" not in example]
     assert undocumented == []
+
+
+def test_logged_tracebacks_withhold_exception_messages() -> None:
+    import io
+    import logging
+
+    from dicomnode.log import setup_logging
+
+    setup_logging("INFO")
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    try:
+        name = "DOE" + "^JANE"  # built at run time: the traceback's source lines must not show it either
+        try:
+            raise ValueError(f"PatientName {name} violates a constraint")
+        except ValueError:
+            logging.getLogger("dicomnode.test").exception("job crashed")
+    finally:
+        logging.getLogger().handlers.clear()
+    text = stream.getvalue()
+    assert "job crashed" in text and "builtins.ValueError" in text and "test_settings.py" in text
+    assert "DOE^JANE" not in text
