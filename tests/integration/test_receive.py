@@ -109,13 +109,14 @@ def test_compressed_instances_are_stored_byte_for_byte(
             assert dcmread(row.path).PixelData == dcmread(path).PixelData
 
 
-def _pyscu_send(port: int, ds: Dataset) -> int:
+def _pyscu_send(port: int, what: Dataset | Path, transfer_syntax: str = "1.2.840.10008.1.2.1") -> int:
+    """One C-STORE from the known peer PYSCU: a dataset, or a file's bytes (see ``_send_raw``)."""
     ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(MRImageStorage, ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(MRImageStorage, transfer_syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
     assert assoc.is_established
     try:
-        return int(assoc.send_c_store(ds).Status)
+        return int(assoc.send_c_store(what).Status)
     finally:
         assoc.release()
 
@@ -202,14 +203,7 @@ def _send_raw(port: int, tmp_path: Path, meta_sop: str, dataset: Dataset | bytes
         path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body.getvalue())
     else:
         path.write_bytes(dataset)
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(path).Status)
-    finally:
-        assoc.release()
+    return _pyscu_send(port, path)
 
 
 def test_instance_uid_differing_from_the_command_is_refused(scp: RunningScp, tmp_path: Path,
