@@ -96,6 +96,13 @@ def build_results(manifest: Manifest, volume: Volume, labels: np.ndarray, job: C
     return [seg, sr], volumes
 
 
+def _write_dataset(path: Path, ds: Dataset) -> None:
+    """A Part-10 file of ``ds``, written atomically (owner-only: results carry PHI)."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    write_atomic(path, buffer.getvalue())
+
+
 def write_results(results_dir: Path, job_id: int, objects: list[Dataset], volumes_ml: dict[int, float],
                   inference_seconds: float) -> JobResult:
     """Stage 5: the result files, written atomically under ``results/job-<id>/``, then ``results.json``.
@@ -107,9 +114,7 @@ def write_results(results_dir: Path, job_id: int, objects: list[Dataset], volume
     paths = []
     for ds in objects:
         path = folder / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        write_atomic(path, buffer.getvalue())
+        _write_dataset(path, ds)
         paths.append(path)
     result = JobResult(paths=tuple(paths), volumes_ml=volumes_ml, inference_seconds=inference_seconds)
     summary = {"paths": [p.name for p in paths], "volumes_ml": volumes_ml, "inference_seconds": inference_seconds}
@@ -217,9 +222,8 @@ def send_failure_notice(ctx: PipelineContext, job: ClaimedJob, reason: str) -> b
         source = sanitise_headers([dcmread(path, stop_before_pixels=True, force=True)])
         notice = build_failure_notice(source, manifest, reason, job.series_number, job.revision)
         folder = ctx.settings.results_dir / f"job-{job.id}"
-        buffer = BytesIO()
-        notice.save_as(buffer, enforce_file_format=True)
-        write_atomic(notice_path := folder / f"notice-{notice.SOPInstanceUID}.dcm", buffer.getvalue())
+        notice_path = folder / f"notice-{notice.SOPInstanceUID}.dcm"
+        _write_dataset(notice_path, notice)
         (outcome,) = send_files(ctx.settings, peer, [notice_path])
         stored = outcome.stored
         detail = f"0x{outcome.status:04X}" if outcome.status is not None else "no answer"

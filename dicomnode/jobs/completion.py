@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome
@@ -28,6 +28,7 @@ from dicomnode.jobs.routing import route
 from dicomnode.jobs.status import StudyState
 from dicomnode.log import extra
 from dicomnode.settings import Rule
+from dicomnode.store.index import sop_class_counts
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ def sweep(
 def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: dict[str, Manifest],
            n_instances: int) -> None:
     study.completed_at = utcnow()
-    sop_classes = dict(session.execute(
-        select(Instance.sop_class_uid, func.count()).join(Instance.series).where(Series.study_id == study.id)
-        .group_by(Instance.sop_class_uid)).all())
+    sop_classes = sop_class_counts(session, study.id)
     record(session, AuditEvent.STUDY_RECEIVED, actor=study.calling_ae, **study.subject(),
            address=study.calling_address, series=len(plans),
            instances=n_instances, sop_classes=sop_classes)

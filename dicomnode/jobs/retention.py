@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent
@@ -23,6 +23,7 @@ from dicomnode.jobs.models import Instance, Job, Series, Study, utcnow
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.log import extra
 from dicomnode.settings import Settings
+from dicomnode.store.index import sop_class_counts
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,7 @@ def _purge_study(settings: Settings, sessions: sessionmaker[Session], study_id: 
             return
         series_ids = select(Series.id).where(Series.study_id == study_id)
         paths = session.scalars(select(Instance.path).where(Instance.series_id.in_(series_ids))).all()
-        sop_classes = dict(session.execute(select(Instance.sop_class_uid, func.count())
-                                           .where(Instance.series_id.in_(series_ids))
-                                           .group_by(Instance.sop_class_uid)).all())
+        sop_classes = sop_class_counts(session, study_id)
         job_ids = session.scalars(select(Job.id).where(Job.series_id.in_(series_ids))).all()
         session.execute(delete(Instance).where(Instance.series_id.in_(series_ids)))
         study.state = StudyState.PURGED

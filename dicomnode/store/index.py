@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
@@ -27,6 +27,13 @@ class InstanceMeta:
     series_description: str
     patient_id: str
     patient_name: str
+
+
+def sop_class_counts(session: Session, study_id: int) -> dict[str, int]:
+    """Instances per SOP Class UID held for a study (for the DICOM audit messages' study object)."""
+    rows = session.execute(select(Instance.sop_class_uid, func.count()).join(Instance.series)
+                           .where(Series.study_id == study_id).group_by(Instance.sop_class_uid)).all()
+    return {uid: int(count) for uid, count in rows}
 
 
 def record_instance(
