@@ -10,6 +10,8 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 - ``0xC210`` cannot understand: the dataset could not be decoded
 - ``0xC211`` cannot understand: a required UID is missing or invalid
 - ``0xC212`` cannot understand: SOP Class/Instance UID in the dataset differ from the command's
+- ``0xC213`` cannot understand: a UID collision; the SOP Instance UID or the series already belongs to
+  another study or series, or the study to another patient. Never merged; audited as a security alert
 - ``0xC2FF`` cannot understand: an unexpected error (logged with a traceback, no PHI)
 """
 
@@ -17,9 +19,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,11 +31,12 @@ from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.errors import StoreError
+from dicomnode.errors import StoreError, UidCollision
+from dicomnode.jobs.models import Instance
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
 from dicomnode.settings import Settings
-from dicomnode.store.index import InstanceMeta, record_instance
+from dicomnode.store.index import InstanceMeta, find_collision, record_instance
 from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ OUT_OF_RESOURCES_DB = 0xA701
 CANNOT_DECODE = 0xC210
 BAD_UID = 0xC211
 UID_MISMATCH = 0xC212
+UID_COLLISION = 0xC213
 UNEXPECTED = 0xC2FF
 
 
@@ -134,6 +140,33 @@ def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid
     return status
 
 
+def _refuse_collision(ctx: ReceiveContext, event: Any, meta: InstanceMeta, reason: str) -> int:
+    """0xC213 and a security-alert audit row naming the colliding UIDs (the log names only the kind)."""
+    calling_ae, address = _requestor(event)
+    log.warning("C-STORE refused with 0x%04X: %s", UID_COLLISION, reason, extra=extra(stage="receive"))
+    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.SERIOUS_FAILURE, actor=calling_ae, study_uid=meta.study_uid,
+           patient_id=meta.patient_id, patient_name=meta.patient_name, address=address,
+           status=f"0x{UID_COLLISION:04X}", reason=reason, security_alert=True,
+           series_uid=meta.series_uid, sop_instance_uid=meta.sop_instance_uid)
+    return UID_COLLISION
+
+
+def _drop_orphan(ctx: ReceiveContext, path: Path) -> None:
+    """Remove a refused instance's spool file unless a recorded instance owns that path."""
+    try:
+        with ctx.sessions() as session:
+            owned = session.scalar(select(Instance.id).where(Instance.path == str(path))) is not None
+        if not owned:
+            path.unlink(missing_ok=True)
+    except (SQLAlchemyError, OSError):
+        log.exception("could not remove a refused instance's spool file", extra=extra(stage="receive"))
+
+
+def _collision(ctx: ReceiveContext, meta: InstanceMeta) -> str:
+    with ctx.sessions() as session:
+        return find_collision(session, meta)
+
+
 def disk_guard(settings: Settings) -> str:
     """Why the node must refuse instances for lack of disk space, or "" when it need not."""
     try:
@@ -191,6 +224,12 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
     guard = disk_guard(ctx.settings)
     if guard:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
+    try:
+        collision = _collision(ctx, meta)  # before the spool write, which could replace another's file
+    except SQLAlchemyError as exc:
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
+    if collision:
+        return _refuse_collision(ctx, event, meta, collision)
     path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
     data = event.encoded_dataset()
     try:
@@ -203,6 +242,9 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
         with session_scope(ctx.sessions) as session:
             record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae,
                             calling_address=address)
+    except UidCollision as exc:  # raced in since the check above
+        _drop_orphan(ctx, path)
+        return _refuse_collision(ctx, event, meta, str(exc))
     except SQLAlchemyError as exc:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
     return SUCCESS
