@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     min_free_disk_mb: float = Field(default=1024.0, ge=0)
     max_associations: int = Field(default=10, ge=1)
     max_pdu_bytes: int = Field(default=16382, ge=0)
+    first_pdu_timeout_seconds: float = Field(default=5.0, gt=0)
+    tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_instance_mb: float = Field(default=1024.0, gt=0)
+    max_inflated_mb: float = Field(default=1024.0, gt=0)
     plain_port_enabled: bool = True
     tls_port: int | None = Field(default=None, ge=1, le=65535)
     tls_cert_file: Path | None = None

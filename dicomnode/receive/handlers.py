@@ -6,6 +6,9 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
 - ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
   guard), or the spool file could not be written (disk full, I/O error)
+- ``0xA700`` also: the instance is larger than ``max_instance_mb``, or a deflated one inflates beyond
+  ``max_inflated_mb`` (an instance growing past ``max_instance_mb`` while it arrives is cut off with an
+  A-ABORT: see :mod:`dicomnode.receive.limits`)
 - ``0xA701`` refused, out of resources: the database could not record the instance
 - ``0xC210`` cannot understand: the dataset could not be decoded
 - ``0xC211`` cannot understand: a required UID is missing or invalid
@@ -18,11 +21,13 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +40,7 @@ from dicomnode.errors import StoreError, UidCollision
 from dicomnode.jobs.models import Instance
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
+from dicomnode.receive.limits import InflationLimit, inflate_bounded
 from dicomnode.settings import Settings
 from dicomnode.store.index import InstanceMeta, find_collision, record_instance
 from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES_DISK = 0xA700
 OUT_OF_RESOURCES_DB = 0xA701
+TOO_LARGE = 0xA700
 CANNOT_DECODE = 0xC210
 BAD_UID = 0xC211
 UID_MISMATCH = 0xC212
@@ -108,6 +115,14 @@ def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
     """A TLS handshake failed (plain peer on the TLS port, untrusted or missing certificate)."""
     _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor="", address=address,
            reason=f"TLS handshake failed: {reason}", security_alert=True)
+
+
+def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
+    """An instance grew past ``max_instance_mb`` while arriving; the association is being aborted."""
+    calling_ae, address = _requestor(event)
+    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
+           status="A-ABORT", reason=f"instance larger than max_instance_mb={ctx.settings.max_instance_mb:g} "
+                                    f"({size // 2**20} MiB received so far)")
 
 
 def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
@@ -206,7 +221,26 @@ def _meta(ds: Dataset, event: Any) -> InstanceMeta:
     )
 
 
+def _size_refusal(event: Any, settings: Settings) -> str:
+    """Why the received dataset is too large to decode, or "" (inflation is bounded, never unlimited)."""
+    raw = event.request.DataSet
+    size = len(raw.getbuffer()) if raw is not None else 0
+    if size > settings.max_instance_mb * 2**20:
+        return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
+    if str(event.context.transfer_syntax) == DeflatedExplicitVRLittleEndian and raw is not None:
+        try:
+            inflate_bounded(raw.getvalue(), int(settings.max_inflated_mb * 2**20))
+        except InflationLimit as exc:
+            return str(exc)
+        except zlib.error:
+            return ""  # not deflate at all: decoding refuses it (0xC210)
+    return ""
+
+
 def _store(event: Any, ctx: ReceiveContext) -> int:
+    too_large = _size_refusal(event, ctx.settings)
+    if too_large:
+        return _refuse(ctx, event, TOO_LARGE, too_large)
     try:
         ds = event.dataset
         meta = _meta(ds, event)
