@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     audit_enterprise_site_id: str = ""
     audit_poll_seconds: float = Field(default=1.0, gt=0)
     audit_retry_seconds: float = Field(default=2.0, gt=0)
+    audit_anchor_file: Path | None = None
+    audit_anchor_seconds: float = Field(default=60.0, gt=0)
     retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     admin_host: str = "127.0.0.1"
@@ -181,6 +183,11 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def anchor_path(self) -> Path:
+        """Where the audit trail's head checkpoints go: ``audit_anchor_file`` or ``data_dir``."""
+        return self.audit_anchor_file or self.data_dir / "audit-anchor.jsonl"
 
     @property
     def db_url(self) -> str:
