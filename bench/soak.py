@@ -1,7 +1,7 @@
 """Soak: SIGKILL the whole node twenty times (or --kills N) across receiving, job running, result
 building and sending, against a real Orthanc; print the seed and the figures.
 
-    .venv/bin/python -m bench.soak [--kills 20] [--seed N]
+    python bench/soak.py [--kills 20] [--seed N]
 
 Figures: kills (by phase), acknowledged instances, lost, result sets (each delivered once, counted as
 deliveries at the PACS) and the C-STOREs repeated because a kill cut them short.

@@ -11,10 +11,12 @@ from pydicom import dcmread
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.volume import build_volume
 from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from tests.support.peers import REPO, dciodvfy
+from tests.support.synthetic import make_series
 
 
 @pytest.fixture
@@ -41,3 +43,21 @@ def test_dirty_headers_still_give_valid_objects(shared_data: Path, tmp_path: Pat
         assert errors == [], f"{name}: {errors}"
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
     assert seg.PatientID == datasets[0].PatientID.strip("\x00 ")
+
+
+def test_synthetic_seg_sr_and_notice_pass_dciodvfy(tmp_path: Path, manifest: Manifest) -> None:
+    """Without ../shared/data too: the objects the node builds from a clean synthetic series are valid."""
+    series = make_series(n_slices=10, rows=16, columns=12)
+    volume = build_volume(series)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:7, 4:10, 3:9] = 1
+    sources = sanitise_headers(volume.datasets)
+    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
+    seg = build_seg(sources, labels, manifest, identity)
+    sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
+    notice = build_failure_notice(sources[:1], manifest, "model found nothing to segment", 7, 1)
+    for name, obj in (("seg", seg), ("sr", sr), ("notice", notice)):
+        path = tmp_path / f"{name}.dcm"
+        obj.save_as(path, enforce_file_format=True)
+        errors, _ = dciodvfy(path)
+        assert errors == [], f"{name}: {errors}"
