@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     first_pdu_timeout_seconds: float = Field(default=5.0, gt=0)
     tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
     max_instance_mb: float = Field(default=1024.0, gt=0)
-    max_inflated_mb: float = Field(default=1024.0, gt=0)
+    max_inflated_mb: float = Field(default=512.0, gt=0)
     plain_port_enabled: bool = True
     tls_port: int | None = Field(default=None, ge=1, le=65535)
     tls_cert_file: Path | None = None

@@ -3,8 +3,9 @@
 - :class:`SizeGuard` counts the dataset bytes of each C-STORE as its P-DATA fragments arrive
   (``EVT_PDU_RECV``) and aborts the association (A-ABORT) as soon as they pass ``max_instance_mb``, so
   that memory never holds more than that per association. The refusal is audited.
-- :func:`inflate_bounded` decodes a Deflated Explicit VR Little Endian dataset with a bound on its
-  inflated size (``max_inflated_mb``); above it the handler answers 0xA700, before pydicom ever inflates.
+- :func:`inflate_bounded` measures the inflated size of a Deflated Explicit VR Little Endian dataset
+  chunk by chunk, holding one chunk at a time; above ``max_inflated_mb`` the handler answers 0xA700
+  before pydicom ever inflates it.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class InflationLimit(ValueError):
     """The deflated dataset inflates beyond ``max_inflated_mb``."""
 
 
-def inflate_bounded(deflated: bytes, limit_bytes: int) -> bytes:
-    """Inflate a raw-deflate dataset (PS3.5 A.5), refusing to produce more than ``limit_bytes``.
+def inflate_bounded(deflated: bytes, limit_bytes: int, chunk_bytes: int = 4 * 2**20) -> int:
+    """The inflated size of a raw-deflate dataset (PS3.5 A.5), measured in chunks of ``chunk_bytes``
+    that are dropped at once: memory stays at one chunk, and inflation stops past ``limit_bytes``.
 
     Raises
     ------
@@ -73,9 +75,13 @@ def inflate_bounded(deflated: bytes, limit_bytes: int) -> bytes:
         When the bytes are not a deflate stream.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = inflater.decompress(deflated, limit_bytes + 1)
-    if len(out) <= limit_bytes and not inflater.unconsumed_tail:
-        out += inflater.flush()
-    if len(out) > limit_bytes or inflater.unconsumed_tail:
+    size, pending = 0, deflated
+    while pending and not inflater.eof:
+        size += len(inflater.decompress(pending, chunk_bytes))
+        pending = inflater.unconsumed_tail
+        if size > limit_bytes:
+            raise InflationLimit(f"inflated dataset larger than {limit_bytes // 2**20} MiB (max_inflated_mb)")
+    size += len(inflater.flush())
+    if size > limit_bytes:
         raise InflationLimit(f"inflated dataset larger than {limit_bytes // 2**20} MiB (max_inflated_mb)")
-    return out
+    return size
