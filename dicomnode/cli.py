@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from dicomnode.admin.auth import hash_password
 from dicomnode.admin.status import disk_status, study_rows
+from dicomnode.audit.anchor import read_checkpoints
 from dicomnode.audit.atna import Source, audit_message
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import as_dict, export_rows, record, verify
@@ -41,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     admin_sub.add_parser("hash-password", help="read a password (prompt or stdin), print its hash for admin_users")
     audit = sub.add_parser("audit", help="the tamper-evident audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
+    verify_cmd = audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
+    verify_cmd.add_argument("--anchor", type=Path,
+                            help="anchor file (audit_anchor_file): also detect removed newest rows")
     export = audit_sub.add_parser("export", help="export the trail (PHI: written owner-only)")
     export.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
     export.add_argument("--until", type=_timestamp, help="ISO date/time, exclusive")
@@ -66,9 +69,11 @@ def _operator() -> str:
 def _audit_command(settings: Settings, args: argparse.Namespace) -> int:
     sessions = make_sessionmaker(make_engine(settings.db_url))
     if args.audit_command == "verify":
-        result = verify(sessions)
+        anchors = read_checkpoints(args.anchor) if args.anchor is not None else []
+        result = verify(sessions, anchors)
         if result.ok:
-            print(f"audit trail intact: {result.rows} rows")
+            against = f", matching {len(anchors)} checkpoint(s)" if anchors else ""
+            print(f"audit trail intact: {result.rows} rows{against}")
             return 0
         print(f"audit trail BROKEN at row {result.first_bad_id}: {result.reason} "
               f"({result.rows} rows before it verified)", file=sys.stderr)

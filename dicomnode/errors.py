@@ -14,6 +14,14 @@ class StoreError(DicomNodeError):
     """The instance could not be stored durably."""
 
 
+class UidCollision(DicomNodeError):
+    """The instance's UIDs already belong to another study, series or patient; it was not merged."""
+
+
+class SourceMismatch(DicomNodeError):
+    """A spooled file does not carry the study, series and SOP Instance UIDs the database holds for it."""
+
+
 class SeriesNotUsable(DicomNodeError):
     """The series cannot be used by the model; the message says why."""
 

@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 import dicomnode
 from dicomnode.admin.api import AdminContext, start_admin
 from dicomnode.admin.config_store import runtime_rules
+from dicomnode.audit.anchor import write_checkpoint
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
@@ -60,6 +61,7 @@ class Node:
             release_held(self.ctx.sessions, self.worker.worker_id)
         with session_scope(self.ctx.sessions) as session:
             record(session, AuditEvent.APPLICATION_STOP, actor=self.settings.ae_title)
+        _anchor(self.ctx)  # the head at shutdown: the stop row is the last one anchored
         if self.forwarder is not None:
             try:  # one last pass, so that the stop message goes out too when the repository is up
                 self.forwarder.forward_pending()
@@ -74,6 +76,13 @@ def _retention(ctx: PipelineContext) -> None:
         purge(ctx.settings, ctx.sessions)
     except Exception:
         log.exception("retention purge failed", extra=extra(stage="retention"))
+
+
+def _anchor(ctx: PipelineContext) -> None:
+    try:
+        write_checkpoint(ctx.sessions, ctx.settings.anchor_path)
+    except Exception:
+        log.exception("audit anchor checkpoint failed", extra=extra(stage="audit"))
 
 
 def _maintenance(ctx: PipelineContext) -> None:
@@ -98,10 +107,13 @@ def start_node(settings: Settings) -> Node:
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
                models=sorted(registry.manifests), rules=[r.name for r in rules])
+    _anchor(ctx)
     servers = start_scp(ReceiveContext(settings=settings, sessions=sessions))
     scheduler = BackgroundScheduler()
     scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx],
                       max_instances=1, coalesce=True, id="sweep")
+    scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx],
+                      max_instances=1, coalesce=True, id="audit-anchor")
     if settings.retention_days > 0:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="retention")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.errors import ModelError, SendError, SeriesNotUsable
+from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.volume import Volume, build_volume
 from dicomnode.jobs.models import Delivery, Instance
@@ -58,15 +58,37 @@ class JobResult:
     inference_seconds: float
 
 
-def load_series(sessions: sessionmaker[Session], job: ClaimedJob) -> list[Dataset]:
-    """Stage 1: the series' instances from the spool; audited as DICOM Instances Accessed."""
+def _instance_rows(sessions: sessionmaker[Session], job: ClaimedJob) -> list[tuple[str, str]]:
+    """(path, SOP Instance UID) of the series' instances, in the order they were recorded."""
     with sessions() as session:
-        paths = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)
-                                .order_by(Instance.id)).all()
+        rows = session.execute(select(Instance.path, Instance.sop_instance_uid)
+                               .where(Instance.series_id == job.series_id).order_by(Instance.id)).all()
+    return [(str(path), str(sop)) for path, sop in rows]
+
+
+def check_source(ds: Dataset, job: ClaimedJob, sop_instance_uid: str) -> None:
+    """Raise :class:`SourceMismatch` unless ``ds`` carries the study, series and SOP UIDs of its row."""
+    for keyword, expected in (("StudyInstanceUID", job.study_uid), ("SeriesInstanceUID", job.series_uid),
+                              ("SOPInstanceUID", sop_instance_uid)):
+        if str(ds.get(keyword, "")).rstrip("\x00 ") != expected:
+            raise SourceMismatch(f"a spooled file's {keyword} differs from the database: series not used")
+
+
+def load_series(sessions: sessionmaker[Session], job: ClaimedJob) -> list[Dataset]:
+    """Stage 1: the series' instances from the spool; audited as DICOM Instances Accessed.
+
+    Raises
+    ------
+    SourceMismatch
+        When a file does not carry the UIDs the database holds for it: the job stops, nothing is built.
+    """
+    rows = _instance_rows(sessions, job)
     try:
-        datasets: list[Dataset] = [dcmread(p, force=True) for p in paths]
+        datasets: list[Dataset] = [dcmread(path, force=True) for path, _ in rows]
     except Exception as exc:
         raise SeriesNotUsable(f"instances could not be read: {type(exc).__name__}") from exc
+    for ds, (_, sop) in zip(datasets, rows, strict=True):
+        check_source(ds, job, sop)
     with session_scope(sessions) as session:
         record(session, AuditEvent.INSTANCES_ACCESSED, actor=f"{job.model_id} {job.model_version}",
                **job.subject(), job_id=job.id, series_uid=job.series_uid, instances=len(datasets),
@@ -208,6 +230,18 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
     return result
 
 
+def _notice_source(ctx: PipelineContext, job: ClaimedJob) -> Dataset:
+    """The header of the first source file that carries the job's own UIDs (never another study's)."""
+    for path, sop in _instance_rows(ctx.sessions, job):
+        try:
+            ds = dcmread(path, stop_before_pixels=True, force=True)
+            check_source(ds, job, sop)
+        except Exception:  # unreadable or another study's file: try the next one
+            continue
+        return ds
+    raise SendError("the source series has no instance that carries its own UIDs", retryable=False)
+
+
 def send_failure_notice(ctx: PipelineContext, job: ClaimedJob, reason: str) -> bool:
     """Best effort: put an "AI result not available: <reason>" SR into the study; True when stored."""
     manifest = ctx.registry.manifests.get(job.model_id)
@@ -215,11 +249,7 @@ def send_failure_notice(ctx: PipelineContext, job: ClaimedJob, reason: str) -> b
     try:
         if manifest is None or peer is None:
             raise SendError("no model manifest or no destination for the notice", retryable=False)
-        with ctx.sessions() as session:
-            path = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)).first()
-        if path is None:
-            raise SendError("the source series has no instances", retryable=False)
-        source = sanitise_headers([dcmread(path, stop_before_pixels=True, force=True)])
+        source = sanitise_headers([_notice_source(ctx, job)])
         notice = build_failure_notice(source, manifest, reason, job.series_number, job.revision)
         folder = ctx.settings.results_dir / f"job-{job.id}"
         notice_path = folder / f"notice-{notice.SOPInstanceUID}.dcm"

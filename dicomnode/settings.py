@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     min_free_disk_mb: float = Field(default=1024.0, ge=0)
     max_associations: int = Field(default=10, ge=1)
     max_pdu_bytes: int = Field(default=16382, ge=0)
+    first_pdu_timeout_seconds: float = Field(default=5.0, gt=0)
+    tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_instance_mb: float = Field(default=1024.0, gt=0)
+    max_inflated_mb: float = Field(default=512.0, gt=0)
     plain_port_enabled: bool = True
     tls_port: int | None = Field(default=None, ge=1, le=65535)
     tls_cert_file: Path | None = None
@@ -135,6 +139,8 @@ class Settings(BaseSettings):
     audit_enterprise_site_id: str = ""
     audit_poll_seconds: float = Field(default=1.0, gt=0)
     audit_retry_seconds: float = Field(default=2.0, gt=0)
+    audit_anchor_file: Path | None = None
+    audit_anchor_seconds: float = Field(default=60.0, gt=0)
     retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     admin_host: str = "127.0.0.1"
@@ -177,6 +183,11 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def anchor_path(self) -> Path:
+        """Where the audit trail's head checkpoints go: ``audit_anchor_file`` or ``data_dir``."""
+        return self.audit_anchor_file or self.data_dir / "audit-anchor.jsonl"
 
     @property
     def db_url(self) -> str:

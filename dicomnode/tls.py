@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 class AuditingServerContext(ssl.SSLContext):
     """A server context that bounds the handshake in time and reports each failure to ``on_failure``.
 
-    pynetdicom wraps each accepted socket in its accept loop and drops failed handshakes silently; this
-    makes them visible (audit security alert) and keeps one slow client from stalling the loop.
+    The receiver wraps each accepted socket in the connection's own thread (``receive/server.py``);
+    this makes failed handshakes visible (audit security alert) and cuts off a client that never
+    completes its handshake.
     """
 
     on_failure: Callable[[str, str], None] = staticmethod(lambda address, reason: None)
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
 
     def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
         try:
@@ -62,7 +63,7 @@ def server_context(settings: Settings, on_failure: Callable[[str, str], None]) -
         context.load_verify_locations(settings.tls_ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
     context.on_failure = on_failure  # type: ignore[attr-defined]
-    context.handshake_timeout = settings.acse_timeout_seconds  # type: ignore[attr-defined]
+    context.handshake_timeout = settings.tls_handshake_timeout_seconds  # type: ignore[attr-defined]
     return context
 
 

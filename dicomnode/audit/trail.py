@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.anchor import Checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.jobs.models import AuditRecord, utcnow
 
@@ -87,16 +88,32 @@ def _rows(sessions: sessionmaker[Session], batch: int = 1000) -> Iterator[AuditR
         last = rows[-1].id
 
 
-def verify(sessions: sessionmaker[Session]) -> Verification:
-    """Walk the chain; report the first row whose content or link does not hold."""
-    expected_prev, count = GENESIS, 0
+def verify(sessions: sessionmaker[Session], anchors: Sequence[Checkpoint] = ()) -> Verification:
+    """Walk the chain; report the first row whose content or link does not hold.
+
+    With ``anchors`` (checkpoints from the anchor file), the row at each checkpoint's position must be
+    the one it names, and the trail must be at least as long as every checkpoint: a trail whose newest
+    rows were removed is reported with the missing range.
+    """
+    pending = sorted((a for a in anchors if a.rows > 0), key=lambda a: a.rows)
+    expected_prev, count, last_id = GENESIS, 0, 0
     for row in _rows(sessions):
         if row.prev_hash != expected_prev:
             return Verification(False, count, row.id, "link broken: a row before it was deleted, inserted "
                                                       "or moved")
         if row_hash(row, row.prev_hash) != row.hash:
             return Verification(False, count, row.id, "content does not match its hash: the row was edited")
-        expected_prev, count = row.hash, count + 1
+        expected_prev, count, last_id = row.hash, count + 1, row.id
+        while pending and pending[0].rows == count:
+            anchor = pending.pop(0)
+            if (anchor.head_id, anchor.head_hash) != (row.id, row.hash):
+                return Verification(False, count, row.id, f"row {count} is not the row the anchor of "
+                                                          f"{anchor.at} names: the trail was rewritten")
+    if pending:
+        anchor = pending[-1]
+        return Verification(False, count, last_id + 1,
+                            f"trail shorter than its anchor of {anchor.at}: rows {count + 1} to {anchor.rows} "
+                            f"(ids {last_id + 1} to {anchor.head_id}) are missing")
     return Verification(True, count)
 
 

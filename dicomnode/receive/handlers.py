@@ -6,20 +6,29 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
 - ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
   guard), or the spool file could not be written (disk full, I/O error)
+- ``0xA700`` also: the instance is larger than ``max_instance_mb``, or a deflated one inflates beyond
+  ``max_inflated_mb`` (an instance growing past ``max_instance_mb`` while it arrives is cut off with an
+  A-ABORT: see :mod:`dicomnode.receive.limits`)
 - ``0xA701`` refused, out of resources: the database could not record the instance
 - ``0xC210`` cannot understand: the dataset could not be decoded
 - ``0xC211`` cannot understand: a required UID is missing or invalid
 - ``0xC212`` cannot understand: SOP Class/Instance UID in the dataset differ from the command's
+- ``0xC213`` cannot understand: a UID collision; the SOP Instance UID or the series already belongs to
+  another study or series, or the study to another patient. Never merged; audited as a security alert
 - ``0xC2FF`` cannot understand: an unexpected error (logged with a traceback, no PHI)
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,11 +36,13 @@ from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.errors import StoreError
+from dicomnode.errors import StoreError, UidCollision
+from dicomnode.jobs.models import Instance
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
+from dicomnode.receive.limits import InflationLimit, inflate_bounded
 from dicomnode.settings import Settings
-from dicomnode.store.index import InstanceMeta, record_instance
+from dicomnode.store.index import InstanceMeta, find_collision, record_instance
 from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -39,9 +50,11 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES_DISK = 0xA700
 OUT_OF_RESOURCES_DB = 0xA701
+TOO_LARGE = 0xA700
 CANNOT_DECODE = 0xC210
 BAD_UID = 0xC211
 UID_MISMATCH = 0xC212
+UID_COLLISION = 0xC213
 UNEXPECTED = 0xC2FF
 
 
@@ -107,6 +120,14 @@ def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
            reason=f"TLS handshake failed: {reason}", security_alert=True)
 
 
+def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
+    """An instance grew past ``max_instance_mb`` while arriving; the association is being aborted."""
+    calling_ae, address = _requestor(event)
+    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
+           status="A-ABORT", reason=f"instance larger than max_instance_mb={ctx.settings.max_instance_mb:g} "
+                                    f"({size // 2**20} MiB received so far)")
+
+
 def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
     """EVT_ACCEPTED: audit the association."""
     calling_ae, address = _requestor(event)
@@ -135,6 +156,33 @@ def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid
     _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, study_uid=study_uid,
            address=address, status=f"0x{status:04X}", reason=reason)
     return status
+
+
+def _refuse_collision(ctx: ReceiveContext, event: Any, meta: InstanceMeta, reason: str) -> int:
+    """0xC213 and a security-alert audit row naming the colliding UIDs (the log names only the kind)."""
+    calling_ae, address = _requestor(event)
+    log.warning("C-STORE refused with 0x%04X: %s", UID_COLLISION, reason, extra=extra(stage="receive"))
+    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.SERIOUS_FAILURE, actor=calling_ae, study_uid=meta.study_uid,
+           patient_id=meta.patient_id, patient_name=meta.patient_name, address=address,
+           status=f"0x{UID_COLLISION:04X}", reason=reason, security_alert=True,
+           series_uid=meta.series_uid, sop_instance_uid=meta.sop_instance_uid)
+    return UID_COLLISION
+
+
+def _drop_orphan(ctx: ReceiveContext, path: Path) -> None:
+    """Remove a refused instance's spool file unless a recorded instance owns that path."""
+    try:
+        with ctx.sessions() as session:
+            owned = session.scalar(select(Instance.id).where(Instance.path == str(path))) is not None
+        if not owned:
+            path.unlink(missing_ok=True)
+    except (SQLAlchemyError, OSError):
+        log.exception("could not remove a refused instance's spool file", extra=extra(stage="receive"))
+
+
+def _collision(ctx: ReceiveContext, meta: InstanceMeta) -> str:
+    with ctx.sessions() as session:
+        return find_collision(session, meta)
 
 
 def disk_guard(settings: Settings) -> str:
@@ -176,7 +224,26 @@ def _meta(ds: Dataset, event: Any) -> InstanceMeta:
     )
 
 
+def _size_refusal(event: Any, settings: Settings) -> str:
+    """Why the received dataset is too large to decode, or "" (inflation is bounded, never unlimited)."""
+    raw = event.request.DataSet
+    size = len(raw.getbuffer()) if raw is not None else 0
+    if size > settings.max_instance_mb * 2**20:
+        return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
+    if str(event.context.transfer_syntax) == DeflatedExplicitVRLittleEndian and raw is not None:
+        try:
+            inflate_bounded(raw.getvalue(), int(settings.max_inflated_mb * 2**20))
+        except InflationLimit as exc:
+            return str(exc)
+        except zlib.error:
+            return ""  # not deflate at all: decoding refuses it (0xC210)
+    return ""
+
+
 def _store(event: Any, ctx: ReceiveContext) -> int:
+    too_large = _size_refusal(event, ctx.settings)
+    if too_large:
+        return _refuse(ctx, event, TOO_LARGE, too_large)
     try:
         ds = event.dataset
         meta = _meta(ds, event)
@@ -194,6 +261,12 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
     guard = disk_guard(ctx.settings)
     if guard:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
+    try:
+        collision = _collision(ctx, meta)  # before the spool write, which could replace another's file
+    except SQLAlchemyError as exc:
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
+    if collision:
+        return _refuse_collision(ctx, event, meta, collision)
     path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
     data = event.encoded_dataset()
     try:
@@ -206,6 +279,9 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
         with session_scope(ctx.sessions) as session:
             record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae,
                             calling_address=address)
+    except UidCollision as exc:  # raced in since the check above
+        _drop_orphan(ctx, path)
+        return _refuse_collision(ctx, event, meta, str(exc))
     except SQLAlchemyError as exc:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
     return SUCCESS

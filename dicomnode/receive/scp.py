@@ -17,7 +17,10 @@ from dicomnode.receive.handlers import (
     handle_requested,
     handle_store,
     handle_tls_failure,
+    handle_too_large,
 )
+from dicomnode.receive.limits import SizeGuard
+from dicomnode.receive.server import start_guarded_server
 from dicomnode.tls import server_context
 
 # Stored as received: uncompressed, deflate, JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, ...
@@ -58,13 +61,15 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
         (evt.EVT_C_ECHO, partial(handle_echo, ctx=ctx)),
         (evt.EVT_C_STORE, partial(handle_store, ctx=ctx)),
     ]
+    guard = SizeGuard(int(settings.max_instance_mb * 2**20), partial(handle_too_large, ctx=ctx))
+    handlers.append((evt.EVT_PDU_RECV, guard))
+    start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds)
     servers = []
     if settings.plain_port_enabled:
-        servers.append(ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers))
+        servers.append(start((settings.host, settings.port)))
     if settings.tls_port is not None:
         context = server_context(settings, partial(handle_tls_failure, ctx=ctx))
-        servers.append(ae.start_server((settings.host, settings.tls_port), block=False, evt_handlers=handlers,
-                                       ssl_context=context))
+        servers.append(start((settings.host, settings.tls_port), ssl_context=context))
     if not servers:
         raise ValueError("nothing to listen on: plain_port_enabled is false and tls_port is not set")
     return servers

@@ -51,6 +51,40 @@ def _associate(settings: Settings, ae: AE, peer: Peer) -> Association:
                         tls_args=tls_args)
 
 
+NEGOTIATION_TRIES = 3
+
+
+def _rejection(assoc: Association) -> int | None:
+    """The A-ASSOCIATE-RJ result (1 rejected-permanent, 2 rejected-transient), None when there was none."""
+    primitive = assoc.acceptor.primitive
+    if not assoc.is_rejected or primitive is None or primitive.result is None:
+        return None
+    return int(primitive.result)
+
+
+def _establish(settings: Settings, ae: AE, peer: Peer) -> Association:
+    """An established association with ``peer``, or the :class:`SendError` its answer calls for.
+
+    The decision rests on the peer's answer alone (PS3.8 7.1.1.7): an A-ASSOCIATE-RJ with result
+    rejected-permanent is permanent, rejected-transient is retryable. When the peer ended the
+    negotiation without an answer we could read (it closed or reset the connection, and the reset can
+    overtake a rejection already sent), the request is made again, up to ``NEGOTIATION_TRIES`` times,
+    so that a rejection is read as one however the threads are scheduled; no answer at all (nobody
+    listening, a timeout, only aborts) is retryable.
+    """
+    for _ in range(NEGOTIATION_TRIES):
+        assoc = _associate(settings, ae, peer)
+        if assoc.is_established:
+            return assoc
+        result = _rejection(assoc)
+        if result is not None:
+            raise SendError(f"association with {peer} rejected "
+                            f"({'permanent' if result == 1 else 'transient'})", retryable=result != 1)
+        if not assoc.is_aborted:
+            break  # never connected, or no answer within the ACSE timeout: asking again now won't help
+    raise SendError(f"association with {peer} not established", retryable=True)
+
+
 def send_files(settings: Settings, peer: Peer, paths: Sequence[Path]) -> list[StoreOutcome]:
     """C-STORE each file in one association; return one outcome per file.
 
@@ -63,11 +97,7 @@ def send_files(settings: Settings, peer: Peer, paths: Sequence[Path]) -> list[St
     ae = _ae(settings)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = _associate(settings, ae, peer)
-    if not assoc.is_established:
-        rejected = assoc.is_rejected
-        raise SendError(f"association with {peer} {'rejected' if rejected else 'not established'}",
-                        retryable=not rejected)
+    assoc = _establish(settings, ae, peer)
     outcomes = []
     try:
         for path, ds in zip(paths, datasets, strict=True):

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
+from dicomnode.errors import UidCollision
 from dicomnode.jobs.models import Instance, Series, Study, utcnow
 from dicomnode.jobs.status import StudyState
 
@@ -36,6 +37,28 @@ def sop_class_counts(session: Session, study_id: int) -> dict[str, int]:
     return {uid: int(count) for uid, count in rows}
 
 
+def find_collision(session: Session, meta: InstanceMeta) -> str:
+    """Why ``meta`` must not be merged into what the database holds, or "" when it may.
+
+    A SOP Instance UID belongs to one series, a series to one study, a study to one patient: an instance
+    that contradicts any of these (a UID collision after a PACS migration, a broken modality) would mix
+    two studies or two patients' images. The reason names the kind of collision, never a UID.
+    """
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
+    if instance is not None:
+        if instance.series.study.study_uid != meta.study_uid:
+            return "UID collision: the SOP Instance UID already belongs to another study"
+        if instance.series.series_uid != meta.series_uid:
+            return "UID collision: the SOP Instance UID already belongs to another series"
+    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
+    if series is not None and series.study.study_uid != meta.study_uid:
+        return "UID collision: the Series Instance UID already belongs to another study"
+    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
+    if study is not None and (study.patient_id or "") != meta.patient_id:
+        return "UID collision: the Study Instance UID already belongs to another patient (Patient ID differs)"
+    return ""
+
+
 def record_instance(
     session: Session, meta: InstanceMeta, *, path: str, sha256: str, size: int, calling_ae: str,
     calling_address: str = "",
@@ -45,7 +68,16 @@ def record_instance(
     Re-send policy: an instance received again with the same content (SHA-256) changes nothing. A new or
     changed instance reopens its study (RECEIVING), and if its series was already routed, raises the
     series' revision so that routing queues a new result version. Returns whether anything changed.
+
+    Raises
+    ------
+    UidCollision
+        When the instance's UIDs already belong to another study, series or patient
+        (:func:`find_collision`); nothing is recorded.
     """
+    collision = find_collision(session, meta)
+    if collision:
+        raise UidCollision(collision)
     now = utcnow()
     instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
     unchanged = instance is not None and instance.sha256 == sha256

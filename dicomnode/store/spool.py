@@ -46,7 +46,7 @@ def write_atomic(path: Path, data: bytes) -> str:
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
@@ -62,6 +62,22 @@ def write_atomic(path: Path, data: bytes) -> str:
             tmp.unlink(missing_ok=True)
         raise StoreError(f"could not write spool file: {exc.strerror or exc}") from exc
     return hashlib.sha256(data).hexdigest()
+
+
+def make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and each missing parent owner-only (0o700), whatever the umask.
+
+    ``Path.mkdir(parents=True, mode=...)`` gives the mode to the last folder only; the parents, named
+    by study and series UIDs, would be left to the umask.
+    """
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another thread made it meanwhile
+            each.mkdir(mode=0o700)
+        os.chmod(each, 0o700)  # mkdir's mode is masked by the umask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.jobs.models import AuditRecord, Job, Series, Study
 from tests.e2e.test_reliability import results_in, send_series, start_node
-from tests.support.net import free_port, wait_for
+from tests.support.net import free_port, holds_for, wait_for
 from tests.support.peers import NodeProcess, Orthanc, dciodvfy, sr_validator, storescu
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +76,11 @@ def result_series(orthanc: Orthanc, study_id: str) -> dict[str, list[str]]:
     return found
 
 
+def delivered(orthanc: Orthanc, study_uid: str) -> list[str]:
+    """The modality of every SEG or SR C-STORE Orthanc received for the study, duplicates included."""
+    return sorted(m for m, _ in orthanc.receipts(study_uid).elements() if m in ("SEG", "SR"))
+
+
 def test_mni_brain_gets_seg_and_sr_in_the_same_study(orthanc: Orthanc, node: NodeProcess, shared_data: Path,
                                                      tmp_path: Path) -> None:
     study_uid, study_id, routed_at = upload_and_route(orthanc, shared_data / "mr_t1_brain_mni152")
@@ -83,6 +88,7 @@ def test_mni_brain_gets_seg_and_sr_in_the_same_study(orthanc: Orthanc, node: Nod
                        timeout=120, msg="one SEG and one SR in Orthanc's study")
     print(f"\nrouting request -> SEG+SR stored in Orthanc: {time.monotonic() - routed_at:.1f} s")
     assert len(results["SEG"]) == 1 and len(results["SR"]) == 1
+    assert holds_for(lambda: delivered(orthanc, study_uid) == ["SEG", "SR"], seconds=3)  # each received once
     seg_path = orthanc.download(results["SEG"][0], tmp_path / "seg.dcm")
     sr_path = orthanc.download(results["SR"][0], tmp_path / "sr.dcm")
     for path in (seg_path, sr_path):

@@ -67,12 +67,18 @@ def audit(node: NodeProcess, event: str) -> list[dict[str, object]]:
 
 
 def results_in(orthanc: Orthanc, study_uid: str) -> dict[str, int]:
-    study_id = orthanc.study_id(study_uid)
+    """Deliveries per modality: every C-STORE the PACS received for the study, duplicates included
+    (Orthanc overwrites by SOP Instance UID, so counting its stored instances would hide them)."""
     counts: dict[str, int] = {}
-    for series in orthanc.series_of(study_id) if study_id else []:
-        modality = series["MainDicomTags"].get("Modality")
-        counts[modality] = counts.get(modality, 0) + len(series["Instances"])
+    for (modality, _), received in orthanc.receipts(study_uid).items():
+        counts[modality] = counts.get(modality, 0) + received
     return counts
+
+
+def delivered_once(orthanc: Orthanc, study_uid: str, expected: dict[str, int], timeout: float = 90) -> None:
+    """Wait for the results, then hold: no second delivery may follow."""
+    wait_for(lambda: results_in(orthanc, study_uid) == expected, timeout=timeout, msg=f"deliveries {expected}")
+    assert holds_for(lambda: results_in(orthanc, study_uid) == expected, seconds=3), results_in(orthanc, study_uid)
 
 
 @pytest.fixture
@@ -91,7 +97,7 @@ def test_pacs_outage_is_retried_until_delivered(own_orthanc: Orthanc, tmp_path: 
         own_orthanc.start()  # and comes back, on the same ports
         wait_for(lambda: [j.status.value for j in jobs(node)] == ["succeeded"], timeout=120,
                  msg="job delivered after the outage")
-        assert results_in(own_orthanc, study_uid) == {"SEG": 1, "SR": 1}
+        delivered_once(own_orthanc, study_uid, {"SEG": 1, "SR": 1})
         schedule = [e.reason for e in job_events(node) if e.reason.startswith("attempt")]
         print("\nretry schedule observed:\n  " + "\n  ".join(schedule))
         assert len(schedule) >= 3 and all("retry in" in r for r in schedule)
@@ -123,7 +129,7 @@ def test_permanent_failure_sends_a_failure_notice(own_orthanc: Orthanc, tmp_path
     try:
         study_uid = send_series(node, tmp_path / "in")
         wait_for(lambda: [j.status.value for j in jobs(node)] == ["dead_letter"], timeout=60, msg="dead letter")
-        wait_for(lambda: results_in(own_orthanc, study_uid) == {"SR": 1}, timeout=30, msg="notice SR in the PACS")
+        delivered_once(own_orthanc, study_uid, {"SR": 1}, timeout=30)  # the notice, once
         study_id = own_orthanc.study_id(study_uid)
         (series,) = own_orthanc.series_of(str(study_id))
         (instance,) = series["Instances"]

@@ -9,13 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.anchor import read_checkpoints, write_checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record, verify
-from dicomnode.db import session_scope
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.jobs.models import AuditRecord
+from dicomnode.node import start_node
+from dicomnode.settings import Settings
+from tests.conftest import make_settings
+from tests.support.net import free_port, wait_for
 
 
 def fill(sessions: sessionmaker[Session], n: int = 6) -> None:
@@ -128,3 +134,70 @@ def test_cli_verify_and_export(tmp_path: Path) -> None:
     broken = _cli(env, "audit", "verify")
     assert broken.returncode == 1
     assert "BROKEN at row 1" in broken.stderr
+
+
+def test_removed_newest_rows_are_found_against_the_anchor(any_sessions: sessionmaker[Session],
+                                                          tmp_path: Path) -> None:
+    fill(any_sessions, 20)
+    anchor = tmp_path / "anchor.jsonl"
+    write_checkpoint(any_sessions, anchor)
+    tamper(any_sessions, "DELETE FROM audit WHERE id > 4")  # the newest 16 rows
+    assert verify(any_sessions).ok  # the chain alone cannot tell
+    result = verify(any_sessions, read_checkpoints(anchor))
+    assert (result.ok, result.rows, result.first_bad_id) == (False, 4, 5)
+    assert "rows 5 to 20 (ids 5 to 20) are missing" in result.reason
+
+
+def test_rows_replaced_after_the_anchor_are_found(any_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    fill(any_sessions, 6)
+    anchor = tmp_path / "anchor.jsonl"
+    write_checkpoint(any_sessions, anchor)
+    tamper(any_sessions, "DELETE FROM audit WHERE id > 3")
+    fill(any_sessions, 5)  # a rewritten tail, longer than the anchored one and chained correctly
+    assert verify(any_sessions).ok
+    result = verify(any_sessions, read_checkpoints(anchor))
+    assert (result.ok, result.rows) == (False, 6)
+    assert "rewritten" in result.reason
+
+
+def test_a_growing_trail_matches_all_its_checkpoints(any_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    anchor = tmp_path / "anchor.jsonl"
+    write_checkpoint(any_sessions, anchor)  # empty trail
+    for _ in range(3):
+        fill(any_sessions, 4)
+        write_checkpoint(any_sessions, anchor)
+    assert [c.rows for c in read_checkpoints(anchor)] == [0, 4, 8, 12]
+    assert anchor.stat().st_mode & 0o077 == 0
+    result = verify(any_sessions, read_checkpoints(anchor))
+    assert (result.ok, result.rows) == (True, 12)
+
+
+def test_cli_verify_with_anchor_names_the_missing_range(sessions: sessionmaker[Session], settings: Settings) -> None:
+    fill(sessions, 10)
+    write_checkpoint(sessions, settings.anchor_path)
+    tamper(sessions, "DELETE FROM audit WHERE id > 7")
+    env = {**os.environ, "DICOMNODE_DATA_DIR": str(settings.data_dir)}
+    plain = subprocess.run([sys.executable, "-m", "dicomnode", "audit", "verify"], capture_output=True, text=True,
+                           env=env, check=False)
+    assert plain.returncode == 0 and "intact: 7 rows" in plain.stdout
+    anchored = subprocess.run([sys.executable, "-m", "dicomnode", "audit", "verify", "--anchor",
+                               str(settings.anchor_path)], capture_output=True, text=True, env=env, check=False)
+    assert anchored.returncode == 1
+    assert "rows 8 to 10 (ids 8 to 10) are missing" in anchored.stderr
+
+
+def test_the_node_anchors_its_head_periodically_and_at_stop(settings: Settings) -> None:
+    node_settings = make_settings(settings.data_dir, host="127.0.0.1", port=free_port(), start_worker=False,
+                                  audit_anchor_seconds=0.3, min_free_disk_mb=1)
+    node = start_node(node_settings)
+    try:
+        wait_for(lambda: node_settings.anchor_path.is_file() and len(read_checkpoints(node_settings.anchor_path)) >= 3,
+                 timeout=30, msg="three checkpoints: at start and periodically")
+    finally:
+        node.stop()
+    last = read_checkpoints(node_settings.anchor_path)[-1]
+    sessions = make_sessionmaker(make_engine(node_settings.db_url))
+    with sessions() as session:
+        newest = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(1)).one()
+    assert (newest.event, last.head_id, last.head_hash) == ("application_stop", newest.id, newest.hash)
+    assert verify(sessions, read_checkpoints(node_settings.anchor_path)).ok

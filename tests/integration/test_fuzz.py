@@ -39,7 +39,9 @@ CI_SAMPLE = int(os.environ.get("DICOMNODE_FUZZ_EXAMPLES", "300"))
 PACKAGE = Path(dicomnode.__file__).resolve().parent
 FULL = 10_000
 PDU_SLOTS = 40
-ALLOWED = {0x0000, 0xA700, 0xA701, 0xC210, 0xC211, 0xC212}
+# 0xC213: a flipped byte in PatientID makes the same study another patient's (a UID collision)
+ALLOWED = {0x0000, 0xA700, 0xA701, 0xC210, 0xC211, 0xC212, 0xC213}
+BASE_UID = "1.2.826.0.1.3680043.10.1234.1"
 
 
 def _encoded(ds: Dataset) -> bytes:
@@ -53,7 +55,7 @@ def _encoded(ds: Dataset) -> bytes:
 
 def _base() -> Dataset:
     ds = make_series(n_slices=1, rows=8, columns=8)[0]
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = BASE_UID
     return ds
 
 
@@ -90,6 +92,13 @@ def _flip(data: bytes, flips: list[tuple[int, int]]) -> bytes:
     return bytes(buffer)
 
 
+def unique_uid(number: int) -> str:
+    """A UID as long as ``BASE_UID``, so that it replaces it in encoded bytes without changing lengths."""
+    uid = f"1.2.826.0.1.3680043.10.{100_000 + number}"
+    assert len(uid) == len(BASE_UID)
+    return uid
+
+
 class Sender:
     """One association, re-opened whenever the node aborted the previous one."""
 
@@ -98,8 +107,8 @@ class Sender:
         self.assoc: Association | None = None
         self.path = folder / "case.dcm"
 
-    def send(self, dataset_bytes: bytes) -> int | None:
-        self.path.write_bytes(HEADER + dataset_bytes)
+    def send(self, dataset_bytes: bytes, header: bytes = b"") -> int | None:
+        self.path.write_bytes((header or HEADER) + dataset_bytes)
         if self.assoc is None or not self.assoc.is_established:
             ae = AE(ae_title="PYSCU")
             ae.add_requested_context(MRImageStorage, BASE.file_meta.TransferSyntaxUID)
@@ -139,13 +148,22 @@ def _fuzz_datasets(scp: RunningScp, tmp_path: Path, examples: int, monkeypatch: 
     sender = Sender(scp.port, tmp_path)
     statuses: Counter[str] = Counter()
 
+    numbers = iter(range(1_000_000))
+
     @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
               suppress_health_check=list(HealthCheck))
     @given(case=mutations)
     def one(case: bytes) -> None:
-        status = sender.send(case)
+        uid = unique_uid(next(numbers)).encode()  # each case its own instance: "stored whole" sees each
+        case = case.replace(BASE_UID.encode(), uid)
+        status = sender.send(case, HEADER.replace(BASE_UID.encode(), uid))
         statuses["none" if status is None else f"0x{status:04X}"] += 1
         assert status is None or status in ALLOWED, f"status 0x{status:04X}"
+        if status == 0x0000:  # acknowledged: the spool holds exactly the bytes sent
+            with scp.sessions() as session:
+                path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == uid.decode()))
+            assert path is not None, "acknowledged but not recorded"
+            assert Path(path).read_bytes().endswith(case), "acknowledged but not stored as sent"
 
     try:
         one()

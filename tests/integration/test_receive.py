@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from dicomnode.jobs.models import AuditRecord, Instance, Study
 from tests.integration.conftest import RunningScp, StartScp
@@ -225,3 +226,44 @@ def test_truncated_dataset_is_refused_and_leaves_nothing(scp: RunningScp, tmp_pa
     assert status in (0xC210, 0xC211)  # cut inside the header: undecodable, or the UIDs are gone
     assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
     assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
+
+
+def test_database_failure_while_recording_answers_0xa701(scp: RunningScp) -> None:
+    with scp.sessions() as session:  # the database refuses the instance row (as a full or failing disk would)
+        session.execute(text("CREATE TRIGGER instance_fails BEFORE INSERT ON instance "
+                             "BEGIN SELECT RAISE(ABORT, 'simulated database failure'); END"))
+        session.commit()
+    status = _pyscu_send(scp.port, make_series(n_slices=1)[0])
+    assert status == 0xA701
+    with scp.sessions() as session:
+        assert session.scalars(select(Instance)).all() == []
+    (row,) = _audit(scp, "instance_refused")
+    assert json.loads(row.detail)["status"] == "0xA701"
+
+
+def test_database_unreachable_before_the_spool_write_answers_0xa701(scp: RunningScp) -> None:
+    with scp.sessions() as session:
+        session.execute(text("ALTER TABLE instance RENAME TO instance_gone"))
+        session.commit()
+    assert _pyscu_send(scp.port, make_series(n_slices=1)[0]) == 0xA701
+    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*.dcm"))
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that masks nothing: only the node's own explicit modes keep PHI owner-only."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_spool_is_owner_only_whatever_the_umask(scp: RunningScp, open_umask: None) -> None:
+    ds = make_series(n_slices=1)[0]
+    assert _pyscu_send(scp.port, ds) == 0x0000
+    with scp.sessions() as session:
+        path = Path(session.scalars(select(Instance.path)).one())
+    assert path.stat().st_mode & 0o777 == 0o600
+    for folder in (path.parent, path.parent.parent):  # series and study folders are named by UIDs
+        assert folder.stat().st_mode & 0o777 == 0o700, folder

@@ -43,3 +43,4 @@ def test_dirty_headers_still_give_valid_objects(shared_data: Path, tmp_path: Pat
     assert sr_errors == [], sr_errors
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
     assert seg.PatientID == datasets[0].PatientID.strip("\x00 ")
+

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from dicomnode.errors import SendError
 from dicomnode.inference.registry import load_manifests
@@ -72,3 +79,39 @@ def test_warning_and_failure_statuses() -> None:
 
     assert outcome(0x0000) and outcome(0xB000) and outcome(0xB007)
     assert not outcome(0xA700) and not outcome(0xA900) and not outcome(0xC000) and not outcome(None)
+
+
+@pytest.fixture
+def busy_scp() -> Iterator[int]:
+    """A pynetdicom SCP whose one association slot is taken: it rejects with rejected-transient."""
+    ae = AE(ae_title="BUSY")
+    ae.maximum_associations = 1
+    ae.add_supported_context(Verification)
+    for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
+        ae.add_supported_context(sop_class)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    held = holder.associate("127.0.0.1", port, ae_title="BUSY")
+    assert held.is_established
+    try:
+        yield port
+    finally:
+        held.release()
+        server.shutdown()
+
+
+def test_transient_rejection_is_retryable(settings: Settings, result_files: list[Path], busy_scp: int) -> None:
+    with pytest.raises(SendError, match=r"rejected \(transient\)") as info:
+        send_files(settings, Peer(ae_title="BUSY", host="127.0.0.1", port=busy_scp), result_files)
+    assert info.value.retryable is True
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_permanent_rejection_is_decided_the_same_way_every_time(settings: Settings, result_files: list[Path],
+                                                                 tmp_path: Path, attempt: int) -> None:
+    with storescp(tmp_path / "received", extra_args=("--refuse",)) as port:
+        with pytest.raises(SendError, match=r"rejected \(permanent\)") as info:
+            send_files(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port), result_files)
+    assert info.value.retryable is False

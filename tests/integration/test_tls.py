@@ -14,7 +14,7 @@ from dicomnode.settings import Peer, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
 from tests.support.peers import echoscu, storescp
 from tests.support.synthetic import make_series, write_series
 
@@ -52,7 +52,8 @@ def test_mutual_tls_peer_is_served(tls_scp, pki: dict[str, KeyPair]) -> None:  #
 def test_plain_peer_is_refused_on_the_tls_port(tls_scp) -> None:  # type: ignore[no-untyped-def]
     result = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU")
     assert result.returncode != 0
-    alerts = security_alerts(tls_scp)
+    # the client can see the handshake fail before the node has written its audit row: poll for it
+    alerts = wait_for(lambda: security_alerts(tls_scp), timeout=10, msg="security alert audited")
     assert len(alerts) == 1 and "TLS handshake failed" in str(alerts[0]["reason"])
     assert alerts[0]["security_alert"] is True
 
@@ -61,7 +62,9 @@ def test_certificate_from_another_ca_is_refused(tls_scp, pki: dict[str, KeyPair]
     result = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU",
                      extra_args=tls_args(pki["rogue"], pki["ca"]))
     assert result.returncode != 0
-    assert any("TLS handshake failed" in str(a["reason"]) for a in security_alerts(tls_scp))
+    # the client can see the handshake fail before the node has written its audit row: poll for it
+    wait_for(lambda: any("TLS handshake failed" in str(a["reason"]) for a in security_alerts(tls_scp)),
+             timeout=10, msg="security alert audited")
     # and the node keeps serving the right peers
     ok = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU",
                  extra_args=tls_args(pki["pacs"], pki["ca"]))
@@ -81,6 +84,13 @@ def test_scu_sends_over_tls(pki: dict[str, KeyPair], tmp_path: Path) -> None:
 
 
 def test_scu_refuses_a_pacs_with_an_untrusted_certificate(pki: dict[str, KeyPair], tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "data", tls_ca_file=pki["ca"].cert)
-    with storescp(tmp_path / "received", extra_args=tls_args(pki["rogue"], pki["ca"])) as port:
-        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) is None
+    """The node presents a valid client certificate and the PACS asks for none (-ic): only the node's own
+    verification of the PACS' certificate can refuse this handshake."""
+    settings = make_settings(tmp_path / "data", tls_ca_file=pki["ca"].cert, tls_cert_file=pki["node"].cert,
+                             tls_key_file=pki["node"].key)
+    with storescp(tmp_path / "received", extra_args=(*tls_args(pki["rogue"], pki["ca"]), "-ic")) as port:
+        peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)
+        assert echo(settings, peer) is None
+    trusted = tmp_path / "trusted"
+    with storescp(trusted, extra_args=(*tls_args(pki["pacs"], pki["ca"]), "-ic")) as port:  # the control
+        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) == 0

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -96,7 +97,38 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     aet: str = "ORTHANC"
     strict: bool = False  # only AE titles listed as modalities may associate at all
+    receive_delay: float = 0.0  # seconds the PACS takes over each C-STORE (a slow PACS: long send phases)
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def receipts_log(self) -> Path:
+        return self.folder / "receipts.log"
+
+    def _receipts_script(self) -> Path:
+        """Lua run by Orthanc for every C-STORE it receives, before storing: one line per receipt, so
+        that duplicates show even though Orthanc overwrites by SOP Instance UID."""
+        script = self.folder / "receipts.lua"
+        delay = f'os.execute("sleep {self.receive_delay:g}")' if self.receive_delay else ""
+        script.write_text(f"""
+function ReceivedInstanceFilter(dicom, origin, info)
+  local f = io.open("{self.receipts_log}", "a")
+  f:write(dicom["StudyInstanceUID"] .. " " .. dicom["Modality"] .. " " .. dicom["SOPInstanceUID"] .. "\\n")
+  f:close()
+  {delay}
+  return true
+end
+""")
+        return script
+
+    def receipts(self, study_uid: str) -> Counter[tuple[str, str]]:
+        """How often each (modality, SOP Instance UID) of the study was received: deliveries, not instances."""
+        counts: Counter[tuple[str, str]] = Counter()
+        if self.receipts_log.is_file():
+            for line in self.receipts_log.read_text().splitlines():
+                study, modality, sop = line.split()
+                if study == study_uid:
+                    counts[(modality, sop)] += 1
+        return counts
 
     def start(self) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +140,7 @@ class Orthanc:
             "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": not self.strict,
             "DicomAlwaysAllowStore": not self.strict, "DicomCheckModalityHost": False, "DicomScuTimeout": 30,
             "DicomModalities": {}, "OverwriteInstances": True, "SaveJobs": False, "ConcurrentJobs": 2,
-            "StableAge": 60,
+            "StableAge": 60, "LuaScripts": [str(self._receipts_script())],
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         with open(self.folder / "orthanc.log", "wb") as log:  # the child keeps its own descriptor

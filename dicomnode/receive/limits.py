@@ -1,0 +1,87 @@
+"""Bounds on what one instance may cost: its size on the wire, and its size once inflated (deflate).
+
+- :class:`SizeGuard` counts the dataset bytes of each C-STORE as its P-DATA fragments arrive
+  (``EVT_PDU_RECV``) and aborts the association (A-ABORT) as soon as they pass ``max_instance_mb``, so
+  that memory never holds more than that per association. The refusal is audited.
+- :func:`inflate_bounded` measures the inflated size of a Deflated Explicit VR Little Endian dataset
+  chunk by chunk, holding one chunk at a time; above ``max_inflated_mb`` the handler answers 0xA700
+  before pydicom ever inflates it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from dicomnode.log import extra
+
+log = logging.getLogger(__name__)
+
+_COMMAND = 0x01  # PS3.8 E.2 message control header: bit 0 set for a command fragment
+_LAST = 0x02  # bit 1 set for the last fragment of a command or dataset
+
+
+class SizeGuard:
+    """EVT_PDU_RECV handler: abort an association whose current dataset grows past ``limit_bytes``."""
+
+    def __init__(self, limit_bytes: int, on_refused: Callable[[Any, int], None]) -> None:
+        self.limit_bytes = limit_bytes
+        self.on_refused = on_refused
+        self._received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Any) -> None:
+        items = getattr(event.pdu, "presentation_data_value_items", None)
+        if not items:
+            return
+        assoc = event.assoc
+        over = 0
+        with self._lock:
+            size = self._received.get(assoc, 0)
+            if size < 0:
+                return  # already refused
+            for item in items:
+                value = item.presentation_data_value
+                if not value or value[0] & _COMMAND:
+                    continue
+                size += len(value) - 1
+                over = max(over, size if size > self.limit_bytes else 0)
+                if value[0] & _LAST:
+                    size = 0
+            self._received[assoc] = -1 if over else size
+        if over:
+            log.warning("association aborted: instance larger than max_instance_mb", extra=extra(stage="receive"))
+            self.on_refused(event, over)
+            assoc.abort(block=False)
+
+
+class InflationLimit(ValueError):
+    """The deflated dataset inflates beyond ``max_inflated_mb``."""
+
+
+def inflate_bounded(deflated: bytes, limit_bytes: int, chunk_bytes: int = 4 * 2**20) -> int:
+    """The inflated size of a raw-deflate dataset (PS3.5 A.5), measured in chunks of ``chunk_bytes``
+    that are dropped at once: memory stays at one chunk, and inflation stops past ``limit_bytes``.
+
+    Raises
+    ------
+    InflationLimit
+        When the inflated dataset would be larger than ``limit_bytes``.
+    zlib.error
+        When the bytes are not a deflate stream.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size, pending = 0, deflated
+    while pending and not inflater.eof:
+        size += len(inflater.decompress(pending, chunk_bytes))
+        pending = inflater.unconsumed_tail
+        if size > limit_bytes:
+            raise InflationLimit(f"inflated dataset larger than {limit_bytes // 2**20} MiB (max_inflated_mb)")
+    size += len(inflater.flush())
+    if size > limit_bytes:
+        raise InflationLimit(f"inflated dataset larger than {limit_bytes // 2**20} MiB (max_inflated_mb)")
+    return size

@@ -1,0 +1,99 @@
+"""An association server that no single client can stall.
+
+pynetdicom's server wraps TLS sockets in its accept loop and counts a connection against
+``maximum_associations`` from the moment it is accepted. Here the accept loop only accepts: the TLS
+handshake (bounded by ``tls_handshake_timeout_seconds``) and the wait for the peer's first PDU (bounded
+by ``first_pdu_timeout_seconds``) run in the connection's own thread, and the association, which is
+what takes a slot, is created only once a whole A-ASSOCIATE-RQ PDU has arrived. A connection that sends
+nothing is closed without ever holding a slot a known peer needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.log import extra
+
+log = logging.getLogger(__name__)
+
+_PDU_HEADER = 6  # PS3.8 9.3.1: type, reserved, 4-byte length
+_PEEK_LIMIT = 65536  # a longer A-ASSOCIATE-RQ is passed on once this much of it has arrived
+_PEEK_INTERVAL = 0.02
+
+
+def _whole_request_arrived(sock: socket.socket, deadline: float) -> bool:
+    """Wait (until ``deadline``) for the first PDU to arrive whole; False when it did not, or the peer left."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: the first bytes must do
+            return sock.pending() > 0 or bool(select.select([sock], [], [], remaining)[0])
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(_PEEK_LIMIT, socket.MSG_PEEK)
+        except TimeoutError:
+            return False
+        if not data:
+            return False  # closed before asking for anything
+        if len(data) >= _PDU_HEADER:
+            needed = _PDU_HEADER + int.from_bytes(data[2:6], "big")
+            if len(data) >= min(needed, _PEEK_LIMIT):
+                return True
+        time.sleep(_PEEK_INTERVAL)  # part of the PDU is in: poll for the rest
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """A :class:`ThreadedAssociationServer` whose accept loop never waits on a client."""
+
+    def __init__(self, *args: Any, first_pdu_timeout: float, **kwargs: Any) -> None:
+        self.first_pdu_timeout = first_pdu_timeout
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept only; the TLS handshake happens in the connection's thread."""
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """In the connection's thread: TLS handshake, wait for the A-ASSOCIATE-RQ, then the association."""
+        sock: socket.socket = request
+        deadline = time.monotonic() + self.first_pdu_timeout
+        try:
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)  # bounded and audited
+            previous = sock.gettimeout()
+            if not _whole_request_arrived(sock, deadline):
+                log.warning("connection closed: no A-ASSOCIATE-RQ within first_pdu_timeout_seconds",
+                            extra=extra(stage="receive"))
+                self.shutdown_request(sock)
+                return
+            sock.settimeout(previous)
+        except (OSError, ValueError):
+            self.shutdown_request(sock)
+            return
+        super().process_request_thread(sock, client_address)
+
+
+def start_guarded_server(ae: AE, address: tuple[str, int], *, handlers: list[Any], first_pdu_timeout: float,
+                         ssl_context: ssl.SSLContext | None = None) -> GuardedServer:
+    """Start a :class:`GuardedServer` for ``ae`` in a daemon thread, as ``AE.start_server(block=False)`` does."""
+    server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers, server_class=GuardedServer,
+                            first_pdu_timeout=first_pdu_timeout)
+    assert isinstance(server, GuardedServer)
+    stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server

@@ -1,0 +1,175 @@
+"""One client must not stall the node for everyone: each case runs while a known modality stores.
+
+Reproduces the reviewer's measurements: a TLS connection that never handshakes, idle TCP connections
+that never send an A-ASSOCIATE-RQ, a deflate bomb, an oversized instance. In each, a known peer's
+C-STORE must still complete within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from dicomnode.jobs.models import AuditRecord, Instance
+from tests.integration.conftest import RunningScp, StartScp
+from tests.support.certs import KeyPair, make_ca, make_cert
+from tests.support.net import free_port, wait_for
+from tests.support.synthetic import make_series
+
+WITHIN = 1.0  # seconds a known modality may take to store one instance while the node is under attack
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = make_ca(folder, "hospital-ca")
+    return {"ca": ca, "node": make_cert(ca, folder, "node"), "pacs": make_cert(ca, folder, "pacs")}
+
+
+def store_one(port: int, ssl_context: ssl.SSLContext | None = None, ds: Dataset | None = None,
+              transfer_syntax: str = ExplicitVRLittleEndian) -> tuple[int | None, float]:
+    """One C-STORE from the known peer PYSCU: (status or None when aborted, seconds taken)."""
+    ds = ds if ds is not None else make_series(n_slices=1, rows=8, columns=8)[0]
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, transfer_syntax)
+    started = time.perf_counter()
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE",
+                         tls_args=(ssl_context, None) if ssl_context else None)
+    if not assoc.is_established:
+        return None, time.perf_counter() - started
+    try:
+        status = assoc.send_c_store(ds)
+        code = int(status.Status) if "Status" in status else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return code, time.perf_counter() - started
+
+
+@contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` TCP connections that send nothing at all."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(count)]
+        yield socks
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def refusals(scp: RunningScp) -> list[dict[str, object]]:
+    with scp.sessions() as session:
+        rows = session.scalars(select(AuditRecord).where(AuditRecord.event == "instance_refused"))
+        return [json.loads(r.detail) for r in rows]
+
+
+def test_a_silent_tls_client_stalls_nobody(start_scp_with: StartScp, pki: dict[str, KeyPair]) -> None:
+    scp = start_scp_with(plain_port_enabled=False, tls_port=free_port(), tls_cert_file=pki["node"].cert,
+                         tls_key_file=pki["node"].key, tls_ca_file=pki["ca"].cert, tls_handshake_timeout_seconds=2)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"].cert))
+    client.check_hostname = False
+    client.load_cert_chain(pki["pacs"].cert, pki["pacs"].key)
+    port = scp.settings.tls_port
+    assert port is not None
+    with idle_connections(port, 3) as silent:
+        for _ in range(3):
+            status, seconds = store_one(port, client)
+            assert status == 0x0000 and seconds < WITHIN, f"TLS store took {seconds:.2f} s"
+        started = time.monotonic()
+        assert all(closed_by_peer(s, timeout=10) for s in silent)
+        assert time.monotonic() - started < 5  # cut off after tls_handshake_timeout_seconds (2 s)
+
+
+def test_idle_connections_take_no_association_slot(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(max_associations=2, first_pdu_timeout_seconds=2)
+    with idle_connections(scp.port, 10) as idle:
+        for _ in range(3):
+            status, seconds = store_one(scp.port)
+            assert status == 0x0000 and seconds < WITHIN, f"store took {seconds:.2f} s"
+        started = time.monotonic()
+        assert all(closed_by_peer(s, timeout=10) for s in idle)
+        assert time.monotonic() - started < 5  # closed after first_pdu_timeout_seconds (2 s)
+
+
+def test_a_half_sent_association_request_is_closed_too(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(max_associations=1, first_pdu_timeout_seconds=2)
+    with idle_connections(scp.port, 4) as idle:
+        for sock in idle:
+            sock.sendall(bytes([0x01, 0x00, 0x00, 0x00, 0x01, 0x00]) + b"\x00" * 10)  # promises 256 bytes
+        status, seconds = store_one(scp.port)
+        assert status == 0x0000 and seconds < WITHIN
+        assert all(closed_by_peer(s, timeout=10) for s in idle)
+
+
+def _bomb(inflated_mb: int) -> Dataset:
+    ds = make_series(n_slices=1, rows=8, columns=8)[0]
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.Rows, ds.Columns = 1024, inflated_mb * 512  # 16-bit zeros: inflated_mb MiB that deflate to ~1/1000
+    ds.PixelData = bytes(inflated_mb * 2**20)
+    return ds
+
+
+def test_deflate_bomb_is_refused_with_bounded_inflation(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(max_inflated_mb=4, max_instance_mb=64)
+    answers: list[int | None] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        store_one(scp.port, ds=_bomb(48), transfer_syntax=DeflatedExplicitVRLittleEndian)[0]))
+    sender.start()
+    try:
+        for _ in range(3):
+            status, seconds = store_one(scp.port)
+            assert status == 0x0000 and seconds < WITHIN, f"store took {seconds:.2f} s"
+    finally:
+        sender.join(60)
+    assert answers == [0xA700]
+    assert any("max_inflated_mb" in str(r["reason"]) for r in refusals(scp))
+    with scp.sessions() as session:
+        assert len(session.scalars(select(Instance)).all()) == 3  # only the known modality's instances
+
+
+def test_a_small_deflated_instance_is_still_accepted(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(max_inflated_mb=4)
+    ds = make_series(n_slices=1, rows=8, columns=8)[0]
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert store_one(scp.port, ds=ds, transfer_syntax=DeflatedExplicitVRLittleEndian)[0] == 0x0000
+
+
+def test_an_oversized_instance_is_cut_off_while_it_arrives(start_scp_with: StartScp, tmp_path: Path) -> None:
+    scp = start_scp_with(max_instance_mb=2)
+    big = make_series(n_slices=1, rows=8, columns=8)[0]
+    big.Rows, big.Columns = 1024, 4 * 512  # 4 MiB of pixels
+    big.PixelData = bytes(4 * 2**20)
+    answers: list[int | None] = []
+    sender = threading.Thread(target=lambda: answers.append(store_one(scp.port, ds=big)[0]))
+    sender.start()
+    try:
+        status, seconds = store_one(scp.port)
+        assert status == 0x0000 and seconds < WITHIN
+    finally:
+        sender.join(60)
+    assert answers == [None]  # aborted: never acknowledged
+    wait_for(lambda: any("max_instance_mb" in str(r["reason"]) for r in refusals(scp)), timeout=10,
+             msg="oversized instance audited")
+    with scp.sessions() as session:
+        assert len(session.scalars(select(Instance)).all()) == 1
+    assert store_one(scp.port)[0] == 0x0000  # and the node serves on

@@ -1,0 +1,71 @@
+"""UID collisions are never merged: an instance, series or study belongs to one study and one patient."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.db import session_scope
+from dicomnode.errors import UidCollision
+from dicomnode.jobs.models import AuditRecord, Instance, Series, Study
+from dicomnode.store.index import InstanceMeta, record_instance
+
+A = InstanceMeta(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.1",
+                 sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                 modality="MR", series_number=3, series_description="T1", patient_id="P1", patient_name="DOE^JANE")
+
+
+def receive(sessions: sessionmaker[Session], meta: InstanceMeta, sha: str = "aaa") -> bool:
+    with session_scope(sessions) as session:
+        return record_instance(session, meta, path=f"/spool/{meta.study_uid}/{meta.sop_instance_uid}",
+                               sha256=sha, size=1, calling_ae="PACS")
+
+
+def snapshot(sessions: sessionmaker[Session]) -> list[tuple[str, str, str, str, str | None]]:
+    with sessions() as session:
+        rows = session.execute(select(Instance.sop_instance_uid, Instance.path, Series.series_uid, Study.study_uid,
+                                      Study.patient_id).join(Instance.series).join(Series.study)).all()
+    return sorted(tuple(r) for r in rows)
+
+
+def audit_rows(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return len(session.scalars(select(AuditRecord)).all())
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"study_uid": "9.9.9", "series_uid": "9.9.9.4", "patient_id": "P2"}, "SOP Instance UID .* another study"),
+    ({"study_uid": "9.9.9", "series_uid": "9.9.9.4"}, "SOP Instance UID .* another study"),
+    ({"series_uid": "1.2.3.5"}, "SOP Instance UID .* another series"),
+    ({"study_uid": "9.9.9", "sop_instance_uid": "9.9.9.1"}, "Series Instance UID .* another study"),
+    ({"sop_instance_uid": "1.2.3.4.2", "patient_id": "P2", "patient_name": "ROE^JOHN"}, "another patient"),
+    ({"patient_id": "P2", "patient_name": "ROE^JOHN"}, "another patient"),
+], ids=["sop-other-study-and-patient", "sop-other-study", "sop-other-series", "series-other-study",
+        "study-other-patient", "same-uids-other-patient"])
+def test_collision_is_refused_and_changes_nothing(sessions: sessionmaker[Session], change: dict[str, str],
+                                                  match: str) -> None:
+    assert receive(sessions, A)
+    before, rows = snapshot(sessions), audit_rows(sessions)
+    with pytest.raises(UidCollision, match=match):
+        receive(sessions, dataclasses.replace(A, **change), sha="bbb")
+    assert snapshot(sessions) == before
+    assert audit_rows(sessions) == rows  # the refusal is audited by the receiver, not half-recorded here
+
+
+def test_collision_message_quotes_no_uid_or_patient(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, A)
+    with pytest.raises(UidCollision) as caught:
+        receive(sessions, dataclasses.replace(A, study_uid="9.9.9", series_uid="9.9.9.4", patient_id="P2"))
+    assert not any(value in str(caught.value) for value in ("1.2.3", "9.9.9", "P1", "P2", "DOE"))
+
+
+def test_true_resend_still_dedupes(sessions: sessionmaker[Session]) -> None:
+    assert receive(sessions, A)
+    before = snapshot(sessions)
+    assert not receive(sessions, A)
+    assert receive(sessions, dataclasses.replace(A, sop_instance_uid="1.2.3.4.2"))  # a new slice, same study
+    assert receive(sessions, A, sha="ccc")  # changed content, same UIDs and patient: a new version
+    assert len(snapshot(sessions)) == len(before) + 1

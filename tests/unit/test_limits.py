@@ -1,0 +1,34 @@
+"""Bounded inflation of deflated datasets."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import pytest
+
+from dicomnode.receive.limits import InflationLimit, inflate_bounded
+
+
+def deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+DATA = random.Random(12).randbytes(5000) + bytes(200_000)
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 2**20])
+def test_size_is_measured_exactly_up_to_the_limit(chunk: int) -> None:
+    assert inflate_bounded(deflate(DATA), len(DATA), chunk_bytes=chunk) == len(DATA)
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 2**20])
+def test_one_byte_over_the_limit_is_refused(chunk: int) -> None:
+    with pytest.raises(InflationLimit, match="max_inflated_mb"):
+        inflate_bounded(deflate(DATA), len(DATA) - 1, chunk_bytes=chunk)
+
+
+def test_not_deflate_raises_zlib_error() -> None:
+    with pytest.raises(zlib.error):
+        inflate_bounded(b"\xff" * 64, 10**6)
