@@ -10,7 +10,6 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
@@ -18,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 import dicomnode
 from dicomnode.admin.api import AdminContext, start_admin
 from dicomnode.admin.config_store import runtime_rules
+from dicomnode.admin.server import AdminServer
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
@@ -46,7 +46,7 @@ class Node:
     worker: Worker | None
     ctx: PipelineContext
     forwarder: Forwarder | None
-    admin: ThreadingHTTPServer | None
+    admin: AdminServer | None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -106,7 +106,9 @@ def start_node(settings: Settings) -> Node:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="retention")
     scheduler.start()
-    admin = start_admin(AdminContext(settings, sessions)) if settings.admin_port else None
+    admin = None
+    if settings.admin_port:
+        admin = start_admin(AdminContext(settings, sessions, models=tuple(sorted(registry.manifests))))
     forwarder = None
     if settings.audit_repository:
         forwarder = Forwarder(settings, sessions)
