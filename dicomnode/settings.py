@@ -61,6 +61,32 @@ class Peer(BaseModel):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+ResultKind = Literal["SEG", "SR"]
+
+
+class Destination(BaseModel):
+    """Where results go besides (or instead of) the PACS: a named C-STORE SCP and which results it takes,
+    for example a research archive that gets the SEG only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    ae_title: str
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=104, ge=1, le=65535)
+    tls: bool = False
+    send: tuple[ResultKind, ...] = Field(default=("SEG", "SR"), min_length=1)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(ae_title=self.ae_title, host=self.host, port=self.port, tls=self.tls)
+
+
 class AdminUser(BaseModel):
     """An admin API user: a name, a PBKDF2 hash (``dicomnode admin hash-password``), never a password, and a
     role: ``admin`` may change things and sees patient data; ``viewer`` may read, with identifiers masked."""
@@ -159,6 +185,7 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=60.0, gt=0)
     models_dir: Path = Path(__file__).resolve().parent.parent / "models"
     rules: list[Rule] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -9,6 +9,7 @@ with the user and address. OpenAPI: ``/openapi.json`` and ``/docs``.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -22,7 +23,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.admin import auth, config_store, jobs
 from dicomnode.admin.health import Readiness, readiness
 from dicomnode.admin.metrics import AdminMetrics, node_registry
-from dicomnode.admin.schemas import Health, JobView, Listing, LoginRequest, PeerBody, RuleBody, StudyList, Token
+from dicomnode.admin.schemas import (
+    DestinationBody,
+    EchoResult,
+    Health,
+    JobView,
+    Listing,
+    LoginRequest,
+    PeerBody,
+    RuleBody,
+    StudyList,
+    Token,
+)
 from dicomnode.admin.server import AdminServer, start_server
 from dicomnode.admin.status import disk_status, study_rows, study_timeline
 from dicomnode.admin.throttle import LoginThrottle
@@ -31,7 +43,8 @@ from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import IllegalTransition
 from dicomnode.jobs.status import JobStatus
-from dicomnode.settings import AdminUser, Peer, Rule, Settings
+from dicomnode.send.scu import echo
+from dicomnode.settings import AdminUser, Destination, Peer, Rule, Settings
 
 _NAME = r"^[A-Za-z0-9 _.\-]{1,64}$"
 _UID = r"^[0-9.]{1,64}$"
@@ -212,6 +225,57 @@ def _delete_peer(request: Request, ae_title: Annotated[str, Path(pattern=_NAME)]
     return Response(status_code=204)
 
 
+def _destinations(request: Request, _user: User) -> Listing:
+    ctx = _state(request).ctx
+    with ctx.sessions() as session:
+        stored = [d.model_dump() for d in config_store.list_destinations(session)]
+    return Listing(configured=[d.model_dump() for d in config_store.runtime_destinations(ctx.settings, ctx.sessions)
+                               if d.name not in {s["name"] for s in stored}], stored=stored)
+
+
+def _put_destination(request: Request, name: Annotated[str, Path(pattern=_NAME)], body: DestinationBody,
+                     user: Admin) -> dict[str, Any]:
+    if name == config_store.PACS_DESTINATION:
+        raise HTTPException(409, "the PACS destination comes from the configuration (pacs)")
+    destination = Destination(name=name, **body.model_dump())
+    with session_scope(_state(request).ctx.sessions) as session:
+        config_store.put_destination(session, destination, user=user.name, address=_address(request))
+    return destination.model_dump()
+
+
+def _delete_destination(request: Request, name: Annotated[str, Path(pattern=_NAME)], user: Admin) -> Response:
+    with session_scope(_state(request).ctx.sessions) as session:
+        found = config_store.delete_destination(session, name, user=user.name, address=_address(request))
+    if not found:
+        raise HTTPException(404, "no such stored destination")
+    return Response(status_code=204)
+
+
+def echo_peer(settings: Settings, peer: Peer) -> EchoResult:
+    """A real C-ECHO (PS3.7 9.3.5) to ``peer``, with its answer and round-trip time."""
+    started = time.perf_counter()
+    status = echo(settings, peer)
+    rtt = (time.perf_counter() - started) * 1000
+    return EchoResult(target=str(peer), ok=status == 0, rtt_ms=round(rtt, 1),
+                      status="no association" if status is None else f"0x{status:04X}")
+
+
+def _echo_destination(request: Request, name: Annotated[str, Path(pattern=_NAME)], _user: User) -> EchoResult:
+    ctx = _state(request).ctx
+    found = [d for d in config_store.runtime_destinations(ctx.settings, ctx.sessions) if d.name == name]
+    if not found:
+        raise HTTPException(404, "no such destination")
+    return echo_peer(ctx.settings, found[0].peer)
+
+
+def _echo_peer(request: Request, ae_title: Annotated[str, Path(pattern=_NAME)], _user: User) -> EchoResult:
+    ctx = _state(request).ctx
+    found = [p for p in config_store.runtime_peers(ctx.settings, ctx.sessions) if p.ae_title == ae_title]
+    if not found:
+        raise HTTPException(404, "no such peer")
+    return echo_peer(ctx.settings, found[0])
+
+
 def _rules(request: Request, _user: User) -> Listing:
     ctx = _state(request).ctx
     with ctx.sessions() as session:
@@ -286,6 +350,12 @@ def create_app(ctx: AdminContext) -> FastAPI:
     add("/api/peers/{ae_title}", _put_peer, methods=["PUT"], tags=["peers"])
     add("/api/peers/{ae_title}", _delete_peer, methods=["DELETE"], tags=["peers"], status_code=204,
         response_class=Response)
+    add("/api/peers/{ae_title}/echo", _echo_peer, methods=["POST"], tags=["peers"])
+    add("/api/destinations", _destinations, methods=["GET"], tags=["destinations"])
+    add("/api/destinations/{name}", _put_destination, methods=["PUT"], tags=["destinations"])
+    add("/api/destinations/{name}", _delete_destination, methods=["DELETE"], tags=["destinations"],
+        status_code=204, response_class=Response)
+    add("/api/destinations/{name}/echo", _echo_destination, methods=["POST"], tags=["destinations"])
     add("/api/rules", _rules, methods=["GET"], tags=["rules"])
     add("/api/rules/{name}", _put_rule, methods=["PUT"], tags=["rules"])
     add("/api/rules/{name}", _delete_rule, methods=["DELETE"], tags=["rules"], status_code=204,

@@ -3,7 +3,7 @@ rather than a silently ignored setting."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +27,21 @@ class PeerBody(Body):
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False
+
+
+class DestinationBody(Body):
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=104, ge=1, le=65535)
+    tls: bool = False
+    send: tuple[Literal["SEG", "SR"], ...] = Field(default=("SEG", "SR"), min_length=1)
+
+
+class EchoResult(BaseModel):
+    target: str
+    ok: bool
+    status: str
+    rtt_ms: float
 
 
 class RuleBody(Body):

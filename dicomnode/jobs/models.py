@@ -195,6 +195,19 @@ class PeerConfig(Base):
     tls: Mapped[bool] = mapped_column(default=False)
 
 
+class DestinationConfig(Base):
+    """A result destination added at run time (the configuration file's destinations stay in force)."""
+
+    __tablename__ = "destination_config"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int]
+    tls: Mapped[bool] = mapped_column(default=False)
+    send: Mapped[str] = mapped_column(String(32), default="SEG,SR")
+
+
 class RuleConfig(Base):
     """A routing rule added at run time through the admin API."""
 
