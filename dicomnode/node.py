@@ -108,7 +108,8 @@ def start_node(settings: Settings) -> Node:
     scheduler.start()
     admin = None
     if settings.admin_port:
-        admin = start_admin(AdminContext(settings, sessions, models=tuple(sorted(registry.manifests))))
+        admin = start_admin(AdminContext(settings, sessions, models=tuple(sorted(registry.manifests)),
+                                         default_rules=tuple(m.default_rule for m in registry.manifests.values())))
     forwarder = None
     if settings.audit_repository:
         forwarder = Forwarder(settings, sessions)

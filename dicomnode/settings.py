@@ -214,6 +214,7 @@ class Settings(BaseSettings):
     admin_users: list[AdminUser] = Field(default_factory=list)
     admin_session_minutes: float = Field(default=60.0, gt=0)
     admin_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    admin_max_upload_bytes: int = Field(default=256 * 2**20, ge=1024)
     admin_request_timeout_seconds: float = Field(default=10.0, gt=0)
     admin_max_connections: int = Field(default=64, ge=1)
     admin_login_free_failures: int = Field(default=3, ge=1)

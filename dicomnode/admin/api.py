@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.admin import auth, config_store, jobs
 from dicomnode.admin.health import Readiness, readiness
 from dicomnode.admin.metrics import AdminMetrics, node_registry
+from dicomnode.admin.rule_tester import SeriesVerdict, judge, study_headers
 from dicomnode.admin.schemas import (
     DestinationBody,
     EchoResult,
@@ -59,6 +60,11 @@ class AdminContext:
     sessions: sessionmaker[Session]
     models: tuple[str, ...] | None = None
     registry: CollectorRegistry | None = None
+    default_rules: tuple[Rule, ...] = ()
+
+    def rules(self) -> list[Rule]:
+        """The routing rules in force now (configured, stored, then the models' defaults)."""
+        return config_store.runtime_rules(self.settings, self.sessions, self.default_rules)
 
 
 @dataclass
@@ -169,6 +175,14 @@ def _one_study(request: Request, study_uid: str, user: User) -> dict[str, Any]:
         raise HTTPException(404, "no such study")
     _phi_viewed(request, user, rows, "study")
     return {**rows[0], "timeline": study_timeline(ctx.sessions, study_uid)}
+
+
+def _rule_test(request: Request, study_uid: Annotated[str, Path(pattern=_UID)], _user: User) -> list[SeriesVerdict]:
+    ctx = _state(request).ctx
+    headers = study_headers(ctx.sessions, study_uid)
+    if headers is None:
+        raise HTTPException(404, "no such study")
+    return judge(ctx.rules(), headers)
 
 
 def _jobs(request: Request, _user: User, state: JobStatus | None = None,
@@ -342,6 +356,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     add("/api/logout", _logout, methods=["POST"], tags=["session"], status_code=204, response_class=Response)
     add("/api/studies", _studies, methods=["GET"], tags=["studies"])
     add("/api/studies/{study_uid}", _one_study, methods=["GET"], tags=["studies"])
+    add("/api/studies/{study_uid}/rule-test", _rule_test, methods=["GET"], tags=["rules"])
     add("/api/jobs", _jobs, methods=["GET"], tags=["jobs"])
     add("/api/jobs/{job_id}", _job, methods=["GET"], tags=["jobs"])
     add("/api/jobs/{job_id}/retry", _retry, methods=["POST"], tags=["jobs"])
@@ -360,6 +375,10 @@ def create_app(ctx: AdminContext) -> FastAPI:
     add("/api/rules/{name}", _put_rule, methods=["PUT"], tags=["rules"])
     add("/api/rules/{name}", _delete_rule, methods=["DELETE"], tags=["rules"], status_code=204,
         response_class=Response)
+    add("/", lambda: RedirectResponse("/ui/", status_code=307), methods=["GET"], include_in_schema=False)
+    from dicomnode.admin import console  # the console builds on this module's functions
+
+    console.mount(app)
     return app
 
 

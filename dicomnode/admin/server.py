@@ -3,7 +3,8 @@
 - A client must send a whole request, headers and body, within ``admin_request_timeout_seconds`` of
   connecting (or of its previous answer); otherwise it is disconnected. Half-sent requests hold a
   socket for that long at most, and no thread at all (the server is one asyncio loop).
-- A body longer than ``admin_max_body_bytes`` is refused with 413: at once when ``Content-Length``
+- A body longer than ``admin_max_body_bytes`` (``admin_max_upload_bytes`` for the rule tester's
+  upload) is refused with 413: at once when ``Content-Length``
   says so, and as soon as it has grown past the limit when it is chunked. A malformed
   ``Content-Length`` (``-1``) is a 400 from the HTTP parser.
 - At most ``admin_max_connections`` connections are served at once; more get 503.
@@ -75,16 +76,18 @@ class BoundedH11Protocol(H11Protocol):
 class BodyLimit:
     """ASGI middleware: 413 for a body over ``max_bytes``, before the app reads past the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = uploads or {}  # paths that take uploads, with their own limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.uploads.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send)
             return
         seen = 0
@@ -95,7 +98,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise BodyTooLarge
             return message
 
@@ -139,7 +142,8 @@ class AdminServer:
 def start_server(app: Any, settings: Settings) -> AdminServer:
     """Bind ``admin_host:admin_port`` now (errors surface here) and serve ``app`` from a thread."""
     protocol = type("Protocol", (BoundedH11Protocol,), {"request_timeout": settings.admin_request_timeout_seconds})
-    config = uvicorn.Config(BodyLimit(app, settings.admin_max_body_bytes), http=protocol, lifespan="off",
+    uploads = {"/ui/rules/test": settings.admin_max_upload_bytes}
+    config = uvicorn.Config(BodyLimit(app, settings.admin_max_body_bytes, uploads), http=protocol, lifespan="off",
                             log_config=None, access_log=False, server_header=False,
                             limit_concurrency=settings.admin_max_connections,
                             timeout_keep_alive=5, timeout_graceful_shutdown=5)
