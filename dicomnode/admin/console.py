@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import UploadFile
 from starlette.templating import Jinja2Templates
 
 from dicomnode.admin import api, auth, config_store, jobs
