@@ -117,11 +117,17 @@ def _login(request: Request, body: LoginRequest, response: Response) -> Token:
         state.metrics.logins.labels("throttled").inc()
         raise HTTPException(429, "too many failed logins: try again later",
                             headers={"Retry-After": str(int(wait) + 1)})
+    started = False
     with state.pbkdf2:  # one password check at a time, so that a login flood cannot take every core
+        if state.throttle.wait_seconds(keys) > 0:  # throttled while it waited for its turn
+            state.metrics.logins.labels("throttled").inc()
+            raise HTTPException(429, "too many failed logins: try again later", headers={"Retry-After": "1"})
         user = state.accounts.authenticate(body.user, body.password)
+        if user is None:
+            started = state.throttle.failed(keys)
     if user is None:
         state.metrics.logins.labels("failure").inc()
-        if state.throttle.failed(keys):  # the first failure of a burst: one audit row, not one per try
+        if started:  # the first failure of a burst: one audit row, not one per try
             with session_scope(state.ctx.sessions) as session:
                 record(session, AuditEvent.USER_LOGIN_FAILED, Outcome.MINOR_FAILURE, actor=body.user[:128],
                        address=address, reason="wrong user name or password", security_alert=True,

@@ -53,16 +53,18 @@ class LoginThrottle:
         return max([0.0, *waits])
 
     def failed(self, keys: Iterable[str]) -> bool:
-        """Count a failure against every key; True when it starts a burst for any of them."""
+        """Count a failure against every key; True when it starts a burst for all of them (a new
+        address trying a new name), so that rotating names from one address, or addresses against one
+        name, is still one burst."""
         now = self._clock()
-        started = False
+        started = True
         with self._lock:
             for key in keys:
                 burst = self._live(key, now)
                 if burst is None:
                     self._bursts[key] = _Burst(failures=1, started=now, last=now)
-                    started = True
                 else:
+                    started = False
                     burst.failures += 1
                     burst.last = now
                     self._bursts.move_to_end(key)
