@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML configuration file (default: $DICOMNODE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run receiver, completeness sweep and worker until SIGTERM")
+    sub.add_parser("web", help="serve only the admin API and web console (admin_host:admin_port) until SIGTERM")
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
     status = sub.add_parser("status", help="studies and jobs, and why each is waiting")
@@ -153,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomnode.node import serve
 
         return serve(settings)
+    if args.command == "web":
+        from dicomnode.node import serve_web
+
+        return serve_web(settings)
     if args.command == "db":
         from dicomnode.migrate import upgrade
 

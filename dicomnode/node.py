@@ -22,7 +22,7 @@ from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.inference.registry import Registry
+from dicomnode.inference.registry import Registry, load_manifests
 from dicomnode.jobs.completion import sweep
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
@@ -130,9 +130,7 @@ def start_node(settings: Settings) -> Node:
                 forwarder=forwarder, admin=admin)
 
 
-def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit code."""
-    node = start_node(settings)
+def _wait_for_signal() -> None:
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -143,5 +141,27 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     while not stopping.wait(1.0):
         pass
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code."""
+    node = start_node(settings)
+    _wait_for_signal()
     node.stop()
+    return 0
+
+
+def serve_web(settings: Settings) -> int:
+    """``dicomnode web``: only the admin API and console, on the node's database, until SIGTERM."""
+    if not settings.admin_port:
+        log.error("admin_port is 0: set it to serve the admin API", extra=extra(stage="web"))
+        return 2
+    upgrade(settings.db_url)
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    defaults = tuple(m.default_rule for m in load_manifests(settings.models_dir).values())
+    server = start_admin(AdminContext(settings, sessions, models=None, default_rules=defaults))
+    log.info("admin API listening", extra=extra(stage="web", port=server.port))
+    _wait_for_signal()
+    server.shutdown()
+    server.server_close()
     return 0

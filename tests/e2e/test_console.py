@@ -98,6 +98,17 @@ def _reload_until(page: Any, predicate: Any, msg: str, timeout: float = 90) -> N
     wait_for(check, timeout=timeout, interval=1.0, msg=msg)
 
 
+def _metrics(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(_base(node) + "/metrics", timeout=10) as rsp:
+        text = rsp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_log_in_add_a_peer_and_echo_orthanc(browser: Any, node: NodeProcess) -> None:
     page = _page(browser, node, "boss", "admin-pass-1")
     assert page.locator("#readiness").inner_text() == "ready"
@@ -117,6 +128,7 @@ def test_log_in_add_a_peer_and_echo_orthanc(browser: Any, node: NodeProcess) -> 
 
 def test_study_from_orthanc_dead_letters_then_a_retry_brings_it_to_done(browser: Any, node: NodeProcess,
                                                                         pacs: Orthanc, tmp_path: Path) -> None:
+    before = _metrics(node)
     page = _page(browser, node, "boss", "admin-pass-1")
     with storescp(tmp_path / "research", aet="RESEARCH", extra_args=("--refuse",)) as refusing:
         page.goto(_base(node) + "/ui/peers")
@@ -145,6 +157,13 @@ def test_study_from_orthanc_dead_letters_then_a_retry_brings_it_to_done(browser:
     assert page.locator("#study-state").inner_text() == "routed"
     assert PATIENT_NAME in page.content()  # the admin role sees the patient
     _shot(page, "study")
+    after = _metrics(node)  # every sample parsed; the counters moved as the run says
+    succeeded, dead = ("dicomnode_jobs", (("status", "succeeded"),)), ("dicomnode_jobs", (("status", "dead_letter"),))
+    assert after[succeeded] == before[succeeded] + 1 and after[dead] == before[dead]
+    assert after[("dicomnode_instances", ())] == before[("dicomnode_instances", ())] + 8
+    assert after[("dicomnode_audit_rows_total", ())] > before[("dicomnode_audit_rows_total", ())]
+    logins = ("dicomnode_admin_logins_total", (("outcome", "success"),))
+    assert after[logins] == before[logins] + 1
     page.goto(_base(node) + "/ui/audit")
     assert page.locator("#verify").inner_text().startswith("Audit trail intact")
     _shot(page, "audit")

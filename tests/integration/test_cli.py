@@ -147,3 +147,29 @@ def test_jobs_show_retry_cancel(settings: Settings, sessions: sessionmaker[Sessi
 def test_usage_errors_have_no_traceback(settings: Settings, args: list[str]) -> None:
     done = cli(settings, *args)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_web_serves_the_admin_api_alone_and_stops_on_sigterm(settings: Settings, sessions: sessionmaker[Session],
+                                                             tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    from tests.support.net import port_open, wait_for
+
+    port = free_port()
+    env = {**os.environ, "DICOMNODE_DATA_DIR": str(settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": "1",
+           "DICOMNODE_ADMIN_PORT": str(port)}
+    env.pop("DICOMNODE_CONFIG", None)
+    with open(tmp_path / "web.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "dicomnode", "web"], cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: process.poll() is None and port_open(port), timeout=60, msg="dicomnode web listening")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as rsp:
+            ready = json.loads(rsp.read())
+        assert ready["ready"] is True and ready["checks"]["models"]["detail"] == "this process runs no models"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    no_port = cli(settings, "web")
+    assert no_port.returncode == 2 and "Traceback" not in no_port.stderr
