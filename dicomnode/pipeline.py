@@ -28,7 +28,7 @@ from dicomnode.db import session_scope
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.volume import Volume, build_volume
-from dicomnode.jobs.models import Delivery, Instance
+from dicomnode.jobs.models import Delivery, Instance, Job
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.results.equipment import ResultIdentity
@@ -159,9 +159,12 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
         ``retryable`` when a destination could not be reached or answered 0xA7xx (or not at all);
         permanent when every failing one rejected the association or answered another failure status.
     """
-    destinations = runtime_destinations(ctx.settings, ctx.sessions)
+    with ctx.sessions() as session:
+        rule = session.scalar(select(Job.rule).where(Job.id == job.id))
+    destinations = runtime_destinations(ctx.settings, ctx.sessions, rule)
     if not destinations:
-        raise SendError("no destination configured (set DICOMNODE_PACS)", retryable=False)
+        raise SendError(f"no destination for rule {rule} (set DICOMNODE_PACS, or check the rule's destinations)",
+                        retryable=False)
     headers = {p: dcmread(p, stop_before_pixels=True) for p in paths}
     errors: list[SendError] = []
     for destination in destinations:

@@ -147,7 +147,8 @@ def check_rule_pattern(keyword: str, pattern: str) -> str:
 class Rule(BaseModel):
     """A routing rule: when every ``match`` regex is found in the series' attribute, run ``model``.
 
-    ``match`` maps a DICOM keyword (``Modality``, ``SeriesDescription``, ``BodyPartExamined``, ...) to a
+    ``destinations`` names where its results go (``pacs``, or a destination's name); empty means every
+    destination. ``match`` maps a DICOM keyword (``Modality``, ``SeriesDescription``, ``BodyPartExamined``, ...) to a
     regular expression searched case-insensitively in the attribute's value; an absent attribute never
     matches.
     """
@@ -157,6 +158,8 @@ class Rule(BaseModel):
     name: str
     model: str
     match: dict[str, str] = Field(default_factory=dict)
+    # where this rule's results go, by destination name ("pacs" for the PACS); empty: every destination
+    destinations: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]] = Field(default_factory=list)
 
     @field_validator("match")
     @classmethod

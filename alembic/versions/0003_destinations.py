@@ -1,4 +1,4 @@
-"""destinations as data: result destinations added at run time
+"""destinations as data: result destinations added at run time, and the destinations of each rule
 
 Revision ID: 0003
 Revises: 0002
@@ -27,7 +27,11 @@ def upgrade() -> None:
         sa.Column("send", sa.String(length=32), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_destination_config")),
     )
+    with op.batch_alter_table("rule_config") as batch_op:
+        batch_op.add_column(sa.Column("destinations", sa.Text(), server_default="[]", nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("rule_config") as batch_op:
+        batch_op.drop_column("destinations")
     op.drop_table("destination_config")

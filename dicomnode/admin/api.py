@@ -299,8 +299,8 @@ def _echo_peer(request: Request, ae_title: Annotated[str, Path(pattern=_NAME)], 
 def _rules(request: Request, _user: User) -> Listing:
     ctx = _state(request).ctx
     with ctx.sessions() as session:
-        stored = [r.model_dump() for r in config_store.list_rules(session)]
-    return Listing(configured=[r.model_dump() for r in ctx.settings.rules], stored=stored)
+        stored = [_rule_view(r) for r in config_store.list_rules(session)]
+    return Listing(configured=[_rule_view(r) for r in ctx.settings.rules], stored=stored)
 
 
 def _put_rule(request: Request, name: Annotated[str, Path(pattern=_NAME)], body: RuleBody,
@@ -308,7 +308,12 @@ def _put_rule(request: Request, name: Annotated[str, Path(pattern=_NAME)], body:
     rule = Rule(name=name, **body.model_dump())
     with session_scope(_state(request).ctx.sessions) as session:
         config_store.put_rule(session, rule, user=user.name, address=_address(request))
-    return rule.model_dump()
+    return _rule_view(rule)
+
+
+def _rule_view(rule: Rule) -> dict[str, Any]:
+    """A rule as the API shows it: ``destinations`` only when it names some (every destination otherwise)."""
+    return rule.model_dump(exclude=None if rule.destinations else {"destinations"})
 
 
 def _delete_rule(request: Request, name: Annotated[str, Path(pattern=_NAME)], user: Admin) -> Response:

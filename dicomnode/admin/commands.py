@@ -205,9 +205,10 @@ def _rules(ctx: typer.Context) -> list[Rule]:
 @rules_app.command("list")
 def rules_list(ctx: typer.Context) -> None:
     """The routing rules in force now, in order."""
-    table = Table("rule", "model", "match")
+    table = Table("rule", "model", "match", "results to")
     for rule in _rules(ctx):
-        table.add_row(rule.name, rule.model, "; ".join(f"{k} ~ /{v}/" for k, v in rule.match.items()) or "anything")
+        table.add_row(rule.name, rule.model, "; ".join(f"{k} ~ /{v}/" for k, v in rule.match.items()) or "anything",
+                      ", ".join(rule.destinations) or "every destination")
     _out().print(table)
 
 

@@ -28,7 +28,8 @@ def _peer(row: PeerConfig) -> Peer:
 
 
 def _rule(row: RuleConfig) -> Rule:
-    return Rule(name=row.name, model=row.model, match=json.loads(row.match))
+    return Rule(name=row.name, model=row.model, match=json.loads(row.match),
+                destinations=json.loads(row.destinations or "[]"))
 
 
 def _destination(row: DestinationConfig) -> Destination:
@@ -94,6 +95,7 @@ def put_rule(session: Session, rule: Rule, *, user: str, address: str) -> None:
         row = RuleConfig(name=rule.name)
         session.add(row)
     row.model, row.match = rule.model, json.dumps(rule.match, sort_keys=True)
+    row.destinations = json.dumps(rule.destinations)
     _audit(session, "rule", rule.name, before, rule.model_dump(), user, address)
 
 
@@ -128,8 +130,10 @@ def runtime_rules(settings: Settings, sessions: sessionmaker[Session], defaults:
 PACS_DESTINATION = "pacs"
 
 
-def runtime_destinations(settings: Settings, sessions: sessionmaker[Session]) -> list[Destination]:
-    """Where results go now: the PACS (every result), then configured and stored destinations."""
+def runtime_destinations(settings: Settings, sessions: sessionmaker[Session], rule: str | None = None
+                         ) -> list[Destination]:
+    """Where results go now: the PACS, then configured and stored destinations; only those that rule
+    ``rule`` names, when it names any."""
     found: dict[str, Destination] = {}
     if settings.pacs is not None:
         pacs = settings.pacs
@@ -137,6 +141,8 @@ def runtime_destinations(settings: Settings, sessions: sessionmaker[Session]) ->
                                               port=pacs.port, tls=pacs.tls)
     with sessions() as session:
         stored = list_destinations(session)
+        rules = [*settings.rules, *list_rules(session)]
     for destination in [*settings.destinations, *stored]:
         found[destination.name] = destination
-    return list(found.values())
+    named = next((r.destinations for r in reversed(rules) if r.name == rule), [])
+    return [d for d in found.values() if not named or d.name in named]

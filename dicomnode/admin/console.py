@@ -314,11 +314,13 @@ def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, err
 
 
 def save_rule(request: Request, name: Annotated[str, Form()], model: Annotated[str, Form()],
-              match: Annotated[str, Form(max_length=4096)] = "") -> Response:
+              match: Annotated[str, Form(max_length=4096)] = "",
+              destinations: Annotated[str, Form(max_length=1024)] = "") -> Response:
     user = _need(request, admin=True)
     try:
         pairs = dict(line.split("=", 1) for line in match.splitlines() if line.strip())
-        rule = Rule(name=name, model=model, match={k.strip(): v.strip() for k, v in pairs.items()})
+        rule = Rule(name=name, model=model, match={k.strip(): v.strip() for k, v in pairs.items()},
+                    destinations=[d.strip() for d in destinations.split(",") if d.strip()])
     except ValueError as exc:  # a line without "=", or a pattern refused (ValidationError is a ValueError)
         text = _first_error(exc) if isinstance(exc, ValidationError) else "each match line is Keyword=regex"
         return _rules_view(request, error=text, status=422)

@@ -47,6 +47,7 @@ class EchoResult(BaseModel):
 class RuleBody(Body):
     model: str = Field(min_length=1, max_length=64)
     match: dict[str, str] = Field(default_factory=dict)
+    destinations: list[str] = Field(default_factory=list, max_length=32)
 
 
 class Listing(BaseModel):

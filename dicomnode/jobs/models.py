@@ -216,6 +216,7 @@ class RuleConfig(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(64))
     match: Mapped[str] = mapped_column(Text, default="{}")
+    destinations: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # JSON list of names
 
 
 class AdminSession(Base):

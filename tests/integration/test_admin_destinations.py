@@ -133,3 +133,31 @@ def test_echo_a_peer_for_real(settings: Settings, sessions: sessionmaker[Session
         status, echoed = call(url, "POST", "/api/peers/MODALITY/echo", token=token)
     assert status == 200 and echoed == {"target": f"MODALITY@127.0.0.1:{port}", "ok": True, "status": "0x0000",
                                         "rtt_ms": echoed["rtt_ms"]}
+
+
+def test_a_rule_sends_its_results_only_where_it_says(settings: Settings, sessions: sessionmaker[Session],
+                                                     result_files: tuple[Path, ...], pacs: int,
+                                                     tmp_path: Path) -> None:
+    from dicomnode.errors import SendError
+
+    configured = make_settings(settings.data_dir, admin_port=free_port(), admin_users=USERS,
+                               pacs=f"PACS@127.0.0.1:{pacs}")
+    ctx = PipelineContext(settings=configured, sessions=sessions, registry=None)  # type: ignore[arg-type]
+    job = _job(sessions)  # made by rule "r"
+    with storescp(tmp_path / "research", aet="RESEARCH") as port, admin_server(configured, sessions) as url:
+        token = login(url, "boss", "admin-pass")
+        assert call(url, "PUT", "/api/destinations/research", {"ae_title": "RESEARCH", "port": port, "send": ["SEG"]},
+                    token=token)[0] == 200
+        status, rule = call(url, "PUT", "/api/rules/r", {"model": "deepbet", "destinations": ["research"]},
+                            token=token)
+        assert status == 200 and rule["destinations"] == ["research"]
+        assert call(url, "PUT", "/api/rules/r2", {"model": "deepbet", "destinations": ["bad name!"]},
+                    token=token)[0] == 422
+        deliver(ctx, job, result_files)
+        assert _received(tmp_path / "research") == ["SEG"]
+        assert _received(tmp_path / "pacs") == []  # the rule does not name the PACS
+        assert call(url, "PUT", "/api/rules/r", {"model": "deepbet", "destinations": ["nowhere"]},
+                    token=token)[0] == 200
+        with pytest.raises(SendError, match="no destination for rule r") as info:
+            deliver(ctx, job, result_files)
+    assert info.value.retryable is False
