@@ -43,7 +43,7 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import IllegalTransition
-from dicomnode.jobs.status import JobStatus
+from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.send.scu import echo
 from dicomnode.settings import AdminUser, Destination, Peer, Rule, Settings
 
@@ -165,7 +165,7 @@ def _phi_viewed(request: Request, user: AdminUser, studies: list[dict[str, Any]]
                    address=_address(request), reason=f"{what} viewed in the admin API")
 
 
-def _studies(request: Request, user: User, state: Annotated[str | None, Query(max_length=16)] = None,
+def _studies(request: Request, user: User, state: StudyState | None = None,
              ae: Annotated[str | None, Query(max_length=16)] = None,
              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> StudyList:
     ctx = _state(request).ctx

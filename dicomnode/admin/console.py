@@ -146,7 +146,11 @@ def logout(request: Request) -> Response:
 def studies(request: Request, state: str = "", ae: str = "", since: str = "") -> Response:
     user = _need(request)
     ctx = api._state(request).ctx
-    rows = study_rows(ctx.sessions, None, 200, phi=user.role == "admin", state=state[:16] or None,
+    states = [s.value for s in StudyState]
+    if state and state not in states:
+        return _page(request, "studies.html", "Studies", user, 422, error=f"no study state {state[:16]!r}",
+                     studies=[], states=states, state="", ae=ae, since=since)
+    rows = study_rows(ctx.sessions, None, 200, phi=user.role == "admin", state=StudyState(state) if state else None,
                       calling_ae=ae[:16] or None)
     if since:
         try:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.jobs.models import AuditRecord, Job, Series, Study
+from dicomnode.jobs.status import StudyState
 from dicomnode.receive.handlers import disk_guard
 from dicomnode.settings import Settings
 from dicomnode.store.spool import free_bytes
@@ -17,7 +18,8 @@ MASKED = "***"
 
 
 def study_rows(sessions: sessionmaker[Session], study_uid: str | None = None, limit: int = 500, *,
-               phi: bool = False, state: str | None = None, calling_ae: str | None = None) -> list[dict[str, Any]]:
+               phi: bool = False, state: StudyState | None = None, calling_ae: str | None = None
+               ) -> list[dict[str, Any]]:
     """Each study's state and reason, its series' routing decisions and its jobs' states and reasons.
 
     Patient name and ID are given only with ``phi``; otherwise they are masked.

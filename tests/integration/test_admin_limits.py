@@ -235,3 +235,13 @@ def test_accepted_patterns_match_a_crafted_value_quickly() -> None:
         started = time.perf_counter()
         re.search(pattern, crafted, re.IGNORECASE)
         assert time.perf_counter() - started < 0.5, pattern
+
+
+@pytest.mark.parametrize("path", ["/api/studies?state=exploded", "/api/studies?limit=0", "/api/studies?limit=x",
+                                  "/api/jobs?state=exploded", "/api/jobs/abc", "/api/jobs/abc/retry",
+                                  "/api/studies/1.2%2F..%2Fetc/rule-test", "/api/destinations/bad%20name!/echo"])
+def test_malformed_parameters_get_4xx(base: str, path: str) -> None:
+    token = login(base, "it", "s3cret-pass")
+    method = "POST" if path.endswith(("retry", "echo")) else "GET"
+    status, _ = call(base, method, path, token=token)
+    assert 400 <= status < 500, (path, status)
