@@ -26,10 +26,12 @@ from dicomnode.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__, epilog=(
+        "operator commands (each with --help): init, peers, destinations, rules, jobs, job, retry, cancel, send"))
     parser.add_argument("--config", help="TOML configuration file (default: $DICOMNODE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run receiver, completeness sweep and worker until SIGTERM")
+    sub.add_parser("web", help="serve only the admin API and web console (admin_host:admin_port) until SIGTERM")
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
     status = sub.add_parser("status", help="studies and jobs, and why each is waiting")
@@ -130,9 +132,23 @@ def _admin_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv`` (after an optional ``--config FILE``)."""
+    rest = list(argv)
+    while rest and rest[0].startswith("--config"):
+        rest = rest[1:] if "=" in rest[0] else rest[2:]
+    return rest[0] if rest else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     os.umask(0o077)  # the database, spool, results and exports hold PHI: owner-only
+    from dicomnode.admin.commands import COMMANDS, run
+
+    if _command_word(argv) in COMMANDS:  # the operator's commands (typer): init, peers, ..., send
+        setup_logging("WARNING")
+        return run(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = Settings.load(args.config)
     except (ValidationError, FileNotFoundError) as exc:
@@ -143,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomnode.node import serve
 
         return serve(settings)
+    if args.command == "web":
+        from dicomnode.node import serve_web
+
+        return serve_web(settings)
     if args.command == "db":
         from dicomnode.migrate import upgrade
 

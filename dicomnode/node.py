@@ -10,7 +10,6 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
@@ -18,12 +17,13 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 import dicomnode
 from dicomnode.admin.api import AdminContext, start_admin
 from dicomnode.admin.config_store import runtime_rules
+from dicomnode.admin.server import AdminServer
 from dicomnode.audit.anchor import write_checkpoint
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.inference.registry import Registry
+from dicomnode.inference.registry import Registry, load_manifests
 from dicomnode.jobs.completion import sweep
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
@@ -47,7 +47,7 @@ class Node:
     worker: Worker | None
     ctx: PipelineContext
     forwarder: Forwarder | None
-    admin: ThreadingHTTPServer | None
+    admin: AdminServer | None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -118,7 +118,10 @@ def start_node(settings: Settings) -> Node:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="retention")
     scheduler.start()
-    admin = start_admin(AdminContext(settings, sessions)) if settings.admin_port else None
+    admin = None
+    if settings.admin_port:
+        admin = start_admin(AdminContext(settings, sessions, models=tuple(sorted(registry.manifests)),
+                                         default_rules=tuple(m.default_rule for m in registry.manifests.values())))
     forwarder = None
     if settings.audit_repository:
         forwarder = Forwarder(settings, sessions)
@@ -139,9 +142,7 @@ def start_node(settings: Settings) -> Node:
                 forwarder=forwarder, admin=admin)
 
 
-def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit code."""
-    node = start_node(settings)
+def _wait_for_signal() -> None:
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -152,5 +153,27 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     while not stopping.wait(1.0):
         pass
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code."""
+    node = start_node(settings)
+    _wait_for_signal()
     node.stop()
+    return 0
+
+
+def serve_web(settings: Settings) -> int:
+    """``dicomnode web``: only the admin API and console, on the node's database, until SIGTERM."""
+    if not settings.admin_port:
+        log.error("admin_port is 0: set it to serve the admin API", extra=extra(stage="web"))
+        return 2
+    upgrade(settings.db_url)
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    defaults = tuple(m.default_rule for m in load_manifests(settings.models_dir).values())
+    server = start_admin(AdminContext(settings, sessions, models=None, default_rules=defaults))
+    log.info("admin API listening", extra=extra(stage="web", port=server.port))
+    _wait_for_signal()
+    server.shutdown()
+    server.server_close()
     return 0

@@ -21,13 +21,14 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.admin.config_store import runtime_destinations
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.volume import Volume, build_volume
-from dicomnode.jobs.models import Delivery, Instance
+from dicomnode.jobs.models import Delivery, Instance, Job
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.results.equipment import ResultIdentity
@@ -36,7 +37,7 @@ from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.scu import StoreOutcome, send_files
-from dicomnode.settings import Settings
+from dicomnode.settings import Peer, Settings
 from dicomnode.store.spool import write_atomic
 
 log = logging.getLogger(__name__)
@@ -170,19 +171,40 @@ def _classify(failed: list[StoreOutcome]) -> bool:
 
 
 def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> None:
-    """Stage 6: C-STORE each result not yet stored to the PACS, record each answer; raise unless all stored.
+    """Stage 6: C-STORE each result not yet stored to each destination (the PACS, and any configured or
+    added at run time, each taking the kinds of result it asks for); record each answer; raise unless all
+    stored. Destinations are read afresh for every job, so that one added at run time gets the next results.
 
     Raises
     ------
     SendError
-        ``retryable`` when the PACS could not be reached or answered 0xA7xx (or not at all); permanent
-        when it rejected the association or answered another failure status.
+        ``retryable`` when a destination could not be reached or answered 0xA7xx (or not at all);
+        permanent when every failing one rejected the association or answered another failure status.
     """
-    peer = ctx.settings.pacs
-    if peer is None:
-        raise SendError("no destination configured (set DICOMNODE_PACS)", retryable=False)
+    with ctx.sessions() as session:
+        rule = session.scalar(select(Job.rule).where(Job.id == job.id))
+    destinations = runtime_destinations(ctx.settings, ctx.sessions, rule)
+    if not destinations:
+        raise SendError(f"no destination for rule {rule} (set DICOMNODE_PACS, or check the rule's destinations)",
+                        retryable=False)
+    headers = {p: dcmread(p, stop_before_pixels=True) for p in paths}
+    errors: list[SendError] = []
+    for destination in destinations:
+        wanted = tuple(p for p in paths if str(headers[p].Modality) in destination.send)
+        try:
+            _deliver_to(ctx, job, destination.peer, wanted, {p: str(headers[p].SOPInstanceUID) for p in wanted})
+        except SendError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:  # each destination's deliveries are recorded: a retry resends only what is missing
+        raise SendError("; ".join(map(str, errors)), retryable=any(e.retryable for e in errors))
+
+
+def _deliver_to(ctx: PipelineContext, job: ClaimedJob, peer: Peer, paths: tuple[Path, ...],
+                uids: dict[Path, str]) -> None:
     done = _already_stored(ctx.sessions, job.id, str(peer))
-    pending = tuple(p for p in paths if dcmread(p, stop_before_pixels=True).SOPInstanceUID not in done)
+    pending = tuple(p for p in paths if uids[p] not in done)
     if not pending:
         return
     with session_scope(ctx.sessions) as session:

@@ -61,19 +61,94 @@ class Peer(BaseModel):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+ResultKind = Literal["SEG", "SR"]
+
+
+class Destination(BaseModel):
+    """Where results go besides (or instead of) the PACS: a named C-STORE SCP and which results it takes,
+    for example a research archive that gets the SEG only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    ae_title: str
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=104, ge=1, le=65535)
+    tls: bool = False
+    send: tuple[ResultKind, ...] = Field(default=("SEG", "SR"), min_length=1)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(ae_title=self.ae_title, host=self.host, port=self.port, tls=self.tls)
+
+
 class AdminUser(BaseModel):
-    """An admin API user: a name and a PBKDF2 hash (``dicomnode admin hash-password``), never a password."""
+    """An admin API user: a name, a PBKDF2 hash (``dicomnode admin hash-password``), never a password, and a
+    role: ``admin`` may change things and sees patient data; ``viewer`` may read, with identifiers masked."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     password_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
+    role: Literal["admin", "viewer"] = "admin"
+
+
+_MAX_PATTERN = 256
+
+
+def _backtracking_risk(items: Any, inside_repeat: bool = False) -> str | None:
+    """Why a parsed pattern may backtrack catastrophically: a quantifier, an alternation or a
+    back-reference inside a repeated group (``^(a+)+$``, ``(a|aa)*``); None when it cannot."""
+    for op, arg in items:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            _low, high, body = arg
+            repeats = high is re._constants.MAXREPEAT or high > 1  # type: ignore[attr-defined]
+            if inside_repeat and repeats:
+                return "a quantifier inside a repeated group (nested quantifiers)"
+            found = _backtracking_risk(body, inside_repeat or repeats)
+        elif name == "SUBPATTERN":
+            found = _backtracking_risk(arg[-1], inside_repeat)
+        elif name == "BRANCH":
+            if inside_repeat:
+                return "an alternation inside a repeated group"
+            found = next((r for branch in arg[1] if (r := _backtracking_risk(branch, inside_repeat))), None)
+        elif name in ("GROUPREF", "GROUPREF_EXISTS"):
+            return "a back-reference"
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            found = _backtracking_risk(arg[1], inside_repeat)
+        else:
+            found = None
+        if found:
+            return found
+    return None
+
+
+def check_rule_pattern(keyword: str, pattern: str) -> str:
+    """Compile ``pattern`` and refuse one that could stall routing by catastrophic backtracking."""
+    if len(pattern) > _MAX_PATTERN:
+        raise ValueError(f"rule pattern for {keyword} is longer than {_MAX_PATTERN} characters")
+    try:
+        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"rule pattern for {keyword} is not a regular expression: {exc}") from exc
+    risk = _backtracking_risk(parsed.data)
+    if risk:
+        raise ValueError(f"rule pattern for {keyword} may backtrack catastrophically: it has {risk}")
+    return pattern
 
 
 class Rule(BaseModel):
     """A routing rule: when every ``match`` regex is found in the series' attribute, run ``model``.
 
-    ``match`` maps a DICOM keyword (``Modality``, ``SeriesDescription``, ``BodyPartExamined``, ...) to a
+    ``destinations`` names where its results go (``pacs``, or a destination's name); empty means every
+    destination. ``match`` maps a DICOM keyword (``Modality``, ``SeriesDescription``, ``BodyPartExamined``, ...) to a
     regular expression searched case-insensitively in the attribute's value; an absent attribute never
     matches.
     """
@@ -83,15 +158,14 @@ class Rule(BaseModel):
     name: str
     model: str
     match: dict[str, str] = Field(default_factory=dict)
+    # where this rule's results go, by destination name ("pacs" for the PACS); empty: every destination
+    destinations: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]] = Field(default_factory=list)
 
     @field_validator("match")
     @classmethod
     def _compile(cls, value: dict[str, str]) -> dict[str, str]:
         for keyword, pattern in value.items():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"rule pattern for {keyword} is not a regular expression: {exc}") from exc
+            check_rule_pattern(keyword, pattern)
         return value
 
 
@@ -114,6 +188,7 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=60.0, gt=0)
     models_dir: Path = Path(__file__).resolve().parent.parent / "models"
     rules: list[Rule] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -147,6 +222,13 @@ class Settings(BaseSettings):
     admin_port: int = Field(default=0, ge=0, le=65535)
     admin_users: list[AdminUser] = Field(default_factory=list)
     admin_session_minutes: float = Field(default=60.0, gt=0)
+    admin_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    admin_max_upload_bytes: int = Field(default=256 * 2**20, ge=1024)
+    admin_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    admin_max_connections: int = Field(default=64, ge=1)
+    admin_login_free_failures: int = Field(default=3, ge=1)
+    admin_login_max_delay_seconds: float = Field(default=60.0, gt=0)
+    admin_login_burst_seconds: float = Field(default=300.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 

@@ -10,6 +10,7 @@ command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 [ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed-apps)  # DicomSRValidator
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)  # throwaway certificates for the TLS tests
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # the web console's browser tests (driven by playwright)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq

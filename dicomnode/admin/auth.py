@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -35,11 +36,33 @@ def check_password(password: str, encoded: str) -> bool:
         return False
 
 
-def authenticate(users: tuple[AdminUser, ...] | list[AdminUser], name: str, password: str) -> bool:
-    """Constant work whether or not the user exists, so that timing does not tell."""
-    user = next((u for u in users if hmac.compare_digest(u.name.encode(), name.encode())), None)
-    encoded = user.password_hash if user else hash_password("not a user", iterations=ITERATIONS)
-    return check_password(password, encoded) and user is not None
+def _iterations(encoded: str) -> int:
+    try:
+        return int(encoded.split("$")[1])
+    except (IndexError, ValueError):
+        return ITERATIONS
+
+
+class Accounts:
+    """The configured users, checked at one PBKDF2 run per login whether or not the name exists.
+
+    An unknown name is checked against a decoy hash made once, at start, with as many iterations as the
+    costliest real hash, so that the answer's timing does not tell which names exist.
+    """
+
+    def __init__(self, users: Sequence[AdminUser]) -> None:
+        self.users = tuple(users)
+        iterations = max((_iterations(u.password_hash) for u in self.users), default=ITERATIONS)
+        self._decoy = hash_password(secrets.token_urlsafe(16), iterations=iterations)
+
+    def find(self, name: str) -> AdminUser | None:
+        return next((u for u in self.users if hmac.compare_digest(u.name.encode(), name.encode())), None)
+
+    def authenticate(self, name: str, password: str) -> AdminUser | None:
+        """The user when ``password`` is theirs; None otherwise, after the same work either way."""
+        user = self.find(name)
+        ok = check_password(password, user.password_hash if user else self._decoy)
+        return user if ok and user is not None else None
 
 
 def _token_hash(token: str) -> str:

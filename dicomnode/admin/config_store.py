@@ -1,7 +1,10 @@
-"""Peers and routing rules as data: changed at run time through the admin API, every change audited.
+"""Peers, routing rules and result destinations as data: changed at run time (admin API, console,
+CLI), every change audited, read afresh by the receiver, the sweep and the workers, so that a change
+takes effect without a restart.
 
-The configuration file's peers and rules stay in force; these add to them (a rule stored here replaces
-the manifest default of its model, as a configured rule does).
+The configuration file's peers, rules and destinations stay in force; these add to them (a rule stored
+here replaces the manifest default of its model, as a configured rule does; a destination stored here
+replaces a configured one of the same name).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
-from dicomnode.jobs.models import PeerConfig, RuleConfig
+from dicomnode.jobs.models import DestinationConfig, PeerConfig, RuleConfig
 from dicomnode.jobs.routing import effective_rules
-from dicomnode.settings import Peer, Rule, Settings
+from dicomnode.settings import Destination, Peer, Rule, Settings
 
 
 def _peer(row: PeerConfig) -> Peer:
@@ -25,7 +28,37 @@ def _peer(row: PeerConfig) -> Peer:
 
 
 def _rule(row: RuleConfig) -> Rule:
-    return Rule(name=row.name, model=row.model, match=json.loads(row.match))
+    return Rule(name=row.name, model=row.model, match=json.loads(row.match),
+                destinations=json.loads(row.destinations or "[]"))
+
+
+def _destination(row: DestinationConfig) -> Destination:
+    return Destination.model_validate({"name": row.name, "ae_title": row.ae_title, "host": row.host, "port": row.port,
+                                       "tls": row.tls, "send": [k for k in row.send.split(",") if k]})
+
+
+def list_destinations(session: Session) -> list[Destination]:
+    return [_destination(r) for r in session.scalars(select(DestinationConfig).order_by(DestinationConfig.name))]
+
+
+def put_destination(session: Session, destination: Destination, *, user: str, address: str) -> None:
+    row = session.get(DestinationConfig, destination.name)
+    before = _destination(row).model_dump() if row else None
+    if row is None:
+        row = DestinationConfig(name=destination.name)
+        session.add(row)
+    row.ae_title, row.host, row.port = destination.ae_title, destination.host, destination.port
+    row.tls, row.send = destination.tls, ",".join(destination.send)
+    _audit(session, "destination", destination.name, before, destination.model_dump(), user, address)
+
+
+def delete_destination(session: Session, name: str, *, user: str, address: str) -> bool:
+    row = session.get(DestinationConfig, name)
+    if row is None:
+        return False
+    _audit(session, "destination", name, _destination(row).model_dump(), None, user, address)
+    session.delete(row)
+    return True
 
 
 def list_peers(session: Session) -> list[Peer]:
@@ -62,6 +95,7 @@ def put_rule(session: Session, rule: Rule, *, user: str, address: str) -> None:
         row = RuleConfig(name=rule.name)
         session.add(row)
     row.model, row.match = rule.model, json.dumps(rule.match, sort_keys=True)
+    row.destinations = json.dumps(rule.destinations)
     _audit(session, "rule", rule.name, before, rule.model_dump(), user, address)
 
 
@@ -91,3 +125,24 @@ def runtime_rules(settings: Settings, sessions: sessionmaker[Session], defaults:
     with sessions() as session:
         stored = list_rules(session)
     return effective_rules([*settings.rules, *stored], defaults)
+
+
+PACS_DESTINATION = "pacs"
+
+
+def runtime_destinations(settings: Settings, sessions: sessionmaker[Session], rule: str | None = None
+                         ) -> list[Destination]:
+    """Where results go now: the PACS, then configured and stored destinations; only those that rule
+    ``rule`` names, when it names any."""
+    found: dict[str, Destination] = {}
+    if settings.pacs is not None:
+        pacs = settings.pacs
+        found[PACS_DESTINATION] = Destination(name=PACS_DESTINATION, ae_title=pacs.ae_title, host=pacs.host,
+                                              port=pacs.port, tls=pacs.tls)
+    with sessions() as session:
+        stored = list_destinations(session)
+        rules = [*settings.rules, *list_rules(session)]
+    for destination in [*settings.destinations, *stored]:
+        found[destination.name] = destination
+    named = next((r.destinations for r in reversed(rules) if r.name == rule), [])
+    return [d for d in found.values() if not named or d.name in named]

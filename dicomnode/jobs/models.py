@@ -195,6 +195,19 @@ class PeerConfig(Base):
     tls: Mapped[bool] = mapped_column(default=False)
 
 
+class DestinationConfig(Base):
+    """A result destination added at run time (the configuration file's destinations stay in force)."""
+
+    __tablename__ = "destination_config"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int]
+    tls: Mapped[bool] = mapped_column(default=False)
+    send: Mapped[str] = mapped_column(String(32), default="SEG,SR")
+
+
 class RuleConfig(Base):
     """A routing rule added at run time through the admin API."""
 
@@ -203,6 +216,7 @@ class RuleConfig(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(64))
     match: Mapped[str] = mapped_column(Text, default="{}")
+    destinations: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # JSON list of names
 
 
 class AdminSession(Base):

@@ -28,7 +28,7 @@ class StudyState(enum.StrEnum):
 
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.DEAD_LETTER}),  # DEAD_LETTER: an operator's cancel
     # back to QUEUED: a transient failure (retry scheduled), the lease expired (dead worker), or the
     # worker was stopped mid-job
     JobStatus.RUNNING: frozenset(

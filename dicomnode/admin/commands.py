@@ -1,0 +1,336 @@
+"""The operator's commands (typer, rich output): init, peers, destinations, rules, jobs, send.
+
+They call the same functions as the admin API and the console, and are audited the same way, with the
+operating-system user as the actor. Errors are one sentence on standard error and a non-zero exit code,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.admin import config_store, jobs
+from dicomnode.admin.rule_tester import file_headers, judge
+from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.trail import record
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.errors import DicomNodeError
+from dicomnode.jobs.status import JobStatus
+from dicomnode.settings import Destination, Peer, Rule, Settings
+
+COMMANDS = frozenset({"init", "peers", "destinations", "rules", "jobs", "job", "retry", "cancel", "send"})
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "dicomnode.example.toml"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="dicomnode: a DICOM AI node beside the PACS.")
+peers_app = typer.Typer(no_args_is_help=True, help="peers allowed to call in")
+destinations_app = typer.Typer(no_args_is_help=True, help="where results go")
+rules_app = typer.Typer(no_args_is_help=True, help="routing rules")
+job_app = typer.Typer(no_args_is_help=True, help="one job")
+app.add_typer(peers_app, name="peers")
+app.add_typer(destinations_app, name="destinations")
+app.add_typer(rules_app, name="rules")
+app.add_typer(job_app, name="job")
+
+
+class Failure(Exception):
+    """An operator error: its message is the one sentence shown."""
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _sessions(ctx: typer.Context) -> sessionmaker[Session]:
+    settings = _settings(ctx)
+    if not settings.database_url and not (settings.data_dir / "dicomnode.db").exists():
+        raise Failure(f"no database at {settings.data_dir / 'dicomnode.db'}: run `dicomnode init` or "
+                      "`dicomnode db upgrade` first")
+    return make_sessionmaker(make_engine(settings.db_url))
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+@app.callback()
+def _root(ctx: typer.Context, config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None
+          ) -> None:
+    if ctx.resilient_parsing:
+        return
+    ctx.obj = Settings.load(config)
+
+
+@app.command()
+def init(ctx: typer.Context, path: Annotated[Path, typer.Argument(help="configuration file to write")] = Path(
+        "dicomnode.toml"), force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False) -> None:
+    """Write a commented configuration file and create the database it names."""
+    from dicomnode.migrate import upgrade
+
+    if path.exists() and not force:
+        raise Failure(f"{path} exists already; pass --force to overwrite it")
+    if not EXAMPLE.is_file():
+        raise Failure(f"the commented example {EXAMPLE} is missing from this installation")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(EXAMPLE.read_text())
+    settings = Settings.load(path)  # DICOMNODE_* variables still win, as for every command
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    upgrade(settings.db_url)
+    _out().print(f"wrote {path}; database ready at {settings.db_url.split('///')[-1]}")
+
+
+# -- peers ------------------------------------------------------------------------------------------
+@peers_app.command("list")
+def peers_list(ctx: typer.Context) -> None:
+    """The peers from the configuration and those added at run time."""
+    with _sessions(ctx)() as session:
+        added = config_store.list_peers(session)
+    table = Table("AE title", "host", "port", "TLS", "source")
+    for peer, source in [(p, "configuration") for p in _settings(ctx).known_peers] + [(p, "added") for p in added]:
+        table.add_row(peer.ae_title, peer.host, str(peer.port), "yes" if peer.tls else "no", source)
+    _out().print(table)
+
+
+@peers_app.command("add")
+def peers_add(ctx: typer.Context, ae_title: str, host: str, port: int,
+              tls: Annotated[bool, typer.Option(help="connect with DICOM TLS")] = False) -> None:
+    """Allow AE_TITLE at HOST (address, network or name) to call in, at once."""
+    peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls)
+    with session_scope(_sessions(ctx)) as session:
+        config_store.put_peer(session, peer, user=_operator(), address="cli")
+    _out().print(f"peer {peer} saved: it may call in now")
+
+
+@peers_app.command("remove")
+def peers_remove(ctx: typer.Context, ae_title: str) -> None:
+    """Refuse AE_TITLE from now on (a peer added at run time)."""
+    with session_scope(_sessions(ctx)) as session:
+        if not config_store.delete_peer(session, ae_title, user=_operator(), address="cli"):
+            raise Failure(f"no peer {ae_title} was added at run time (configured peers live in the configuration)")
+    _out().print(f"peer {ae_title} removed")
+
+
+# -- destinations -----------------------------------------------------------------------------------
+@destinations_app.command("list")
+def destinations_list(ctx: typer.Context) -> None:
+    """Where results go: the PACS, configured destinations and those added at run time."""
+    table = Table("name", "AE title", "host", "port", "TLS", "sends")
+    for d in config_store.runtime_destinations(_settings(ctx), _sessions(ctx)):
+        table.add_row(d.name, d.ae_title, d.host, str(d.port), "yes" if d.tls else "no", ", ".join(d.send))
+    _out().print(table)
+
+
+@destinations_app.command("add")
+def destinations_add(ctx: typer.Context, name: str, ae_title: str, host: str, port: int,
+                     tls: Annotated[bool, typer.Option(help="connect with DICOM TLS")] = False,
+                     send: Annotated[str, typer.Option(help="results it takes: SEG, SR or SEG,SR")] = "SEG,SR"
+                     ) -> None:
+    """Send results to NAME (AE_TITLE at HOST:PORT) from the next job on."""
+    if name == config_store.PACS_DESTINATION:
+        raise Failure("the PACS destination comes from the configuration (pacs)")
+    destination = Destination.model_validate({"name": name, "ae_title": ae_title, "host": host, "port": port,
+                                              "tls": tls, "send": [k.strip().upper() for k in send.split(",")]})
+    with session_scope(_sessions(ctx)) as session:
+        config_store.put_destination(session, destination, user=_operator(), address="cli")
+    _out().print(f"destination {name} saved: it gets the next results")
+
+
+@destinations_app.command("remove")
+def destinations_remove(ctx: typer.Context, name: str) -> None:
+    """Stop sending results to NAME (a destination added at run time)."""
+    with session_scope(_sessions(ctx)) as session:
+        if not config_store.delete_destination(session, name, user=_operator(), address="cli"):
+            raise Failure(f"no destination {name} was added at run time")
+    _out().print(f"destination {name} removed")
+
+
+def _destination(ctx: typer.Context, name: str) -> Destination:
+    found = [d for d in config_store.runtime_destinations(_settings(ctx), _sessions(ctx)) if d.name == name]
+    if found:
+        return found[0]
+    try:
+        peer = Peer.parse(name)
+    except ValueError:
+        raise Failure(f"no destination {name} (give a destination's name or AE@host:port)") from None
+    assert isinstance(peer, Peer)
+    return Destination(name="direct", ae_title=peer.ae_title, host=peer.host, port=peer.port)
+
+
+@destinations_app.command("echo")
+def destinations_echo(ctx: typer.Context, name: str) -> None:
+    """C-ECHO destination NAME (or AE@host:port) and show the answer and round-trip time."""
+    from dicomnode.send.scu import echo
+
+    peer = _destination(ctx, name).peer
+    started = time.perf_counter()
+    status = echo(_settings(ctx), peer)
+    rtt = (time.perf_counter() - started) * 1000
+    if status is None:
+        raise Failure(f"C-ECHO {peer}: no association after {rtt:.0f} ms")
+    _out().print(f"C-ECHO {peer}: 0x{status:04X} in {rtt:.1f} ms")
+    if status != 0:
+        raise typer.Exit(1)
+
+
+# -- rules ------------------------------------------------------------------------------------------
+def _rules(ctx: typer.Context) -> list[Rule]:
+    from dicomnode.inference.registry import load_manifests
+
+    defaults = [m.default_rule for m in load_manifests(_settings(ctx).models_dir).values()]
+    return config_store.runtime_rules(_settings(ctx), _sessions(ctx), defaults)
+
+
+@rules_app.command("list")
+def rules_list(ctx: typer.Context) -> None:
+    """The routing rules in force now, in order."""
+    table = Table("rule", "model", "match", "results to")
+    for rule in _rules(ctx):
+        table.add_row(rule.name, rule.model, "; ".join(f"{k} ~ /{v}/" for k, v in rule.match.items()) or "anything",
+                      ", ".join(rule.destinations) or "every destination")
+    _out().print(table)
+
+
+@rules_app.command("test")
+def rules_test(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders")]
+               ) -> None:
+    """Which models would run on each series under PATHS, and why or why not."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise Failure(f"{missing[0]} does not exist")
+    headers, skipped = file_headers(paths)
+    if not headers:
+        raise Failure(f"no DICOM file under {', '.join(map(str, paths))}")
+    table = Table("series", "description", "would run", "why")
+    for verdict in judge(_rules(ctx), headers):
+        table.add_row(verdict.series_uid, verdict.description, ", ".join(verdict.models) or "nothing",
+                      "\n".join(verdict.reasons))
+    _out().print(table)
+    if skipped:
+        _out().print(f"{len(skipped)} file(s) skipped: not DICOM")
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+@app.command("jobs")
+def jobs_list(ctx: typer.Context, state: Annotated[JobStatus | None, typer.Option(help="only this state")] = None
+              ) -> None:
+    """Jobs, newest first."""
+    table = Table("job", "model", "status", "attempts", "reason", "study")
+    for job in jobs.job_rows(_sessions(ctx), state):
+        table.add_row(str(job["id"]), job["model"], job["status"], str(job["attempts"]), job["reason"],
+                      job["study_uid"])
+    _out().print(table)
+
+
+def _one_job(ctx: typer.Context, job_id: int) -> dict[str, object]:
+    rows = jobs.job_rows(_sessions(ctx), job_id=job_id)
+    if not rows:
+        raise Failure(f"no job {job_id}")
+    return rows[0]
+
+
+@job_app.command("show")
+def job_show(ctx: typer.Context, job_id: int) -> None:
+    """Everything about job JOB_ID."""
+    for key, value in _one_job(ctx, job_id).items():
+        _out().print(f"{key:>10}: {value}")
+
+
+def _move(ctx: typer.Context, job_id: int, action: str) -> None:
+    _one_job(ctx, job_id)
+    with session_scope(_sessions(ctx)) as session:
+        (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, _operator())
+    _out().print(f"job {job_id} {'queued again' if action == 'retry' else 'cancelled'}")
+
+
+@app.command()
+def retry(ctx: typer.Context, job_id: int) -> None:
+    """Queue dead-lettered job JOB_ID again."""
+    _move(ctx, job_id, "retry")
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: int) -> None:
+    """Cancel queued job JOB_ID (it goes to the dead letter)."""
+    _move(ctx, job_id, "cancel")
+
+
+# -- send -------------------------------------------------------------------------------------------
+@app.command()
+def send(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
+         to: Annotated[str, typer.Option("--to", help="a destination's name, or AE@host:port")]) -> None:
+    """C-STORE the DICOM files under PATHS to a destination, with progress."""
+    from dicomnode.send.scu import send_files
+
+    settings = _settings(ctx)
+    destination = _destination(ctx, to)
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise Failure(f"{missing[0]} does not exist")
+    files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
+    _, skipped = file_headers(files)
+    dicom = [f for f in files if f not in set(skipped)]
+    if not dicom:
+        raise Failure(f"no DICOM file under {', '.join(map(str, paths))}")
+    stored = failed = 0
+    with Progress(console=Console(stderr=True)) as progress:
+        task = progress.add_task(f"C-STORE to {destination.peer}", total=len(dicom))
+        for start in range(0, len(dicom), 50):  # one association per 50 files
+            for outcome in send_files(settings, destination.peer, dicom[start:start + 50]):
+                stored, failed = stored + outcome.stored, failed + (not outcome.stored)
+            progress.advance(task, len(dicom[start:start + 50]))
+    with session_scope(make_sessionmaker(make_engine(settings.db_url))) as session:
+        record(session, AuditEvent.BEGIN_TRANSFER_OUT, actor=_operator(), destination=str(destination.peer),
+               instances=len(dicom), stored=stored, reason="sent with `dicomnode send`")
+    _out().print(f"{stored} of {len(dicom)} instance(s) stored by {destination.peer}"
+                 + (f"; {len(skipped)} non-DICOM file(s) skipped" if skipped else ""))
+    if failed:
+        raise Failure(f"{failed} instance(s) were not stored by {destination.peer}")
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run one command; every error is one sentence and a non-zero exit code."""
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its failures are reported as one sentence
+    try:
+        app(list(argv), prog_name="dicomnode", standalone_mode=False)
+    except typer.Exit as done:
+        return int(getattr(done, "exit_code", 1))
+    except typer.Abort:
+        return 130
+    except typer.TyperException as exc:  # a usage error: typer's own one-line message and usage
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"dicomnode: {exc}", err=True)
+        return int(getattr(exc, "exit_code", 2))
+    except (Failure, DicomNodeError, LookupError, OSError) as exc:
+        typer.echo(f"dicomnode: {exc}", err=True)
+        return 1
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        typer.echo(f"dicomnode: {where + ': ' if where else ''}{error['msg']}", err=True)
+        return 2
+    return 0

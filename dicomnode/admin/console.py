@@ -1,0 +1,430 @@
+"""The web console: server-rendered pages (Jinja2) on the same functions as the API and the CLI.
+
+Usable without JavaScript: every action is a form. The login sets an HttpOnly, SameSite=Strict cookie
+holding the same kind of token as the API's (stored hashed, expiring). The viewer role sees masked
+identifiers and no change buttons; the server refuses changes from it whatever the page shows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Callable
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import UploadFile
+from starlette.templating import Jinja2Templates
+
+from dicomnode.admin import api, auth, config_store, jobs
+from dicomnode.admin.health import readiness
+from dicomnode.admin.rule_tester import file_headers, judge, study_headers
+from dicomnode.admin.schemas import LoginRequest
+from dicomnode.admin.status import disk_status, study_rows, study_timeline
+from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.trail import record, verify
+from dicomnode.db import session_scope
+from dicomnode.errors import IllegalTransition
+from dicomnode.jobs.models import AuditRecord, Instance, Job, Study, utcnow
+from dicomnode.jobs.status import JobStatus, StudyState
+from dicomnode.settings import AdminUser, Destination, Peer, Rule
+
+COOKIE = "dicomnode_session"
+MAX_UPLOAD_FILES = 2000
+
+
+def _user(request: Request) -> AdminUser | None:
+    state = api._state(request)
+    token = request.cookies.get(COOKIE, "")
+    with state.ctx.sessions() as session:
+        name = auth.session_user(session, token) if token else None
+    return state.accounts.find(name) if name is not None else None
+
+
+class _LoginRedirect(Exception):
+    pass
+
+
+def _need(request: Request, admin: bool = False) -> AdminUser:
+    user = _user(request)
+    if user is None:
+        raise _LoginRedirect
+    if admin and user.role != "admin":
+        raise HTTPException(403, "the viewer role may not change anything")
+    return user
+
+
+def _page(request: Request, name: str, title: str, user: AdminUser | None, status: int = 200,
+          **values: Any) -> HTMLResponse:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(request, name, {"title": title, "user": user, "is_admin": bool(
+        user and user.role == "admin"), **values}, status_code=status)
+
+
+def _sparkline(times: list[dt.datetime], now: dt.datetime) -> tuple[str, int]:
+    """An SVG polyline of counts per hour over the last 24 hours."""
+    counts = [0] * 24
+    for at in times:
+        at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+        hours = int((now - at).total_seconds() // 3600)
+        if 0 <= hours < 24:
+            counts[23 - hours] += 1
+    top = max(counts) or 1
+    points = " ".join(f"{i * 10},{28 - 26 * c / top:.1f}" for i, c in enumerate(counts))
+    return f'<polyline fill="none" stroke="#1d3557" stroke-width="2" points="{points}"/>', sum(counts)
+
+
+def _oldest_waiting(sessions: sessionmaker[Session]) -> dict[str, str] | None:
+    with sessions() as session:
+        job = session.scalar(select(Job).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+                             .order_by(Job.created_at).limit(1))
+        if job is not None:
+            retry = f", next try {job.run_after.isoformat()}" if job.run_after else ""
+            return {"study_uid": job.series.study.study_uid,
+                    "why": f"job {job.id} ({job.model_id}) is {job.status.value}: "
+                           f"{job.reason or 'waiting for a worker'}{retry}"}
+        study = session.scalar(select(Study).where(Study.state == StudyState.RECEIVING)
+                               .order_by(Study.first_received_at).limit(1))
+        if study is not None:
+            return {"study_uid": study.study_uid, "why": study.state_reason or "instances still arriving"}
+    return None
+
+
+def dashboard(request: Request) -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    now = utcnow()
+    since = now - dt.timedelta(hours=24)
+    with ctx.sessions() as session:
+        queue = {s.value: 0 for s in JobStatus}
+        queue.update({s.value: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status))})
+        received = list(session.scalars(select(Instance.received_at).where(Instance.received_at >= since)))
+        created = list(session.scalars(select(Job.created_at).where(Job.created_at >= since)))
+    spark_instances, total_instances = _sparkline(received, now)
+    spark_jobs, total_jobs = _sparkline(created, now)
+    return _page(request, "dashboard.html", "Dashboard", user, ready=readiness(ctx.settings, ctx.sessions, ctx.models),
+                 queue=queue, disk=disk_status(ctx.settings), oldest=_oldest_waiting(ctx.sessions),
+                 spark_instances=spark_instances, total_instances=total_instances, spark_jobs=spark_jobs,
+                 total_jobs=total_jobs)
+
+
+def login_page(request: Request) -> Response:
+    return _page(request, "login.html", "Log in", None)
+
+
+def login(request: Request, user: Annotated[str, Form(max_length=128)] = "",
+          password: Annotated[str, Form(max_length=1024)] = "") -> Response:
+    try:
+        token = api._login(request, LoginRequest(user=user, password=password), Response())
+    except ValidationError:
+        return _page(request, "login.html", "Log in", None, 422, error="enter a user name and a password")
+    except HTTPException as exc:
+        return _page(request, "login.html", "Log in", None, exc.status_code, error=str(exc.detail))
+    response = RedirectResponse("/ui/", status_code=303)
+    response.set_cookie(COOKIE, token.token, max_age=token.expires_in, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+def logout(request: Request) -> Response:
+    ctx = api._state(request).ctx
+    token = request.cookies.get(COOKIE, "")
+    with session_scope(ctx.sessions) as session:
+        name = auth.close_session(session, token) if token else None
+        if name is not None:
+            record(session, AuditEvent.USER_LOGOUT, actor=name, address=api._address(request))
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def studies(request: Request, state: str = "", ae: str = "", since: str = "") -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    states = [s.value for s in StudyState]
+    if state and state not in states:
+        return _page(request, "studies.html", "Studies", user, 422, error=f"no study state {state[:16]!r}",
+                     studies=[], states=states, state="", ae=ae, since=since)
+    rows = study_rows(ctx.sessions, None, 200, phi=user.role == "admin", state=StudyState(state) if state else None,
+                      calling_ae=ae[:16] or None)
+    if since:
+        try:
+            floor = dt.date.fromisoformat(since).isoformat()
+        except ValueError:
+            return _page(request, "studies.html", "Studies", user, 422, error="since must be a date (YYYY-MM-DD)",
+                         studies=[], states=[s.value for s in StudyState], state=state, ae=ae, since="")
+        rows = [r for r in rows if r["last_received_at"] >= floor]
+    api._phi_viewed(request, user, rows, "study list")
+    return _page(request, "studies.html", "Studies", user, studies=rows, states=[s.value for s in StudyState],
+                 state=state, ae=ae, since=since)
+
+
+def study(request: Request, study_uid: str) -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    rows = study_rows(ctx.sessions, study_uid[:64], phi=user.role == "admin")
+    if not rows:
+        return _page(request, "base.html", "No such study", user, 404, error="no such study on the node")
+    api._phi_viewed(request, user, rows, "study")
+    return _page(request, "study.html", f"Study {study_uid}", user, study=rows[0],
+                 timeline=study_timeline(ctx.sessions, study_uid))
+
+
+def jobs_page(request: Request, state: str = "") -> Response:
+    return _jobs_view(request, state)
+
+
+def _jobs_view(request: Request, state: str = "", notice: str = "", error: str = "", status: int = 200) -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    try:
+        wanted = JobStatus(state) if state else None
+    except ValueError:
+        wanted, error, status = None, f"no job state {state!r}", 422
+    return _page(request, "jobs.html", "Jobs", user, status, jobs=jobs.job_rows(ctx.sessions, wanted),
+                 states=[s.value for s in JobStatus], state=state, notice=notice, error=error)
+
+
+def job_action(request: Request, job_id: int, action: str) -> Response:
+    user = _need(request, admin=True)
+    ctx = api._state(request).ctx
+    try:
+        with session_scope(ctx.sessions) as session:
+            (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, user.name)
+    except (LookupError, IllegalTransition) as exc:
+        return _jobs_view(request, error=str(exc), status=409)
+    return _jobs_view(request, notice=f"job {job_id} {'queued again' if action == 'retry' else 'cancelled'}")
+
+
+def retry_job(request: Request, job_id: int) -> Response:
+    return job_action(request, job_id, "retry")
+
+
+def cancel_job(request: Request, job_id: int) -> Response:
+    return job_action(request, job_id, "cancel")
+
+
+def peers_page(request: Request) -> Response:
+    return _peers_view(request)
+
+
+def _peers_view(request: Request, echo: Any = None, error: str = "", notice: str = "", status: int = 200) -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    with ctx.sessions() as session:
+        added_peers = config_store.list_peers(session)
+        added_destinations = config_store.list_destinations(session)
+    added_names = {d.name for d in added_destinations}
+    peers = [(p, "configuration") for p in ctx.settings.known_peers] + [(p, "added") for p in added_peers]
+    destinations = [(d, "added" if d.name in added_names else "configuration")
+                    for d in config_store.runtime_destinations(ctx.settings, ctx.sessions)]
+    return _page(request, "peers.html", "Peers & destinations", user, status, peers=peers,
+                 destinations=destinations, echo=echo, error=error, notice=notice)
+
+
+def _address(request: Request) -> str:
+    address: str = api._address(request)
+    return address
+
+
+def save_peer(request: Request, ae_title: Annotated[str, Form()], host: Annotated[str, Form()] = "127.0.0.1",
+              port: Annotated[str, Form()] = "104", tls: Annotated[str, Form()] = "") -> Response:
+    user = _need(request, admin=True)
+    try:
+        peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls == "true")  # type: ignore[arg-type]
+    except ValidationError as exc:
+        return _peers_view(request, error=_first_error(exc), status=422)
+    with session_scope(api._state(request).ctx.sessions) as session:
+        config_store.put_peer(session, peer, user=user.name, address=_address(request))
+    return _peers_view(request, notice=f"peer {peer.ae_title} saved: it may call in now")
+
+
+def delete_peer(request: Request, ae_title: str) -> Response:
+    user = _need(request, admin=True)
+    with session_scope(api._state(request).ctx.sessions) as session:
+        found = config_store.delete_peer(session, ae_title, user=user.name, address=_address(request))
+    return _peers_view(request, notice=f"peer {ae_title} removed" if found else "",
+                       error="" if found else "no such peer")
+
+
+def save_destination(request: Request, name: Annotated[str, Form()], ae_title: Annotated[str, Form()],
+                     host: Annotated[str, Form()] = "127.0.0.1", port: Annotated[str, Form()] = "104",
+                     tls: Annotated[str, Form()] = "", send: Annotated[list[str] | None, Form()] = None) -> Response:
+    user = _need(request, admin=True)
+    if name == config_store.PACS_DESTINATION:
+        return _peers_view(request, error="the PACS destination comes from the configuration", status=409)
+    try:
+        destination = Destination.model_validate({"name": name, "ae_title": ae_title, "host": host, "port": port,
+                                                  "tls": tls == "true", "send": send or []})
+    except ValidationError as exc:
+        return _peers_view(request, error=_first_error(exc), status=422)
+    with session_scope(api._state(request).ctx.sessions) as session:
+        config_store.put_destination(session, destination, user=user.name, address=_address(request))
+    return _peers_view(request, notice=f"destination {name} saved: it gets the next results")
+
+
+def delete_destination(request: Request, name: str) -> Response:
+    user = _need(request, admin=True)
+    with session_scope(api._state(request).ctx.sessions) as session:
+        found = config_store.delete_destination(session, name, user=user.name, address=_address(request))
+    return _peers_view(request, notice=f"destination {name} removed" if found else "",
+                      error="" if found else "no such destination")
+
+
+def echo_peer(request: Request, ae_title: str) -> Response:
+    _need(request)
+    ctx = api._state(request).ctx
+    found = [p for p in config_store.runtime_peers(ctx.settings, ctx.sessions) if p.ae_title == ae_title]
+    if not found:
+        return _peers_view(request, error="no such peer", status=404)
+    return _peers_view(request, echo=api.echo_peer(ctx.settings, found[0]))
+
+
+def echo_destination(request: Request, name: str) -> Response:
+    _need(request)
+    ctx = api._state(request).ctx
+    found = [d for d in config_store.runtime_destinations(ctx.settings, ctx.sessions) if d.name == name]
+    if not found:
+        return _peers_view(request, error="no such destination", status=404)
+    return _peers_view(request, echo=api.echo_peer(ctx.settings, found[0].peer))
+
+
+def rules_page(request: Request, study_uid: str = "") -> Response:
+    return _rules_view(request, study_uid)
+
+
+def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, error: str = "", notice: str = "",
+                status: int = 200) -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    with ctx.sessions() as session:
+        added = {r.name for r in config_store.list_rules(session)}
+    configured = {r.name for r in ctx.settings.rules}
+    rules = [(r, "added" if r.name in added else "configuration" if r.name in configured else "model default")
+             for r in ctx.rules()]
+    if study_uid and verdicts is None:
+        headers = study_headers(ctx.sessions, study_uid[:64])
+        if headers is None:
+            error, status = "no such study on the node", 404
+        else:
+            verdicts = judge(ctx.rules(), headers)
+    return _page(request, "rules.html", "Rules", user, status, rules=rules, study_uid=study_uid, verdicts=verdicts,
+                 error=error, notice=notice)
+
+
+def save_rule(request: Request, name: Annotated[str, Form()], model: Annotated[str, Form()],
+              match: Annotated[str, Form(max_length=4096)] = "",
+              destinations: Annotated[str, Form(max_length=1024)] = "") -> Response:
+    user = _need(request, admin=True)
+    try:
+        pairs = dict(line.split("=", 1) for line in match.splitlines() if line.strip())
+        rule = Rule(name=name, model=model, match={k.strip(): v.strip() for k, v in pairs.items()},
+                    destinations=[d.strip() for d in destinations.split(",") if d.strip()])
+    except ValueError as exc:  # a line without "=", or a pattern refused (ValidationError is a ValueError)
+        text = _first_error(exc) if isinstance(exc, ValidationError) else "each match line is Keyword=regex"
+        return _rules_view(request, error=text, status=422)
+    with session_scope(api._state(request).ctx.sessions) as session:
+        config_store.put_rule(session, rule, user=user.name, address=_address(request))
+    return _rules_view(request, notice=f"rule {name} saved: the next sweep uses it")
+
+
+def delete_rule(request: Request, name: str) -> Response:
+    user = _need(request, admin=True)
+    with session_scope(api._state(request).ctx.sessions) as session:
+        found = config_store.delete_rule(session, name, user=user.name, address=_address(request))
+    return _rules_view(request, notice=f"rule {name} removed" if found else "", error="" if found else "no such rule")
+
+
+async def test_upload(request: Request) -> Response:
+    """The rule tester on uploaded files (multipart), read into a temporary folder and deleted after."""
+    _need(request)
+    ctx = api._state(request).ctx
+    async with request.form(max_files=MAX_UPLOAD_FILES) as form:
+        uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        with tempfile.TemporaryDirectory(dir=ctx.settings.data_dir) as folder:
+            for i, upload in enumerate(uploads):
+                (FsPath(folder) / f"{i}.dcm").write_bytes(await upload.read())
+            headers, skipped = file_headers([FsPath(folder)])
+    error = f"{len(skipped)} uploaded file(s) are not DICOM" if skipped else ""
+    return _rules_view(request, verdicts=judge(ctx.rules(), headers), error=error)
+
+
+def audit_page(request: Request, since: str = "", until: str = "", event: str = "", actor: str = "",
+               study_uid: str = "") -> Response:
+    user = _need(request)
+    ctx = api._state(request).ctx
+    query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(200)
+    try:
+        if since:
+            query = query.where(AuditRecord.at >= _when(since))
+        if until:
+            query = query.where(AuditRecord.at < _when(until))
+    except ValueError:
+        return _page(request, "audit.html", "Audit", user, 422, error="times must be ISO dates and times",
+                     rows=[], verification=verify(ctx.sessions), events=[e.value for e in AuditEvent], q={})
+    if event:
+        query = query.where(AuditRecord.event == event[:48])
+    if actor:
+        query = query.where(AuditRecord.actor == actor[:128])
+    if study_uid:
+        query = query.where(AuditRecord.study_uid == study_uid[:64])
+    with ctx.sessions() as session:  # the patient columns are never shown here
+        rows = [{"id": r.id, "at": r.at.isoformat(timespec="seconds"), "event": r.event, "outcome": r.outcome,
+                 "actor": r.actor, "study_uid": r.study_uid, "reason": _reason(r.detail)}
+                for r in session.scalars(query)]
+    return _page(request, "audit.html", "Audit", user, rows=rows, verification=verify(ctx.sessions),
+                 events=[e.value for e in AuditEvent],
+                 q={"since": since, "until": until, "event": event, "actor": actor, "study_uid": study_uid})
+
+
+def _when(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _reason(detail: str) -> str:
+    import json
+
+    try:
+        return str(json.loads(detail).get("reason", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def mount(app: FastAPI) -> None:
+    """Add the console's pages to ``app`` (outside the OpenAPI document)."""
+    app.state.templates = Jinja2Templates(directory=str(FsPath(__file__).parent / "templates"))
+
+    async def to_login(_request: Request, _exc: Exception) -> Response:
+        return RedirectResponse("/ui/login", status_code=303)
+
+    app.add_exception_handler(_LoginRedirect, to_login)
+    add = app.add_api_route
+    routes: list[tuple[str, Callable[..., Any], list[str]]] = [
+        ("/ui/", dashboard, ["GET"]), ("/ui/login", login_page, ["GET"]), ("/ui/login", login, ["POST"]),
+        ("/ui/logout", logout, ["POST"]), ("/ui/studies", studies, ["GET"]),
+        ("/ui/studies/{study_uid}", study, ["GET"]),
+        ("/ui/jobs", jobs_page, ["GET"]),
+        ("/ui/jobs/{job_id}/retry", retry_job, ["POST"]), ("/ui/jobs/{job_id}/cancel", cancel_job, ["POST"]),
+        ("/ui/peers", peers_page, ["GET"]), ("/ui/peers", save_peer, ["POST"]),
+        ("/ui/peers/{ae_title}/delete", delete_peer, ["POST"]), ("/ui/peers/{ae_title}/echo", echo_peer, ["POST"]),
+        ("/ui/destinations", save_destination, ["POST"]),
+        ("/ui/destinations/{name}/delete", delete_destination, ["POST"]),
+        ("/ui/destinations/{name}/echo", echo_destination, ["POST"]),
+        ("/ui/rules", rules_page, ["GET"]), ("/ui/rules", save_rule, ["POST"]),
+        ("/ui/rules/{name}/delete", delete_rule, ["POST"]), ("/ui/rules/test", test_upload, ["POST"]),
+        ("/ui/audit", audit_page, ["GET"]),
+    ]
+    for path, endpoint, methods in routes:
+        add(path, endpoint, methods=methods, include_in_schema=False, response_class=HTMLResponse)

@@ -1,0 +1,69 @@
+"""The rule tester: for each series of a study on the node, or of uploaded files, which models would run
+and why, or why not. Routing's own functions decide; nothing here is a second opinion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.jobs.models import Instance, Series, Study
+from dicomnode.jobs.routing import route
+from dicomnode.settings import Rule
+
+
+@dataclass(frozen=True)
+class SeriesVerdict:
+    series_uid: str
+    description: str
+    modality: str
+    models: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+def judge(rules: Sequence[Rule], headers: Iterable[Dataset]) -> list[SeriesVerdict]:
+    """One verdict per series among ``headers`` (the first header of each series stands for it)."""
+    first: dict[str, Dataset] = {}
+    for header in headers:
+        first.setdefault(str(header.get("SeriesInstanceUID", "")), header)
+    verdicts = []
+    for series_uid, header in first.items():
+        matched, reasons = route(rules, header)
+        why = [f"rule {r.name} matched: runs {r.model}" for r in matched] + reasons
+        verdicts.append(SeriesVerdict(series_uid=series_uid, description=str(header.get("SeriesDescription", "")),
+                                      modality=str(header.get("Modality", "")),
+                                      models=tuple(sorted({r.model for r in matched})),
+                                      reasons=tuple(why or ["no rule is in force"])))
+    return verdicts
+
+
+def study_headers(sessions: sessionmaker[Session], study_uid: str) -> list[Dataset] | None:
+    """One header per series of a study on the node (read from the spool); None when there is no study."""
+    with sessions() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        if study is None:
+            return None
+        paths = [session.scalar(select(Instance.path).where(Instance.series_id == s.id).limit(1))
+                 for s in session.scalars(select(Series).where(Series.study_id == study.id).order_by(Series.id))]
+    return [dcmread(p, stop_before_pixels=True) for p in paths if p is not None]
+
+
+def file_headers(paths: Iterable[Path]) -> tuple[list[Dataset], list[Path]]:
+    """Headers of the DICOM files among ``paths`` (folders are walked), and the paths that are not DICOM."""
+    headers: list[Dataset] = []
+    skipped: list[Path] = []
+    for path in paths:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if not file.is_file():
+                continue
+            try:
+                headers.append(dcmread(file, stop_before_pixels=True))
+            except (InvalidDicomError, OSError, ValueError):
+                skipped.append(file)
+    return headers, skipped

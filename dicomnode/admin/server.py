@@ -1,0 +1,159 @@
+"""Serving the admin app with uvicorn in a background thread, with limits no client can get around.
+
+- A client must send a whole request, headers and body, within ``admin_request_timeout_seconds`` of
+  connecting (or of its previous answer); otherwise it is disconnected. Half-sent requests hold a
+  socket for that long at most, and no thread at all (the server is one asyncio loop).
+- A body longer than ``admin_max_body_bytes`` (``admin_max_upload_bytes`` for the rule tester's
+  upload) is refused with 413: at once when ``Content-Length``
+  says so, and as soon as it has grown past the limit when it is chunked. A malformed
+  ``Content-Length`` (``-1``) is a 400 from the HTTP parser.
+- At most ``admin_max_connections`` connections are served at once; more get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from typing import Any
+
+import h11
+import uvicorn
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from dicomnode.settings import Settings
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while the app reads a body that grew past the limit; the app answers 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for receiving each whole request."""
+
+    request_timeout: float = 10.0  # set on the subclass made by :func:`start_server`
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.request_timeout, self._on_deadline)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is not h11.DONE and not self.transport.is_closing():
+            self.transport.close()  # still sending its request after the deadline
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is h11.DONE:  # the whole request is in: the app has it now
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_bytes``, before the app reads past the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.uploads = uploads or {}  # paths that take uploads, with their own limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.uploads.get(scope["path"], self.max_bytes)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _too_large(send)
+
+
+async def _too_large(send: Send) -> None:
+    body = json.dumps({"detail": "request body too large"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AdminServer:
+    """A running uvicorn server; :meth:`shutdown` stops it and waits."""
+
+    def __init__(self, server: uvicorn.Server, sock: socket.socket, thread: threading.Thread) -> None:
+        self._server = server
+        self._sock = sock
+        self._thread = thread
+        self.port: int = sock.getsockname()[1]
+
+    def shutdown(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+    def server_close(self) -> None:
+        self._sock.close()
+
+
+def start_server(app: Any, settings: Settings) -> AdminServer:
+    """Bind ``admin_host:admin_port`` now (errors surface here) and serve ``app`` from a thread."""
+    protocol = type("Protocol", (BoundedH11Protocol,), {"request_timeout": settings.admin_request_timeout_seconds})
+    uploads = {"/ui/rules/test": settings.admin_max_upload_bytes}
+    config = uvicorn.Config(BodyLimit(app, settings.admin_max_body_bytes, uploads), http=protocol, lifespan="off",
+                            log_config=None, access_log=False, server_header=False,
+                            limit_concurrency=settings.admin_max_connections,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=5)
+    family = socket.AF_INET6 if ":" in settings.admin_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.admin_host, settings.admin_port))
+    sock.listen(128)
+    sock.setblocking(False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dicomnode-admin", daemon=True)
+    thread.start()
+    return AdminServer(server, sock, thread)
