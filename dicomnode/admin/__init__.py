@@ -1,1 +1,1 @@
-"""For IT staff: the admin REST API (login, peers, rules, studies), health and metrics."""
+"""For IT staff: the admin API (FastAPI), the web console, the operator commands, metrics and health."""
