@@ -121,7 +121,10 @@ def _participants(root: ET.Element, row: AuditRecord, detail: dict[str, Any], so
                    AuditEvent.CONFIG_CHANGED, AuditEvent.AUDIT_EXPORTED):
         _participant(root, row.actor, True, None, address=str(detail.get("address", "")))
         _participant(root, source.ae_title, False, ROLE_APPLICATION, **node)
-    elif event == AuditEvent.INSTANCES_ACCESSED:
+    elif event == AuditEvent.INSTANCES_ACCESSED and detail.get("address"):  # a person, through the admin API
+        _participant(root, row.actor, True, None, address=str(detail["address"]))
+        _participant(root, source.ae_title, False, ROLE_APPLICATION, **node)
+    elif event == AuditEvent.INSTANCES_ACCESSED:  # a model reading a series
         _participant(root, row.actor, True, None, user_name="AI model")
         _participant(root, source.ae_title, False, ROLE_APPLICATION, **node)
     elif event == AuditEvent.ASSOCIATION_REJECTED:

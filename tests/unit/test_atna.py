@@ -94,3 +94,15 @@ def test_rule_change_is_software_configuration() -> None:
 def test_internal_events_have_no_dicom_message() -> None:
     assert audit_message(row(AuditEvent.JOB_QUEUED), SOURCE) is None
     assert audit_message(row(AuditEvent.INSTANCE_RECEIVED), SOURCE) is None
+
+
+def test_instances_accessed_names_the_person_or_the_model() -> None:
+    """An admin's view of PHI names the user and address; a model's read is marked as the AI model."""
+    person = check(audit_message(row(AuditEvent.INSTANCES_ACCESSED), SOURCE) or "")
+    user = next(p for p in person.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true")
+    assert user.get("NetworkAccessPointID") == "127.0.0.1" and user.get("UserName") is None
+    model_row = row(AuditEvent.INSTANCES_ACCESSED)
+    model_row.detail = json.dumps({"sop_classes": SOP, "job_id": 3})
+    model = check(audit_message(model_row, SOURCE) or "")
+    reader = next(p for p in model.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true")
+    assert reader.get("UserName") == "AI model" and reader.get("NetworkAccessPointID") is None
