@@ -14,6 +14,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry
 
 import dicomnode
 from dicomnode.admin.api import AdminContext, start_admin
@@ -22,7 +23,8 @@ from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.inference.registry import Registry
+from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
+from dicomnode.inference.registry import Registry, RuntimeOptions
 from dicomnode.jobs.completion import sweep
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
@@ -79,7 +81,7 @@ def _retention(ctx: PipelineContext) -> None:
 def _maintenance(ctx: PipelineContext) -> None:
     try:
         requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts)
-        defaults = [m.default_rule for m in ctx.registry.manifests.values()]
+        defaults = [m.default for m in ctx.registry.manifests.values()]
         rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
         sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests)
     except Exception:
@@ -91,9 +93,15 @@ def start_node(settings: Settings) -> Node:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
-    registry = Registry(settings.models_dir, settings.device)
-    ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry)
-    rules = effective_rules(settings.rules, (m.default_rule for m in registry.manifests.values()))
+    registry = Registry(settings.models_dir, options=RuntimeOptions(
+        device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
+    for folder, error in registry.errors.items():
+        log.error("model not loaded: %s", error, extra=extra(stage="serve", model=folder))
+    metrics = ModelMetrics(CollectorRegistry(auto_describe=True), registry.manifests)
+    for manifest in registry.manifests.values():
+        metrics.seed(manifest.id, recent_outputs(sessions, settings.results_dir, manifest))
+    ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry, metrics=metrics)
+    rules = effective_rules(settings.rules, (m.default for m in registry.manifests.values()))
     requeue_expired(sessions, settings.retry_max_attempts)
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
@@ -106,7 +114,7 @@ def start_node(settings: Settings) -> Node:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="retention")
     scheduler.start()
-    admin = start_admin(AdminContext(settings, sessions)) if settings.admin_port else None
+    admin = start_admin(AdminContext(settings, sessions, metrics.exposition)) if settings.admin_port else None
     forwarder = None
     if settings.audit_repository:
         forwarder = Forwarder(settings, sessions)

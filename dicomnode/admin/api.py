@@ -37,6 +37,7 @@ MAX_BODY = 64 * 1024
 class AdminContext:
     settings: Settings
     sessions: sessionmaker[Session]
+    extra_metrics: Callable[[], str] | None = None  # more Prometheus text (the per-model metrics)
 
 
 class ApiError(Exception):
@@ -124,7 +125,10 @@ class Handler(BaseHTTPRequestHandler):
                    {"status": "ok" if disk["accepting"] else "refusing instances", "disk": disk})
 
     def prometheus(self) -> None:
-        self._send(HTTPStatus.OK, metrics(self.ctx.settings, self.ctx.sessions), "text/plain; version=0.0.4")
+        text = metrics(self.ctx.settings, self.ctx.sessions)
+        if self.ctx.extra_metrics is not None:
+            text = text.rstrip("\n") + "\n" + self.ctx.extra_metrics()
+        self._send(HTTPStatus.OK, text, "text/plain; version=0.0.4")
 
     def login(self) -> None:
         body = self._json()

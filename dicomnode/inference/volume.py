@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut
 
 from dicomnode.errors import SeriesNotUsable
 
@@ -85,6 +86,44 @@ def _positions_along_normal(headers: Sequence[Dataset], orientation: np.ndarray)
     return np.asarray([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in headers])
 
 
+def check_usable(headers: Sequence[Dataset]) -> None:
+    """A series is usable when it forms one regular volume, or is one projection image (CR, DX)."""
+    if len(headers) == 1 and "Rows" in headers[0] and "ImageOrientationPatient" not in headers[0]:
+        if int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
+            raise SeriesNotUsable("multi-frame images are not supported")
+        return
+    check_series(headers)
+
+
+@dataclass(frozen=True)
+class Image:
+    """One 2D image: pixel values after the Modality LUT (rescale), float32 ``(rows, columns)``."""
+
+    array: np.ndarray
+    dataset: Dataset
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        return (self.dataset,)
+
+
+def build_image(datasets: Sequence[Dataset]) -> Image:
+    """The single image of a 2D series (a radiograph), with the Modality LUT applied."""
+    if len(datasets) != 1:
+        raise SeriesNotUsable(f"a 2D model takes a single-image series (this one has {len(datasets)} images)")
+    (ds,) = datasets
+    if "Rows" not in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise SeriesNotUsable("not a single-frame image")
+    try:
+        pixels = ds.pixel_array
+        values = apply_modality_lut(pixels, ds)
+    except Exception as exc:  # decoders raise many types
+        raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
+    if pixels.ndim != 2:
+        raise SeriesNotUsable(f"expected one grey-scale frame, got shape {pixels.shape}")
+    return Image(array=np.asarray(values, dtype=np.float32), dataset=ds)
+
+
 def build_volume(datasets: Sequence[Dataset], min_slices: int = 1) -> Volume:
     """Sort ``datasets`` along the slice normal and stack their rescaled pixels into a :class:`Volume`."""
     check_series(datasets, min_slices)
@@ -151,8 +190,17 @@ class Reorientation:
 
 def ras_reorientation(affine: np.ndarray) -> Reorientation:
     """The axis permutation and flips taking an LPS-affine array to closest-canonical RAS+ order."""
-    ras = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
-    unit = ras / np.linalg.norm(ras, axis=0)
+    return canonical_reorientation(affine, "RAS")
+
+
+def canonical_reorientation(affine: np.ndarray, system: str) -> Reorientation:
+    """The axis permutation and flips taking an LPS-affine array to closest-canonical ``system`` order.
+
+    ``system`` is ``"RAS"`` (nibabel's canonical: array axes along R, A, S) or ``"LPS"`` (along L, P, S).
+    """
+    signs = np.diag([-1.0, -1.0, 1.0]) if system == "RAS" else np.eye(3)
+    oriented = signs @ affine[:3, :3]
+    unit = oriented / np.linalg.norm(oriented, axis=0)
     axes: list[int] = []
     flips: list[bool] = []
     for world in range(3):
