@@ -54,5 +54,5 @@ def build_overlays(source: Dataset, values: np.ndarray, maps: dict[ClassSpec, np
         except (ValueError, AttributeError, TypeError) as exc:
             raise BuildError(f"overlay could not be built: {exc}") from exc
         if "Laterality" not in images[-1]:  # Type 2C in General Series when no ImageLaterality is given
-            images[-1].Laterality = None
+            images[-1].Laterality = ""
     return images

@@ -40,7 +40,7 @@ def test_threshold_model_runs_on_the_cpu_here(tmp_path: Path) -> None:
 def test_tampered_model_file_is_refused(tmp_path: Path) -> None:
     folder = write_threshold_model(tmp_path, threshold=5.0)
     (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes() + b"\0")
-    with pytest.raises(ModelError, match="model threshold-test: file model.onnx has SHA-256"):
+    with pytest.raises(ModelError, match=r"model threshold-test: file model\.onnx has SHA-256"):
         Registry(tmp_path, "cpu").get("threshold-test")
 
 
@@ -72,7 +72,7 @@ def test_bad_manifest_leaves_the_other_models_loading(tmp_path: Path) -> None:
     assert registry.errors["threshold-test"].startswith("model threshold-test: manifest ")
     assert registry.errors["threshold-test"].endswith("is invalid: unknown key 'input.spacinq'")
     assert registry.get("region-classifier").device == "cpu"
-    with pytest.raises(ModelError, match="unknown key 'input.spacinq'"):
+    with pytest.raises(ModelError, match=r"unknown key 'input\.spacinq'"):
         registry.get("threshold-test")
 
 
