@@ -255,6 +255,8 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
         result = write_results(ctx.settings.results_dir, job.id, objects, outputs, seconds, summary)
         if ctx.metrics is not None:
             ctx.metrics.observe(manifest.id, seconds, outputs)
+            for warning in ctx.metrics.warnings():
+                log.warning("drift: %s", warning, extra=extra(stage="infer", job_id=job.id, model=manifest.id))
     deliver(ctx, job, result.paths)
     return result
 
