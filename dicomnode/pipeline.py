@@ -99,7 +99,7 @@ def infer(ctx: PipelineContext, manifest: Manifest, image: ModelInput) -> tuple[
     started = time.perf_counter()
     result = ctx.registry.run(manifest.id, image)
     seconds = time.perf_counter() - started
-    shape = (len(image.datasets), *image.array.shape[-2:])
+    shape = image.array.shape if isinstance(image, Volume) else (1, *image.array.shape)
     if isinstance(result, SegmentationResult) and result.labels.shape != shape:
         raise ModelError(f"model {manifest.id} returned a label map of shape {result.labels.shape} "
                          f"for a series of {shape}")
@@ -120,8 +120,9 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
     """
     sources = sanitise_headers(image.datasets)
     identity = ResultIdentity.for_job(job.series_uid, job.series_number, manifest, job.revision)
+    order = image.in_source_order if isinstance(image, Volume) else (lambda a: a)
     if isinstance(result, ClassificationResult):
-        maps = {c.spec: result.explanations[c.spec.index] for c in result.classes
+        maps = {c.spec: order(result.explanations[c.spec.index]) for c in result.classes
                 if c.spec.index in result.explanations and float(result.explanations[c.spec.index].max()) > 0}
         evidence: list[Dataset] = []
         if maps and explanation == "sc" and isinstance(image, Image):
@@ -133,7 +134,7 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
         text = "; ".join(f"{c.spec.label} {c.probability:.3f} ({'present' if c.positive else 'absent'})"
                          for c in result.classes)
         return [*evidence, sr], outputs, text
-    seg = build_seg(sources, result.labels, manifest, identity)
+    seg = build_seg(sources, order(result.labels), manifest, identity)
     if not isinstance(image, Volume):
         return [seg], {}, "segmentation of a 2D image"
     volumes = segment_volumes_ml(result.labels, _voxel_volume_mm3(image), manifest)

@@ -66,11 +66,12 @@ def build_seg(
 ) -> hd.seg.Segmentation:
     """A BINARY SEG with one frame per non-empty source slice.
 
-    ``sources`` are the sanitised source headers in slice order and ``labels`` the label map
-    ``(slice, row, column)`` on that grid, with the values of the manifest's label numbers.
+    ``sources`` are the sanitised source headers in slice order (or one multi-frame image) and ``labels``
+    the label map ``(slice or frame, row, column)`` on that grid, with the manifest's label numbers.
     """
-    if labels.shape[0] != len(sources):
-        raise BuildError(f"label map has {labels.shape[0]} slices for {len(sources)} source images")
+    frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in sources)
+    if labels.shape[0] != frames:
+        raise BuildError(f"label map has {labels.shape[0]} slices for {frames} source frames")
     if not np.any(labels):
         raise BuildError("the model found nothing to segment")
     try:

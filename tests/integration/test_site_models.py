@@ -234,3 +234,23 @@ def test_explanation_as_secondary_capture_overlay(tmp_path: Path) -> None:
     assert rgb[5, 5, 0] == rgb[5, 5, 1] == rgb[5, 5, 2]  # grey elsewhere
     assert not any(p.name.startswith("SEG") for p in paths)
     assert sr.SOPInstanceUID
+
+
+@pytest.mark.parametrize("orientation", [AXIAL, SAGITTAL], ids=["axial", "sagittal"])
+def test_segmenter_on_an_enhanced_multiframe_image(tmp_path: Path, orientation: tuple[float, ...]) -> None:
+    import highdicom as hd
+
+    series = ball_series(orientation)
+    rng = np.random.default_rng(3)
+    shuffled = [series[i] for i in rng.permutation(len(series))]  # frames not in spatial order
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        shuffled, series_instance_uid=hd.UID(), series_number=8, sop_instance_uid=hd.UID(), instance_number=1)
+    enhanced.SeriesDescription = "CRASHTEST enhanced"
+    seg, _ = run_segmenter(tmp_path, [enhanced], orientation="RAS")
+    frames = enhanced.pixel_array.astype(float) > THRESHOLD
+    masks = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns)).astype(bool)
+    referenced = [int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                  for item in seg.PerFrameFunctionalGroupsSequence]
+    assert sorted(referenced) == [i + 1 for i in range(len(frames)) if frames[i].any()]
+    for mask, frame in zip(masks, referenced, strict=True):
+        assert np.array_equal(mask, frames[frame - 1]), frame
