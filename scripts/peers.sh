@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the real peers the tests run against, when missing: Orthanc (the PACS), DCMTK (foreign
-# SCU/SCP), dicom3tools (dciodvfy), PostgreSQL and openssl. The tests start them on loopback themselves.
+# SCU/SCP), dicom3tools (dciodvfy), PixelMed (DicomSRValidator), PostgreSQL and openssl. The tests
+# start them on loopback themselves.
 set -euo pipefail
 missing=()
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+[ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed-apps)  # DicomSRValidator
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)  # throwaway certificates for the TLS tests
 if [ ${#missing[@]} -gt 0 ]; then

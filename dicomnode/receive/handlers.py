@@ -86,8 +86,11 @@ def handle_requested(event: Any, ctx: ReceiveContext) -> None:
         log.exception("association check failed; rejecting", extra=extra(stage="receive"))
         try:
             event.assoc.acse.send_reject(0x02, 0x01, 0x01)
-        except Exception:
-            event.assoc.abort()
+        except Exception:  # the peer may already be gone: the association is torn down either way
+            try:
+                event.assoc.abort()
+            except Exception:
+                log.warning("could not abort the association", extra=extra(stage="receive"))
 
 
 def handle_rejected(event: Any, ctx: ReceiveContext) -> None:

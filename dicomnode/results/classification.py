@@ -13,13 +13,24 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from dicomnode.errors import BuildError
 from dicomnode.inference.manifest import Manifest
 from dicomnode.inference.result import ClassificationResult
-from dicomnode.results.codes import ABSENT, NO_UNITS, PRESENT, PROBABILITY, procedure_reported
+from dicomnode.results.codes import ABSENT, NO_UNITS, PRESENT, PROBABILITY
 from dicomnode.results.equipment import MANUFACTURER, ResultIdentity, deterministic_uid
 from dicomnode.results.seg import concept
+from dicomnode.results.sr import IMAGING_PROCEDURE, procedure_reported
+
+# PixelMed's copy of CID 100 (2019) lacks LOINC 43468-8 "XR unspecified body region": projection radiographs
+# report the generic SCT "Imaging procedure", which every version of CID 100 has.
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "DR", "MG", "IO", "RF", "XA"})
+
+
+def procedure(modality: str) -> Code:
+    """TID 1500 row 4: the CID 100 procedure code for a source of ``modality``."""
+    return IMAGING_PROCEDURE if modality.strip().upper() in PROJECTION_MODALITIES else procedure_reported(modality)
 
 
 def algorithm(manifest: Manifest) -> hd.sr.AlgorithmIdentification:
@@ -68,7 +79,7 @@ def build_classification_sr(
         ))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(manifest),
-        procedure_reported=procedure_reported(str(sources[0].get("Modality", ""))),
+        procedure_reported=procedure(str(sources[0].get("Modality", ""))),
         imaging_measurements=groups,
     )
     try:

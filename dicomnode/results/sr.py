@@ -15,8 +15,23 @@ from dicomnode.inference.registry import Manifest
 from dicomnode.results.equipment import MANUFACTURER, ResultIdentity, deterministic_uid
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
-# LOINC 18748-4 "Diagnostic imaging study": the procedure reported, kept generic on purpose
-PROCEDURE_REPORTED = Code("18748-4", "LN", "Diagnostic Imaging Report")
+# TID 1500 row 4 "Procedure reported" takes its code from CID 100 (Quantitative Diagnostic Imaging
+# Procedures): the modality's "unspecified body region" procedure, else SCT "Imaging procedure".
+PROCEDURES_BY_MODALITY: dict[str, Code] = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+    "CR": codes.LN.XRUnspecifiedBodyRegion,
+    "DX": codes.LN.XRUnspecifiedBodyRegion,
+    "DR": codes.LN.XRUnspecifiedBodyRegion,
+}
+IMAGING_PROCEDURE: Code = codes.SCT.ImagingProcedure
+
+
+def procedure_reported(modality: str) -> Code:
+    """The CID 100 procedure code for a source series of ``modality``."""
+    return PROCEDURES_BY_MODALITY.get(modality.strip().upper(), IMAGING_PROCEDURE)
 
 
 def segment_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float, manifest: Manifest) -> dict[int, float]:
@@ -69,7 +84,7 @@ def build_sr(
         ))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
-        procedure_reported=PROCEDURE_REPORTED,
+        procedure_reported=procedure_reported(str(sources[0].get("Modality", "") or "")),
         imaging_measurements=groups,
     )
     try:

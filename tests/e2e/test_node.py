@@ -15,8 +15,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from dicomnode.jobs.models import AuditRecord, Job, Series, Study
-from tests.support.net import wait_for
-from tests.support.peers import NodeProcess, Orthanc, dciodvfy, storescu
+from tests.e2e.test_reliability import results_in, send_series, start_node
+from tests.support.net import free_port, wait_for
+from tests.support.peers import NodeProcess, Orthanc, dciodvfy, sr_validator, storescu
 
 pytestmark = pytest.mark.e2e
 
@@ -87,6 +88,8 @@ def test_mni_brain_gets_seg_and_sr_in_the_same_study(orthanc: Orthanc, node: Nod
     for path in (seg_path, sr_path):
         errors, _ = dciodvfy(path)
         assert errors == [], f"{path.name}: {errors}"
+    sr_errors, _ = sr_validator(sr_path)
+    assert sr_errors == [], sr_errors
     seg, sr = dcmread(seg_path), dcmread(sr_path)
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
 
@@ -149,17 +152,47 @@ def test_study_no_rule_matches_creates_no_job(orthanc: Orthanc, node: NodeProces
     assert result_series(orthanc, study_id) == {}
 
 
-def test_health_and_metrics_of_the_running_node(node: NodeProcess) -> None:
-    base = f"http://127.0.0.1:{node.env['DICOMNODE_ADMIN_PORT']}"
-    with urllib.request.urlopen(base + "/healthz", timeout=10) as rsp:
-        assert json.loads(rsp.read())["status"] == "ok"
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as rsp:
-        text = rsp.read().decode()
-    assert 'dicomnode_jobs{status="succeeded"} 1' in text
-    assert 'dicomnode_studies{state="no_match"} 3' in text
+def test_health_and_metrics_of_the_running_node(orthanc: Orthanc, tmp_path: Path) -> None:
+    """The node's own state, made here: one study routed to a job that succeeds, one that no rule matches."""
+    admin_port = free_port()
+    node = start_node(tmp_path / "node", orthanc, DICOMNODE_ADMIN_PORT=str(admin_port))
+    try:
+        routed = send_series(node, tmp_path / "routed")
+        send_series(node, tmp_path / "unmatched", description="LOCALIZER")
+        wait_for(lambda: results_in(orthanc, routed) == {"SEG": 1, "SR": 1}, timeout=90, msg="SEG and SR in the PACS")
+        base = f"http://127.0.0.1:{admin_port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as rsp:
+            assert json.loads(rsp.read())["status"] == "ok"
+
+        def metrics() -> str:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as rsp:
+                return str(rsp.read().decode())
+
+        wanted = {'dicomnode_jobs{status="succeeded"}': 1.0, 'dicomnode_studies{state="routed"}': 1.0,
+                  'dicomnode_studies{state="no_match"}': 1.0}
+
+        def counted() -> dict[str, float] | None:
+            samples = _samples(metrics())
+            return samples if all(samples.get(k) == v for k, v in wanted.items()) else None
+
+        samples = wait_for(counted, timeout=30, msg="metrics count the succeeded job and both studies")
+        assert samples.get('dicomnode_jobs{status="dead_letter"}', 0.0) == 0.0
+    finally:
+        node.stop()
 
 
-def test_sigterm_stops_the_node_cleanly(orthanc: Orthanc, node: NodeProcess) -> None:
+def _samples(text: str) -> dict[str, float]:
+    """Prometheus text exposition: sample name with labels -> value."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
+
+
+def test_sigterm_stops_the_node_cleanly(orthanc: Orthanc, tmp_path: Path) -> None:
+    node = start_node(tmp_path / "node", orthanc)
     assert node.stop() == 0
     log = node.log_path.read_text()
     assert "node stopped" in log and "Traceback" not in log

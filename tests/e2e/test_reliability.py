@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from dicomnode.jobs.models import AuditRecord, Job, JobEvent
 from tests.support.models import write_threshold_model
 from tests.support.net import holds_for, wait_for
-from tests.support.peers import NodeProcess, Orthanc, storescu
+from tests.support.peers import NodeProcess, Orthanc, dciodvfy, sr_validator, storescu
 from tests.support.synthetic import make_series, write_series
 
 pytestmark = pytest.mark.e2e
@@ -130,5 +130,8 @@ def test_permanent_failure_sends_a_failure_notice(own_orthanc: Orthanc, tmp_path
         content = own_orthanc.get(f"/instances/{instance}/tags?simplify")
         text = json.dumps(content)
         assert "AI result not available" in text and "found nothing to segment" in text
+        notice = own_orthanc.download(instance, tmp_path / "notice.dcm")
+        assert dciodvfy(notice)[0] == []
+        assert sr_validator(notice)[0] == []
     finally:
         node.stop()

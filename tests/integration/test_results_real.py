@@ -14,7 +14,7 @@ from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
-from tests.support.peers import REPO, dciodvfy
+from tests.support.peers import REPO, dciodvfy, sr_validator
 
 
 @pytest.fixture
@@ -39,5 +39,7 @@ def test_dirty_headers_still_give_valid_objects(shared_data: Path, tmp_path: Pat
         obj.save_as(path)
         errors, _ = dciodvfy(path)
         assert errors == [], f"{name}: {errors}"
+    sr_errors, _ = sr_validator(tmp_path / "sr.dcm")
+    assert sr_errors == [], sr_errors
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
     assert seg.PatientID == datasets[0].PatientID.strip("\x00 ")

@@ -20,9 +20,8 @@ from dicomnode.inference.registry import Registry
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.pipeline import build_input, build_results
 from tests.support.models import write_classifier, write_threshold_model
-from tests.support.peers import dciodvfy
+from tests.support.peers import dciodvfy, sr_validator
 from tests.support.synthetic import make_radiograph, make_series
-from tests.support.validators import sr_validator_errors
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -74,7 +73,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float(np.count_nonzero(a & b)) / float(np.count_nonzero(a) + np.count_nonzero(b))
 
 
-def run_segmenter(tmp_path: Path, series: list[Dataset], **model: str | float) -> tuple[Dataset, Dataset]:
+def run_segmenter(tmp_path: Path, series: list[Dataset], validate_sr: bool = False, **model: str | float
+                  ) -> tuple[Dataset, Dataset]:
+    """Run the threshold segmenter; every object passes dciodvfy, the SR PixelMed too when ``validate_sr``
+    (the JVM validator is slow: one SR per kind of input is checked)."""
     write_threshold_model(tmp_path / "models", THRESHOLD, **model)  # type: ignore[arg-type]
     registry = Registry(tmp_path / "models", "cpu")
     manifest = registry.manifests["threshold-test"]
@@ -89,7 +91,8 @@ def run_segmenter(tmp_path: Path, series: list[Dataset], **model: str | float) -
         paths.append(path)
     assert outputs["Bright"] > 0
     seg, sr = (dcmread(p) for p in paths)
-    assert sr_validator_errors(paths[1]) == []
+    if validate_sr:
+        assert sr_validator(paths[1])[0] == []
     return seg, sr
 
 
@@ -98,7 +101,8 @@ def run_segmenter(tmp_path: Path, series: list[Dataset], **model: str | float) -
 def test_segmenter_gives_the_exact_mask_on_the_source_grid(tmp_path: Path, orientation: tuple[float, ...],
                                                             canonical: str) -> None:
     series = ball_series(orientation)
-    seg, _ = run_segmenter(tmp_path, series, orientation=canonical)
+    seg, _ = run_segmenter(tmp_path, series, validate_sr=orientation == AXIAL and canonical == "source",
+                           orientation=canonical)
     expected = analytic_masks(series)
     found, positions = seg_masks(seg)
     assert {u for u, m in expected.items() if m.any()} == set(found)  # a frame for each non-empty slice
@@ -175,7 +179,8 @@ def walk(items):  # type: ignore[no-untyped-def]
             yield from walk(item.ContentSequence)
 
 
-def classify(tmp_path: Path, ds: Dataset, explanation: str = "seg") -> tuple[list[Path], Dataset]:
+def classify(tmp_path: Path, ds: Dataset, explanation: str = "seg", validate_sr: bool = True
+             ) -> tuple[list[Path], Dataset]:
     write_classifier(tmp_path / "models")
     registry = Registry(tmp_path / "models", "cpu")
     manifest = registry.manifests["region-classifier"]
@@ -189,7 +194,8 @@ def classify(tmp_path: Path, ds: Dataset, explanation: str = "seg") -> tuple[lis
         assert dciodvfy(path)[0] == [], path.name
         paths.append(path)
     sr_path = next(p for p in paths if p.name.startswith("SR"))
-    assert sr_validator_errors(sr_path) == []
+    if validate_sr:
+        assert sr_validator(sr_path)[0] == []
     return paths, dcmread(sr_path)
 
 
@@ -198,7 +204,7 @@ def classify(tmp_path: Path, ds: Dataset, explanation: str = "seg") -> tuple[lis
 def test_classifier_gives_the_expected_finding_and_probability(tmp_path: Path, case: str, region_value: int) -> None:
     ds = radiograph(region_value, **CASES[case])
     probability = expected_probability(ds)
-    paths, sr = classify(tmp_path, ds)
+    paths, sr = classify(tmp_path, ds, validate_sr=case in ("dx-mono2", "cr-mono1-lut"))  # DX and CR, +/-
     (num,) = [i for i in walk(sr.ContentSequence) if i.ValueType == "NUM"]
     assert float(num.MeasuredValueSequence[0].NumericValue) == pytest.approx(probability, abs=2e-3)
     (finding,) = [i for i in walk(sr.ContentSequence) if i.ValueType == "CODE"
@@ -246,7 +252,7 @@ def test_segmenter_on_an_enhanced_multiframe_image(tmp_path: Path, orientation: 
     enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
         shuffled, series_instance_uid=hd.UID(), series_number=8, sop_instance_uid=hd.UID(), instance_number=1)
     enhanced.SeriesDescription = "CRASHTEST enhanced"
-    seg, _ = run_segmenter(tmp_path, [enhanced], orientation="RAS")
+    seg, _ = run_segmenter(tmp_path, [enhanced], validate_sr=orientation == AXIAL, orientation="RAS")
     frames = enhanced.pixel_array.astype(float) > THRESHOLD
     masks = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns)).astype(bool)
     referenced = [int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)

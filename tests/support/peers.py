@@ -1,4 +1,4 @@
-"""Real peers on loopback: Orthanc (the PACS), the node as a subprocess, DCMTK tools, dciodvfy."""
+"""Real peers on loopback: Orthanc (the PACS), the node as a subprocess, DCMTK tools, dciodvfy, PixelMed."""
 
 from __future__ import annotations
 
@@ -65,6 +65,25 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     result = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120,
                             check=False)
     lines = (result.stdout + result.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
+
+
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+# PixelMed's SR template check compiles XPath beyond the JDK's default secure-processing limits
+PIXELMED_JAVA_OPTIONS = ("-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0",
+                         "-Djdk.xml.xpathTotalOpLimit=0")
+
+
+def sr_validator(path: Path) -> tuple[list[str], list[str]]:
+    """Errors and warnings that PixelMed's DicomSRValidator (templates, context groups) reports for ``path``."""
+    if not PIXELMED_JAR.is_file():
+        raise AssertionError("pixelmed-apps is not installed: run scripts/test.sh, which installs the real peers")
+    result = subprocess.run([require("java"), *PIXELMED_JAVA_OPTIONS, "-cp", str(PIXELMED_JAR),
+                             "com.pixelmed.validate.DicomSRValidator", str(path)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    if "IOD validation complete" not in lines:  # it stopped early (unreadable file, JVM trouble)
+        raise AssertionError(f"DicomSRValidator did not finish on {path.name}: {lines[-5:]}")
     return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
 
 

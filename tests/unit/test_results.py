@@ -14,7 +14,7 @@ from dicomnode.inference.volume import build_volume
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
-from dicomnode.results.sr import build_sr, segment_volumes_ml
+from dicomnode.results.sr import build_sr, procedure_reported, segment_volumes_ml
 from tests.support.peers import REPO
 from tests.support.synthetic import make_series
 
@@ -101,3 +101,9 @@ def test_written_objects_read_back(manifest: Manifest, tmp_path: Path) -> None:
     sr.save_as(tmp_path / "sr.dcm")
     assert dcmread(tmp_path / "seg.dcm").Modality == "SEG"
     assert dcmread(tmp_path / "sr.dcm").Modality == "SR"
+
+
+@pytest.mark.parametrize(("modality", "expected"), [("MR", "25056-3"), ("CT", "25045-6"), ("DX", "43468-8"),
+                                                    ("CR", "43468-8"), ("PT", "44136-0"), ("US", "363679005")])
+def test_procedure_reported_comes_from_cid_100_by_modality(modality: str, expected: str) -> None:
+    assert procedure_reported(modality).value == expected
