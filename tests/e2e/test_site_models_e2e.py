@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +28,7 @@ from sqlalchemy.orm import Session
 from dicomnode.jobs.models import Job
 from tests.support.models import write_classifier, write_threshold_model
 from tests.support.net import free_port, wait_for
-from tests.support.peers import NodeProcess, Orthanc, dciodvfy, sr_validator, storescu
+from tests.support.peers import REPO, NodeProcess, Orthanc, dciodvfy, sr_validator, storescu
 from tests.support.synthetic import make_radiograph, make_series, write_series
 
 pytestmark = pytest.mark.e2e
@@ -142,7 +145,8 @@ def test_bad_manifest_is_reported_and_the_others_load(node: NodeProcess) -> None
     assert "model bad-manifest" in log and "unknown key 'warmup'" in log
 
 
-def test_metrics_parse_and_per_model_metrics_moved(node: NodeProcess) -> None:
+def test_metrics_parse_and_per_model_metrics_moved(orthanc: Orthanc, node: NodeProcess, tmp_path: Path) -> None:
+    results(orthanc, route(orthanc, "SITENODE", radiograph_study(tmp_path / "dx")), {"SR"})
     wait_for(lambda: "dicomnode_model_jobs_total" in metrics_text(node), timeout=60, msg="per-model job counter")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(metrics_text(node)) for s in family.samples}
@@ -169,3 +173,21 @@ def test_destination_asking_for_sc_gets_the_overlay(orthanc: Orthanc, tmp_path: 
         assert "SEG" not in found
     finally:
         node.stop()
+
+
+def test_drift_is_flagged_in_status_and_metrics(orthanc: Orthanc, node: NodeProcess, tmp_path: Path) -> None:
+    """The classifier's reference range for Opacity is 0 to 0.3 over its last 2 outputs; two bright DX
+    studies (probability 0.865 each) leave it."""
+    for name in ("a", "b"):
+        results(orthanc, route(orthanc, "SITENODE", radiograph_study(tmp_path / name)), {"SR"})
+    key = ("dicomnode_model_drift", (("model", "region-classifier"), ("output", "Opacity")))
+    wait_for(lambda: any((s.name, tuple(sorted(s.labels.items()))) == key and s.value == 1
+                         for f in text_string_to_metric_families(metrics_text(node)) for s in f.samples),
+             timeout=60, msg="drift flag in /metrics")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+    env |= {"DICOMNODE_DATA_DIR": str(node.data_dir), "DICOMNODE_MODELS_DIR": node.env["DICOMNODE_MODELS_DIR"]}
+    status = subprocess.run([sys.executable, "-m", "dicomnode", "status"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert status.returncode == 0, status.stderr
+    assert ("DRIFT WARNING: model region-classifier: mean Opacity of the last 2 outputs is 0.865, "
+            "outside the reference range 0 to 0.3") in status.stdout
