@@ -53,7 +53,51 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["json", "xml"], default="json",
                         help="json: every row with its hashes; xml: the DICOM audit messages (PS3.15 A.5)")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    models = sub.add_parser("models", help="the installed models: list, verify, try one on a series")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    listing = models_sub.add_parser("list", help="id, version, task, backend, device, warm or not")
+    listing.add_argument("--load", action="store_true", help="load each model (shows its device)")
+    verify_cmd = models_sub.add_parser("verify", help="checksums, a load test, a run on a synthetic input")
+    verify_cmd.add_argument("model", nargs="?", help="one model id (default: every model)")
+    run = models_sub.add_parser("run", help="run a model on a series on disk and write the results it would send")
+    run.add_argument("model")
+    run.add_argument("path", type=Path, help="a DICOM file or a folder of one or more series")
+    run.add_argument("--output", type=Path, default=Path("dicomnode-run"), help="folder for the SEG/SR/SC files")
     return parser
+
+
+def _models_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dicomnode.errors import DicomNodeError
+    from dicomnode.inference.registry import Registry, RuntimeOptions
+    from dicomnode.tryout import list_models, run_model, verify_model
+
+    registry = Registry(settings.models_dir, options=RuntimeOptions(
+        device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
+    try:
+        if args.models_command == "list":
+            print(f"{'id':24} {'version':10} {'task':15} {'backend':8} {'device':6} warm")
+            rows = list_models(registry, args.load)
+            for row in rows:
+                print(f"{row.id:24} {row.version:10} {row.task:15} {row.backend:8} {row.device:6} "
+                      f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else ""))
+            return 1 if any(r.error for r in rows) else 0
+        if args.models_command == "verify":
+            ids = [args.model] if args.model else sorted({*registry.manifests, *registry.errors})
+            failed = 0
+            for model_id in ids:
+                try:
+                    print(f"{model_id}: {verify_model(registry, model_id)}")
+                except DicomNodeError as exc:
+                    failed += 1
+                    print(f"{model_id}: FAILED: {exc}", file=sys.stderr)
+            return 1 if failed else 0
+        for line in run_model(registry, args.model, args.path, args.output):
+            print(line)
+        print(f"results written to {args.output}")
+        return 0
+    except (DicomNodeError, OSError) as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 1
 
 
 def _timestamp(value: str) -> dt.datetime:
@@ -102,13 +146,20 @@ def _audit_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
-    rows = study_rows(make_sessionmaker(make_engine(settings.db_url)), study_uid)
+    from dicomnode.inference.manifest import scan
+    from dicomnode.inference.monitoring import drift_warnings
+
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    rows = study_rows(sessions, study_uid)
     disk = disk_status(settings)
+    drift = drift_warnings(sessions, settings.results_dir, scan(settings.models_dir)[0].values())
     if as_json:
-        print(json.dumps({"disk": disk, "studies": rows}, indent=2))
+        print(json.dumps({"disk": disk, "drift": drift, "studies": rows}, indent=2))
     else:
         print(f"disk: {disk['free_mb']} MiB free (min {settings.min_free_disk_mb:g}): "
               + ("accepting instances" if disk["accepting"] else f"REFUSING instances ({disk['reason']})"))
+        for warning in drift:
+            print(f"DRIFT WARNING: {warning}")
         for row in rows:
             print(f"{row['study_uid']}  {row['reason']}")
             for series in row["series"]:
@@ -175,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _admin_command(args)
     if args.command == "audit":
         return _audit_command(settings, args)
+    if args.command == "models":
+        return _models_command(settings, args)
     if args.command == "purge":
         from dicomnode.jobs.retention import purge
 

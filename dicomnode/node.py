@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry
 
 import dicomnode
 from dicomnode.admin.api import AdminContext, start_admin
@@ -23,7 +24,8 @@ from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.inference.registry import Registry, load_manifests
+from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
+from dicomnode.inference.registry import Registry, RuntimeOptions, load_manifests
 from dicomnode.jobs.completion import sweep
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
@@ -88,7 +90,7 @@ def _anchor(ctx: PipelineContext) -> None:
 def _maintenance(ctx: PipelineContext) -> None:
     try:
         requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts)
-        defaults = [m.default_rule for m in ctx.registry.manifests.values()]
+        defaults = [m.default for m in ctx.registry.manifests.values()]
         rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
         sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests)
     except Exception:
@@ -100,9 +102,15 @@ def start_node(settings: Settings) -> Node:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
-    registry = Registry(settings.models_dir, settings.device)
-    ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry)
-    rules = effective_rules(settings.rules, (m.default_rule for m in registry.manifests.values()))
+    registry = Registry(settings.models_dir, options=RuntimeOptions(
+        device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
+    for folder, error in registry.errors.items():
+        log.error("model not loaded: %s", error, extra=extra(stage="serve", model=folder))
+    metrics = ModelMetrics(CollectorRegistry(auto_describe=True), registry.manifests)
+    for manifest in registry.manifests.values():
+        metrics.seed(manifest.id, recent_outputs(sessions, settings.results_dir, manifest))
+    ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry, metrics=metrics)
+    rules = effective_rules(settings.rules, (m.default for m in registry.manifests.values()))
     requeue_expired(sessions, settings.retry_max_attempts)
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
@@ -121,7 +129,8 @@ def start_node(settings: Settings) -> Node:
     admin = None
     if settings.admin_port:
         admin = start_admin(AdminContext(settings, sessions, models=tuple(sorted(registry.manifests)),
-                                         default_rules=tuple(m.default_rule for m in registry.manifests.values())))
+                                         registry=metrics.registry,
+                                         default_rules=tuple(m.default for m in registry.manifests.values())))
     forwarder = None
     if settings.audit_repository:
         forwarder = Forwarder(settings, sessions)
@@ -170,7 +179,7 @@ def serve_web(settings: Settings) -> int:
         return 2
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
-    defaults = tuple(m.default_rule for m in load_manifests(settings.models_dir).values())
+    defaults = tuple(m.default for m in load_manifests(settings.models_dir).values())
     server = start_admin(AdminContext(settings, sessions, models=None, default_rules=defaults))
     log.info("admin API listening", extra=extra(stage="web", port=server.port))
     _wait_for_signal()

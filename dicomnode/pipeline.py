@@ -1,4 +1,4 @@
-"""The data flow of one job, top to bottom: load -> volume -> infer -> build SEG/SR -> write -> send.
+"""The data flow of one job, top to bottom: load -> volume or image -> infer -> build results -> write -> send.
 
 Each stage is one function with typed input and output. :func:`run_job` raises
 :class:`~dicomnode.errors.SeriesNotUsable` when the model cannot take the series (the job is skipped)
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -26,15 +25,19 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
+from dicomnode.inference.monitoring import ModelMetrics
 from dicomnode.inference.registry import Manifest, Registry
-from dicomnode.inference.volume import Volume, build_volume
+from dicomnode.inference.result import ClassificationResult, InferenceResult, ModelInput, SegmentationResult
+from dicomnode.inference.volume import Image, Volume, build_image, build_volume
 from dicomnode.jobs.models import Delivery, Instance, Job
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
+from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.notice import build_failure_notice
+from dicomnode.results.overlay import build_overlays
 from dicomnode.results.sanitise import sanitise_headers
-from dicomnode.results.seg import build_seg
+from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.scu import StoreOutcome, send_files
 from dicomnode.settings import Peer, Settings
@@ -50,13 +53,17 @@ class PipelineContext:
     settings: Settings
     sessions: sessionmaker[Session]
     registry: Registry
+    metrics: ModelMetrics | None = None
 
 
 @dataclass(frozen=True)
 class JobResult:
+    """The written result files, the model's outputs (segment ml or class probability by name), a summary."""
+
     paths: tuple[Path, ...]
-    volumes_ml: dict[int, float]
+    outputs: dict[str, float]
     inference_seconds: float
+    summary: str
 
 
 def _instance_rows(sessions: sessionmaker[Session], job: ClaimedJob) -> list[tuple[str, str]]:
@@ -97,26 +104,66 @@ def load_series(sessions: sessionmaker[Session], job: ClaimedJob) -> list[Datase
     return datasets
 
 
-def infer(ctx: PipelineContext, manifest: Manifest, volume: Volume) -> tuple[np.ndarray, float]:
-    """Stage 3: run the warm model; returns the label map on the source grid and the seconds taken."""
-    model = ctx.registry.get(manifest.id)
+def build_input(manifest: Manifest, datasets: list[Dataset]) -> ModelInput:
+    """Stage 2: a volume or a single 2D image, as the manifest's input asks; SeriesNotUsable otherwise."""
+    spec = manifest.input
+    modality = str(datasets[0].get("Modality", "")) if datasets else ""
+    if spec.modalities and modality not in spec.modalities:
+        accepted = ", ".join(spec.modalities)
+        raise SeriesNotUsable(f"model {manifest.id} takes {accepted}, not {modality or 'no modality'}")
+    sop_class = str(datasets[0].get("SOPClassUID", "")) if datasets else ""
+    if spec.sop_classes and sop_class not in spec.sop_classes:
+        raise SeriesNotUsable(f"model {manifest.id} does not take SOP class {sop_class}")
+    return build_volume(datasets, manifest.min_slices) if spec.dimensions == 3 else build_image(datasets)
+
+
+def infer(ctx: PipelineContext, manifest: Manifest, image: ModelInput) -> tuple[InferenceResult, float]:
+    """Stage 3: run the warm model; returns its result on the source grid and the seconds taken."""
     started = time.perf_counter()
-    mask = model.predict(volume.array, volume.affine)
+    result = ctx.registry.run(manifest.id, image)
     seconds = time.perf_counter() - started
-    if mask.shape != volume.array.shape:
-        raise ModelError(f"model returned shape {mask.shape} for a volume of {volume.array.shape}")
-    return np.asarray(mask).astype(np.uint8), seconds
+    shape = image.array.shape if isinstance(image, Volume) else (1, *image.array.shape)
+    if isinstance(result, SegmentationResult) and result.labels.shape != shape:
+        raise ModelError(f"model {manifest.id} returned a label map of shape {result.labels.shape} "
+                         f"for a series of {shape}")
+    return result, seconds
 
 
-def build_results(manifest: Manifest, volume: Volume, labels: np.ndarray, job: ClaimedJob
-                  ) -> tuple[list[Dataset], dict[int, float]]:
-    """Stage 4: SEG and TID 1500 SR in the source study, with deterministic UIDs."""
-    sources = sanitise_headers(volume.datasets)
+def _voxel_volume_mm3(image: ModelInput) -> float:
+    return image.voxel_volume_mm3 if isinstance(image, Volume) else 0.0
+
+
+def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult, job: ClaimedJob,
+                  explanation: str = "seg") -> tuple[list[Dataset], dict[str, float], str]:
+    """Stage 4: the result objects in the source study, with deterministic UIDs; the outputs; a summary.
+
+    A segmentation gives a SEG and a TID 1500 SR with each segment's volume; a classification gives a
+    TID 1500 SR and, for the positive classes, the explanation as a fractional SEG (``explanation =
+    "seg"``) or as secondary-capture overlays (``"sc"``).
+    """
+    sources = sanitise_headers(image.datasets)
     identity = ResultIdentity.for_job(job.series_uid, job.series_number, manifest, job.revision)
-    seg = build_seg(sources, labels, manifest, identity)
-    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
+    order = image.in_source_order if isinstance(image, Volume) else (lambda a: a)
+    if isinstance(result, ClassificationResult):
+        maps = {c.spec: order(result.explanations[c.spec.index]) for c in result.classes
+                if c.spec.index in result.explanations and float(result.explanations[c.spec.index].max()) > 0}
+        evidence: list[Dataset] = []
+        if maps and explanation == "sc" and isinstance(image, Image):
+            evidence = list(build_overlays(sources[0], image.array, maps, manifest, identity))
+        elif maps:
+            evidence = [build_explanation_seg(sources, maps, manifest, identity)]
+        sr = build_classification_sr(sources, result, manifest, identity, evidence)
+        outputs = {c.spec.label: c.probability for c in result.classes}
+        text = "; ".join(f"{c.spec.label} {c.probability:.3f} ({'present' if c.positive else 'absent'})"
+                         for c in result.classes)
+        return [*evidence, sr], outputs, text
+    seg = build_seg(sources, order(result.labels), manifest, identity)
+    if not isinstance(image, Volume):
+        return [seg], {}, "segmentation of a 2D image"
+    volumes = segment_volumes_ml(result.labels, _voxel_volume_mm3(image), manifest)
     sr = build_sr(seg, sources, volumes, manifest, identity)
-    return [seg, sr], volumes
+    outputs = {lab.label: volumes[lab.number] for lab in manifest.labels}
+    return [seg, sr], outputs, ", ".join(f"{k}: {v:.1f} ml" for k, v in outputs.items())
 
 
 def _write_dataset(path: Path, ds: Dataset) -> None:
@@ -126,8 +173,8 @@ def _write_dataset(path: Path, ds: Dataset) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def write_results(results_dir: Path, job_id: int, objects: list[Dataset], volumes_ml: dict[int, float],
-                  inference_seconds: float) -> JobResult:
+def write_results(results_dir: Path, job_id: int, objects: list[Dataset], outputs: dict[str, float],
+                  inference_seconds: float, summary: str) -> JobResult:
     """Stage 5: the result files, written atomically under ``results/job-<id>/``, then ``results.json``.
 
     ``results.json`` is written last: when it exists, every result file is complete, and a retried job
@@ -139,9 +186,10 @@ def write_results(results_dir: Path, job_id: int, objects: list[Dataset], volume
         path = folder / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
         _write_dataset(path, ds)
         paths.append(path)
-    result = JobResult(paths=tuple(paths), volumes_ml=volumes_ml, inference_seconds=inference_seconds)
-    summary = {"paths": [p.name for p in paths], "volumes_ml": volumes_ml, "inference_seconds": inference_seconds}
-    write_atomic(folder / RESULTS_SUMMARY, json.dumps(summary).encode())
+    result = JobResult(paths=tuple(paths), outputs=outputs, inference_seconds=inference_seconds, summary=summary)
+    document = {"paths": [p.name for p in paths], "outputs": outputs, "inference_seconds": inference_seconds,
+                "summary": summary}
+    write_atomic(folder / RESULTS_SUMMARY, json.dumps(document).encode())
     return result
 
 
@@ -149,13 +197,14 @@ def written_results(results_dir: Path, job_id: int) -> JobResult | None:
     """The results an earlier attempt of this job wrote completely, if any."""
     folder = results_dir / f"job-{job_id}"
     try:
-        summary = json.loads((folder / RESULTS_SUMMARY).read_text())
-        paths = tuple(folder / name for name in summary["paths"])
+        document = json.loads((folder / RESULTS_SUMMARY).read_text())
+        paths = tuple(folder / name for name in document["paths"])
         if not all(p.is_file() for p in paths):
             return None
-        volumes = {int(k): float(v) for k, v in summary["volumes_ml"].items()}
-        return JobResult(paths=paths, volumes_ml=volumes, inference_seconds=float(summary["inference_seconds"]))
-    except (OSError, ValueError, KeyError):
+        outputs = {str(k): float(v) for k, v in document["outputs"].items()}
+        return JobResult(paths=paths, outputs=outputs, inference_seconds=float(document["inference_seconds"]),
+                         summary=str(document["summary"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -168,6 +217,12 @@ def _already_stored(sessions: sessionmaker[Session], job_id: int, destination: s
 def _classify(failed: list[StoreOutcome]) -> bool:
     """Retryable when every failure is 'out of resources' (0xA7xx) or no answer at all."""
     return all(o.status is None or 0xA700 <= o.status <= 0xA7FF for o in failed)
+
+
+def result_kind(ds: Dataset) -> str:
+    """What a destination's ``send`` names a result by: "SR" for reports; "SEG" for the image results,
+    segmentations and explanation maps alike (SC overlays carry their source's modality)."""
+    return "SR" if str(ds.get("Modality", "")) == "SR" else "SEG"
 
 
 def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> None:
@@ -190,7 +245,7 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
     headers = {p: dcmread(p, stop_before_pixels=True) for p in paths}
     errors: list[SendError] = []
     for destination in destinations:
-        wanted = tuple(p for p in paths if str(headers[p].Modality) in destination.send)
+        wanted = tuple(p for p in paths if result_kind(headers[p]) in destination.send)
         try:
             _deliver_to(ctx, job, destination.peer, wanted, {p: str(headers[p].SOPInstanceUID) for p in wanted})
         except SendError as exc:
@@ -242,12 +297,17 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
         if manifest is None or manifest.version != job.model_version:
             raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
         datasets = load_series(ctx.sessions, job)
-        volume = build_volume(datasets, manifest.min_slices)
-        labels, seconds = infer(ctx, manifest, volume)
+        image = build_input(manifest, datasets)
+        inferred, seconds = infer(ctx, manifest, image)
         log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
-                                               shape="x".join(map(str, volume.array.shape))))
-        objects, volumes = build_results(manifest, volume, labels, job)
-        result = write_results(ctx.settings.results_dir, job.id, objects, volumes, seconds)
+                                               shape="x".join(map(str, image.array.shape))))
+        explanation = ctx.settings.pacs.explanation if ctx.settings.pacs is not None else "seg"
+        objects, outputs, summary = build_results(manifest, image, inferred, job, explanation)
+        result = write_results(ctx.settings.results_dir, job.id, objects, outputs, seconds, summary)
+        if ctx.metrics is not None:
+            ctx.metrics.observe(manifest.id, seconds, outputs)
+            for warning in ctx.metrics.warnings():
+                log.warning("drift: %s", warning, extra=extra(stage="infer", job_id=job.id, model=manifest.id))
     deliver(ctx, job, result.paths)
     return result
 

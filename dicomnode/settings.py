@@ -41,6 +41,7 @@ class Peer(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False  # connect to this peer with DICOM TLS (as SCU)
+    explanation: Literal["seg", "sc"] = "seg"  # a classifier's evidence map: fractional SEG, or SC colour overlay
 
     @field_validator("ae_title")
     @classmethod
@@ -49,7 +50,9 @@ class Peer(BaseModel):
 
     @classmethod
     def parse(cls, value: Any) -> Any:
-        """Accept ``AE@host:port`` strings as well as mappings."""
+        """Accept ``AE@host:port`` strings and JSON objects as well as mappings."""
+        if isinstance(value, str) and value.strip().startswith("{"):
+            return cls.model_validate_json(value)
         if isinstance(value, str):
             match = _PEER_RE.match(value.strip())
             if match is None:
@@ -190,6 +193,8 @@ class Settings(BaseSettings):
     rules: list[Rule] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    inference_threads: int = Field(default=0, ge=0)
+    inference_concurrency: int = Field(default=1, ge=1)
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -103,6 +103,8 @@ class Worker:
             log.warning("job lease lost before the outcome was recorded", extra=extra(job_id=job.id))
             return True
         log.info("job finished", extra=extra(stage="worker", job_id=job.id, status=outcome.status.value))
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.outcome(job.model_id, outcome.status.value)
         if outcome.status is JobStatus.DEAD_LETTER and settings.failure_notice:
             send_failure_notice(self.ctx, job, outcome.reason)
         return True
@@ -123,8 +125,7 @@ class Worker:
                 return JobOutcome(JobStatus.QUEUED, decision.reason,
                                   utcnow() + dt.timedelta(seconds=decision.delay_seconds))
             return JobOutcome(JobStatus.DEAD_LETTER, decision.reason)
-        volumes = ", ".join(f"segment {k}: {v:.1f} ml" for k, v in result.volumes_ml.items())
-        return JobOutcome(JobStatus.SUCCEEDED, f"{len(result.paths)} result(s) stored; {volumes}")
+        return JobOutcome(JobStatus.SUCCEEDED, f"{len(result.paths)} result(s) stored; {result.summary}")
 
     def _heartbeat(self, job: ClaimedJob, stop: threading.Event) -> None:
         interval = self.ctx.settings.job_lease_seconds / 3

@@ -198,7 +198,7 @@ def destinations_echo(ctx: typer.Context, name: str) -> None:
 def _rules(ctx: typer.Context) -> list[Rule]:
     from dicomnode.inference.registry import load_manifests
 
-    defaults = [m.default_rule for m in load_manifests(_settings(ctx).models_dir).values()]
+    defaults = [m.default for m in load_manifests(_settings(ctx).models_dir).values()]
     return config_store.runtime_rules(_settings(ctx), _sessions(ctx), defaults)
 
 

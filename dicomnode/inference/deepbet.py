@@ -17,9 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dicomnode.errors import ModelError
-from dicomnode.inference.registry import Manifest, select_device
-from dicomnode.inference.volume import ras_reorientation
+from dicomnode.errors import ModelError, SeriesNotUsable
+from dicomnode.inference.manifest import Manifest
+from dicomnode.inference.registry import select_device
+from dicomnode.inference.result import ModelInput, SegmentationResult
+from dicomnode.inference.volume import Volume, ras_reorientation
 from dicomnode.log import extra
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,12 @@ class DeepbetModel:
             raise ModelError(f"deepbet weights could not be loaded: {exc}") from exc
         log.info("model loaded", extra=extra(model=manifest.id, device=self.device,
                                              seconds=round(time.perf_counter() - started, 2)))
+
+    def run(self, image: ModelInput) -> SegmentationResult:
+        """The brain mask of a volume as a label map (label 1) on the source grid."""
+        if not isinstance(image, Volume):
+            raise SeriesNotUsable(f"model {self.manifest.id} takes a volume; this series is one 2D image")
+        return SegmentationResult(labels=self.predict(image.array, image.affine).astype(np.uint8))
 
     def predict(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Brain mask for ``volume`` (any axis order; ``affine`` in LPS), in the same shape."""

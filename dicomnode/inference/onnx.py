@@ -1,12 +1,9 @@
-"""ONNX Runtime backend: CUDA when present, else CPU, and the provider actually used is checked.
+"""ONNX Runtime backend: one warm session per model; CUDA when it really loaded, else the CPU.
 
 onnxruntime-gpu falls back to the CPU silently when CUDA cannot be loaded, so the node reads
 ``session.get_providers()`` after creating the session: with ``device = "cuda"`` a fallback is an
-error; with ``auto`` it is logged and the model runs on the CPU.
-
-The model takes one float32 input shaped ``(1, 1, slices, rows, columns)`` in the series' own voxel
-order and returns ``(1, C, slices, rows, columns)``: label = argmax over C when C > 1, else
-probability > 0.5.
+error; with ``auto`` it is logged and the model runs on the CPU. Every output is checked: a batch of
+one, and finite values.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dicomnode.errors import ModelError
-from dicomnode.inference.registry import Manifest
+from dicomnode.inference.manifest import Manifest
 from dicomnode.log import extra
 
 log = logging.getLogger(__name__)
@@ -33,28 +30,43 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
     return [CUDA, CPU] if requested in ("cuda", "auto") and CUDA in available else [CPU]
 
 
-class OnnxModel:
-    def __init__(self, manifest: Manifest, device: str) -> None:
+class OnnxSession:
+    """``(C, *spatial)`` in, the first output without its batch axis out."""
+
+    def __init__(self, manifest: Manifest, device: str, threads: int = 0) -> None:
         self.manifest = manifest
-        (file,) = manifest.files
+        onnx_files = [f for f in manifest.files if f.name.endswith(".onnx")]
+        if len(onnx_files) != 1:
+            raise ModelError(f"model {manifest.id}: the onnx backend needs exactly one .onnx file")
+        path = manifest.resolve(onnx_files[0])
         providers = choose_providers(device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(str(manifest.resolve(file)), providers=providers)
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"ONNX model {manifest.id} could not be loaded: {exc}") from exc
+            raise ModelError(f"model {manifest.id}: the ONNX file could not be loaded: {exc}") from exc
         active = self._session.get_providers()
         if CUDA in providers and CUDA not in active:
             if device == "cuda":
-                raise ModelError(f"ONNX Runtime fell back to {active} although CUDA was configured")
+                raise ModelError(f"model {manifest.id}: ONNX Runtime fell back to {active} "
+                                 "although CUDA was configured")
             log.warning("ONNX Runtime could not use CUDA; running on the CPU", extra=extra(model=manifest.id))
         self.device = "cuda" if CUDA in active else "cpu"
         self._input = self._session.get_inputs()[0].name
         log.info("model loaded", extra=extra(model=manifest.id, device=self.device, providers=",".join(active)))
 
-    def predict(self, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        (output,) = self._session.run(None, {self._input: volume.astype(np.float32)[None, None]})
-        scores: np.ndarray = np.asarray(output)[0]
-        if scores.shape[1:] != volume.shape:
-            raise ModelError(f"ONNX model returned shape {scores.shape} for a volume of {volume.shape}")
-        labels: np.ndarray = np.argmax(scores, axis=0) if scores.shape[0] > 1 else scores[0] > 0.5
-        return labels.astype(np.uint8)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        try:
+            outputs = self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)[None]})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"model {self.manifest.id}: inference failed: {type(exc).__name__}: {exc}") from exc
+        out = np.asarray(outputs[0])
+        if out.ndim < 2 or out.shape[0] != 1:
+            raise ModelError(f"model {self.manifest.id}: output shape {out.shape} has no batch axis of 1")
+        if not np.all(np.isfinite(out)):
+            raise ModelError(f"model {self.manifest.id}: output contains NaN or infinite values")
+        result: np.ndarray = out[0]
+        return result

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut
 
 from dicomnode.errors import SeriesNotUsable
+from dicomnode.inference.multiframe import geometry, is_multiframe, rescaled_frames
 
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.05  # relative deviation of slice gaps from their median
@@ -27,10 +29,19 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     datasets: tuple[Dataset, ...]
+    frame_order: tuple[int, ...] = ()  # multi-frame: the source frame of each slice of ``array``
 
     @property
     def voxel_volume_mm3(self) -> float:
         return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def in_source_order(self, labels: np.ndarray) -> np.ndarray:
+        """A map ``(slice, row, column)`` in the order of the source images or frames (what a SEG references)."""
+        if not self.frame_order:
+            return labels
+        out = np.empty_like(labels)
+        out[list(self.frame_order)] = labels
+        return out
 
 
 def _orientation(ds: Dataset) -> np.ndarray:
@@ -44,12 +55,18 @@ def check_series(headers: Sequence[Dataset], min_slices: int = 1) -> None:
     """
     if not headers:
         raise SeriesNotUsable("no instances")
-    if any("Rows" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds
-           for ds in headers):
+    if not is_multiframe(headers) and any(
+            "Rows" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds
+            for ds in headers):
         raise SeriesNotUsable("not an image series with plane geometry (non-image objects or no "
                               "ImagePositionPatient/ImageOrientationPatient)")
+    if is_multiframe(headers) and "ImageOrientationPatient" not in headers[0]:
+        geometry(headers[0])
+        if int(headers[0].NumberOfFrames) < min_slices:
+            raise SeriesNotUsable(f"too few frames ({int(headers[0].NumberOfFrames)} < {min_slices})")
+        return
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in headers):
-        raise SeriesNotUsable("multi-frame images are not supported")
+        raise SeriesNotUsable("several multi-frame images, or a multi-frame image without functional groups")
     orientations = np.stack([_orientation(ds) for ds in headers])
     distinct = _distinct_rows(orientations)
     if distinct > 1:
@@ -85,9 +102,48 @@ def _positions_along_normal(headers: Sequence[Dataset], orientation: np.ndarray)
     return np.asarray([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in headers])
 
 
+def check_usable(headers: Sequence[Dataset]) -> None:
+    """A series is usable when it forms one regular volume, or is one projection image (CR, DX)."""
+    if len(headers) == 1 and "Rows" in headers[0] and "ImageOrientationPatient" not in headers[0] \
+            and not is_multiframe(headers):
+        return
+    check_series(headers)
+
+
+@dataclass(frozen=True)
+class Image:
+    """One 2D image: pixel values after the Modality LUT (rescale), float32 ``(rows, columns)``."""
+
+    array: np.ndarray
+    dataset: Dataset
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        return (self.dataset,)
+
+
+def build_image(datasets: Sequence[Dataset]) -> Image:
+    """The single image of a 2D series (a radiograph), with the Modality LUT applied."""
+    if len(datasets) != 1:
+        raise SeriesNotUsable(f"a 2D model takes a single-image series (this one has {len(datasets)} images)")
+    (ds,) = datasets
+    if "Rows" not in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise SeriesNotUsable("not a single-frame image")
+    try:
+        pixels = ds.pixel_array
+        values = apply_modality_lut(pixels, ds)
+    except Exception as exc:  # decoders raise many types
+        raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
+    if pixels.ndim != 2:
+        raise SeriesNotUsable(f"expected one grey-scale frame, got shape {pixels.shape}")
+    return Image(array=np.asarray(values, dtype=np.float32), dataset=ds)
+
+
 def build_volume(datasets: Sequence[Dataset], min_slices: int = 1) -> Volume:
-    """Sort ``datasets`` along the slice normal and stack their rescaled pixels into a :class:`Volume`."""
+    """Sort ``datasets`` (or a multi-frame image's frames) along the slice normal into a :class:`Volume`."""
     check_series(datasets, min_slices)
+    if is_multiframe(datasets):
+        return _multiframe_volume(datasets[0])
     orientation = _orientation(datasets[0])
     positions = _positions_along_normal(datasets, orientation)
     order = np.argsort(positions)
@@ -98,6 +154,23 @@ def build_volume(datasets: Sequence[Dataset], min_slices: int = 1) -> Volume:
         raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
     array = np.stack(slices).astype(np.float32, copy=False)
     return Volume(array=array, affine=_affine(ordered, orientation), datasets=ordered)
+
+
+def _multiframe_volume(ds: Dataset) -> Volume:
+    positions, orientation, (row_spacing, col_spacing) = geometry(ds)
+    order = np.argsort(positions @ _normal(orientation))
+    try:
+        frames = rescaled_frames(ds)
+    except SeriesNotUsable:
+        raise
+    except Exception as exc:  # decoders raise many types
+        raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
+    affine = np.eye(4)
+    affine[:3, 0] = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
+    affine[:3, 1] = orientation[3:] * row_spacing
+    affine[:3, 2] = orientation[:3] * col_spacing
+    affine[:3, 3] = positions[order[0]]
+    return Volume(array=frames[order], affine=affine, datasets=(ds,), frame_order=tuple(int(i) for i in order))
 
 
 def _rescaled(ds: Dataset) -> np.ndarray:
@@ -151,8 +224,17 @@ class Reorientation:
 
 def ras_reorientation(affine: np.ndarray) -> Reorientation:
     """The axis permutation and flips taking an LPS-affine array to closest-canonical RAS+ order."""
-    ras = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
-    unit = ras / np.linalg.norm(ras, axis=0)
+    return canonical_reorientation(affine, "RAS")
+
+
+def canonical_reorientation(affine: np.ndarray, system: str) -> Reorientation:
+    """The axis permutation and flips taking an LPS-affine array to closest-canonical ``system`` order.
+
+    ``system`` is ``"RAS"`` (nibabel's canonical: array axes along R, A, S) or ``"LPS"`` (along L, P, S).
+    """
+    signs = np.diag([-1.0, -1.0, 1.0]) if system == "RAS" else np.eye(3)
+    oriented = signs @ affine[:3, :3]
+    unit = oriented / np.linalg.norm(oriented, axis=0)
     axes: list[int] = []
     flips: list[bool] = []
     for world in range(3):

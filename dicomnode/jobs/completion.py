@@ -21,7 +21,7 @@ from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import SeriesNotUsable
 from dicomnode.inference.registry import Manifest
-from dicomnode.inference.volume import check_series
+from dicomnode.inference.volume import check_usable
 from dicomnode.jobs.models import Instance, Job, Series, Study, utcnow
 from dicomnode.jobs.repository import enqueue
 from dicomnode.jobs.routing import route
@@ -50,7 +50,7 @@ def plan_series(series_id: int, paths: Sequence[str], rules: Sequence[Rule]) -> 
     plan = SeriesPlan(series_id)
     try:
         headers = _read_headers(paths)
-        check_series(headers)
+        check_usable(headers)
     except SeriesNotUsable as exc:
         plan.skipped, plan.reason = True, f"skipped: {exc}"
         return plan

@@ -42,6 +42,17 @@ class ResultIdentity:
     sr_series_uid: str
     sr_sop_uid: str
     sr_series_number: int
+    key: tuple[str, ...] = ()
+    base: int = 9000
+    source_number: int = 0
+
+    def uid(self, *parts: str) -> str:
+        """A further deterministic UID of this job's results (explanation maps, overlays)."""
+        return deterministic_uid(*self.key, *parts)
+
+    def series_number(self, offset: int) -> int:
+        """``series_number_base + offset + source SeriesNumber % 100`` (SEG 0, SR 100, notice 200, maps 300)."""
+        return self.base + offset + self.source_number
 
     @classmethod
     def for_job(cls, source_series_uid: str, source_series_number: int | None, manifest: Manifest,
@@ -58,6 +69,9 @@ class ResultIdentity:
             sr_series_uid=deterministic_uid(*key, "sr-series"),
             sr_sop_uid=deterministic_uid(*key, "sr-instance"),
             sr_series_number=manifest.series_number_base + 100 + number,
+            key=key,
+            base=manifest.series_number_base,
+            source_number=number,
         )
 
 

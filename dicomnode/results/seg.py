@@ -1,4 +1,8 @@
-"""Model output + source series -> a binary highdicom Segmentation in the source study."""
+"""Model output + source series -> highdicom Segmentations in the source study.
+
+A BINARY SEG carries a segmentation model's label map; a FRACTIONAL SEG (probability) carries a
+classifier's occlusion-sensitivity map for each positive class.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
 from dicomnode.errors import BuildError
-from dicomnode.inference.registry import LabelSpec, Manifest
+from dicomnode.inference.manifest import ClassSpec, CodeSpec, LabelSpec, Manifest
 from dicomnode.results.equipment import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
@@ -19,25 +24,41 @@ from dicomnode.results.equipment import (
     software_versions,
 )
 
+EXPLANATION_SERIES_OFFSET = 300  # SEG at base + n, SR at base + 100 + n, notice + 200, explanation + 300
+CLINICAL_FINDING = Code("404684003", "SCT", "Clinical finding")
 
-def _code(spec: LabelSpec) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
-    return (hd.sr.CodedConcept(spec.category.value, spec.category.scheme, spec.category.meaning),
-            hd.sr.CodedConcept(spec.type.value, spec.type.scheme, spec.type.meaning))
+
+def concept(spec: CodeSpec) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(spec.value, spec.scheme, spec.meaning)
+
+
+def _description(label: LabelSpec, manifest: Manifest) -> hd.seg.SegmentDescription:
+    colour = hd.color.CIELabColor.from_rgb(*label.colour) if label.colour else None
+    return hd.seg.SegmentDescription(
+        segment_number=label.number,
+        segment_label=label.label,
+        segmented_property_category=concept(label.category),
+        segmented_property_type=concept(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(manifest),
+        display_color=colour,
+    )
 
 
 def segment_descriptions(manifest: Manifest) -> list[hd.seg.SegmentDescription]:
-    descriptions = []
-    for label in manifest.labels:
-        category, prop = _code(label)
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=label.number,
-            segment_label=label.label,
-            segmented_property_category=category,
-            segmented_property_type=prop,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm_identification(manifest),
-        ))
-    return descriptions
+    return [_description(label, manifest) for label in manifest.labels]
+
+
+def _projection_fix(seg: Dataset, sources: Sequence[Dataset]) -> None:
+    """A SEG of a projection image (no frame of reference) needs the source's PatientOrientation (Type 2C)."""
+    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
+
+
+def _common(manifest: Manifest) -> dict[str, object]:
+    return {"manufacturer": MANUFACTURER, "manufacturer_model_name": MANUFACTURER_MODEL_NAME,
+            "software_versions": software_versions(manifest), "device_serial_number": DEVICE_SERIAL_NUMBER,
+            "instance_number": 1}
 
 
 def build_seg(
@@ -45,15 +66,16 @@ def build_seg(
 ) -> hd.seg.Segmentation:
     """A BINARY SEG with one frame per non-empty source slice.
 
-    ``sources`` are the sanitised source headers in slice order and ``labels`` the label map
-    ``(slice, row, column)`` on that grid, with the values of the manifest's label numbers.
+    ``sources`` are the sanitised source headers in slice order (or one multi-frame image) and ``labels``
+    the label map ``(slice or frame, row, column)`` on that grid, with the manifest's label numbers.
     """
-    if labels.shape[0] != len(sources):
-        raise BuildError(f"label map has {labels.shape[0]} slices for {len(sources)} source images")
+    frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in sources)
+    if labels.shape[0] != frames:
+        raise BuildError(f"label map has {labels.shape[0]} slices for {frames} source frames")
     if not np.any(labels):
         raise BuildError("the model found nothing to segment")
     try:
-        return hd.seg.Segmentation(
+        seg = hd.seg.Segmentation(
             source_images=list(sources),
             pixel_array=labels.astype(np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -61,14 +83,48 @@ def build_seg(
             series_instance_uid=identity.seg_series_uid,
             series_number=identity.seg_series_number,
             sop_instance_uid=identity.seg_sop_uid,
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-            software_versions=software_versions(manifest),
-            device_serial_number=DEVICE_SERIAL_NUMBER,
             series_description=f"AI {manifest.labels[0].label} SEG ({manifest.id})"[:64],
             content_label="AI_SEG",
             content_description=f"{manifest.name} {manifest.version}"[:64],
+            **_common(manifest),  # type: ignore[arg-type]
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise BuildError(f"SEG could not be built: {exc}") from exc
+    _projection_fix(seg, sources)
+    return seg
+
+
+def build_explanation_seg(
+    sources: Sequence[Dataset], maps: dict[ClassSpec, np.ndarray], manifest: Manifest, identity: ResultIdentity
+) -> hd.seg.Segmentation:
+    """A FRACTIONAL (probability) SEG: one segment per positive class, its occlusion map in [0, 1]."""
+    specs = list(maps)
+    stacked = np.stack([maps[s] for s in specs], axis=-1).astype(np.float32)  # (slices, rows, cols, segments)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i,
+        segment_label=f"{spec.label} evidence"[:64],
+        segmented_property_category=CLINICAL_FINDING,
+        segmented_property_type=concept(spec.finding),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(manifest),
+    ) for i, spec in enumerate(specs, start=1)]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=stacked,
+            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+            fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            segment_descriptions=descriptions,
+            series_instance_uid=identity.uid("explanation-seg-series"),
+            series_number=identity.series_number(EXPLANATION_SERIES_OFFSET),
+            sop_instance_uid=identity.uid("explanation-seg-instance"),
+            series_description=f"AI evidence map ({manifest.id})"[:64],
+            content_label="AI_EVIDENCE",
+            content_description="occlusion sensitivity"[:64],
+            omit_empty_frames=False,
+            **_common(manifest),  # type: ignore[arg-type]
+        )
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise BuildError(f"explanation SEG could not be built: {exc}") from exc
+    _projection_fix(seg, sources)
+    return seg

@@ -16,15 +16,14 @@ from dicomnode.results.equipment import MANUFACTURER, ResultIdentity, determinis
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
 # TID 1500 row 4 "Procedure reported" takes its code from CID 100 (Quantitative Diagnostic Imaging
-# Procedures): the modality's "unspecified body region" procedure, else SCT "Imaging procedure".
+# Procedures): the modality's "unspecified body region" procedure, else SCT "Imaging procedure". Projection
+# radiographs (CR, DX) get the generic code: LOINC 43468-8 "XR unspecified body region" is in today's CID 100
+# but not in the copy PixelMed's validator checks against (2019), and a report must pass both validators.
 PROCEDURES_BY_MODALITY: dict[str, Code] = {
     "CT": codes.LN.CTUnspecifiedBodyRegion,
     "MR": codes.LN.MRIUnspecifiedBodyRegion,
     "PT": codes.LN.PETUnspecifiedBodyRegion,
     "NM": codes.LN.NMUnspecifiedBodyRegion,
-    "CR": codes.LN.XRUnspecifiedBodyRegion,
-    "DX": codes.LN.XRUnspecifiedBodyRegion,
-    "DR": codes.LN.XRUnspecifiedBodyRegion,
 }
 IMAGING_PROCEDURE: Code = codes.SCT.ImagingProcedure
 

@@ -99,3 +99,96 @@ def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def make_radiograph(
+    pixels: np.ndarray,
+    *,
+    modality: str = "DX",
+    monochrome1: bool = False,
+    window: tuple[float, float] | None = None,
+    voi_lut: np.ndarray | None = None,
+    bits_stored: int = 12,
+    study_uid: str | None = None,
+    series_description: str = "CHEST PA",
+    series_number: int = 3,
+) -> Dataset:
+    """A DX (for presentation) or CR image of ``pixels`` (stored values, uint16), with no PHI.
+
+    With ``monochrome1`` the stored values are ``2**bits_stored - 1 - pixels`` under MONOCHROME1, so that
+    the image displays as ``pixels`` does under MONOCHROME2. ``window`` adds WindowCenter/Width and
+    ``voi_lut`` a VOI LUT Sequence (first value mapped: 0, 16-bit entries).
+    """
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+
+    sop_class = DigitalXRayImageStorageForPresentation if modality == "DX" else ComputedRadiographyImageStorage
+    stored = (2**bits_stored - 1 - pixels) if monochrome1 else pixels
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "SYNTHETIC^RADIOGRAPH"
+    ds.PatientID = "SYN-0002"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = "ACC2"
+    ds.ReferringPhysicianName = ""
+    ds.Modality = modality
+    ds.Manufacturer = "synthetic"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_description
+    ds.BodyPartExamined = "CHEST"
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.ContentDate = "20260101"
+    ds.ContentTime = "120000"
+    if modality == "DX":
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.ImageLaterality = "U"
+        ds.ImagerPixelSpacing = ["0.5", "0.5"]
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = 1
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "US"
+        ds.BurnedInAnnotation = "NO"
+        ds.LossyImageCompression = "00"
+        ds.AcquisitionDeviceProcessingDescription = ""
+        ds.KVP = "120"
+        ds.ExposureIndex = 500
+        ds.ViewPosition = "PA"
+        ds.DetectorType = "DIRECT"
+    else:
+        ds.ImagerPixelSpacing = ["0.5", "0.5"]
+    ds.AnatomicRegionSequence = DicomSequence([])
+    ds.AcquisitionContextSequence = DicomSequence([])
+    ds.PositionerType = ""
+    ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter = f"{window[0]}"
+        ds.WindowWidth = f"{window[1]}"
+    if voi_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = [len(voi_lut), 0, 16]
+        item.LUTData = [int(v) for v in voi_lut]
+        ds.VOILUTSequence = DicomSequence([item])
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    return ds

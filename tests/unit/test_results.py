@@ -103,7 +103,7 @@ def test_written_objects_read_back(manifest: Manifest, tmp_path: Path) -> None:
     assert dcmread(tmp_path / "sr.dcm").Modality == "SR"
 
 
-@pytest.mark.parametrize(("modality", "expected"), [("MR", "25056-3"), ("CT", "25045-6"), ("DX", "43468-8"),
-                                                    ("CR", "43468-8"), ("PT", "44136-0"), ("US", "363679005")])
+@pytest.mark.parametrize(("modality", "expected"), [("MR", "25056-3"), ("CT", "25045-6"), ("DX", "363679005"),
+                                                    ("CR", "363679005"), ("PT", "44136-0"), ("US", "363679005")])
 def test_procedure_reported_comes_from_cid_100_by_modality(modality: str, expected: str) -> None:
     assert procedure_reported(modality).value == expected

@@ -1,0 +1,100 @@
+"""``dicomnode models list|verify|run`` as a real process: one-sentence errors, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from tests.support.models import write_classifier, write_threshold_model
+from tests.support.peers import REPO, dciodvfy
+from tests.support.synthetic import make_radiograph, make_series, write_series
+
+
+def dicomnode(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+    env |= {"DICOMNODE_MODELS_DIR": str(tmp_path / "models"), "DICOMNODE_DATA_DIR": str(tmp_path / "data"),
+            "DICOMNODE_DEVICE": "cpu"}
+    return subprocess.run([sys.executable, "-m", "dicomnode", "models", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    write_classifier(tmp_path / "models")
+    write_threshold_model(tmp_path / "models", 40.0)
+    return tmp_path / "models"
+
+
+def test_list_and_verify(tmp_path: Path, models: Path) -> None:
+    listed = dicomnode(tmp_path, "list", "--load")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["id", "version", "task", "backend", "device", "warm"]
+    assert lines[1].split() == ["region-classifier", "2.1", "classification", "onnx", "cpu", "yes"]
+    assert lines[2].split() == ["threshold-test", "1.0", "segmentation", "onnx", "cpu", "yes"]
+    verified = dicomnode(tmp_path, "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "region-classifier: checksums ok, loaded on cpu, synthetic run ok (Opacity " in verified.stdout
+    assert "threshold-test: checksums ok, loaded on cpu, synthetic run ok (" in verified.stdout
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("sha", "threshold-test: FAILED: model threshold-test: file model.onnx has SHA-256"),
+    ("missing", "threshold-test: FAILED: model threshold-test: file model.onnx is missing"),
+    ("key", "threshold-test: FAILED: model threshold-test: manifest "),
+])
+def test_verify_names_the_bad_model_in_one_line(tmp_path: Path, models: Path, damage: str, message: str) -> None:
+    onnx_file, manifest = models / "threshold-test" / "model.onnx", models / "threshold-test" / "manifest.toml"
+    if damage == "sha":
+        onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    elif damage == "missing":
+        onnx_file.unlink()
+    else:
+        manifest.write_text("colour = 1\n" + manifest.read_text())
+    result = dicomnode(tmp_path, "verify")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if "FAILED" in ln]  # log lines go to stderr too
+    assert line.startswith(message)
+    assert "region-classifier: checksums ok" in result.stdout  # the other model is fine
+
+
+def test_run_writes_what_the_node_would_send(tmp_path: Path, models: Path) -> None:
+    pixels = np.full((128, 128), 1000, dtype=np.uint16)
+    pixels[48:80, 48:80] = 3000
+    pixels[0, 0], pixels[-1, -1] = 0, 4095
+    (tmp_path / "dx").mkdir()
+    make_radiograph(pixels).save_as(tmp_path / "dx" / "image.dcm", enforce_file_format=True)
+    result = dicomnode(tmp_path, "run", "region-classifier", str(tmp_path / "dx"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "series 3: Opacity 0.865 (present) (2 object(s) written)" in result.stdout  # sigmoid(8 * (3000/4095 - .5))
+    written = sorted(p.name.split("-")[0] for p in (tmp_path / "out").iterdir())
+    assert written == ["seg", "sr"]
+    for path in (tmp_path / "out").iterdir():
+        assert dciodvfy(path)[0] == []
+    write_series(make_series(8, 16, 16), tmp_path / "mr")
+    result = dicomnode(tmp_path, "run", "threshold-test", str(tmp_path / "mr"), "--output", str(tmp_path / "out3d"))
+    assert result.returncode == 0, result.stderr
+    assert "Bright: " in result.stdout and " ml" in result.stdout
+    seg = next(p for p in (tmp_path / "out3d").iterdir() if p.name.startswith("seg"))
+    assert dcmread(seg).SegmentationType == "BINARY"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("run", "no-such-model", "."), "dicomnode: no model 'no-such-model' under the models directory"),
+    (("run", "region-classifier", "/nonexistent/folder"), "dicomnode: no DICOM images found in /nonexistent/folder"),
+    (("run", "region-classifier", "MR"), "dicomnode: model region-classifier takes DX, CR, not MR"),
+])
+def test_run_errors_are_one_sentence(tmp_path: Path, models: Path, args: tuple[str, ...], message: str) -> None:
+    write_series(make_series(4, 8, 8), tmp_path / "MR")
+    args = tuple(str(tmp_path / "MR") if a == "MR" else a for a in args)
+    result = dicomnode(tmp_path, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.stderr

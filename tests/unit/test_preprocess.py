@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicomnode.inference.geometry import fit_2d, model_grid, resample
+from dicomnode.inference.intensity import adjust, channels, window
+from dicomnode.inference.manifest import InputSpec, Intensity
+
+
+def test_window_is_the_dicom_linear_function() -> None:
+    values = np.array([0.0, 500.0, 1499.5, 2000.0, 3500.0])  # centre 2000, width 3000: 500 -> 0, 3499 -> 1
+    np.testing.assert_allclose(window(values, 2000.0, 3000.0),
+                               [0.0, 0.0, -500 / 2999 + 0.5, 0.5 / 2999 + 0.5, 1.0])
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    (Intensity(normalise="zscore"), [-1.2247449, 0.0, 1.2247449]),
+    (Intensity(normalise="fixed", mean=10, std=5), [-2.0, -1.0, 0.0]),
+    (Intensity(normalise="minmax"), [0.0, 0.5, 1.0]),
+    (Intensity(clip=(2.0, 4.0), normalise="minmax"), [0.0, 1.0, 1.0]),
+])
+def test_normalisation(spec: Intensity, expected: list[float]) -> None:
+    np.testing.assert_allclose(adjust(np.array([0.0, 5.0, 10.0]), spec), expected, rtol=1e-6)
+
+
+def test_channel_replication() -> None:
+    out = channels(np.ones((4, 5), np.float32), 3)
+    assert out.shape == (3, 4, 5)
+
+
+def test_pad_fit_keeps_the_aspect_and_maps_back() -> None:
+    spec = InputSpec(dimensions=2, size=(64, 64), fit="pad")
+    fit = fit_2d((128, 64), spec)
+    assert (fit.scaled_shape, fit.offset) == ((64, 32), (0, 16))
+    image = np.zeros((128, 64), np.float32)
+    image[:, 32:] = 1
+    model = fit.to_model(image)
+    assert model.shape == (64, 64) and model[:, :16].max() == 0 and model[:, -16:].max() == 0
+    back = fit.to_source(model[None])[0]
+    assert back.shape == (128, 64)
+    assert np.abs(back - image).mean() < 0.02
+
+
+def test_canonical_grid_round_trip_is_exact_without_resampling() -> None:
+    affine = np.array([[0, 0, 0.9, 0], [0, -1.1, 0, 0], [-2, 0, 0, 0], [0, 0, 0, 1.0]])  # sagittal-ish
+    array = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32)
+    grid = model_grid(array.shape, affine, InputSpec(orientation="RAS"))
+    model = grid.to_model(array)
+    assert model.shape == (8, 7, 6)
+    np.testing.assert_array_equal(grid.to_source(model[None])[0], array)
+
+
+def test_target_spacing_sets_the_model_grid() -> None:
+    affine = np.diag([2.0, 0.5, 0.5, 1.0])
+    grid = model_grid((10, 40, 40), affine, InputSpec(orientation="LPS", spacing=(1.0, 1.0, 1.0)))
+    assert grid.model_shape == (20, 20, 20)
+    assert resample(np.ones((10, 40, 40)), grid.model_shape).shape == (20, 20, 20)
