@@ -89,13 +89,14 @@ class Destination(BaseModel):
 
 class AdminUser(BaseModel):
     """An admin API user: a name, a PBKDF2 hash (``dicomnode admin hash-password``), never a password, and a
-    role: ``admin`` may change things and sees patient data; ``viewer`` may read, with identifiers masked."""
+    role: ``admin`` may change things and sees patient data; ``viewer`` may read, with identifiers masked;
+    ``sender`` may store by STOW-RS and read the results of the studies it sent, and may not administer."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     password_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
-    role: Literal["admin", "viewer"] = "admin"
+    role: Literal["admin", "viewer", "sender"] = "admin"
 
 
 _MAX_PATTERN = 256
@@ -229,6 +230,8 @@ class Settings(BaseSettings):
     admin_login_free_failures: int = Field(default=3, ge=1)
     admin_login_max_delay_seconds: float = Field(default=60.0, gt=0)
     admin_login_burst_seconds: float = Field(default=300.0, gt=0)
+    dicomweb_max_body_bytes: int = Field(default=2 * 2**30, ge=1024)
+    dicomweb_request_timeout_seconds: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 

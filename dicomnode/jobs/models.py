@@ -230,6 +230,16 @@ class AdminSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
+class StudySender(Base):
+    """A STOW-RS user who sent (part of) a study: the ``sender`` role may read that study's results."""
+
+    __tablename__ = "study_sender"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class AuditCursor(Base):
     """How far the ATNA sender got: the id of the last audit row delivered to the repository."""
 
