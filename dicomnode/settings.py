@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -65,26 +65,43 @@ ResultKind = Literal["SEG", "SR"]
 
 
 class Destination(BaseModel):
-    """Where results go besides (or instead of) the PACS: a named C-STORE SCP and which results it takes,
+    """Where results go besides (or instead of) the PACS: a named C-STORE SCP (``kind = "dimse"``) or a
+    DICOMweb STOW-RS service (``kind = "dicomweb"``: ``url``, a bearer token read from ``token_file``,
+    server certificates checked against ``tls_ca_file`` or the system's), and which results it takes,
     for example a research archive that gets the SEG only."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    ae_title: str
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str = ""
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False
     send: tuple[ResultKind, ...] = Field(default=("SEG", "SR"), min_length=1)
+    url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
+    token_file: Path | None = None
+    tls_ca_file: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
-        return _check_ae_title(value)
+        return _check_ae_title(value) if value else value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Destination:
+        if self.kind == "dimse" and not self.ae_title:
+            raise ValueError(f"destination {self.name}: a DIMSE destination needs ae_title")
+        if self.kind == "dicomweb" and not self.url:
+            raise ValueError(f"destination {self.name}: a dicomweb destination needs url (https://host/dicomweb)")
+        return self
 
     @property
     def peer(self) -> Peer:
-        return Peer(ae_title=self.ae_title, host=self.host, port=self.port, tls=self.tls)
+        return Peer(ae_title=self.ae_title or "DICOMWEB", host=self.host, port=self.port, tls=self.tls)
+
+    def __str__(self) -> str:
+        return self.url if self.kind == "dicomweb" else str(self.peer)
 
 
 class AdminUser(BaseModel):

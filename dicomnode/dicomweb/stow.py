@@ -67,8 +67,16 @@ def _truncation(ds: Dataset) -> str:
     return ""
 
 
+def part10(part: bytes) -> bytes:
+    """``part`` with the 128-byte preamble and ``DICM`` prefix (PS3.10 7.1) when it starts right at its
+    File Meta Information, as some clients send it (pydicom's ``dcmwrite`` of a plain Dataset)."""
+    if part[128:132] != b"DICM" and part[:2] == b"\x02\x00":
+        return bytes(128) + b"DICM" + part
+    return part
+
+
 def decode(part: bytes, settings: Settings) -> tuple[Dataset | None, int, str]:
-    """The part as a dataset, or None with the status and reason that refuse it."""
+    """The part (as :func:`part10` made it) as a dataset, or None with the status and reason that refuse it."""
     if len(part) > settings.max_instance_mb * 2**20:
         return None, TOO_LARGE, (f"instance of {len(part) // 2**20} MiB larger than "
                                  f"max_instance_mb={settings.max_instance_mb:g}")
@@ -76,6 +84,8 @@ def decode(part: bytes, settings: Settings) -> tuple[Dataset | None, int, str]:
         fp = BytesIO(part)
         read_preamble(fp, False)
         meta = _read_file_meta_info(fp)
+        if "TransferSyntaxUID" not in meta:
+            raise ValueError("no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
         if UID(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
             inflate_bounded(part[fp.tell():], int(settings.max_inflated_mb * 2**20))
         ds = dcmread(BytesIO(part))
@@ -95,6 +105,7 @@ def decode(part: bytes, settings: Settings) -> tuple[Dataset | None, int, str]:
 def store_part(settings: Settings, sessions: sessionmaker[Session], client: Client, part: bytes,
                study_uid: str | None) -> PartOutcome:
     """One part: decode, check, :func:`~dicomnode.store.ingest.ingest`; never raises for the part's faults."""
+    part = part10(part)
     ds, status, reason = decode(part, settings)
     if ds is None:
         return PartOutcome("", "", refuse(sessions, client, status, reason))
