@@ -30,9 +30,11 @@ from dicomnode.dicomweb.client import stow_files
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.volume import Volume, build_volume
-from dicomnode.jobs.models import Delivery, Instance, Job
+from dicomnode.jobs.models import Delivery, Instance, Job, Study, StudySender
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
+from dicomnode.remote.backend import goes_remote, remote_backend
+from dicomnode.remote.roundtrip import run_remote
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_headers
@@ -186,6 +188,8 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
     with ctx.sessions() as session:
         rule = session.scalar(select(Job.rule).where(Job.id == job.id))
     destinations = runtime_destinations(ctx.settings, ctx.sessions, rule)
+    if not destinations and _sent_by_dicomweb(ctx.sessions, job):
+        return  # a cloud node: the sender fetches the results by WADO-RS
     if not destinations:
         raise SendError(f"no destination for rule {rule} (set DICOMNODE_PACS, or check the rule's destinations)",
                         retryable=False)
@@ -208,6 +212,12 @@ def _send(settings: Settings, destination: Destination, paths: tuple[Path, ...])
     if destination.kind == "dicomweb":
         return stow_files(settings, destination, paths)
     return send_files(settings, destination.peer, paths)
+
+
+def _sent_by_dicomweb(sessions: sessionmaker[Session], job: ClaimedJob) -> bool:
+    with sessions() as session:
+        return session.scalar(select(StudySender.user).join(Study, StudySender.study_id == Study.id)
+                              .where(Study.study_uid == job.study_uid).limit(1)) is not None
 
 
 def _deliver_to(ctx: PipelineContext, job: ClaimedJob, destination: Destination, paths: tuple[Path, ...],
@@ -254,12 +264,18 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
         if manifest is None or manifest.version != job.model_version:
             raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
         datasets = load_series(ctx.sessions, job)
-        volume = build_volume(datasets, manifest.min_slices)
-        labels, seconds = infer(ctx, manifest, volume)
-        log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
-                                               shape="x".join(map(str, volume.array.shape))))
-        objects, volumes = build_results(manifest, volume, labels, job)
-        result = write_results(ctx.settings.results_dir, job.id, objects, volumes, seconds)
+        backend = remote_backend(manifest)
+        if goes_remote(manifest, backend, ctx.sessions) and backend is not None:  # edge -> cloud
+            started = time.perf_counter()
+            objects = run_remote(ctx.settings, ctx.sessions, job, backend, datasets)
+            result = write_results(ctx.settings.results_dir, job.id, objects, {}, time.perf_counter() - started)
+        else:
+            volume = build_volume(datasets, manifest.min_slices)
+            labels, seconds = infer(ctx, manifest, volume)
+            log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
+                                                   shape="x".join(map(str, volume.array.shape))))
+            objects, volumes = build_results(manifest, volume, labels, job)
+            result = write_results(ctx.settings.results_dir, job.id, objects, volumes, seconds)
     deliver(ctx, job, result.paths)
     return result
 

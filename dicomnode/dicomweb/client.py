@@ -31,14 +31,36 @@ RETRYABLE_HTTP = {408, 425, 429}
 WARNING = 0xB000
 
 
-def _https(settings: Settings, destination: Destination, url: urllib.parse.SplitResult
-           ) -> http.client.HTTPConnection:
+def _connection(settings: Settings, url: urllib.parse.SplitResult, ca_file: Path | None
+                ) -> http.client.HTTPConnection:
     if url.scheme != "https":
         return http.client.HTTPConnection(url.hostname or "", url.port, timeout=settings.network_timeout_seconds)
-    context = ssl.create_default_context(cafile=str(destination.tls_ca_file) if destination.tls_ca_file else None)
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
     return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=settings.network_timeout_seconds,
                                        context=context)
+
+
+def request(settings: Settings, method: str, url: str, *, body: bytes | None = None,
+            headers: dict[str, str] | None = None, ca_file: Path | None = None) -> tuple[int, str, bytes]:
+    """One HTTP(S) request; the status, the Content-Type and the body.
+
+    Raises
+    ------
+    SendError
+        Retryable, when there was no answer (no connection, a timeout, a broken TLS handshake).
+    """
+    parts = urllib.parse.urlsplit(url)
+    conn = _connection(settings, parts, ca_file)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        rsp = conn.getresponse()
+        return rsp.status, rsp.getheader("Content-Type", ""), rsp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise SendError(f"{parts.hostname}: no answer ({type(exc).__name__})", retryable=True) from exc
+    finally:
+        conn.close()
 
 
 def _headers(destination: Destination, content_type: str) -> dict[str, str]:
@@ -53,24 +75,7 @@ def _headers(destination: Destination, content_type: str) -> dict[str, str]:
     return headers
 
 
-def post(settings: Settings, destination: Destination, path: str, body: bytes, content_type: str
-         ) -> tuple[int, bytes]:
-    """POST ``body`` to ``destination.url + path``; the HTTP status and body. Raises a retryable
-    :class:`SendError` when there is no answer."""
-    url = urllib.parse.urlsplit(destination.url.rstrip("/") + path)
-    conn = _https(settings, destination, url)
-    target = url.path + (f"?{url.query}" if url.query else "")
-    try:
-        conn.request("POST", target, body=body, headers=_headers(destination, content_type))
-        rsp = conn.getresponse()
-        return rsp.status, rsp.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise SendError(f"{destination.name}: no answer ({type(exc).__name__})", retryable=True) from exc
-    finally:
-        conn.close()
-
-
-def _answers(body: bytes) -> dict[str, int]:
+def answers(body: bytes) -> dict[str, int]:
     """SOP Instance UID -> status, from a Store Instances Response in DICOM JSON."""
     try:
         response = Dataset.from_json(json.loads(body)) if body.strip() else Dataset()
@@ -94,13 +99,14 @@ def stow_files(settings: Settings, destination: Destination, paths: Sequence[Pat
     """
     headers = [dcmread(p, stop_before_pixels=True) for p in paths]
     body, content_type = encode_related([p.read_bytes() for p in paths])
-    status, answer = post(settings, destination, "/studies", body, content_type)
+    status, _, answer = request(settings, "POST", destination.url.rstrip("/") + "/studies", body=body,
+                                headers=_headers(destination, content_type), ca_file=destination.tls_ca_file)
     log.info("STOW-RS answered", extra=extra(stage="send", destination=destination.name, status=status))
     if status >= 500 or status in RETRYABLE_HTTP:
         raise SendError(f"{destination.name} answered HTTP {status}", retryable=True)
     if status >= 400 and status != 409:
         raise SendError(f"{destination.name} rejected the results: HTTP {status}", retryable=False)
-    found = _answers(answer)
+    found = answers(answer)
     if status == 200 and not found:  # a server that answers success without a response body
         found = {str(h.SOPInstanceUID): 0 for h in headers}
     return [StoreOutcome(path, str(h.SOPClassUID), str(h.SOPInstanceUID), found.get(str(h.SOPInstanceUID)))
