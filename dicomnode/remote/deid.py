@@ -85,7 +85,9 @@ def reidentify(result: Dataset, uid_map: Mapping[str, str], original: Dataset) -
     reverse = {deid: orig for orig, deid in uid_map.items()}
     ds = copy.deepcopy(result)
     _map_uids(ds, reverse)
-    _map_uids(ds.file_meta, reverse)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _map_uids(meta, reverse)
     for keyword in RESTORED:
         if keyword in original:
             setattr(ds, keyword, original[keyword].value)
