@@ -4,6 +4,8 @@ STOW-RS lands instances as C-STORE does; QIDO-RS and WADO-RS serve the SEG and S
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -209,4 +211,21 @@ def test_bad_requests_store_nothing(base: str, configured: Settings, sessions: s
         ctype = 'multipart/related; type="application/dicom"'
     status, _ = _post(base, token, body, ctype)
     assert status == expected
+    assert _instances(sessions) == 0 and _spooled(configured) == []
+
+
+def test_a_stalled_upload_is_cut_at_the_dicomweb_deadline(settings: Settings, sessions: sessionmaker[Session]
+                                                          ) -> None:
+    body, ctype = encode_related([_part10(ds) for ds in _series(2)])
+    configured = _settings(settings, admin_request_timeout_seconds=0.5, dicomweb_request_timeout_seconds=2.0)
+    with admin_server(configured, sessions) as url:
+        token = login(url, "edge-a", "sender-pass")
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            assert sock.recv(1024) == b""  # closed by the server, without an answer
+            elapsed = time.monotonic() - started
+    assert 1.5 < elapsed < 20  # the upload's own deadline, not admin_request_timeout_seconds
     assert _instances(sessions) == 0 and _spooled(configured) == []
