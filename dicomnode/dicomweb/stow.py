@@ -11,7 +11,6 @@ partial accept).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -91,7 +90,7 @@ def decode(part: bytes, settings: Settings) -> tuple[Dataset | None, int, str]:
         ds = dcmread(BytesIO(part))
     except InflationLimit as exc:
         return None, TOO_LARGE, str(exc)
-    except (zlib.error, Exception) as exc:
+    except Exception as exc:  # zlib.error, InvalidDicomError, anything pydicom raises on bad bytes
         return None, CANNOT_DECODE, f"not a readable DICOM Part-10 instance: {type(exc).__name__}"
     try:
         truncated = _truncation(ds)
