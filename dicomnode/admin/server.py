@@ -9,7 +9,7 @@
   ``Content-Length`` (``-1``) is a 400 from the HTTP parser.
 - At most ``admin_max_connections`` connections are served at once; more get 503.
 - DICOMweb (``/dicomweb/``) takes larger bodies and longer: ``dicomweb_max_body_bytes`` and
-  ``dicomweb_request_timeout_seconds``, counted from the start of the request.
+  ``dicomweb_request_timeout_seconds``, counted from the arrival of the request's headers.
 """
 
 from __future__ import annotations
