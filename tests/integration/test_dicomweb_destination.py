@@ -18,8 +18,9 @@ from dicomnode.settings import Destination, Settings
 from dicomnode.worker import Worker
 from tests.conftest import make_settings
 from tests.integration.test_delivery import a_job, job_state
+from tests.support.certs import make_ca, make_cert, tls_proxy
 from tests.support.models import write_threshold_model
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
 from tests.support.peers import DICOMWEB_PLUGIN, Orthanc
 
 
@@ -38,8 +39,9 @@ def models(tmp_path: Path) -> Path:
 
 
 def _worker(settings: Settings, sessions: sessionmaker[Session], models: Path, url: str,
-            send: tuple[str, ...]) -> Worker:
-    archive = Destination.model_validate({"name": "archive", "kind": "dicomweb", "url": url, "send": send})
+            send: tuple[str, ...], ca_file: Path | None = None) -> Worker:
+    archive = Destination.model_validate({"name": "archive", "kind": "dicomweb", "url": url, "send": send,
+                                          "tls_ca_file": ca_file})
     node = make_settings(settings.data_dir, models_dir=models, device="cpu", retry_base_seconds=0.05,
                          destinations=[archive])
     return Worker(PipelineContext(settings=node, sessions=sessions, registry=Registry(models, "cpu")))
@@ -82,3 +84,18 @@ def test_a_rejection_goes_to_the_dead_letter(settings: Settings, sessions: sessi
         refusing.stop()
     status, reason = job_state(sessions, job_id)
     assert status is JobStatus.DEAD_LETTER and "HTTP 403" in reason, reason
+
+
+def test_https_with_the_archive_ca_and_without(settings: Settings, sessions: sessionmaker[Session], models: Path,
+                                               archive: Orthanc, tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "pki", "archive-ca")
+    with tls_proxy(archive.http_port, make_cert(ca, tmp_path / "pki", "archive")) as port:
+        url = f"https://127.0.0.1:{port}/dicom-web"
+        untrusted = a_job(settings, sessions)
+        assert _worker(settings, sessions, models, url, ("SEG",)).run_once()  # system CAs: not trusted
+        status, reason = job_state(sessions, untrusted)
+        assert status is JobStatus.QUEUED and "no answer" in reason, reason
+        trusted = a_job(settings, sessions)
+        worker = _worker(settings, sessions, models, url, ("SEG",), ca_file=ca.cert)
+        wait_for(lambda: worker.run_once() and job_state(sessions, trusted)[0] is JobStatus.SUCCEEDED,
+                 timeout=60, msg="delivered over HTTPS", interval=0.1)
