@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -24,14 +25,17 @@ from dicomnode.admin.config_store import runtime_destinations
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
+from dicomnode.dicomweb.client import stow_files
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
 from dicomnode.inference.monitoring import ModelMetrics
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.result import ClassificationResult, InferenceResult, ModelInput, SegmentationResult
 from dicomnode.inference.volume import Image, Volume, build_image, build_volume
-from dicomnode.jobs.models import Delivery, Instance, Job
+from dicomnode.jobs.models import Delivery, Instance, Job, Study, StudySender
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
+from dicomnode.remote.backend import goes_remote, remote_backend
+from dicomnode.remote.roundtrip import run_remote
 from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.notice import build_failure_notice
@@ -40,7 +44,7 @@ from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.scu import StoreOutcome, send_files
-from dicomnode.settings import Peer, Settings
+from dicomnode.settings import Destination, Settings
 from dicomnode.store.spool import write_atomic
 
 log = logging.getLogger(__name__)
@@ -239,6 +243,8 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
     with ctx.sessions() as session:
         rule = session.scalar(select(Job.rule).where(Job.id == job.id))
     destinations = runtime_destinations(ctx.settings, ctx.sessions, rule)
+    if not destinations and _sent_by_dicomweb(ctx.sessions, job):
+        return  # a cloud node: the sender fetches the results by WADO-RS
     if not destinations:
         raise SendError(f"no destination for rule {rule} (set DICOMNODE_PACS, or check the rule's destinations)",
                         retryable=False)
@@ -247,7 +253,7 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
     for destination in destinations:
         wanted = tuple(p for p in paths if result_kind(headers[p]) in destination.send)
         try:
-            _deliver_to(ctx, job, destination.peer, wanted, {p: str(headers[p].SOPInstanceUID) for p in wanted})
+            _deliver_to(ctx, job, destination, wanted, {p: str(headers[p].SOPInstanceUID) for p in wanted})
         except SendError as exc:
             errors.append(exc)
     if len(errors) == 1:
@@ -256,36 +262,52 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
         raise SendError("; ".join(map(str, errors)), retryable=any(e.retryable for e in errors))
 
 
-def _deliver_to(ctx: PipelineContext, job: ClaimedJob, peer: Peer, paths: tuple[Path, ...],
+def _send(settings: Settings, destination: Destination, paths: tuple[Path, ...]) -> list[StoreOutcome]:
+    """C-STORE to a DIMSE destination, STOW-RS to a ``dicomweb`` one: the same outcomes either way."""
+    if destination.kind == "dicomweb":
+        return stow_files(settings, destination, paths)
+    return send_files(settings, destination.peer, paths)
+
+
+def _sent_by_dicomweb(sessions: sessionmaker[Session], job: ClaimedJob) -> bool:
+    with sessions() as session:
+        return session.scalar(select(StudySender.user).join(Study, StudySender.study_id == Study.id)
+                              .where(Study.study_uid == job.study_uid).limit(1)) is not None
+
+
+def _deliver_to(ctx: PipelineContext, job: ClaimedJob, destination: Destination, paths: tuple[Path, ...],
                 uids: dict[Path, str]) -> None:
-    done = _already_stored(ctx.sessions, job.id, str(peer))
+    target = str(destination)  # AE@host:port, or the DICOMweb URL
+    actor = destination.ae_title or destination.name
+    address = urlsplit(destination.url).hostname or "" if destination.kind == "dicomweb" else destination.host
+    done = _already_stored(ctx.sessions, job.id, target)
     pending = tuple(p for p in paths if uids[p] not in done)
     if not pending:
         return
     with session_scope(ctx.sessions) as session:
         record(session, AuditEvent.BEGIN_TRANSFER_OUT, actor=ctx.settings.ae_title, **job.subject(), job_id=job.id,
-               destination=str(peer), instances=len(pending))
+               destination=target, instances=len(pending))
     try:
-        outcomes = send_files(ctx.settings, peer, pending)
+        outcomes = _send(ctx.settings, destination, pending)
     except SendError as exc:
         with session_scope(ctx.sessions) as session:
-            record(session, AuditEvent.RESULT_SEND_FAILED, Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
+            record(session, AuditEvent.RESULT_SEND_FAILED, Outcome.SERIOUS_FAILURE, actor=actor,
                    **job.subject(), job_id=job.id, reason=str(exc))
         raise
     with session_scope(ctx.sessions) as session:
         for outcome in outcomes:
             status = f"0x{outcome.status:04X}" if outcome.status is not None else "none"
-            session.add(Delivery(job_id=job.id, destination=str(peer), sop_class_uid=outcome.sop_class_uid,
+            session.add(Delivery(job_id=job.id, destination=target, sop_class_uid=outcome.sop_class_uid,
                                  sop_instance_uid=outcome.sop_instance_uid, path=str(outcome.path),
                                  status=outcome.status, outcome="stored" if outcome.stored else "failed"))
             record(session, AuditEvent.RESULT_SENT if outcome.stored else AuditEvent.RESULT_SEND_FAILED,
-                   Outcome.SUCCESS if outcome.stored else Outcome.SERIOUS_FAILURE, actor=peer.ae_title,
-                   **job.subject(), job_id=job.id, address=peer.host,
+                   Outcome.SUCCESS if outcome.stored else Outcome.SERIOUS_FAILURE, actor=actor,
+                   **job.subject(), job_id=job.id, address=address,
                    sop_instance_uid=outcome.sop_instance_uid, sop_classes={outcome.sop_class_uid: 1}, status=status)
     failed = [o for o in outcomes if not o.stored]
     if failed:
         codes = ", ".join("no answer" if o.status is None else f"0x{o.status:04X}" for o in failed)
-        raise SendError(f"{len(failed)} of {len(outcomes)} result(s) not stored by {peer}: {codes}",
+        raise SendError(f"{len(failed)} of {len(outcomes)} result(s) not stored by {target}: {codes}",
                         retryable=_classify(failed))
 
 
@@ -297,17 +319,24 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
         if manifest is None or manifest.version != job.model_version:
             raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
         datasets = load_series(ctx.sessions, job)
-        image = build_input(manifest, datasets)
-        inferred, seconds = infer(ctx, manifest, image)
-        log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
-                                               shape="x".join(map(str, image.array.shape))))
-        explanation = ctx.settings.pacs.explanation if ctx.settings.pacs is not None else "seg"
-        objects, outputs, summary = build_results(manifest, image, inferred, job, explanation)
-        result = write_results(ctx.settings.results_dir, job.id, objects, outputs, seconds, summary)
-        if ctx.metrics is not None:
-            ctx.metrics.observe(manifest.id, seconds, outputs)
-            for warning in ctx.metrics.warnings():
-                log.warning("drift: %s", warning, extra=extra(stage="infer", job_id=job.id, model=manifest.id))
+        backend = remote_backend(manifest)
+        if goes_remote(manifest, backend, ctx.sessions) and backend is not None:  # edge -> cloud
+            started = time.perf_counter()
+            objects = run_remote(ctx.settings, ctx.sessions, job, backend, datasets)
+            result = write_results(ctx.settings.results_dir, job.id, objects, {}, time.perf_counter() - started,
+                                   "computed remotely")
+        else:
+            image = build_input(manifest, datasets)
+            inferred, seconds = infer(ctx, manifest, image)
+            log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
+                                                   shape="x".join(map(str, image.array.shape))))
+            explanation = ctx.settings.pacs.explanation if ctx.settings.pacs is not None else "seg"
+            objects, outputs, summary = build_results(manifest, image, inferred, job, explanation)
+            result = write_results(ctx.settings.results_dir, job.id, objects, outputs, seconds, summary)
+            if ctx.metrics is not None:
+                ctx.metrics.observe(manifest.id, seconds, outputs)
+                for warning in ctx.metrics.warnings():
+                    log.warning("drift: %s", warning, extra=extra(stage="infer", job_id=job.id, model=manifest.id))
     deliver(ctx, job, result.paths)
     return result
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -68,37 +68,55 @@ ResultKind = Literal["SEG", "SR"]
 
 
 class Destination(BaseModel):
-    """Where results go besides (or instead of) the PACS: a named C-STORE SCP and which results it takes,
+    """Where results go besides (or instead of) the PACS: a named C-STORE SCP (``kind = "dimse"``) or a
+    DICOMweb STOW-RS service (``kind = "dicomweb"``: ``url``, a bearer token read from ``token_file``,
+    server certificates checked against ``tls_ca_file`` or the system's), and which results it takes,
     for example a research archive that gets the SEG only."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    ae_title: str
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str = ""
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False
     send: tuple[ResultKind, ...] = Field(default=("SEG", "SR"), min_length=1)
+    url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
+    token_file: Path | None = None
+    tls_ca_file: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
-        return _check_ae_title(value)
+        return _check_ae_title(value) if value else value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Destination:
+        if self.kind == "dimse" and not self.ae_title:
+            raise ValueError(f"destination {self.name}: a DIMSE destination needs ae_title")
+        if self.kind == "dicomweb" and not self.url:
+            raise ValueError(f"destination {self.name}: a dicomweb destination needs url (https://host/dicomweb)")
+        return self
 
     @property
     def peer(self) -> Peer:
-        return Peer(ae_title=self.ae_title, host=self.host, port=self.port, tls=self.tls)
+        return Peer(ae_title=self.ae_title or "DICOMWEB", host=self.host, port=self.port, tls=self.tls)
+
+    def __str__(self) -> str:
+        return self.url if self.kind == "dicomweb" else str(self.peer)
 
 
 class AdminUser(BaseModel):
     """An admin API user: a name, a PBKDF2 hash (``dicomnode admin hash-password``), never a password, and a
-    role: ``admin`` may change things and sees patient data; ``viewer`` may read, with identifiers masked."""
+    role: ``admin`` may change things and sees patient data; ``viewer`` may read, with identifiers masked;
+    ``sender`` may store by STOW-RS and read the results of the studies it sent, and may not administer."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     password_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
-    role: Literal["admin", "viewer"] = "admin"
+    role: Literal["admin", "viewer", "sender"] = "admin"
 
 
 _MAX_PATTERN = 256
@@ -234,6 +252,8 @@ class Settings(BaseSettings):
     admin_login_free_failures: int = Field(default=3, ge=1)
     admin_login_max_delay_seconds: float = Field(default=60.0, gt=0)
     admin_login_burst_seconds: float = Field(default=300.0, gt=0)
+    dicomweb_max_body_bytes: int = Field(default=2 * 2**30, ge=1024)
+    dicomweb_request_timeout_seconds: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 

@@ -5,6 +5,7 @@
 set -euo pipefail
 missing=()
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)  # DICOMweb archive tests
 command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 [ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed-apps)  # DicomSRValidator

@@ -2,7 +2,8 @@
 
 Every /api/ call but login needs ``Authorization: Bearer <token>``. The ``admin`` role may change things
 and sees patient names and IDs (each such view is audited as Instances Accessed); the ``viewer`` role
-may only read, with identifiers masked. Logins, failed login bursts, logouts and changes are audited
+may only read, with identifiers masked; the ``sender`` role may only use DICOMweb (/dicomweb,
+:mod:`dicomnode.admin.dicomweb`). Logins, failed login bursts, logouts and changes are audited
 with the user and address. OpenAPI: ``/openapi.json`` and ``/docs``.
 """
 
@@ -86,15 +87,24 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def current_user(request: Request, authorization: Annotated[str, Header()] = "") -> AdminUser:
-    """The logged-in user (401 without a live token); the role comes from the configuration."""
+def token_user(request: Request, authorization: str) -> AdminUser:
+    """The user whose live bearer token ``authorization`` carries (401 without one), any role."""
     state = _state(request)
     token = authorization[7:].strip() if authorization.startswith("Bearer ") else ""
     with state.ctx.sessions() as session:
         name = auth.session_user(session, token) if token else None
     user = state.accounts.find(name) if name is not None else None
     if user is None:
-        raise HTTPException(401, "log in first (POST /api/login)")
+        raise HTTPException(401, "log in first (POST /api/login)", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def current_user(request: Request, authorization: Annotated[str, Header()] = "") -> AdminUser:
+    """The logged-in admin or viewer (401 without a live token, 403 for the sender role, which may use
+    only /dicomweb); the role comes from the configuration."""
+    user = token_user(request, authorization)
+    if user.role == "sender":
+        raise HTTPException(403, "the sender role may use only /dicomweb")
     return user
 
 
@@ -387,9 +397,10 @@ def create_app(ctx: AdminContext) -> FastAPI:
     add("/api/rules/{name}", _delete_rule, methods=["DELETE"], tags=["rules"], status_code=204,
         response_class=Response)
     add("/", lambda: RedirectResponse("/ui/", status_code=307), methods=["GET"], include_in_schema=False)
-    from dicomnode.admin import console  # the console builds on this module's functions
+    from dicomnode.admin import console, dicomweb  # they build on this module's functions
 
     console.mount(app)
+    app.include_router(dicomweb.router)
     return app
 
 

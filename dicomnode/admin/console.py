@@ -54,6 +54,8 @@ def _need(request: Request, admin: bool = False) -> AdminUser:
     user = _user(request)
     if user is None:
         raise _LoginRedirect
+    if user.role == "sender":
+        raise HTTPException(403, "the sender role may use only /dicomweb")
     if admin and user.role != "admin":
         raise HTTPException(403, "the viewer role may not change anything")
     return user

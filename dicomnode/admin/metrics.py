@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.jobs.models import AuditRecord, Instance, Job, Study
 from dicomnode.jobs.status import JobStatus, StudyState
-from dicomnode.receive.handlers import disk_guard
 from dicomnode.settings import Settings
+from dicomnode.store.ingest import disk_guard
 from dicomnode.store.spool import free_bytes
 
 

@@ -8,6 +8,8 @@
   says so, and as soon as it has grown past the limit when it is chunked. A malformed
   ``Content-Length`` (``-1``) is a 400 from the HTTP parser.
 - At most ``admin_max_connections`` connections are served at once; more get 503.
+- DICOMweb (``/dicomweb/``) takes larger bodies and longer: ``dicomweb_max_body_bytes`` and
+  ``dicomweb_request_timeout_seconds``, counted from the arrival of the request's headers.
 """
 
 from __future__ import annotations
@@ -38,15 +40,19 @@ class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for receiving each whole request."""
 
     request_timeout: float = 10.0  # set on the subclass made by :func:`start_server`
+    upload_prefix: str = "/dicomweb/"
+    upload_timeout: float = 600.0
     _deadline: asyncio.TimerHandle | None = None
+    _extended = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float | None = None) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(self.request_timeout, self._on_deadline)
+        self._extended = seconds is not None
+        self._deadline = self.loop.call_later(seconds or self.request_timeout, self._on_deadline)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -62,6 +68,9 @@ class BoundedH11Protocol(H11Protocol):
         super().handle_events()
         if self.conn.their_state is h11.DONE:  # the whole request is in: the app has it now
             self._disarm()
+        elif (self.conn.their_state is h11.SEND_BODY and not self._extended and self._deadline is not None
+              and str(getattr(self, "scope", {}).get("path", "")).startswith(self.upload_prefix)):
+            self._arm(self.upload_timeout)  # an upload: its own, longer deadline
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -79,13 +88,15 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.uploads = uploads or {}  # paths that take uploads, with their own limit
+        self.uploads = uploads or {}  # paths (or prefixes, ending in "/") that take uploads, with their own limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.uploads.get(scope["path"], self.max_bytes)
+        path = scope["path"]
+        limit = self.uploads.get(path) or next((v for k, v in self.uploads.items()
+                                                if k.endswith("/") and path.startswith(k)), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send)
@@ -141,8 +152,9 @@ class AdminServer:
 
 def start_server(app: Any, settings: Settings) -> AdminServer:
     """Bind ``admin_host:admin_port`` now (errors surface here) and serve ``app`` from a thread."""
-    protocol = type("Protocol", (BoundedH11Protocol,), {"request_timeout": settings.admin_request_timeout_seconds})
-    uploads = {"/ui/rules/test": settings.admin_max_upload_bytes}
+    protocol = type("Protocol", (BoundedH11Protocol,), {"request_timeout": settings.admin_request_timeout_seconds,
+                                                        "upload_timeout": settings.dicomweb_request_timeout_seconds})
+    uploads = {"/ui/rules/test": settings.admin_max_upload_bytes, "/dicomweb/": settings.dicomweb_max_body_bytes}
     config = uvicorn.Config(BodyLimit(app, settings.admin_max_body_bytes, uploads), http=protocol, lifespan="off",
                             log_config=None, access_log=False, server_header=False,
                             limit_concurrency=settings.admin_max_connections,

@@ -135,6 +135,19 @@ class DefaultRule(_Strict):
     match: dict[str, str] = Field(default_factory=dict)
 
 
+class RemoteBackend(_Strict):
+    """``[remote]``: another dicomnode that serves this model over DICOMweb (see :mod:`dicomnode.remote`)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    user: str = Field(min_length=1, max_length=64)
+    password_file: Path
+    tls_ca_file: Path | None = None
+    placement: Literal["local", "remote", "prefer-local"] = "prefer-local"
+    max_local_queue: int = Field(default=4, ge=0)
+    poll_seconds: float = Field(default=2.0, gt=0)
+    timeout_seconds: float = Field(default=900.0, gt=0)
+
+
 class Manifest(_Strict):
     """One model's manifest (version 2); ``directory`` is the folder it was read from."""
 
@@ -152,6 +165,7 @@ class Manifest(_Strict):
     input: InputSpec
     output: OutputSpec
     default_rule: DefaultRule = DefaultRule()
+    remote: RemoteBackend | None = None
     directory: Path = Path(".")
 
     @field_validator("intended_use")

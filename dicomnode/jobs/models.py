@@ -230,6 +230,40 @@ class AdminSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
+class StudySender(Base):
+    """A STOW-RS user who sent (part of) a study: the ``sender`` role may read that study's results."""
+
+    __tablename__ = "study_sender"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RemoteRun(Base):
+    """A job sent for remote inference: the de-identification seed (so that a retry sends the same
+    de-identified UIDs and the cloud deduplicates) and the de-identified study UID it went out under."""
+
+    __tablename__ = "remote_run"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), primary_key=True)
+    seed: Mapped[str] = mapped_column(String(64))
+    deid_study_uid: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DeidUid(Base):
+    """One UID of a remotely inferred job and the de-identified UID that replaced it (the edge's UID map)."""
+
+    __tablename__ = "deid_uid"
+    __table_args__ = (UniqueConstraint("job_id", "original_uid", name="uq_deid_uid_job_original"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    original_uid: Mapped[str] = mapped_column(String(64))
+    deid_uid: Mapped[str] = mapped_column(String(64), index=True)
+
+
 class AuditCursor(Base):
     """How far the ATNA sender got: the id of the last audit row delivered to the repository."""
 

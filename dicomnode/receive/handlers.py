@@ -1,6 +1,8 @@
 """DIMSE and association event handlers: plain functions that return status codes and never raise.
 
-Dependencies come in through a bound :class:`ReceiveContext`, never through globals.
+Dependencies come in through a bound :class:`ReceiveContext`, never through globals. What happens to
+a decoded instance (disk guard, collision check, spool, database) is :func:`dicomnode.store.ingest.ingest`,
+shared with STOW-RS.
 Status codes (PS3.4 B.2.3 and PS3.7 C):
 
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
@@ -23,39 +25,33 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
-from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
-from dicomnode.errors import StoreError, UidCollision
-from dicomnode.jobs.models import Instance
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
 from dicomnode.receive.limits import InflationLimit, inflate_bounded
 from dicomnode.settings import Settings
-from dicomnode.store.index import InstanceMeta, find_collision, record_instance
-from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
+from dicomnode.store.ingest import (
+    BAD_UID,
+    CANNOT_DECODE,
+    SUCCESS,
+    TOO_LARGE,
+    UID_MISMATCH,
+    UNEXPECTED,
+    Client,
+    audit,
+    ingest,
+    read_meta,
+    refuse,
+)
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES_DISK = 0xA700
-OUT_OF_RESOURCES_DB = 0xA701
-TOO_LARGE = 0xA700
-CANNOT_DECODE = 0xC210
-BAD_UID = 0xC211
-UID_MISMATCH = 0xC212
-UID_COLLISION = 0xC213
-UNEXPECTED = 0xC2FF
 
 
 @dataclass(frozen=True)
@@ -65,11 +61,7 @@ class ReceiveContext:
 
 
 def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
-    try:
-        with session_scope(ctx.sessions) as session:
-            record(session, event, outcome, **fields)
-    except SQLAlchemyError:
-        log.exception("could not write audit row", extra=extra(event=event.value))
+    audit(ctx.sessions, event, outcome, **fields)
 
 
 def _requestor(event: Any) -> tuple[str, str]:
@@ -148,80 +140,9 @@ def handle_store(event: Any, ctx: ReceiveContext) -> int:
         return UNEXPECTED
 
 
-def _refuse(ctx: ReceiveContext, event: Any, status: int, reason: str, study_uid: str | None = None,
-            log_reason: str | None = None) -> int:
-    """Audit the refusal with its full reason; the log gets ``log_reason``, which quotes no values."""
+def _client(event: Any) -> Client:
     calling_ae, address = _requestor(event)
-    log.warning("C-STORE refused with 0x%04X: %s", status, log_reason or reason, extra=extra(stage="receive"))
-    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, study_uid=study_uid,
-           address=address, status=f"0x{status:04X}", reason=reason)
-    return status
-
-
-def _refuse_collision(ctx: ReceiveContext, event: Any, meta: InstanceMeta, reason: str) -> int:
-    """0xC213 and a security-alert audit row naming the colliding UIDs (the log names only the kind)."""
-    calling_ae, address = _requestor(event)
-    log.warning("C-STORE refused with 0x%04X: %s", UID_COLLISION, reason, extra=extra(stage="receive"))
-    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.SERIOUS_FAILURE, actor=calling_ae, study_uid=meta.study_uid,
-           patient_id=meta.patient_id, patient_name=meta.patient_name, address=address,
-           status=f"0x{UID_COLLISION:04X}", reason=reason, security_alert=True,
-           series_uid=meta.series_uid, sop_instance_uid=meta.sop_instance_uid)
-    return UID_COLLISION
-
-
-def _drop_orphan(ctx: ReceiveContext, path: Path) -> None:
-    """Remove a refused instance's spool file unless a recorded instance owns that path."""
-    try:
-        with ctx.sessions() as session:
-            owned = session.scalar(select(Instance.id).where(Instance.path == str(path))) is not None
-        if not owned:
-            path.unlink(missing_ok=True)
-    except (SQLAlchemyError, OSError):
-        log.exception("could not remove a refused instance's spool file", extra=extra(stage="receive"))
-
-
-def _collision(ctx: ReceiveContext, meta: InstanceMeta) -> str:
-    with ctx.sessions() as session:
-        return find_collision(session, meta)
-
-
-def disk_guard(settings: Settings) -> str:
-    """Why the node must refuse instances for lack of disk space, or "" when it need not."""
-    try:
-        free = free_bytes(settings.spool_dir)
-    except OSError as exc:
-        return f"disk guard: free space unknown ({exc.strerror or exc})"
-    threshold = int(settings.min_free_disk_mb * 1024 * 1024)
-    if free < threshold:
-        return f"disk guard: {free // 2**20} MiB free, below min_free_disk_mb={settings.min_free_disk_mb:g}"
-    return ""
-
-
-def _meta(ds: Dataset, event: Any) -> InstanceMeta:
-    """Read and validate what the node keeps; raises ValueError naming the bad attribute."""
-    uids = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        try:
-            uids[keyword] = clean_uid(ds.get(keyword))
-        except ValueError as exc:
-            raise ValueError(f"{keyword}: {exc}") from None
-    series_number = ds.get("SeriesNumber")
-    try:
-        number = int(series_number) if series_number not in (None, "") else None
-    except (TypeError, ValueError):
-        number = None
-    return InstanceMeta(
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        modality=str(ds.get("Modality", "") or "").strip("\x00 ")[:16],
-        series_number=number,
-        series_description=str(ds.get("SeriesDescription", "") or "").strip("\x00 "),
-        patient_id=str(ds.get("PatientID", "") or "").strip("\x00 ")[:64],
-        patient_name=str(ds.get("PatientName", "") or "").strip("\x00 ")[:324],
-    )
+    return Client(actor=calling_ae, address=address, calling_ae=calling_ae)
 
 
 def _size_refusal(event: Any, settings: Settings) -> str:
@@ -241,47 +162,20 @@ def _size_refusal(event: Any, settings: Settings) -> str:
 
 
 def _store(event: Any, ctx: ReceiveContext) -> int:
+    client = _client(event)
     too_large = _size_refusal(event, ctx.settings)
     if too_large:
-        return _refuse(ctx, event, TOO_LARGE, too_large)
+        return refuse(ctx.sessions, client, TOO_LARGE, too_large)
     try:
-        ds = event.dataset
-        meta = _meta(ds, event)
+        meta = read_meta(event.dataset, str(event.context.transfer_syntax))
     except ValueError as exc:
         keyword = str(exc).split(":", 1)[0]
-        return _refuse(ctx, event, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
+        return refuse(ctx.sessions, client, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
     except Exception as exc:
-        return _refuse(ctx, event, CANNOT_DECODE, f"dataset could not be decoded: {type(exc).__name__}")
+        return refuse(ctx.sessions, client, CANNOT_DECODE, f"dataset could not be decoded: {type(exc).__name__}")
     request = event.request
     if (meta.sop_instance_uid != str(request.AffectedSOPInstanceUID).strip()
             or meta.sop_class_uid != str(request.AffectedSOPClassUID).strip()):
-        return _refuse(ctx, event, UID_MISMATCH,
-                       "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
-
-    guard = disk_guard(ctx.settings)
-    if guard:
-        return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
-    try:
-        collision = _collision(ctx, meta)  # before the spool write, which could replace another's file
-    except SQLAlchemyError as exc:
-        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
-    if collision:
-        return _refuse_collision(ctx, event, meta, collision)
-    path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-    data = event.encoded_dataset()
-    try:
-        sha256 = write_atomic(path, data)
-    except StoreError as exc:
-        return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
-
-    calling_ae, address = _requestor(event)
-    try:
-        with session_scope(ctx.sessions) as session:
-            record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae,
-                            calling_address=address)
-    except UidCollision as exc:  # raced in since the check above
-        _drop_orphan(ctx, path)
-        return _refuse_collision(ctx, event, meta, str(exc))
-    except SQLAlchemyError as exc:
-        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
-    return SUCCESS
+        return refuse(ctx.sessions, client, UID_MISMATCH,
+                      "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
+    return ingest(ctx.settings, ctx.sessions, client, meta, event.encoded_dataset())

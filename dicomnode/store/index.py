@@ -61,13 +61,14 @@ def find_collision(session: Session, meta: InstanceMeta) -> str:
 
 def record_instance(
     session: Session, meta: InstanceMeta, *, path: str, sha256: str, size: int, calling_ae: str,
-    calling_address: str = "",
+    calling_address: str = "", actor: str | None = None,
 ) -> bool:
     """Upsert study and series, insert or refresh the instance, and audit the receipt.
 
     Re-send policy: an instance received again with the same content (SHA-256) changes nothing. A new or
     changed instance reopens its study (RECEIVING), and if its series was already routed, raises the
     series' revision so that routing queues a new result version. Returns whether anything changed.
+    ``actor`` names the sender in the audit rows (default: ``calling_ae``; a STOW-RS user's name).
 
     Raises
     ------
@@ -79,6 +80,7 @@ def record_instance(
     if collision:
         raise UidCollision(collision)
     now = utcnow()
+    actor = calling_ae if actor is None else actor
     instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
     unchanged = instance is not None and instance.sha256 == sha256
     study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
@@ -88,8 +90,8 @@ def record_instance(
                       calling_address=calling_address, first_received_at=now)
         session.add(study)
         session.flush()
-        record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(), address=calling_address)
-    record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, **study.subject(),
+        record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=actor, **study.subject(), address=calling_address)
+    record(session, AuditEvent.INSTANCE_RECEIVED, actor=actor, **study.subject(),
            sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, size=size, unchanged=unchanged)
     if unchanged:
         return False

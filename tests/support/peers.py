@@ -88,6 +88,9 @@ def sr_validator(path: Path) -> tuple[list[str], list[str]]:
     return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
 
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 @dataclass
 class Orthanc:
     """A throwaway Orthanc on loopback (after ../shared/tools/orthanc-loopback.sh)."""
@@ -98,6 +101,8 @@ class Orthanc:
     aet: str = "ORTHANC"
     strict: bool = False  # only AE titles listed as modalities may associate at all
     receive_delay: float = 0.0  # seconds the PACS takes over each C-STORE (a slow PACS: long send phases)
+    dicomweb: bool = False  # load the DICOMweb plugin (Debian orthanc-dicomweb): STOW/QIDO/WADO at /dicom-web/
+    reject_stow: bool = False  # answer every STOW-RS request 403 Forbidden (an archive that rejects the node)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,8 +122,18 @@ function ReceivedInstanceFilter(dicom, origin, info)
   {delay}
   return true
 end
+{self._http_filter()}
 """)
         return script
+
+    def _http_filter(self) -> str:
+        if not self.reject_stow:
+            return ""
+        return """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  return not (method == "POST" and string.find(uri, "/dicom-web/", 1, true) == 1)
+end
+"""
 
     def receipts(self, study_uid: str) -> Counter[tuple[str, str]]:
         """How often each (modality, SOP Instance UID) of the study was received: deliveries, not instances."""
@@ -142,6 +157,9 @@ end
             "DicomModalities": {}, "OverwriteInstances": True, "SaveJobs": False, "ConcurrentJobs": 2,
             "StableAge": 60, "LuaScripts": [str(self._receipts_script())],
         }
+        if self.dicomweb:
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         with open(self.folder / "orthanc.log", "wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen([require("Orthanc"), str(self.folder / "orthanc.json")],

@@ -1,0 +1,167 @@
+"""DICOMweb (PS3.18) on the admin app, under /dicomweb: STOW-RS in, QIDO-RS and WADO-RS for the results.
+
+- ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``: STOW-RS, a
+  ``multipart/related; type="application/dicom"`` body; each part lands through
+  :func:`dicomnode.store.ingest.ingest`, as a C-STORE does, and gets its own entry in the Store Instances
+  Response (``application/dicom+json``; :mod:`dicomnode.dicomweb.stow`). A malformed body (415 wrong
+  type, 400 truncated or malformed, 413 too large) stores nothing.
+- ``GET /dicomweb/studies/{study}/series[?Modality=SEG|SR]`` and ``.../series/{series}/instances``: QIDO-RS
+  over the study's results. ``GET .../series/{series}`` and ``.../instances/{sop}``: WADO-RS, the result
+  files as ``multipart/related; type="application/dicom"``.
+
+Bearer tokens come from ``POST /api/login``. The ``admin`` and ``sender`` roles may store; a sender
+reads only the results of studies it sent (others are 404), an admin every study's; the ``viewer``
+role gets 403. Each store names the user and address in the audit trail; each retrieval is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from dicomnode.admin.api import _address, _state, token_user
+from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.trail import record
+from dicomnode.db import session_scope
+from dicomnode.dicomweb.multipart import DICOM, MultipartError, encode_related, parse_related
+from dicomnode.dicomweb.results import ResultFile, instance_attributes, result_files, series_attributes
+from dicomnode.dicomweb.stow import PartOutcome, store_part, store_response
+from dicomnode.jobs.models import Study, StudySender
+from dicomnode.settings import AdminUser
+from dicomnode.store.ingest import Client, audit
+
+_UID = r"^[0-9.]{1,64}$"
+DICOM_JSON = "application/dicom+json"
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+
+def dicomweb_user(request: Request, authorization: Annotated[str, Header()] = "") -> AdminUser:
+    """An admin or sender with a live token (401 without one, 403 for the viewer role)."""
+    user = token_user(request, authorization)
+    if user.role not in ("admin", "sender"):
+        raise HTTPException(403, "the viewer role may not use DICOMweb")
+    return user
+
+
+WebUser = Annotated[AdminUser, Depends(dicomweb_user)]
+StudyUid = Annotated[str, Path(pattern=_UID)]
+
+
+def _base(request: Request) -> str:
+    return f"{str(request.base_url).rstrip('/')}/dicomweb"
+
+
+def _client(request: Request, user: AdminUser) -> Client:
+    return Client(actor=user.name, address=_address(request), calling_ae=user.name[:16],
+                  sender=user.name, transport="STOW-RS")
+
+
+def _store_all(request: Request, user: AdminUser, parts: list[bytes], study_uid: str | None) -> list[PartOutcome]:
+    ctx = _state(request).ctx
+    client = _client(request, user)
+    return [store_part(ctx.settings, ctx.sessions, client, part, study_uid) for part in parts]
+
+
+async def _stow(request: Request, user: AdminUser, study_uid: str | None) -> Response:
+    body = await request.body()
+    try:
+        parts = parse_related(body, request.headers.get("content-type", ""))
+    except MultipartError as exc:
+        sessions = _state(request).ctx.sessions
+        await run_in_threadpool(audit, sessions, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE,
+                                actor=user.name, address=_address(request), status=f"HTTP {exc.status}",
+                                reason=f"STOW-RS request refused: {exc}", transport="STOW-RS")
+        raise HTTPException(exc.status, f"{exc}; nothing was stored") from None
+    outcomes = await run_in_threadpool(_store_all, request, user, parts, study_uid)
+    status, response = store_response(outcomes, _base(request))
+    return JSONResponse(response.to_json_dict(), status_code=status, media_type=DICOM_JSON)
+
+
+async def _stow_any(request: Request, user: WebUser) -> Response:
+    return await _stow(request, user, None)
+
+
+async def _stow_study(request: Request, study_uid: StudyUid, user: WebUser) -> Response:
+    return await _stow(request, user, study_uid)
+
+
+def _readable(request: Request, user: AdminUser, study_uid: str) -> Study:
+    """The study, when ``user`` may read its results (404 otherwise: nobody learns what others sent)."""
+    with _state(request).ctx.sessions() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        allowed = study is not None and (user.role == "admin" or session.get(StudySender, (study.id, user.name))
+                                         is not None)
+        if study is None or not allowed:
+            raise HTTPException(404, "no such study")
+        session.expunge(study)
+        return study
+
+
+def _results(request: Request, user: AdminUser, study_uid: str) -> list[ResultFile]:
+    _readable(request, user, study_uid)
+    ctx = _state(request).ctx
+    return result_files(ctx.settings, ctx.sessions, study_uid)
+
+
+def _search_series(request: Request, study_uid: StudyUid, user: WebUser,
+                   modality: Annotated[str | None, Query(alias="Modality", pattern=r"^[A-Z]{1,16}$")] = None
+                   ) -> Response:
+    files = [f for f in _results(request, user, study_uid) if modality is None or f.header.Modality == modality]
+    answers = [ds.to_json_dict() for ds in series_attributes(files, _base(request))]
+    return JSONResponse(answers, media_type=DICOM_JSON) if answers else Response(status_code=204)
+
+
+def _search_instances(request: Request, study_uid: StudyUid, series_uid: Annotated[str, Path(pattern=_UID)],
+                      user: WebUser) -> Response:
+    files = [f for f in _results(request, user, study_uid) if f.series_uid == series_uid]
+    answers = [ds.to_json_dict() for ds in instance_attributes(files, _base(request))]
+    return JSONResponse(answers, media_type=DICOM_JSON) if answers else Response(status_code=204)
+
+
+def _accepts_dicom(accept: str) -> bool:
+    return not accept or any(kind in accept for kind in (DICOM, "*/*", "multipart/related"))
+
+
+def _retrieve(request: Request, user: AdminUser, study_uid: str, series_uid: str, sop: str | None,
+              accept: str) -> Response:
+    if not _accepts_dicom(accept):
+        raise HTTPException(406, f"results are served as multipart/related; type=\"{DICOM}\"")
+    study = _readable(request, user, study_uid)
+    ctx = _state(request).ctx
+    files = [f for f in result_files(ctx.settings, ctx.sessions, study_uid)
+             if f.series_uid == series_uid and (sop is None or f.sop_instance_uid == sop)]
+    if not files:
+        raise HTTPException(404, "no such result")
+    body, content_type = encode_related([f.path.read_bytes() for f in files])
+    with session_scope(ctx.sessions) as session:
+        record(session, AuditEvent.RESULT_SENT, actor=user.name, **study.subject(), address=_address(request),
+               transport="WADO-RS", instances=len(files),
+               sop_classes={str(f.header.SOPClassUID): 1 for f in files})
+    return Response(body, media_type=content_type)
+
+
+def _retrieve_series(request: Request, study_uid: StudyUid, series_uid: Annotated[str, Path(pattern=_UID)],
+                     user: WebUser, accept: Annotated[str, Header()] = "") -> Response:
+    return _retrieve(request, user, study_uid, series_uid, None, accept)
+
+
+def _retrieve_instance(request: Request, study_uid: StudyUid, series_uid: Annotated[str, Path(pattern=_UID)],
+                       sop_uid: Annotated[str, Path(pattern=_UID)], user: WebUser,
+                       accept: Annotated[str, Header()] = "") -> Response:
+    return _retrieve(request, user, study_uid, series_uid, sop_uid, accept)
+
+
+router.add_api_route("/studies", _stow_any, methods=["POST"], response_class=Response)
+router.add_api_route("/studies/{study_uid}", _stow_study, methods=["POST"], response_class=Response)
+router.add_api_route("/studies/{study_uid}/series", _search_series, methods=["GET"], response_class=Response)
+router.add_api_route("/studies/{study_uid}/series/{series_uid}/instances", _search_instances, methods=["GET"],
+                     response_class=Response)
+router.add_api_route("/studies/{study_uid}/series/{series_uid}", _retrieve_series, methods=["GET"],
+                     response_class=Response)
+router.add_api_route("/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}", _retrieve_instance,
+                     methods=["GET"], response_class=Response)

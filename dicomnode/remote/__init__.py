@@ -1,0 +1,1 @@
+"""Remote inference, edge to cloud: placement, de-identification, the DICOMweb round trip."""
