@@ -1,0 +1,26 @@
+"""The anchor file: checkpoints read back as written, bad lines named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dicomnode.audit.anchor import Checkpoint, read_checkpoints
+
+ONE = {"at": "2026-01-01T00:00:00.000000Z", "rows": 3, "head_id": 3, "head_hash": "ab" * 32}
+TWO = {**ONE, "rows": 5, "head_id": 6}
+
+
+def test_blank_lines_are_skipped_not_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "anchor.jsonl"
+    path.write_text(json.dumps(ONE) + "\n\n" + json.dumps(TWO) + "\n")
+    assert read_checkpoints(path) == [Checkpoint(**ONE), Checkpoint(**TWO)]
+
+
+def test_a_bad_line_is_named_by_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "anchor.jsonl"
+    path.write_text(json.dumps(ONE) + "\n" + '{"rows": "x"}\n')
+    with pytest.raises(ValueError, match="anchor file line 2 is not a checkpoint"):
+        read_checkpoints(path)
