@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.audit.anchor import Checkpoint, read_checkpoints
+from dicomnode.audit.anchor import Checkpoint, head, read_checkpoints
 
 ONE = {"at": "2026-01-01T00:00:00.000000Z", "rows": 3, "head_id": 3, "head_hash": "ab" * 32}
 TWO = {**ONE, "rows": 5, "head_id": 6}
@@ -24,3 +26,10 @@ def test_a_bad_line_is_named_by_its_number(tmp_path: Path) -> None:
     path.write_text(json.dumps(ONE) + "\n" + '{"rows": "x"}\n')
     with pytest.raises(ValueError, match="anchor file line 2 is not a checkpoint"):
         read_checkpoints(path)
+
+
+def test_the_head_of_an_empty_trail(sessions: sessionmaker[Session]) -> None:
+    checkpoint = head(sessions)
+    assert (checkpoint.rows, checkpoint.head_id, checkpoint.head_hash) == (0, 0, "")
+    at = dt.datetime.strptime(checkpoint.at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - at).total_seconds()) < 60  # UTC, not local time

@@ -49,3 +49,9 @@ def test_inflation_holds_one_chunk_at_a_time() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.0f} MiB while measuring"
+
+
+def test_a_truncated_stream_is_measured_as_far_as_it_goes() -> None:
+    whole = deflate(DATA)
+    size = inflate_bounded(whole[: len(whole) // 2], len(DATA), chunk_bytes=1000)
+    assert 0 < size < len(DATA)

@@ -69,7 +69,7 @@ def test_store_statuses_classify(statuses: list[int | None], retryable: bool) ->
 @pytest.mark.parametrize("bad", [{"max_attempts": 0}, {"base_seconds": 0}, {"base_seconds": -1.0}, {"factor": 0.99},
                                  {"jitter": -0.01}, {"jitter": 1.0}])
 def test_policy_refuses_bad_values(bad: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="RetryPolicy needs"):
+    with pytest.raises(ValueError, match=r"^RetryPolicy needs max_attempts >= 1, base_seconds > 0"):
         RetryPolicy(**bad)  # type: ignore[arg-type]
 
 
