@@ -82,7 +82,7 @@ def check_source(ds: Dataset, job: ClaimedJob, sop_instance_uid: str) -> None:
     """Raise :class:`SourceMismatch` unless ``ds`` carries the study, series and SOP UIDs of its row."""
     for keyword, expected in (("StudyInstanceUID", job.study_uid), ("SeriesInstanceUID", job.series_uid),
                               ("SOPInstanceUID", sop_instance_uid)):
-        if str(ds.get(keyword, "")).rstrip("\x00 ") != expected:
+        if str(ds.get(keyword, "") or "").rstrip("\x00 ").strip() != expected:  # as store.spool.clean_uid
             raise SourceMismatch(f"a spooled file's {keyword} differs from the database: series not used")
 
 

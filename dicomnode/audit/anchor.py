@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.jobs.models import AuditRecord
+from dicomnode.store.spool import make_private_dirs
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def head(sessions: sessionmaker[Session]) -> Checkpoint:
 def write_checkpoint(sessions: sessionmaker[Session], path: Path) -> Checkpoint:
     """Append the current head to ``path`` (JSON lines, owner-only, fsynced) and return it."""
     checkpoint = head(sessions)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, (json.dumps(asdict(checkpoint), sort_keys=True) + "\n").encode())

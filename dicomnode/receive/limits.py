@@ -79,9 +79,12 @@ def inflate_bounded(deflated: bytes, limit_bytes: int, chunk_bytes: int = 4 * 2*
     while pending and not inflater.eof:
         size += len(inflater.decompress(pending, chunk_bytes))
         pending = inflater.unconsumed_tail
-        if size > limit_bytes:
-            raise InflationLimit(f"inflated dataset larger than {limit_bytes // 2**20} MiB (max_inflated_mb)")
+        _check_inflated(size, limit_bytes)
     size += len(inflater.flush())
+    _check_inflated(size, limit_bytes)
+    return size
+
+
+def _check_inflated(size: int, limit_bytes: int) -> None:
     if size > limit_bytes:
         raise InflationLimit(f"inflated dataset larger than {limit_bytes // 2**20} MiB (max_inflated_mb)")
-    return size

@@ -31,8 +31,9 @@ _PEEK_LIMIT = 65536  # a longer A-ASSOCIATE-RQ is passed on once this much of it
 _PEEK_INTERVAL = 0.02
 
 
-def _whole_request_arrived(sock: socket.socket, deadline: float) -> bool:
-    """Wait (until ``deadline``) for the first PDU to arrive whole; False when it did not, or the peer left."""
+def _whole_request_arrived(sock: socket.socket, deadline: float) -> bool | None:
+    """Wait (until ``deadline``) for the first PDU to arrive whole: True when it did, False when the
+    deadline passed first, None when the peer closed the connection without asking for anything."""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -45,7 +46,7 @@ def _whole_request_arrived(sock: socket.socket, deadline: float) -> bool:
         except TimeoutError:
             return False
         if not data:
-            return False  # closed before asking for anything
+            return None  # closed before asking for anything (a port probe)
         if len(data) >= _PDU_HEADER:
             needed = _PDU_HEADER + int.from_bytes(data[2:6], "big")
             if len(data) >= min(needed, _PEEK_LIMIT):
@@ -74,9 +75,11 @@ class GuardedServer(ThreadedAssociationServer):
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_side=True)  # bounded and audited
             previous = sock.gettimeout()
-            if not _whole_request_arrived(sock, deadline):
-                log.warning("connection closed: no A-ASSOCIATE-RQ within first_pdu_timeout_seconds",
-                            extra=extra(stage="receive"))
+            arrived = _whole_request_arrived(sock, deadline)
+            if not arrived:
+                if arrived is False:
+                    log.warning("connection closed: no A-ASSOCIATE-RQ within first_pdu_timeout_seconds",
+                                extra=extra(stage="receive"))
                 self.shutdown_request(sock)
                 return
             sock.settimeout(previous)

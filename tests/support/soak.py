@@ -100,7 +100,8 @@ def start_soak_node(folder: Path, pacs: Orthanc) -> NodeProcess:
         "DICOMNODE_PACS": f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}",
         "DICOMNODE_PEERS": "STORESCU@127.0.0.1:104",
         "DICOMNODE_MODELS_DIR": str(models),
-        "DICOMNODE_STUDY_IDLE_SECONDS": "2",
+        # a study must not be judged complete between a kill while receiving and the PACS' re-send
+        "DICOMNODE_STUDY_IDLE_SECONDS": "15",
         "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.3",
         "DICOMNODE_WORKER_POLL_SECONDS": "0.2",
         "DICOMNODE_MIN_FREE_DISK_MB": "1",
@@ -138,7 +139,7 @@ class Soak:
         study_uid = str(series[0].StudyInstanceUID)
         acked: set[Path] = set()
         if phase == "receiving":
-            acked = self._kill_while_receiving(files)
+            acked = self._kill_while_receiving(files, study_uid)
         else:
             assert storescu(self.node.port, folder, called=self.node.ae_title).returncode == 0
             acked = set(files)
@@ -156,19 +157,20 @@ class Soak:
             assert storescu(self.node.port, folder, called=self.node.ae_title).returncode == 0
         self._check_delivered_once(i, phase, study_uid, before, recorded)
 
-    def _kill_while_receiving(self, files: list[Path]) -> set[Path]:
+    def _kill_while_receiving(self, files: list[Path], study_uid: str) -> set[Path]:
         target = self.rng.randint(1, SLICES // 2)
         sender = subprocess.Popen(
             [require("storescu"), "-v", "-aet", "STORESCU", "-aec", self.node.ae_title, "127.0.0.1",
              str(self.node.port), *map(str, files)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
-        spool = self.node.data_dir / "spool"
+        spool = self.node.data_dir / "spool" / study_uid  # this study's instances only
         wait_for(lambda: sum(1 for _ in spool.rglob("*.dcm")) >= target, timeout=60, interval=0.005,
                  msg=f"{target} instances spooled")
         self.node.stop(signal.SIGKILL)
         output, _ = sender.communicate(timeout=60)
         acked = acknowledged(output)
         assert len(acked) < len(files), "the kill landed after the whole study was received, not mid-phase"
+        assert len(acked) >= target - 1, f"{len(acked)} acknowledged, but {target} were spooled before the kill"
         return acked
 
     def _kill_in_job(self, study_uid: str, phase: str) -> None:
@@ -195,10 +197,15 @@ class Soak:
 
     def _check_delivered_once(self, i: int, phase: str, study_uid: str, before: Counter[tuple[str, str]],
                               recorded: set[str]) -> None:
-        wait_for(lambda: [j.status for j in _study_jobs(self.node, study_uid)] == [JobStatus.SUCCEEDED],
-                 timeout=180, msg=f"kill {i} ({phase}): the study's one job SUCCEEDED")
-        assert holds_for(lambda: [j.status for j in _study_jobs(self.node, study_uid)] == [JobStatus.SUCCEEDED],
-                         seconds=2)  # and nothing else was queued meanwhile
+        def settled() -> bool:
+            """The newest job SUCCEEDED and every earlier one was SKIPPED (a partial study judged complete
+            before the re-send: never delivered); nothing is QUEUED or RUNNING."""
+            statuses = [j.status for j in _study_jobs(self.node, study_uid)]
+            return bool(statuses) and statuses[-1] is JobStatus.SUCCEEDED and \
+                all(s is JobStatus.SKIPPED for s in statuses[:-1])
+
+        wait_for(settled, timeout=180, msg=f"kill {i} ({phase}): the study's job SUCCEEDED")
+        assert holds_for(settled, seconds=2)  # and nothing else was queued meanwhile
         after = self.pacs.receipts(study_uid)
         assert sorted(m for m, _ in after) == ["SEG", "SR"], f"kill {i} ({phase}): result sets {dict(after)}"
         expected = {key: before[key] + (0 if key[1] in recorded else 1) for key in after}

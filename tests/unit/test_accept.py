@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from dicomnode.receive.accept import CALLED_AE_NOT_RECOGNISED, CALLING_AE_NOT_RECOGNISED, decide
 from dicomnode.settings import Peer
 
@@ -39,3 +41,11 @@ def test_called_ae_padding_is_ignored() -> None:
 
 def test_open_node_accepts_anyone() -> None:
     assert call("ANYONE", "192.0.2.1", require=False).accepted
+
+
+@pytest.mark.parametrize("host", ["", "*"])
+def test_a_peer_without_a_host_may_call_from_anywhere(host: str) -> None:
+    peer = Peer.model_construct(ae_title="ANYWHERE", host=host, port=104, tls=False)
+    decision = decide(own_ae="DICOMNODE", called_ae="DICOMNODE", calling_ae="ANYWHERE", address="203.0.113.9",
+                      peers=(peer,), require_known=True)
+    assert decision.accepted

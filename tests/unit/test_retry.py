@@ -64,3 +64,26 @@ def test_store_statuses_classify(statuses: list[int | None], retryable: bool) ->
 
     failed = [StoreOutcome(Path("x"), "1.2", "1.2.3", s) for s in statuses]
     assert _classify(failed) is retryable
+
+
+@pytest.mark.parametrize("bad", [{"max_attempts": 0}, {"base_seconds": 0}, {"base_seconds": -1.0}, {"factor": 0.99},
+                                 {"jitter": -0.01}, {"jitter": 1.0}])
+def test_policy_refuses_bad_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"^RetryPolicy needs max_attempts >= 1, base_seconds > 0"):
+        RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("good", [{"max_attempts": 1}, {"factor": 1.0}, {"jitter": 0.0}, {"jitter": 0.99}])
+def test_policy_accepts_the_edges(good: dict[str, float]) -> None:
+    RetryPolicy(**good)  # type: ignore[arg-type]
+
+
+def test_giving_up_is_exactly_no_retry_and_no_delay() -> None:
+    permanent = POLICY.decide(1, BuildError("no segment"))
+    exhausted = POLICY.decide(5, StoreError("disk"), lambda: 0.5)
+    for decision in (permanent, exhausted):
+        assert decision.retry is False and decision.delay_seconds == 0.0
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    assert POLICY.decide(1, TimeoutError(), lambda: 0.5).reason.endswith(": TimeoutError")
