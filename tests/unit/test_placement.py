@@ -62,5 +62,5 @@ def test_prefer_local_goes_remote_when_the_queue_is_long(tmp_path: Path, setting
 
 
 def test_an_invalid_remote_table_names_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="remote.placement"):
+    with pytest.raises(ModelError, match=r"remote\.placement"):
         _manifest(tmp_path, 'placement = "somewhere"')
