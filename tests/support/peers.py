@@ -79,6 +79,7 @@ class Orthanc:
     aet: str = "ORTHANC"
     strict: bool = False  # only AE titles listed as modalities may associate at all
     receive_delay: float = 0.0  # seconds the PACS takes over each C-STORE (a slow PACS: long send phases)
+    receipts_enabled: bool = True  # the Lua receipt log; off for benchmarks, which time Orthanc as shipped
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,7 +122,7 @@ end
             "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": not self.strict,
             "DicomAlwaysAllowStore": not self.strict, "DicomCheckModalityHost": False, "DicomScuTimeout": 30,
             "DicomModalities": {}, "OverwriteInstances": True, "SaveJobs": False, "ConcurrentJobs": 2,
-            "StableAge": 60, "LuaScripts": [str(self._receipts_script())],
+            "StableAge": 60, "LuaScripts": [str(self._receipts_script())] if self.receipts_enabled else [],
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         with open(self.folder / "orthanc.log", "wb") as log:  # the child keeps its own descriptor
