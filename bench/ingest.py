@@ -104,10 +104,13 @@ def orthanc(root: Path) -> Iterator[tuple[int, str]]:
         pacs.stop()
 
 
+NODE_SETTINGS: dict[str, str] = {}  # --node-set KEY=VALUE: measure one setting against another
+
+
 def _node(root: Path, audit_repository: str) -> Iterator[tuple[int, str]]:
     settings = Settings.load(None, data_dir=root, host="127.0.0.1", port=free_port(),
                              peers=[Peer(ae_title="STORESCU", host="127.0.0.1")], min_free_disk_mb=1,
-                             audit_repository=audit_repository, audit_retry_seconds=0.2)
+                             audit_repository=audit_repository, audit_retry_seconds=0.2, **NODE_SETTINGS)
     settings.data_dir.mkdir(mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
@@ -143,10 +146,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each figure is their median (default 3)")
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--atna-down", action="store_true", help="also the node with its ATNA repository down")
+    parser.add_argument("--node-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a node setting for this run (e.g. max_pdu_bytes=16382)")
+    parser.add_argument("--only", nargs="+", help="receivers to run (default: all)")
     args = parser.parse_args()
+    NODE_SETTINGS.update(item.split("=", 1) for item in args.node_set)
     receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node}
     if args.atna_down:
         receivers["dicomnode, ATNA down"] = node_atna_down
+    if args.only:
+        receivers = {k: v for k, v in receivers.items() if k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files = make_instances(args.n, root / "in")
@@ -167,9 +176,9 @@ def main() -> None:
         print("| receiver | instances/s |\n|---|---|")
         for name, value in rate.items():
             print(f"| {name} | {value:.0f} |")
-        node_rate = rate["dicomnode"]
-        print(f"dicomnode / Orthanc: {node_rate / rate['Orthanc']:.2f}x; "
-              f"dicomnode / storescp: {node_rate / rate['DCMTK storescp']:.2f}x")
+        if {"dicomnode", "Orthanc", "DCMTK storescp"} <= rate.keys():
+            print(f"dicomnode / Orthanc: {rate['dicomnode'] / rate['Orthanc']:.2f}x; "
+                  f"dicomnode / storescp: {rate['dicomnode'] / rate['DCMTK storescp']:.2f}x")
     sys.stdout.flush()
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pynetdicom.dsutils import encode_file_meta
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,15 +36,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
-from dicomnode.errors import StoreError, UidCollision
+from dicomnode.db import read_scope, session_scope
+from dicomnode.errors import StoreError
 from dicomnode.jobs.models import Instance
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
 from dicomnode.receive.limits import InflationLimit, inflate_bounded
+from dicomnode.receive.tally import Tally
 from dicomnode.settings import Settings
-from dicomnode.store.index import InstanceMeta, find_collision, record_instance
-from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
+from dicomnode.store.committer import GroupCommitter, Receipt
+from dicomnode.store.index import InstanceMeta, find_collision
+from dicomnode.store.spool import clean_uid, free_bytes, remove_new_file, spool_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ UNEXPECTED = 0xC2FF
 class ReceiveContext:
     settings: Settings
     sessions: sessionmaker[Session]
+    committer: GroupCommitter = field(init=False)
+    tally: Tally = field(init=False, default_factory=Tally)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "committer", GroupCommitter(self.sessions))
 
 
 def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
@@ -131,6 +139,15 @@ def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
     _audit(ctx, AuditEvent.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, actor=calling_ae, address=address)
 
 
+def handle_closed(event: Any, ctx: ReceiveContext) -> None:
+    """EVT_CONN_CLOSE: one ``instances_received`` audit row per study the association delivered."""
+    for receipts in ctx.tally.close(event.assoc):
+        _audit(ctx, AuditEvent.INSTANCES_RECEIVED, Outcome.SUCCESS, actor=receipts.calling_ae,
+               study_uid=receipts.study_uid, patient_id=receipts.patient_id, patient_name=receipts.patient_name,
+               address=receipts.address, instances=receipts.instances, unchanged=receipts.unchanged,
+               sop_classes=dict(receipts.sop_classes))
+
+
 def handle_echo(event: Any, ctx: ReceiveContext) -> int:
     """C-ECHO: success for every accepted association."""
     return SUCCESS
@@ -178,7 +195,7 @@ def _drop_orphan(ctx: ReceiveContext, path: Path) -> None:
 
 
 def _collision(ctx: ReceiveContext, meta: InstanceMeta) -> str:
-    with ctx.sessions() as session:
+    with read_scope(ctx.sessions) as session:  # never waits on the group commit's write lock
         return find_collision(session, meta)
 
 
@@ -258,27 +275,36 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
     guard = disk_guard(ctx.settings)
     if guard:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
+    path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
     try:
-        collision = _collision(ctx, meta)  # before the spool write, which could replace another's file
+        # Before a spool write that would replace a file (a re-send, or a colliding study of another
+        # patient under the same UIDs). A new path replaces nothing: the group commit checks it, and a
+        # collision found there removes the new file again.
+        replaces = path.exists()
+        collision = _collision(ctx, meta) if replaces else ""
     except SQLAlchemyError as exc:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
     if collision:
         return _refuse_collision(ctx, event, meta, collision)
-    path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-    data = event.encoded_dataset()
-    try:
-        sha256 = write_atomic(path, data)
+    raw = event.request.DataSet.getbuffer()
+    head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta)))  # as encoded_dataset()
+    try:  # the preamble and file meta, then the dataset as received, without joining them in memory
+        sha256 = write_atomic(path, [head, raw], sync_dir=False)  # the committer fsyncs the folder
     except StoreError as exc:
         return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
 
     calling_ae, address = _requestor(event)
-    try:
-        with session_scope(ctx.sessions) as session:
-            record_instance(session, meta, path=str(path), sha256=sha256, size=len(data), calling_ae=calling_ae,
-                            calling_address=address)
-    except UidCollision as exc:  # raced in since the check above
+    result = ctx.committer.record(Receipt(meta, path, sha256, len(head) + len(raw), calling_ae, address))
+    if result.collision:  # a new path (or one raced in since the check above)
         _drop_orphan(ctx, path)
-        return _refuse_collision(ctx, event, meta, str(exc))
-    except SQLAlchemyError as exc:
-        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
+        if not replaces and not path.exists():
+            remove_new_file(path, ctx.settings.spool_dir)  # and the folders made for it
+        return _refuse_collision(ctx, event, meta, result.collision)
+    if result.spool_error:
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DISK, result.spool_error, meta.study_uid)
+    if result.db_error:
+        if not replaces:  # rolled back: no row names the new file
+            remove_new_file(path, ctx.settings.spool_dir)
+        return _refuse(ctx, event, OUT_OF_RESOURCES_DB, result.db_error, meta.study_uid)
+    ctx.tally.add(event.assoc, meta, calling_ae, address, changed=result.changed)
     return SUCCESS

@@ -1,11 +1,11 @@
-"""Record received instances in the database, in the same transaction as their audit row."""
+"""Record received instances in the database; a new study's first instance is audited in the same transaction."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
@@ -37,24 +37,40 @@ def sop_class_counts(session: Session, study_id: int) -> dict[str, int]:
     return {uid: int(count) for uid, count in rows}
 
 
-def find_collision(session: Session, meta: InstanceMeta) -> str:
+@dataclass
+class Known:
+    """What the database already holds under an instance's UIDs: three indexed lookups, no lazy loads."""
+
+    instance: Instance | None
+    series: Series | None
+    study: Study | None
+
+
+def lookup(session: Session, meta: InstanceMeta) -> Known:
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+                              .options(joinedload(Instance.series).joinedload(Series.study)))
+    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid)
+                            .options(joinedload(Series.study)))
+    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
+    return Known(instance, series, study)
+
+
+def find_collision(session: Session, meta: InstanceMeta, known: Known | None = None) -> str:
     """Why ``meta`` must not be merged into what the database holds, or "" when it may.
 
     A SOP Instance UID belongs to one series, a series to one study, a study to one patient: an instance
     that contradicts any of these (a UID collision after a PACS migration, a broken modality) would mix
     two studies or two patients' images. The reason names the kind of collision, never a UID.
     """
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
-    if instance is not None:
-        if instance.series.study.study_uid != meta.study_uid:
+    known = known or lookup(session, meta)
+    if known.instance is not None:
+        if known.instance.series.study.study_uid != meta.study_uid:
             return "UID collision: the SOP Instance UID already belongs to another study"
-        if instance.series.series_uid != meta.series_uid:
+        if known.instance.series.series_uid != meta.series_uid:
             return "UID collision: the SOP Instance UID already belongs to another series"
-    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
-    if series is not None and series.study.study_uid != meta.study_uid:
+    if known.series is not None and known.series.study.study_uid != meta.study_uid:
         return "UID collision: the Series Instance UID already belongs to another study"
-    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-    if study is not None and (study.patient_id or "") != meta.patient_id:
+    if known.study is not None and (known.study.patient_id or "") != meta.patient_id:
         return "UID collision: the Study Instance UID already belongs to another patient (Patient ID differs)"
     return ""
 
@@ -63,11 +79,15 @@ def record_instance(
     session: Session, meta: InstanceMeta, *, path: str, sha256: str, size: int, calling_ae: str,
     calling_address: str = "",
 ) -> bool:
-    """Upsert study and series, insert or refresh the instance, and audit the receipt.
+    """Upsert study and series, insert or refresh the instance; audit the start of a new study's transfer.
 
     Re-send policy: an instance received again with the same content (SHA-256) changes nothing. A new or
     changed instance reopens its study (RECEIVING), and if its series was already routed, raises the
     series' revision so that routing queues a new result version. Returns whether anything changed.
+
+    The receipt itself is audited once per association and study (``instances_received``, written by the
+    receiver when the association ends), not once per instance: the instance row records each receipt
+    (calling AE, time, SHA-256) in this transaction.
 
     Raises
     ------
@@ -75,13 +95,14 @@ def record_instance(
         When the instance's UIDs already belong to another study, series or patient
         (:func:`find_collision`); nothing is recorded.
     """
-    collision = find_collision(session, meta)
+    known = lookup(session, meta)
+    collision = find_collision(session, meta, known)
     if collision:
         raise UidCollision(collision)
     now = utcnow()
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
-    unchanged = instance is not None and instance.sha256 == sha256
-    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
+    instance, series, study = known.instance, known.series, known.study
+    if instance is not None and instance.sha256 == sha256:
+        return False
     if study is None:
         study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id or None,
                       patient_name=meta.patient_name or None, calling_ae=calling_ae,
@@ -89,16 +110,10 @@ def record_instance(
         session.add(study)
         session.flush()
         record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(), address=calling_address)
-    record(session, AuditEvent.INSTANCE_RECEIVED, actor=calling_ae, **study.subject(),
-           sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, size=size, unchanged=unchanged)
-    if unchanged:
-        return False
-
     study.last_received_at = now
     study.state = StudyState.RECEIVING
     study.state_reason = "receiving: complete after study_idle_seconds without a new instance"
 
-    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
     if series is None:
         series = Series(series_uid=meta.series_uid, study=study, modality=meta.modality, revision=1,
                         series_number=meta.series_number, description=meta.series_description[:64])
