@@ -182,11 +182,12 @@ class NodeProcess:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     ae_title: str = "DICOMNODE"
+    command: str = "serve"  # or one role: receive, work, web
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def data_dir(self) -> Path:
-        return self.folder / "data"
+        return Path(self.env.get("DICOMNODE_DATA_DIR", self.folder / "data"))
 
     @property
     def log_path(self) -> Path:
@@ -198,9 +199,13 @@ class NodeProcess:
         env.pop("DICOMNODE_CONFIG", None)
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=env,
+            self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", self.command], cwd=REPO, env=env,
                                             stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
+        if self.command in ("serve", "receive"):
+            wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
+        else:
+            wait_for(lambda: self._alive() and "node started" in self.log_path.read_text(errors="replace"),
+                     timeout=120, msg=f"{self.command} started")
         return self
 
     def _alive(self) -> bool:
