@@ -213,7 +213,11 @@ def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> N
 
 
 def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
-    """The whole flow for one job; a retry resumes at delivery when the results were already written."""
+    """The whole flow for one job; a retry resumes at delivery when the results were already written.
+
+    The seconds each stage took are logged once per job ("job timings"; bench/latency.py reads them).
+    """
+    clock = _Stopwatch()
     result = written_results(ctx.settings.results_dir, job.id)
     if result is None:
         manifest = ctx.registry.manifests.get(job.model_id)
@@ -221,13 +225,32 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
             raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
         datasets = load_series(ctx.sessions, job)
         volume = build_volume(datasets, manifest.min_slices)
+        clock.lap("load")
         labels, seconds = infer(ctx, manifest, volume)
+        clock.lap("model")
         log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
                                                shape="x".join(map(str, volume.array.shape))))
         objects, volumes = build_results(manifest, volume, labels, job)
+        clock.lap("build")
         result = write_results(ctx.settings.results_dir, job.id, objects, volumes, seconds)
+        clock.lap("write")
     deliver(ctx, job, result.paths)
+    clock.lap("send")
+    log.info("job timings", extra=extra(stage="worker", job_id=job.id, **clock.laps))
     return result
+
+
+class _Stopwatch:
+    """Seconds per named stage, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
 
 
 def _notice_source(ctx: PipelineContext, job: ClaimedJob) -> Dataset:

@@ -8,6 +8,7 @@ lease runs out and the job is requeued.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -77,7 +78,15 @@ class Worker:
                 self.wake.wait(self.ctx.settings.worker_poll_seconds)
 
     def _warm_up(self) -> None:
-        """Load every installed model before the first job, so that no study waits for a model load."""
+        """Load every installed model before the first job, so that no study waits for a model load.
+
+        highdicom's tables of the standard (read once per process, about 0.7 s) are loaded here too.
+        """
+        with contextlib.suppress(Exception):  # a private helper: a later highdicom may lack it
+            from highdicom import _standard_utils
+
+            _standard_utils.get_iod_module_map()
+            _standard_utils.get_module_attribute_map()
         for model_id in self.ctx.registry.manifests:
             try:
                 self.ctx.registry.get(model_id)
