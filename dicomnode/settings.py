@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     peers: Annotated[list[Peer], NoDecode] = Field(default_factory=list)
     require_known_callers: bool = True
     study_idle_seconds: float = Field(default=5.0, gt=0)
-    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    sweep_interval_seconds: float = Field(default=0.25, gt=0)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     job_lease_seconds: float = Field(default=60.0, gt=0)
     models_dir: Path = Path(__file__).resolve().parent.parent / "models"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import CursorResult, Table, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
@@ -37,22 +38,29 @@ def sop_class_counts(session: Session, study_id: int) -> dict[str, int]:
     return {uid: int(count) for uid, count in rows}
 
 
-@dataclass
-class Known:
-    """What the database already holds under an instance's UIDs: three indexed lookups, no lazy loads."""
+_STUDY = cast(Table, Study.__table__)  # Core statements: the receiver's hot path skips the unit of work
+_SERIES = cast(Table, Series.__table__)
+_INSTANCE = cast(Table, Instance.__table__)
 
-    instance: Instance | None
-    series: Series | None
-    study: Study | None
+
+@dataclass(frozen=True)
+class Known:
+    """What the database already holds under an instance's UIDs: three indexed lookups returning rows
+    (no ORM objects, no lazy loads: the receiver runs this for every instance)."""
+
+    instance: tuple[Any, ...] | None  # id, sha256, its series UID, its study UID
+    series: tuple[Any, ...] | None  # id, revision, routed revision, its study UID
+    study: tuple[Any, ...] | None  # id, patient ID
 
 
 def lookup(session: Session, meta: InstanceMeta) -> Known:
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid)
-                              .options(joinedload(Instance.series).joinedload(Series.study)))
-    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid)
-                            .options(joinedload(Series.study)))
-    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-    return Known(instance, series, study)
+    instance = session.execute(select(Instance.id, Instance.sha256, Series.series_uid, Study.study_uid)
+                               .join(Instance.series).join(Series.study)
+                               .where(Instance.sop_instance_uid == meta.sop_instance_uid)).first()
+    series = session.execute(select(Series.id, Series.revision, Series.routed_revision, Study.study_uid)
+                             .join(Series.study).where(Series.series_uid == meta.series_uid)).first()
+    study = session.execute(select(Study.id, Study.patient_id).where(Study.study_uid == meta.study_uid)).first()
+    return Known(*(None if row is None else tuple(row) for row in (instance, series, study)))
 
 
 def find_collision(session: Session, meta: InstanceMeta, known: Known | None = None) -> str:
@@ -64,13 +72,13 @@ def find_collision(session: Session, meta: InstanceMeta, known: Known | None = N
     """
     known = known or lookup(session, meta)
     if known.instance is not None:
-        if known.instance.series.study.study_uid != meta.study_uid:
+        if known.instance[3] != meta.study_uid:
             return "UID collision: the SOP Instance UID already belongs to another study"
-        if known.instance.series.series_uid != meta.series_uid:
+        if known.instance[2] != meta.series_uid:
             return "UID collision: the SOP Instance UID already belongs to another series"
-    if known.series is not None and known.series.study.study_uid != meta.study_uid:
+    if known.series is not None and known.series[3] != meta.study_uid:
         return "UID collision: the Series Instance UID already belongs to another study"
-    if known.study is not None and (known.study.patient_id or "") != meta.patient_id:
+    if known.study is not None and (known.study[1] or "") != meta.patient_id:
         return "UID collision: the Study Instance UID already belongs to another patient (Patient ID differs)"
     return ""
 
@@ -99,36 +107,42 @@ def record_instance(
     collision = find_collision(session, meta, known)
     if collision:
         raise UidCollision(collision)
-    now = utcnow()
-    instance, series, study = known.instance, known.series, known.study
-    if instance is not None and instance.sha256 == sha256:
+    if known.instance is not None and known.instance[1] == sha256:
         return False
-    if study is None:
+    now = utcnow()
+    receiving = {"last_received_at": now, "state": StudyState.RECEIVING,
+                 "state_reason": "receiving: complete after study_idle_seconds without a new instance"}
+    if known.study is None:
         study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id or None,
                       patient_name=meta.patient_name or None, calling_ae=calling_ae,
-                      calling_address=calling_address, first_received_at=now)
+                      calling_address=calling_address, first_received_at=now, **receiving)
         session.add(study)
         session.flush()
         record(session, AuditEvent.BEGIN_TRANSFER_IN, actor=calling_ae, **study.subject(), address=calling_address)
-    study.last_received_at = now
-    study.state = StudyState.RECEIVING
-    study.state_reason = "receiving: complete after study_idle_seconds without a new instance"
+        study_id = study.id
+    else:
+        study_id = known.study[0]
+        session.execute(update(_STUDY).where(_STUDY.c.id == study_id).values(**receiving))
 
-    if series is None:
-        series = Series(series_uid=meta.series_uid, study=study, modality=meta.modality, revision=1,
-                        series_number=meta.series_number, description=meta.series_description[:64])
-        session.add(series)
-    elif series.routed_revision == series.revision:
-        series.revision += 1  # new content after routing: a new result version will supersede the old
+    series_table = _SERIES
+    if known.series is None:
+        inserted = cast(CursorResult[Any], session.execute(insert(series_table).values(
+            series_uid=meta.series_uid, study_id=study_id, modality=meta.modality, revision=1,
+            series_number=meta.series_number, description=meta.series_description[:64])))
+        key = inserted.inserted_primary_key
+        assert key is not None
+        series_id = key[0]
+    else:
+        series_id, revision, routed_revision = known.series[0], known.series[1], known.series[2]
+        if routed_revision == revision:  # new content after routing: a new result version supersedes the old
+            session.execute(update(series_table).where(series_table.c.id == series_id).values(revision=revision + 1))
 
-    if instance is None:
-        instance = Instance(sop_instance_uid=meta.sop_instance_uid, series=series)
-        session.add(instance)
-    instance.sop_class_uid = meta.sop_class_uid
-    instance.transfer_syntax_uid = meta.transfer_syntax_uid
-    instance.path = path
-    instance.size = size
-    instance.sha256 = sha256
-    instance.calling_ae = calling_ae
-    instance.received_at = now
+    values = {"sop_class_uid": meta.sop_class_uid, "transfer_syntax_uid": meta.transfer_syntax_uid, "path": path,
+              "size": size, "sha256": sha256, "calling_ae": calling_ae, "received_at": now}
+    instance_table = _INSTANCE
+    if known.instance is None:
+        session.execute(insert(instance_table).values(sop_instance_uid=meta.sop_instance_uid, series_id=series_id,
+                                                      **values))
+    else:
+        session.execute(update(instance_table).where(instance_table.c.id == known.instance[0]).values(**values))
     return True
