@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, func, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
@@ -53,13 +53,22 @@ class Known:
     study: tuple[Any, ...] | None  # id, patient ID
 
 
+# Built once: per instance, only their parameters change.
+_FIND_INSTANCE = (select(Instance.id, Instance.sha256, Series.series_uid, Study.study_uid)
+                  .join(Instance.series).join(Series.study).where(Instance.sop_instance_uid == bindparam("b_uid")))
+_FIND_SERIES = (select(Series.id, Series.revision, Series.routed_revision, Study.study_uid)
+                .join(Series.study).where(Series.series_uid == bindparam("b_uid")))
+_FIND_STUDY = select(Study.id, Study.patient_id).where(Study.study_uid == bindparam("b_uid"))
+_TOUCH_STUDY = (update(_STUDY).where(_STUDY.c.id == bindparam("b_id"))
+                .values(last_received_at=bindparam("b_at"), state=StudyState.RECEIVING,
+                        state_reason="receiving: complete after study_idle_seconds without a new instance"))
+_INSERT_INSTANCE = insert(_INSTANCE)
+
+
 def lookup(session: Session, meta: InstanceMeta) -> Known:
-    instance = session.execute(select(Instance.id, Instance.sha256, Series.series_uid, Study.study_uid)
-                               .join(Instance.series).join(Series.study)
-                               .where(Instance.sop_instance_uid == meta.sop_instance_uid)).first()
-    series = session.execute(select(Series.id, Series.revision, Series.routed_revision, Study.study_uid)
-                             .join(Series.study).where(Series.series_uid == meta.series_uid)).first()
-    study = session.execute(select(Study.id, Study.patient_id).where(Study.study_uid == meta.study_uid)).first()
+    instance = session.execute(_FIND_INSTANCE, {"b_uid": meta.sop_instance_uid}).first()
+    series = session.execute(_FIND_SERIES, {"b_uid": meta.series_uid}).first()
+    study = session.execute(_FIND_STUDY, {"b_uid": meta.study_uid}).first()
     return Known(*(None if row is None else tuple(row) for row in (instance, series, study)))
 
 
@@ -122,7 +131,7 @@ def record_instance(
         study_id = study.id
     else:
         study_id = known.study[0]
-        session.execute(update(_STUDY).where(_STUDY.c.id == study_id).values(**receiving))
+        session.execute(_TOUCH_STUDY, {"b_id": study_id, "b_at": now})
 
     series_table = _SERIES
     if known.series is None:
@@ -141,8 +150,8 @@ def record_instance(
               "size": size, "sha256": sha256, "calling_ae": calling_ae, "received_at": now}
     instance_table = _INSTANCE
     if known.instance is None:
-        session.execute(insert(instance_table).values(sop_instance_uid=meta.sop_instance_uid, series_id=series_id,
-                                                      **values))
+        session.execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid, "series_id": series_id,
+                                           **values})
     else:
         session.execute(update(instance_table).where(instance_table.c.id == known.instance[0]).values(**values))
     return True
