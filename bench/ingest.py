@@ -1,19 +1,33 @@
-"""Ingest: DCMTK storescu -> storescp (reference) vs -> the node's SCP, same files, same run.
+"""Ingest: the same N instances by DCMTK storescu into DCMTK storescp, Orthanc and the node, one run.
 
-A third run repeats the node's with the ATNA forwarder running against a repository that is down,
-to show that audit transport never slows ingest.
+Each receiver starts fresh (empty storage) for each run, so every instance is new to it. The runs are
+interleaved round by round, so that drift on a busy machine hits every receiver alike; each figure is
+the median of the rounds. Printed: instances/s for one and for four concurrent associations, and the
+node's ratios against Orthanc and against storescp from the same invocation. DCMTK runs with
+TCP_NODELAY=1 (tests/support/peers.py), as it must on loopback.
+
+    python bench/ingest.py [-n 500] [--rounds 3] [--associations 1 4] [--atna-down]
+
+``--atna-down`` adds a node run whose ATNA forwarder faces a repository that is down (audit transport
+never slows ingest).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.db import make_engine, make_sessionmaker
@@ -22,41 +36,82 @@ from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Peer, Settings
 from tests.support.net import free_port
-from tests.support.peers import REPO, storescp, storescu
+from tests.support.peers import DCMTK_ENV, REPO, Orthanc, require, storescp
 
-ROUNDS = 3
 SOURCE = REPO.parent / "shared" / "data" / "ct_single_slice_tcia" / "CT01.dcm"
 
 
-def clone(n: int, folder: Path) -> list[Path]:
-    base = dcmread(SOURCE)
-    study, series = generate_uid(), generate_uid()
+def _synthetic_ct() -> Dataset:
+    """A 512x512 16-bit CT slice (0.5 MB), for machines without ../shared/data."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.PatientName, ds.PatientID, ds.Modality = "BENCH^CT", "BENCH-1", "CT"
+    ds.StudyDate, ds.SeriesNumber, ds.ImageType = "20260101", 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows = ds.Columns = 512
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = np.random.default_rng(7).integers(0, 4096, (512, 512), dtype=np.uint16).tobytes()
+    return ds
+
+
+def make_instances(n: int, folder: Path) -> list[Path]:
+    """N slices of one study and series, each with its own SOP Instance UID."""
+    folder.mkdir(parents=True)
+    base = dcmread(SOURCE) if SOURCE.is_file() else _synthetic_ct()
+    base.StudyInstanceUID, base.SeriesInstanceUID = generate_uid(), generate_uid()
     paths = []
     for i in range(n):
-        base.StudyInstanceUID, base.SeriesInstanceUID = study, series
         base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         base.InstanceNumber = i + 1
         path = folder / f"CT{i:04d}.dcm"
-        base.save_as(path)
+        base.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
 
 
-def timed_store(port: int, folder: Path, called: str) -> float:
+def send(port: int, called: str, files: list[Path], associations: int) -> float:
+    """Seconds for ``associations`` concurrent storescu processes to send ``files`` between them."""
+    shares = [files[i::associations] for i in range(associations)]
     started = time.perf_counter()
-    result = storescu(port, folder, called=called)
+    procs = [subprocess.Popen([require("storescu"), "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port),
+                               *map(str, share)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for share in shares]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
     elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"storescu to {called} failed: {result.stderr[-500:]}")
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise SystemExit(f"storescu to {called} failed: {err.decode(errors='replace')[-500:]}")
     return elapsed
 
 
-def node_run(root: Path, name: str, n: int, audit_repository: str = "") -> float:
-    clone(n, root / name)  # new UIDs: every instance is new to the node
-    settings = Settings.load(None, data_dir=root / f"node-{name}", host="127.0.0.1", port=free_port(),
+@contextmanager
+def dcmtk(root: Path) -> Iterator[tuple[int, str]]:
+    with storescp(root) as port:
+        yield port, "STORESCP"
+
+
+@contextmanager
+def orthanc(root: Path) -> Iterator[tuple[int, str]]:
+    pacs = Orthanc(root, receipts_enabled=False).start()
+    try:
+        yield pacs.dicom_port, pacs.aet
+    finally:
+        pacs.stop()
+
+
+NODE_SETTINGS: dict[str, str] = {}  # --node-set KEY=VALUE: measure one setting against another
+
+
+def _node(root: Path, audit_repository: str) -> Iterator[tuple[int, str]]:
+    settings = Settings.load(None, data_dir=root, host="127.0.0.1", port=free_port(),
                              peers=[Peer(ae_title="STORESCU", host="127.0.0.1")], min_free_disk_mb=1,
-                             audit_repository=audit_repository, audit_retry_seconds=0.2)
-    settings.data_dir.mkdir()
+                             audit_repository=audit_repository, audit_retry_seconds=0.2, **NODE_SETTINGS)
+    settings.data_dir.mkdir(mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
     forwarder = Forwarder(settings, sessions) if audit_repository else None
@@ -64,7 +119,7 @@ def node_run(root: Path, name: str, n: int, audit_repository: str = "") -> float
     if forwarder:
         forwarder.start()
     try:
-        return timed_store(settings.port, root / name, "DICOMNODE")
+        yield settings.port, settings.ae_title
     finally:
         for server in servers:
             server.shutdown()
@@ -72,27 +127,59 @@ def node_run(root: Path, name: str, n: int, audit_repository: str = "") -> float
             forwarder.stop()
 
 
+@contextmanager
+def node(root: Path) -> Iterator[tuple[int, str]]:
+    yield from _node(root, "")
+
+
+@contextmanager
+def node_atna_down(root: Path) -> Iterator[tuple[int, str]]:
+    yield from _node(root, f"tcp://127.0.0.1:{free_port()}")
+
+
+Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=500, help="instances per run (default 500)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each figure is their median (default 3)")
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--atna-down", action="store_true", help="also the node with its ATNA repository down")
+    parser.add_argument("--node-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a node setting for this run (e.g. max_pdu_bytes=16382)")
+    parser.add_argument("--only", nargs="+", help="receivers to run (default: all)")
+    args = parser.parse_args()
+    NODE_SETTINGS.update(item.split("=", 1) for item in args.node_set)
+    receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node}
+    if args.atna_down:
+        receivers["dicomnode, ATNA down"] = node_atna_down
+    if args.only:
+        receivers = {k: v for k, v in receivers.items() if k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "in").mkdir()
-        clone(n, root / "in")
-        with storescp(root / "ref") as ref_port:
-            reference = timed_store(ref_port, root / "in", "STORESCP")
-        plain, downs = [], []
-        for round_ in range(ROUNDS):  # alternate, so that drift on a busy machine hits both alike
-            (root / f"plain{round_}").mkdir()
-            plain.append(node_run(root, f"plain{round_}", n))
-            (root / f"atna{round_}").mkdir()
-            downs.append(node_run(root, f"atna{round_}", n, audit_repository=f"tcp://127.0.0.1:{free_port()}"))
-        node, down = statistics.median(plain), statistics.median(downs)
-    print(f"{n} instances of {SOURCE.stat().st_size // 1024} KiB")
-    print(f"DCMTK storescp               : {reference:6.2f} s  {n / reference:7.1f} instances/s")
-    print(f"dicomnode SCP                : {node:6.2f} s  {n / node:7.1f} instances/s (median of {ROUNDS}; "
-          "fsync + DB + audit row each)")
-    print(f"dicomnode SCP, ATNA repo down: {down:6.2f} s  {n / down:7.1f} instances/s (median of {ROUNDS})")
-    print(f"ratio node/storescp time: {node / reference:.2f}; repository down/plain: {down / node:.2f}")
+        files = make_instances(args.n, root / "in")
+        size = files[0].stat().st_size
+        times: dict[tuple[str, int], list[float]] = {}
+        run = 0
+        for _ in range(args.rounds):
+            for associations in args.associations:
+                for name, receiver in receivers.items():
+                    run += 1
+                    with receiver(root / f"run{run}") as (port, called):
+                        times.setdefault((name, associations), []).append(send(port, called, files, associations))
+    print(f"{args.n} instances of {size // 1024} KiB ({'CT01 clones' if SOURCE.is_file() else 'synthetic CT'}), "
+          f"median of {args.rounds} rounds, loopback")
+    for associations in args.associations:
+        rate = {name: args.n / statistics.median(times[(name, associations)]) for name in receivers}
+        print(f"\n{associations} association(s)")
+        print("| receiver | instances/s |\n|---|---|")
+        for name, value in rate.items():
+            print(f"| {name} | {value:.0f} |")
+        if {"dicomnode", "Orthanc", "DCMTK storescp"} <= rate.keys():
+            print(f"dicomnode / Orthanc: {rate['dicomnode'] / rate['Orthanc']:.2f}x; "
+                  f"dicomnode / storescp: {rate['dicomnode'] / rate['DCMTK storescp']:.2f}x")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

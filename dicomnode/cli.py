@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML configuration file (default: $DICOMNODE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run receiver, completeness sweep and worker until SIGTERM")
-    sub.add_parser("web", help="serve only the admin API and web console (admin_host:admin_port) until SIGTERM")
+    sub.add_parser("receive", help="only the receiver role: SCP, completeness sweep, audit anchor and forwarder")
+    sub.add_parser("work", help="only the worker role: run jobs (several processes and hosts may share a queue)")
+    sub.add_parser("web", help="only the admin API and web console (admin_host:admin_port) until SIGTERM")
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
     status = sub.add_parser("status", help="studies and jobs, and why each is waiting")
@@ -206,14 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dicomnode: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
-    if args.command == "serve":
-        from dicomnode.node import serve
+    if args.command in ("serve", "receive", "work", "web"):
+        from dicomnode.node import ROLES, serve
 
-        return serve(settings)
-    if args.command == "web":
-        from dicomnode.node import serve_web
-
-        return serve_web(settings)
+        if args.command == "web" and not settings.admin_port:
+            print("dicomnode: web needs admin_port (DICOMNODE_ADMIN_PORT)", file=sys.stderr)
+            return 2
+        return serve(settings, ROLES if args.command == "serve" else frozenset({args.command}))
     if args.command == "db":
         from dicomnode.migrate import upgrade
 

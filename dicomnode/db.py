@@ -1,4 +1,11 @@
-"""Engine and transaction helper. SQLite runs in WAL mode with a busy timeout."""
+"""Engine and transaction helpers. SQLite runs in WAL mode with a busy timeout.
+
+SQLite keeps ``synchronous=FULL``: in WAL mode that fsyncs the WAL at every commit, so a committed
+receipt survives a power cut, which the 0x0000 promises. ``synchronous=NORMAL`` would fsync only at
+checkpoints: it survives a killed process (the WAL is in the page cache) but a power cut can undo the
+last commits after their instances were acknowledged, so it is not durable enough. The receiver's
+group commit amortises that fsync over concurrent associations instead.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+_READ_ONLY = "dicomnode_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -30,8 +39,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:
-    # Take the write lock at BEGIN: no deadlock-prone read-to-write upgrades between threads.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Take the write lock at BEGIN: no deadlock-prone read-to-write upgrades between threads. A read-only
+    # scope (read_scope) begins a plain snapshot instead, which in WAL mode never waits for a writer.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def read_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A read-only transaction (rolled back at the end); on SQLite it takes no write lock."""
+    session = factory()
+    try:
+        session.connection(execution_options={_READ_ONLY: True})
+        yield session
+    finally:
+        session.rollback()
+        session.close()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

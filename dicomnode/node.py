@@ -1,7 +1,14 @@
-"""``dicomnode serve``: receiver, completeness sweep and worker in one process.
+"""``dicomnode serve``: receiver, completeness sweep and worker in one process; or one role of them.
 
-SIGTERM/SIGINT stop it cleanly: the SCP stops accepting, the sweep stops, the job in hand finishes (or,
-after a hard kill, its lease runs out and it is requeued on the next start).
+Roles, sharing one database URL and one spool path (local, or a shared file system):
+
+- ``receive``: the SCP, the completeness sweep (which queues jobs), the audit anchor, the ATNA forwarder
+  and the retention purge;
+- ``work``: the worker (one job at a time) and the requeueing of jobs whose lease ran out;
+- ``web``: the admin API.
+
+``serve`` runs all three. SIGTERM/SIGINT stop it cleanly: the SCP stops accepting, the sweep stops, the
+job in hand finishes (or, after a hard kill, its lease runs out and it is requeued).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
-from dicomnode.inference.registry import Registry, RuntimeOptions, load_manifests
+from dicomnode.inference.registry import Registry, RuntimeOptions
 from dicomnode.jobs.completion import sweep
+from dicomnode.jobs.notify import Listener, announce, is_postgres
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
 from dicomnode.jobs.routing import effective_rules
@@ -50,6 +58,7 @@ class Node:
     ctx: PipelineContext
     forwarder: Forwarder | None
     admin: AdminServer | None
+    listener: Listener | None = None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -58,6 +67,8 @@ class Node:
             self.admin.shutdown()
             self.admin.server_close()
         self.scheduler.shutdown(wait=True)
+        if self.listener is not None:
+            self.listener.stop()
         if self.worker is not None:
             self.worker.stop()
             release_held(self.ctx.sessions, self.worker.worker_id)
@@ -87,18 +98,24 @@ def _anchor(ctx: PipelineContext) -> None:
         log.exception("audit anchor checkpoint failed", extra=extra(stage="audit"))
 
 
-def _maintenance(ctx: PipelineContext) -> None:
+def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None) -> None:
     try:
-        requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts)
-        defaults = [m.default for m in ctx.registry.manifests.values()]
-        rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
-        sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests)
+        if "work" in roles and requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts):
+            announce(ctx.sessions, wake)
+        if "receive" in roles:
+            defaults = [m.default for m in ctx.registry.manifests.values()]
+            rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
+            if sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests):
+                announce(ctx.sessions, wake)
     except Exception:
         log.exception("sweep failed", extra=extra(stage="sweep"))
 
 
-def start_node(settings: Settings) -> Node:
-    """Migrate the database, then start SCP, sweep and worker; returns the running node."""
+ROLES = frozenset({"receive", "work", "web"})
+
+
+def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
+    """Migrate the database, then start the given roles (all: ``serve``); returns the running node."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
@@ -114,41 +131,49 @@ def start_node(settings: Settings) -> Node:
     requeue_expired(sessions, settings.retry_max_attempts)
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
-               models=sorted(registry.manifests), rules=[r.name for r in rules])
+               models=sorted(registry.manifests), rules=[r.name for r in rules], roles=sorted(roles))
     _anchor(ctx)
-    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions))
+    receive = "receive" in roles
+    worker = Worker(ctx) if "work" in roles and settings.start_worker else None
+    wake = worker.wake if worker is not None else None
+    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions)) if receive else []
     scheduler = BackgroundScheduler()
-    scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds, args=[ctx],
-                      max_instances=1, coalesce=True, id="sweep")
-    scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx],
-                      max_instances=1, coalesce=True, id="audit-anchor")
-    if settings.retention_days > 0:
+    if receive or worker is not None:
+        scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
+                          args=[ctx, roles, wake], max_instances=1, coalesce=True, id="sweep")
+    if receive:
+        scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx],
+                          max_instances=1, coalesce=True, id="audit-anchor")
+    if receive and settings.retention_days > 0:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="retention")
     scheduler.start()
     admin = None
-    if settings.admin_port:
-        admin = start_admin(AdminContext(settings, sessions, models=tuple(sorted(registry.manifests)),
+    if "web" in roles and settings.admin_port:
+        admin = start_admin(AdminContext(settings, sessions,
+                                         models=tuple(sorted(registry.manifests)) if worker is not None else None,
                                          registry=metrics.registry,
                                          default_rules=tuple(m.default for m in registry.manifests.values())))
     forwarder = None
-    if settings.audit_repository:
+    if receive and settings.audit_repository:
         forwarder = Forwarder(settings, sessions)
         forwarder.start()
-    worker = None
-    if settings.start_worker:
-        worker = Worker(ctx)
+    listener = None
+    if worker is not None:
+        if is_postgres(settings.db_url):  # jobs queued by other processes
+            listener = Listener(settings.db_url, worker.wake)
+            listener.start()
         worker.start()
-    if settings.pacs is None:
+    if receive and settings.pacs is None:
         rejects_all = settings.require_known_callers and not settings.peers
         log.warning("no PACS configured (DICOMNODE_PACS): results cannot be sent%s",
                     ", and every caller is rejected" if rejects_all else "", extra=extra(stage="serve"))
-    log.info("node listening", extra=extra(stage="serve", ae_title=settings.ae_title,
-                                           port=settings.port if settings.plain_port_enabled else "off",
-                                           tls_port=settings.tls_port or "off",
-                                           models=",".join(sorted(registry.manifests))))
+    log.info("node started", extra=extra(stage="serve", roles=",".join(sorted(roles)), ae_title=settings.ae_title,
+                                         port=settings.port if receive and settings.plain_port_enabled else "off",
+                                         tls_port=(settings.tls_port if receive else None) or "off",
+                                         models=",".join(sorted(registry.manifests))))
     return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx,
-                forwarder=forwarder, admin=admin)
+                forwarder=forwarder, admin=admin, listener=listener)
 
 
 def _wait_for_signal() -> None:
@@ -164,25 +189,9 @@ def _wait_for_signal() -> None:
         pass
 
 
-def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit code."""
-    node = start_node(settings)
+def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
+    """Run the given roles (all: ``serve``; ``receive``, ``work``, ``web`` alone) until SIGTERM or SIGINT."""
+    node = start_node(settings, roles)
     _wait_for_signal()
     node.stop()
-    return 0
-
-
-def serve_web(settings: Settings) -> int:
-    """``dicomnode web``: only the admin API and console, on the node's database, until SIGTERM."""
-    if not settings.admin_port:
-        log.error("admin_port is 0: set it to serve the admin API", extra=extra(stage="web"))
-        return 2
-    upgrade(settings.db_url)
-    sessions = make_sessionmaker(make_engine(settings.db_url))
-    defaults = tuple(m.default for m in load_manifests(settings.models_dir).values())
-    server = start_admin(AdminContext(settings, sessions, models=None, default_rules=defaults))
-    log.info("admin API listening", extra=extra(stage="web", port=server.port))
-    _wait_for_signal()
-    server.shutdown()
-    server.server_close()
     return 0

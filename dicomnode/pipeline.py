@@ -312,7 +312,11 @@ def _deliver_to(ctx: PipelineContext, job: ClaimedJob, destination: Destination,
 
 
 def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
-    """The whole flow for one job; a retry resumes at delivery when the results were already written."""
+    """The whole flow for one job; a retry resumes at delivery when the results were already written.
+
+    The seconds each stage took are logged once per job ("job timings"; bench/latency.py reads them).
+    """
+    clock = _Stopwatch()
     result = written_results(ctx.settings.results_dir, job.id)
     if result is None:
         manifest = ctx.registry.manifests.get(job.model_id)
@@ -323,22 +327,42 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
         if goes_remote(manifest, backend, ctx.sessions) and backend is not None:  # edge -> cloud
             started = time.perf_counter()
             objects = run_remote(ctx.settings, ctx.sessions, job, backend, datasets)
+            clock.lap("remote")
             result = write_results(ctx.settings.results_dir, job.id, objects, {}, time.perf_counter() - started,
                                    "computed remotely")
         else:
             image = build_input(manifest, datasets)
+            clock.lap("load")
             inferred, seconds = infer(ctx, manifest, image)
+            clock.lap("model")
             log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
                                                    shape="x".join(map(str, image.array.shape))))
             explanation = ctx.settings.pacs.explanation if ctx.settings.pacs is not None else "seg"
             objects, outputs, summary = build_results(manifest, image, inferred, job, explanation)
+            clock.lap("build")
             result = write_results(ctx.settings.results_dir, job.id, objects, outputs, seconds, summary)
             if ctx.metrics is not None:
                 ctx.metrics.observe(manifest.id, seconds, outputs)
                 for warning in ctx.metrics.warnings():
                     log.warning("drift: %s", warning, extra=extra(stage="infer", job_id=job.id, model=manifest.id))
+        clock.lap("write")
     deliver(ctx, job, result.paths)
+    clock.lap("send")
+    log.info("job timings", extra=extra(stage="worker", job_id=job.id, **clock.laps))
     return result
+
+
+class _Stopwatch:
+    """Seconds per named stage, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
 
 
 def _notice_source(ctx: PipelineContext, job: ClaimedJob) -> Dataset:

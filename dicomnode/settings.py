@@ -204,7 +204,7 @@ class Settings(BaseSettings):
     peers: Annotated[list[Peer], NoDecode] = Field(default_factory=list)
     require_known_callers: bool = True
     study_idle_seconds: float = Field(default=5.0, gt=0)
-    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    sweep_interval_seconds: float = Field(default=0.25, gt=0)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     job_lease_seconds: float = Field(default=60.0, gt=0)
     models_dir: Path = Path(__file__).resolve().parent.parent / "models"
@@ -222,7 +222,7 @@ class Settings(BaseSettings):
     failure_notice: bool = True
     min_free_disk_mb: float = Field(default=1024.0, ge=0)
     max_associations: int = Field(default=10, ge=1)
-    max_pdu_bytes: int = Field(default=16382, ge=0)
+    max_pdu_bytes: int = Field(default=131072, ge=0)
     first_pdu_timeout_seconds: float = Field(default=5.0, gt=0)
     tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
     max_instance_mb: float = Field(default=1024.0, gt=0)

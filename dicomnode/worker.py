@@ -8,6 +8,7 @@ lease runs out and the job is requeued.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -40,10 +41,12 @@ class JobOutcome:
 
 
 class Worker:
-    """One job at a time, polling the job table every ``worker_poll_seconds``."""
+    """One job at a time; woken by ``wake`` when jobs are queued, else polling every ``worker_poll_seconds``."""
 
-    def __init__(self, ctx: PipelineContext, worker_id: str | None = None) -> None:
+    def __init__(self, ctx: PipelineContext, worker_id: str | None = None,
+                 wake: threading.Event | None = None) -> None:
         self.ctx = ctx
+        self.wake = wake or threading.Event()
         self.worker_id = worker_id or new_worker_id()
         settings = ctx.settings
         self.policy = RetryPolicy(max_attempts=settings.retry_max_attempts, base_seconds=settings.retry_base_seconds,
@@ -58,22 +61,32 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Ask the loop to stop after the job in hand, and wait for it."""
         self._stop.set()
+        self.wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def run(self) -> None:
         self._warm_up()
         while not self._stop.is_set():
+            self.wake.clear()  # before the claim: a job queued after it wakes the wait below
             try:
                 ran = self.run_once()
             except Exception:
                 log.exception("worker loop error", extra=extra(stage="worker"))
                 ran = False
             if not ran:
-                self._stop.wait(self.ctx.settings.worker_poll_seconds)
+                self.wake.wait(self.ctx.settings.worker_poll_seconds)
 
     def _warm_up(self) -> None:
-        """Load every installed model before the first job, so that no study waits for a model load."""
+        """Load every installed model before the first job, so that no study waits for a model load.
+
+        highdicom's tables of the standard (read once per process, about 0.7 s) are loaded here too.
+        """
+        with contextlib.suppress(Exception):  # a private helper: a later highdicom may lack it
+            from highdicom import _standard_utils
+
+            _standard_utils.get_iod_module_map()
+            _standard_utils.get_module_attribute_map()
         for model_id in self.ctx.registry.manifests:
             try:
                 self.ctx.registry.get(model_id)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real peers the tests run against, when missing: Orthanc (the PACS), DCMTK (foreign
-# SCU/SCP), dicom3tools (dciodvfy), PixelMed (DicomSRValidator), PostgreSQL and openssl. The tests
-# start them on loopback themselves.
+# SCU/SCP), dicom3tools (dciodvfy), PixelMed (DicomSRValidator), PostgreSQL, openssl, systemd-analyze and
+# Chromium. The tests start them on loopback themselves.
 set -euo pipefail
 missing=()
 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
@@ -12,6 +12,7 @@ command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)  # throwaway certificates for the TLS tests
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # the web console's browser tests (driven by playwright)
+command -v systemd-analyze >/dev/null || missing+=(systemd)  # verifies the units in systemd/
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq

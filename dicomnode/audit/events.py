@@ -20,7 +20,8 @@ class AuditEvent(enum.StrEnum):
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
     BEGIN_TRANSFER_IN = "begin_transfer_in"      # first instance of a study arrives
-    INSTANCE_RECEIVED = "instance_received"
+    INSTANCE_RECEIVED = "instance_received"      # one per instance: rows written before the group commit
+    INSTANCES_RECEIVED = "instances_received"    # one per association and study: count, re-sends, SOP classes
     INSTANCE_REFUSED = "instance_refused"
     STUDY_RECEIVED = "study_received"
     SERIES_SKIPPED = "series_skipped"

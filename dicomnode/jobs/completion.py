@@ -83,7 +83,7 @@ def sweep(
     for study_id, last, by_series in work:
         plans = [plan_series(sid, paths, rules) for sid, paths in by_series.items()]
         with session_scope(sessions) as session:
-            study = session.get(Study, study_id)
+            study = session.get(Study, study_id, with_for_update=True)  # one sweeper per study, across processes
             if study is None or study.state != StudyState.RECEIVING or study.last_received_at != last:
                 continue  # more arrived meanwhile: judged again on a later sweep
             _apply(session, study, plans, manifests, sum(len(p) for p in by_series.values()))

@@ -1,8 +1,9 @@
 """DIMSE and association event handlers: plain functions that return status codes and never raise.
 
-Dependencies come in through a bound :class:`ReceiveContext`, never through globals. What happens to
-a decoded instance (disk guard, collision check, spool, database) is :func:`dicomnode.store.ingest.ingest`,
-shared with STOW-RS.
+Dependencies come in through a bound :class:`ReceiveContext`, never through globals. A decoded instance
+gets the checks, statuses and audit of :mod:`dicomnode.store.ingest` (shared with STOW-RS); C-STORE lands
+it through the group commit (:mod:`dicomnode.store.committer`), so that concurrent associations share
+fsyncs and commits, and audits receipts once per association and study (:mod:`dicomnode.receive.tally`).
 Status codes (PS3.4 B.2.3 and PS3.7 C):
 
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
@@ -24,31 +25,43 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pynetdicom.dsutils import encode_file_meta
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.errors import StoreError
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
 from dicomnode.receive.limits import InflationLimit, inflate_bounded
+from dicomnode.receive.tally import Tally
 from dicomnode.settings import Settings
+from dicomnode.store.committer import GroupCommitter, Receipt
+from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import (
     BAD_UID,
     CANNOT_DECODE,
+    OUT_OF_RESOURCES_DB,
+    OUT_OF_RESOURCES_DISK,
     SUCCESS,
     TOO_LARGE,
     UID_MISMATCH,
     UNEXPECTED,
     Client,
     audit,
-    ingest,
+    collision_before_write,
+    disk_guard,
+    drop_orphan,
     read_meta,
     refuse,
+    refuse_collision,
 )
+from dicomnode.store.spool import remove_new_file, spool_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,11 @@ log = logging.getLogger(__name__)
 class ReceiveContext:
     settings: Settings
     sessions: sessionmaker[Session]
+    committer: GroupCommitter = field(init=False)
+    tally: Tally = field(init=False, default_factory=Tally)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "committer", GroupCommitter(self.sessions))
 
 
 def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
@@ -126,6 +144,15 @@ def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
     _audit(ctx, AuditEvent.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, actor=calling_ae, address=address)
 
 
+def handle_closed(event: Any, ctx: ReceiveContext) -> None:
+    """EVT_CONN_CLOSE: one ``instances_received`` audit row per study the association delivered."""
+    for receipts in ctx.tally.close(event.assoc):
+        _audit(ctx, AuditEvent.INSTANCES_RECEIVED, Outcome.SUCCESS, actor=receipts.calling_ae,
+               study_uid=receipts.study_uid, patient_id=receipts.patient_id, patient_name=receipts.patient_name,
+               address=receipts.address, instances=receipts.instances, unchanged=receipts.unchanged,
+               sop_classes=dict(receipts.sop_classes))
+
+
 def handle_echo(event: Any, ctx: ReceiveContext) -> int:
     """C-ECHO: success for every accepted association."""
     return SUCCESS
@@ -178,4 +205,45 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
             or meta.sop_class_uid != str(request.AffectedSOPClassUID).strip()):
         return refuse(ctx.sessions, client, UID_MISMATCH,
                       "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
-    return ingest(ctx.settings, ctx.sessions, client, meta, event.encoded_dataset())
+    return _land(event, ctx, client, meta)
+
+
+def _land(event: Any, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -> int:
+    """Disk guard, spool write (file fsynced), then the group commit (folder fsync, row committed)."""
+    guard = disk_guard(ctx.settings)
+    if guard:
+        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
+    path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+    try:
+        # Before a spool write that would replace a file (a re-send, or a colliding study of another
+        # patient under the same UIDs). A new path replaces nothing: the group commit checks it, and a
+        # collision found there removes the new file again.
+        replaces = path.exists()
+        collision = collision_before_write(ctx.sessions, meta) if replaces else ""
+    except SQLAlchemyError as exc:
+        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}",
+                      meta.study_uid)
+    if collision:
+        return refuse_collision(ctx.sessions, client, meta, collision)
+    raw = event.request.DataSet.getbuffer()
+    head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta)))  # as encoded_dataset()
+    try:  # the preamble and file meta, then the dataset as received, without joining them in memory
+        sha256 = write_atomic(path, [head, raw], sync_dir=False)  # the committer fsyncs the folder
+    except StoreError as exc:
+        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
+
+    result = ctx.committer.record(Receipt(meta, path, sha256, len(head) + len(raw), client.calling_ae,
+                                          client.address))
+    if result.collision:  # a new path (or one raced in since the check above)
+        drop_orphan(ctx.sessions, path)
+        if not replaces and not path.exists():
+            remove_new_file(path, ctx.settings.spool_dir)  # and the folders made for it
+        return refuse_collision(ctx.sessions, client, meta, result.collision)
+    if result.spool_error:
+        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, result.spool_error, meta.study_uid)
+    if result.db_error:
+        if not replaces:  # rolled back: no row names the new file
+            remove_new_file(path, ctx.settings.spool_dir)
+        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DB, result.db_error, meta.study_uid)
+    ctx.tally.add(event.assoc, meta, client.calling_ae, client.address, changed=result.changed)
+    return SUCCESS

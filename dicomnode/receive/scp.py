@@ -12,6 +12,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomnode.receive.handlers import (
     ReceiveContext,
     handle_accepted,
+    handle_closed,
     handle_echo,
     handle_rejected,
     handle_requested,
@@ -60,6 +61,7 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
         (evt.EVT_REJECTED, partial(handle_rejected, ctx=ctx)),
         (evt.EVT_C_ECHO, partial(handle_echo, ctx=ctx)),
         (evt.EVT_C_STORE, partial(handle_store, ctx=ctx)),
+        (evt.EVT_CONN_CLOSE, partial(handle_closed, ctx=ctx)),
     ]
     guard = SizeGuard(int(settings.max_instance_mb * 2**20), partial(handle_too_large, ctx=ctx))
     handlers.append((evt.EVT_PDU_RECV, guard))

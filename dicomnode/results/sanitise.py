@@ -77,7 +77,9 @@ def sanitise_header(source: Dataset) -> Dataset:
     for elem in source:
         if elem.tag.group == 0x7FE0 or elem.tag.is_private:
             continue
-        ds.add(copy.deepcopy(elem))
+        # Cleaning replaces elements and never changes a value in place, except inside sequences: only
+        # those need a deep copy (deep-copying every element took a second for a 189-slice series).
+        ds.add(copy.deepcopy(elem) if elem.VR == "SQ" else copy.copy(elem))
     if hasattr(source, "file_meta"):
         ds.file_meta = copy.deepcopy(source.file_meta)
     _clean_dataset(ds)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
+from dicomnode.db import read_scope, session_scope
 from dicomnode.errors import StoreError, UidCollision
 from dicomnode.jobs.models import Instance, Study, StudySender
 from dicomnode.log import extra
@@ -129,7 +129,7 @@ def read_meta(ds: Dataset, transfer_syntax_uid: str) -> InstanceMeta:
     )
 
 
-def _drop_orphan(sessions: sessionmaker[Session], path: Path) -> None:
+def drop_orphan(sessions: sessionmaker[Session], path: Path) -> None:
     """Remove a refused instance's spool file unless a recorded instance owns that path."""
     try:
         with sessions() as session:
@@ -140,8 +140,9 @@ def _drop_orphan(sessions: sessionmaker[Session], path: Path) -> None:
         log.exception("could not remove a refused instance's spool file", extra=extra(stage="receive"))
 
 
-def _collision(sessions: sessionmaker[Session], meta: InstanceMeta) -> str:
-    with sessions() as session:
+def collision_before_write(sessions: sessionmaker[Session], meta: InstanceMeta) -> str:
+    """Why ``meta`` collides with what the database holds ("" when it does not), read without a write lock."""
+    with read_scope(sessions) as session:  # never waits on the group commit's write lock
         return find_collision(session, meta)
 
 
@@ -163,7 +164,7 @@ def ingest(settings: Settings, sessions: sessionmaker[Session], client: Client, 
     if guard:
         return refuse(sessions, client, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
     try:
-        collision = _collision(sessions, meta)  # before the spool write, which could replace another's file
+        collision = collision_before_write(sessions, meta)  # before the spool write, which could replace another's file
     except SQLAlchemyError as exc:
         return refuse(sessions, client, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
     if collision:
@@ -175,12 +176,19 @@ def ingest(settings: Settings, sessions: sessionmaker[Session], client: Client, 
         return refuse(sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
     try:
         with session_scope(sessions) as session:
-            record_instance(session, meta, path=str(path), sha256=sha256, size=len(data),
-                            calling_ae=client.calling_ae, calling_address=client.address, actor=client.actor)
+            changed = record_instance(session, meta, path=str(path), sha256=sha256, size=len(data),
+                                      calling_ae=client.calling_ae, calling_address=client.address,
+                                      actor=client.actor)
+            study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
+            assert study is not None  # record_instance made it or found it
+            # one receipt row per instance: C-STORE audits its receipts per association instead (tally)
+            record(session, AuditEvent.INSTANCE_RECEIVED, actor=client.actor, **study.subject(),
+                   sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, size=len(data),
+                   unchanged=not changed, transport=client.transport)
             if client.sender is not None:
                 _own(session, meta.study_uid, client.sender)
     except UidCollision as exc:  # raced in since the check above
-        _drop_orphan(sessions, path)
+        drop_orphan(sessions, path)
         return refuse_collision(sessions, client, meta, str(exc))
     except SQLAlchemyError as exc:
         return refuse(sessions, client, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)

@@ -1,7 +1,10 @@
 """Atomic, durable writes of received instances under ``spool/<study>/<series>/<sop>.dcm``.
 
 A file is written to a temporary name in its final folder, fsynced, renamed into place and the folder
-fsynced, so that after a crash a spool path either holds the whole instance or does not exist.
+fsynced, so that after a crash a spool path either holds the whole instance or does not exist. Both
+fsyncs are needed (the first makes the bytes durable, the second the name), but the second may be
+shared: the receiver's group commit (:mod:`dicomnode.store.committer`) fsyncs each folder once for every
+instance renamed into it since, before the database commit that records them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from dicomnode.errors import StoreError
@@ -35,8 +39,11 @@ def spool_path(spool_dir: Path, study_uid: str, series_uid: str, sop_uid: str) -
     return spool_dir / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` durably and atomically; return its SHA-256 hex digest.
+def write_atomic(path: Path, data: bytes | Sequence[bytes], *, sync_dir: bool = True) -> str:
+    """Write ``data`` (bytes, or parts written one after another) to ``path`` atomically; return its SHA-256.
+
+    The file's bytes are fsynced before the rename; its folder too unless ``sync_dir`` is False, in which
+    case the caller must :func:`fsync_dirs` the folder before it relies on the name.
 
     Raises
     ------
@@ -48,20 +55,42 @@ def write_atomic(path: Path, data: bytes) -> str:
     try:
         make_private_dirs(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        digest = hashlib.sha256()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for part in [data] if isinstance(data, bytes) else data:
+                digest.update(part)
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if sync_dir:
+            _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise StoreError(f"could not write spool file: {exc.strerror or exc}") from exc
-    return hashlib.sha256(data).hexdigest()
+    return digest.hexdigest()
+
+
+def fsync_dirs(folders: Iterable[Path]) -> None:
+    """Make the names renamed into ``folders`` durable: one fsync per folder, however many names."""
+    for folder in set(folders):
+        _fsync_dir(folder)
+
+
+def remove_new_file(path: Path, spool_dir: Path) -> None:
+    """Remove a refused instance's new file and the folders that held only it, up to ``spool_dir``."""
+    path.unlink(missing_ok=True)
+    folder = path.parent
+    while folder != spool_dir and folder.is_relative_to(spool_dir):
+        try:
+            folder.rmdir()  # only when empty: another instance's folder stays
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def make_private_dirs(folder: Path) -> None:
@@ -78,6 +107,7 @@ def make_private_dirs(folder: Path) -> None:
         with contextlib.suppress(FileExistsError):  # another thread made it meanwhile
             each.mkdir(mode=0o700)
         os.chmod(each, 0o700)  # mkdir's mode is masked by the umask
+        _fsync_dir(each.parent)  # the new folder's own name must survive a crash too
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -42,11 +42,14 @@ def test_audit_sequence_atna_after_outage_and_no_phi_in_logs(orthanc: Orthanc, t
         study_uid = str(series[0].StudyInstanceUID)
         wait_for(lambda: results_in(orthanc, study_uid) == {"SEG": 1, "SR": 1}, timeout=90, msg="results")
 
-        events = [r.event for r in trail(node) if r.study_uid == study_uid]
-        expected = ["begin_transfer_in", "instance_received", "study_received", "job_queued", "job_started",
+        # the PACS logs a receipt before it answers; the node audits the send once the answer is in
+        events = wait_for(lambda: "job_succeeded" in (e := [r.event for r in trail(node) if r.study_uid == study_uid])
+                          and e, timeout=30, msg="the job's last audit row")
+        expected = ["begin_transfer_in", "instances_received", "study_received", "job_queued", "job_started",
                     "instances_accessed", "begin_transfer_out", "result_sent", "job_succeeded"]
         assert [e for e in dict.fromkeys(events) if e in expected] == expected
-        assert events.count("instance_received") == 12 and events.count("result_sent") == 2
+        (receipts,) = [r for r in trail(node) if r.study_uid == study_uid and r.event == "instances_received"]
+        assert json.loads(receipts.detail)["instances"] == 12 and events.count("result_sent") == 2
 
         receiver = SyslogReceiver(arr_port).start()  # the repository comes back
         wait_for(lambda: _has_study_events(receiver, study_uid), timeout=60, msg="ATNA messages after the outage")

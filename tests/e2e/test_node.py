@@ -120,7 +120,7 @@ def test_mni_brain_gets_seg_and_sr_in_the_same_study(orthanc: Orthanc, node: Nod
     assert row is not None and row["state"] == "routed"
     assert row["jobs"][0][0] == "succeeded"
     events = [e for e, _ in audit_rows(node, study_uid)]
-    for expected in ("instance_received", "study_received", "job_queued", "job_started", "result_sent",
+    for expected in ("instances_received", "study_received", "job_queued", "job_started", "result_sent",
                      "job_succeeded"):
         assert expected in events
 

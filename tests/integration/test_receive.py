@@ -76,7 +76,10 @@ def test_storescu_series_lands_in_spool_and_database(scp: RunningScp, tmp_path: 
         assert stored.is_relative_to(scp.settings.spool_dir)
         assert _dataset_bytes(stored) == _dataset_bytes(path)
         assert stored.stat().st_mode & 0o077 == 0  # PHI: owner-only
-    assert len(_audit(scp, "instance_received")) == 5
+    (row,) = wait_for(lambda: _audit(scp, "instances_received"), timeout=10, msg="the association's receipt row")
+    detail = json.loads(row.detail)  # one row per association and study, not one per instance
+    assert (row.actor, detail["instances"], detail["unchanged"]) == ("STORESCU", 5, 0)
+    assert detail["sop_classes"] == {MRImageStorage: 5}
 
 
 @pytest.mark.parametrize(("folder", "propose"), [
@@ -184,8 +187,9 @@ def test_resend_of_unchanged_instances_changes_nothing(scp: RunningScp, tmp_path
         assert storescu(scp.port, tmp_path / "in", called="DICOMNODE").returncode == 0
     with scp.sessions() as session:
         assert len(session.scalars(select(Instance)).all()) == 3
-    unchanged = [json.loads(r.detail)["unchanged"] for r in _audit(scp, "instance_received")]
-    assert unchanged == [False] * 3 + [True] * 3
+    rows = wait_for(lambda: len(r := _audit(scp, "instances_received")) == 2 and r, timeout=10,
+                    msg="one receipt row per association")
+    assert [(json.loads(r.detail)["instances"], json.loads(r.detail)["unchanged"]) for r in rows] == [(3, 0), (3, 3)]
 
 
 def _send_raw(port: int, tmp_path: Path, meta_sop: str, dataset: Dataset | bytes,

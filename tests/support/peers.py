@@ -103,6 +103,7 @@ class Orthanc:
     receive_delay: float = 0.0  # seconds the PACS takes over each C-STORE (a slow PACS: long send phases)
     dicomweb: bool = False  # load the DICOMweb plugin (Debian orthanc-dicomweb): STOW/QIDO/WADO at /dicom-web/
     reject_stow: bool = False  # answer every STOW-RS request 403 Forbidden (an archive that rejects the node)
+    receipts_enabled: bool = True  # the Lua receipt log; off for benchmarks, which time Orthanc as shipped
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -155,7 +156,7 @@ end
             "DicomPort": self.dicom_port, "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": not self.strict,
             "DicomAlwaysAllowStore": not self.strict, "DicomCheckModalityHost": False, "DicomScuTimeout": 30,
             "DicomModalities": {}, "OverwriteInstances": True, "SaveJobs": False, "ConcurrentJobs": 2,
-            "StableAge": 60, "LuaScripts": [str(self._receipts_script())],
+            "StableAge": 60, "LuaScripts": [str(self._receipts_script())] if self.receipts_enabled else [],
         }
         if self.dicomweb:
             config["Plugins"] = [DICOMWEB_PLUGIN]
@@ -218,11 +219,12 @@ class NodeProcess:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     ae_title: str = "DICOMNODE"
+    command: str = "serve"  # or one role: receive, work, web
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def data_dir(self) -> Path:
-        return self.folder / "data"
+        return Path(self.env.get("DICOMNODE_DATA_DIR", self.folder / "data"))
 
     @property
     def log_path(self) -> Path:
@@ -234,9 +236,13 @@ class NodeProcess:
         env.pop("DICOMNODE_CONFIG", None)
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=env,
+            self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", self.command], cwd=REPO, env=env,
                                             stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
+        if self.command in ("serve", "receive"):
+            wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
+        else:
+            wait_for(lambda: self._alive() and "node started" in self.log_path.read_text(errors="replace"),
+                     timeout=120, msg=f"{self.command} started")
         return self
 
     def _alive(self) -> bool:

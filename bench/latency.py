@@ -1,0 +1,150 @@
+"""Latency: from the last instance received to every result acknowledged by the PACS, split by stage.
+
+The all-in-one node runs in this process with a real Orthanc as its PACS; DCMTK storescu sends a
+synthetic MR series (189 slices of 256x256 by default, the size of the brain MR of issue 11), the
+test-only ONNX threshold model (tests/support/models.py) segments it, and the node's own records give
+the split:
+
+- idle timer: ``study_idle_seconds``, the wait that defines "study complete" (not counted below);
+- sweep: from the end of the idle timer to the sweep that routed the study (``sweep_interval_seconds``);
+- pick-up: from routing to a worker's claim;
+- load, model, build, write, send: the pipeline's stages ("job timings" in the node's log);
+- total: from the end of the idle timer to the job's success (every result acknowledged).
+
+    PYTHONPATH=. python bench/latency.py [--studies 3] [--slices 189] [--deepbet]
+
+``--deepbet`` also runs the bundled deepbet model on the MNI152 template (../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from dicomnode.jobs.models import Job, JobEvent, Series, Study
+from dicomnode.jobs.status import JobStatus
+from dicomnode.node import start_node
+from dicomnode.settings import Peer, Rule, Settings
+from tests.support.models import write_threshold_model
+from tests.support.net import free_port, wait_for
+from tests.support.peers import REPO, Orthanc, storescu
+from tests.support.synthetic import make_series, write_series
+
+MNI = REPO.parent / "shared" / "data" / "mr_t1_brain_mni152"
+STAGES = ["sweep", "pick-up", "load", "model", "build", "write", "send", "total", "total - model"]
+
+
+class Timings(logging.Handler):
+    """Collects the pipeline's "job timings" records by job id."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.by_job: dict[int, dict[str, float]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "job timings":
+            fields: dict[str, Any] = dict(getattr(record, "ctx", {}))
+            self.by_job[int(fields.pop("job_id"))] = {k: float(v) for k, v in fields.items() if k != "stage"}
+
+
+def _utc(at: dt.datetime) -> float:
+    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def one_study(node: Any, port: int, folder: Path, timings: Timings, series: list[Any]) -> dict[str, float]:
+    write_series(series, folder)
+    result = storescu(port, folder, called="DICOMNODE")
+    assert result.returncode == 0, result.stderr
+    study_uid = str(series[0].StudyInstanceUID)
+    sessions, idle = node.ctx.sessions, node.settings.study_idle_seconds
+
+    def finished() -> tuple[Study, Job, list[JobEvent]] | None:
+        with sessions() as session:
+            study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+            job = session.scalar(select(Job).join(Job.series).join(Series.study).where(Study.study_uid == study_uid))
+            if study is None or job is None or job.status != JobStatus.SUCCEEDED:
+                return None
+            events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)))
+            return study, job, events
+
+    study, job, events = wait_for(finished, timeout=600, msg="job succeeded", interval=0.05)
+    stages = wait_for(lambda: timings.by_job.get(job.id), timeout=30, msg="job timings")
+    complete = _utc(study.last_received_at) + idle
+    assert study.completed_at is not None
+    running = next(e for e in events if e.to_status == JobStatus.RUNNING)
+    succeeded = next(e for e in events if e.to_status == JobStatus.SUCCEEDED)
+    split = {"sweep": _utc(study.completed_at) - complete, "pick-up": _utc(running.at) - _utc(study.completed_at),
+             **stages, "total": _utc(succeeded.at) - complete}
+    split["total - model"] = split["total"] - split.get("model", 0.0)
+    return split
+
+
+def run(label: str, settings: Settings, make: Any, studies: int, root: Path) -> None:
+    timings = Timings()
+    logging.getLogger("dicomnode.pipeline").addHandler(timings)
+    logging.getLogger("dicomnode.pipeline").setLevel(logging.INFO)
+    node = start_node(settings)
+    try:
+        for model_id in node.ctx.registry.manifests:  # warm, as the worker is before its first claim
+            node.ctx.registry.get(model_id)
+        splits = [one_study(node, settings.port, root / f"{label}-in{i}", timings, make(i)) for i in range(studies)]
+    finally:
+        node.stop()
+        logging.getLogger("dicomnode.pipeline").removeHandler(timings)
+    print(f"\n{label}: median of {studies} studies (seconds; idle timer {settings.study_idle_seconds:g} s not counted)")
+    print("| " + " | ".join(STAGES) + " |\n|" + "---|" * len(STAGES))
+    print("| " + " | ".join(f"{statistics.median(s.get(k, 0.0) for s in splits):.3f}" for k in STAGES) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=189)
+    parser.add_argument("--size", type=int, default=256, help="rows and columns of the synthetic slices")
+    parser.add_argument("--deepbet", action="store_true", help="also deepbet on the MNI152 template")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        pacs = Orthanc(root / "orthanc", receipts_enabled=False).start()
+        try:
+            common: dict[str, Any] = {
+                "host": "127.0.0.1", "pacs": Peer(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port),
+                "peers": [Peer(ae_title="STORESCU", host="127.0.0.1")], "min_free_disk_mb": 1,
+                "study_idle_seconds": 1.0, "sweep_interval_seconds": 0.1}
+            models = write_threshold_model(root / "models", 40.0).parent
+            settings = Settings.load(None, data_dir=root / "threshold", port=free_port(), models_dir=models, **common)
+            run("threshold model (ONNX), synthetic MR", settings,
+                lambda i: make_series(n_slices=args.slices, rows=args.size, columns=args.size,
+                                      series_description="CRASHTEST T1", patient_id=f"BENCH-{i}"),
+                args.studies, root)
+            if args.deepbet and MNI.is_dir():
+                from pydicom import dcmread
+                from pydicom.uid import generate_uid
+
+                def mni(i: int) -> list[Any]:
+                    study, series = generate_uid(), generate_uid()
+                    out = []
+                    for path in sorted(p for p in MNI.rglob("*") if p.is_file()):
+                        ds = dcmread(path)
+                        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+                        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                        out.append(ds)
+                    return out
+
+                settings = Settings.load(None, data_dir=root / "deepbet", port=free_port(),
+                                         rules=[Rule(name="all-mr", model="deepbet", match={"Modality": "^MR$"})],
+                                         **common)
+                run("deepbet (TorchScript), MNI152 template", settings, mni, args.studies, root)
+        finally:
+            pacs.stop()
+
+
+if __name__ == "__main__":
+    main()
