@@ -32,10 +32,9 @@ from pydicom.uid import generate_uid
 from dicomnode.admin.auth import hash_password
 from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.inference.registry import Registry
-from dicomnode.inference.volume import build_volume
 from dicomnode.jobs.repository import ClaimedJob, claim
 from dicomnode.migrate import upgrade
-from dicomnode.pipeline import PipelineContext, build_results, infer
+from dicomnode.pipeline import PipelineContext, build_input, build_results, infer
 from dicomnode.remote.backend import RemoteBackend
 from dicomnode.remote.roundtrip import Timings, run_remote
 from dicomnode.settings import Settings
@@ -138,9 +137,9 @@ def local_runs(series: list[Dataset], registry: Registry, ctx: PipelineContext, 
     rows = []
     for _ in range(runs):
         started = time.perf_counter()
-        volume = build_volume(series, manifest.min_slices)
-        labels, seconds = infer(ctx, manifest, volume)
-        build_results(manifest, volume, labels, job)
+        image = build_input(manifest, series)
+        inferred, seconds = infer(ctx, manifest, image)
+        build_results(manifest, image, inferred, job)
         total = time.perf_counter() - started
         rows.append({"model": seconds, "queue": total - seconds, "total": total})
     return rows

@@ -97,9 +97,8 @@ def _job_child(root: str, out: multiprocessing.Queue) -> None:  # type: ignore[t
 
     from dicomnode.db import make_engine, make_sessionmaker
     from dicomnode.inference.registry import Registry
-    from dicomnode.inference.volume import build_volume
     from dicomnode.jobs.repository import claim
-    from dicomnode.pipeline import PipelineContext, build_results, infer, load_series, write_results
+    from dicomnode.pipeline import PipelineContext, build_input, build_results, infer, load_series, write_results
     from dicomnode.settings import Settings
 
     folder = Path(root)
@@ -113,12 +112,12 @@ def _job_child(root: str, out: multiprocessing.Queue) -> None:  # type: ignore[t
     assert job is not None
     before = rss_mb(os.getpid())
     datasets = load_series(sessions, job)
-    volume = build_volume(datasets, manifest.min_slices)
-    labels, seconds = infer(ctx, manifest, volume)
-    objects, volumes = build_results(manifest, volume, labels, job)
-    write_results(settings.results_dir, job.id, objects, volumes, seconds)
+    image = build_input(manifest, datasets)
+    inferred, seconds = infer(ctx, manifest, image)
+    objects, outputs, summary = build_results(manifest, image, inferred, job)
+    write_results(settings.results_dir, job.id, objects, outputs, seconds, summary)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.put((before, peak, volume.array.nbytes / 2**20, tuple(np.shape(volume.array))))
+    out.put((before, peak, image.array.nbytes / 2**20, tuple(np.shape(image.array))))
 
 
 def inference(slices: int, root: Path) -> None:

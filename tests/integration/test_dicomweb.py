@@ -106,7 +106,8 @@ def _write_results(settings: Settings, sessions: sessionmaker[Session], series: 
         job = enqueue(session, row, "rule", "deepbet", manifest.version)
         assert job is not None
         job_id = job.id
-    write_results(settings.results_dir, job_id, [seg, sr], volumes, 0.1)
+    write_results(settings.results_dir, job_id, [seg, sr], {f"segment {n}": ml for n, ml in volumes.items()}, 0.1,
+                  "test results")
 
 
 def test_stow_search_and_retrieve_results(base: str, configured: Settings, sessions: sessionmaker[Session],
