@@ -14,13 +14,12 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicomnode.errors import BuildError
 from dicomnode.inference.manifest import Manifest
 from dicomnode.inference.result import ClassificationResult
 from dicomnode.results.codes import ABSENT, NO_UNITS, PRESENT, PROBABILITY
 from dicomnode.results.equipment import MANUFACTURER, ResultIdentity, deterministic_uid
 from dicomnode.results.seg import concept
-from dicomnode.results.sr import procedure_reported
+from dicomnode.results.sr import procedure_reported, report_sr
 
 
 def algorithm(manifest: Manifest) -> hd.sr.AlgorithmIdentification:
@@ -72,17 +71,5 @@ def build_classification_sr(
         procedure_reported=procedure_reported(str(sources[0].get("Modality", ""))),
         imaging_measurements=groups,
     )
-    try:
-        return hd.sr.Comprehensive3DSR(
-            evidence=[*evidence, *sources],
-            content=report,
-            series_instance_uid=identity.sr_series_uid,
-            series_number=identity.sr_series_number,
-            sop_instance_uid=identity.sr_sop_uid,
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            is_complete=True,
-            series_description=f"AI {summary(result)} ({manifest.id})"[:64],
-        )
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise BuildError(f"classification SR could not be built: {exc}") from exc
+    return report_sr([*evidence, *sources], report, identity, f"AI {summary(result)} ({manifest.id})",
+                     "classification SR")

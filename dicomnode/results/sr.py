@@ -86,9 +86,15 @@ def build_sr(
         procedure_reported=procedure_reported(str(sources[0].get("Modality", "") or "")),
         imaging_measurements=groups,
     )
+    return report_sr([seg, *sources], report, identity, f"AI {manifest.labels[0].label} report ({manifest.id})")
+
+
+def report_sr(evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, identity: ResultIdentity,
+              description: str, what: str = "SR") -> hd.sr.Comprehensive3DSR:
+    """The Comprehensive 3D SR that carries a TID 1500 ``report``, with the job's deterministic UIDs."""
     try:
         return hd.sr.Comprehensive3DSR(
-            evidence=[seg, *sources],
+            evidence=list(evidence),
             content=report,
             series_instance_uid=identity.sr_series_uid,
             series_number=identity.sr_series_number,
@@ -96,7 +102,7 @@ def build_sr(
             instance_number=1,
             manufacturer=MANUFACTURER,
             is_complete=True,
-            series_description=f"AI {manifest.labels[0].label} report ({manifest.id})"[:64],
+            series_description=description[:64],
         )
     except (ValueError, AttributeError, TypeError) as exc:
-        raise BuildError(f"SR could not be built: {exc}") from exc
+        raise BuildError(f"{what} could not be built: {exc}") from exc
