@@ -98,17 +98,17 @@ def radiograph(seed: int, shape: tuple[int, int] = (128, 128), finding: bool | N
         i = rng.integers(len(ys))
         oy, ox = y[ys[i], xs[i]], x[ys[i], xs[i]]
         if rng.random() < 0.5:  # focal: a nodule or small mass
-            r = rng.uniform(0.06, 0.14)
+            r = rng.uniform(0.07, 0.15)
             blob = _soft(_ellipse(x, y, ox, oy, r, r * rng.uniform(0.8, 1.2)), 0.15)
-            amplitude = rng.uniform(0.16, 0.35)
+            amplitude = rng.uniform(0.25, 0.45)
         else:  # patchy: a cluster of soft blobs, confined to the lung
             blob = np.zeros(shape)
             for _ in range(rng.integers(4, 9)):
-                r = rng.uniform(0.06, 0.12)
+                r = rng.uniform(0.07, 0.13)
                 bx, by = ox + rng.normal(0, 0.08), oy + rng.normal(0, 0.1)
                 blob = np.maximum(blob, _soft(_ellipse(x, y, bx, by, r, r), 0.3))
             blob *= np.clip(lungs * 1.2, 0, 1)
-            amplitude = rng.uniform(0.16, 0.3)
+            amplitude = rng.uniform(0.22, 0.4)
         density += amplitude * blob
         opacity = blob > 0.5
     density = ndimage.gaussian_filter(density, sigma=rng.uniform(0.5, 1.2) * rows / 128)
@@ -183,7 +183,7 @@ def ct_chest(seed: int, shape: tuple[int, int, int] = (64, 64, 64), spacing: flo
             direction /= np.linalg.norm(direction)
             length = rng.uniform(30, 90)
             b = a + direction * length
-            radius = rng.uniform(1.0, 3.5)
+            radius = rng.uniform(0.8, 2.5)
             mid = i + direction * length / 2 / spacing
             box, pts = near(mid, length / 2 + radius + spacing)
             ab = b - a
@@ -197,7 +197,7 @@ def ct_chest(seed: int, shape: tuple[int, int, int] = (64, 64, 64), spacing: flo
         for _ in range(nodules):
             i = lung_idx[rng.integers(len(lung_idx))]
             c = np.array([x[tuple(i)], y[tuple(i)], z[tuple(i)]])
-            r = rng.uniform(3.0, 10.0)  # mm radius: 6-20 mm nodules
+            r = rng.uniform(4.0, 10.0)  # mm radius: 8-20 mm nodules
             stretch = rng.uniform(0.85, 1.15, size=3)
             box, pts = near(i.astype(float), r * 1.4 + spacing)
             d = np.sqrt((((pts - c) / stretch) ** 2).sum(axis=-1))

@@ -28,11 +28,11 @@ from training.common import (
 )
 from training.phantoms import VALIDATION_SEED_BASE, radiograph
 
-SIZE = (96, 96)
+SIZE = (64, 64)
 THRESHOLD = 0.5
 LABEL = "Opacity (synthetic-phantom demo; not clinical)"
 NETWORK: dict[str, Any] = {"init_features": 16, "growth_rate": 8, "block_config": (2, 4, 6, 4), "bn_size": 4}
-FULL: dict[str, Any] = {"steps": 300, "batch": 32, "lr": 1e-3, "validation": 200}
+FULL: dict[str, Any] = {"steps": 600, "batch": 16, "lr": 1e-3, "validation": 200}
 SMOKE: dict[str, Any] = {"steps": 3, "batch": 4, "lr": 2e-3, "validation": 8}
 
 
@@ -61,10 +61,11 @@ def train(seed: int, steps: int, batch_size: int, lr: float, log: bool = True) -
 
     model = network()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
     model.train()
+    running: list[float] = []
     started = time.perf_counter()
     for step in range(steps):
         # training phantoms: seed * 1e6 + step * batch + i, below the validation and test seed ranges
@@ -77,8 +78,10 @@ def train(seed: int, steps: int, batch_size: int, lr: float, log: bool = True) -
         loss.backward()
         optimiser.step()
         schedule.step()
-        if log and (step % 10 == 0 or step == steps - 1):
-            print(f"step {step:4d}/{steps}  loss {loss.item():.4f}  {time.perf_counter() - started:7.1f} s", flush=True)
+        running.append(float(((logits.detach().numpy() > 0) == y).mean()))
+        if log and (step % 20 == 0 or step == steps - 1):
+            print(f"step {step:4d}/{steps}  loss {loss.item():.4f}  batch accuracy (last 20) "
+                  f"{np.mean(running[-20:]):.3f}  {time.perf_counter() - started:7.1f} s", flush=True)
     model.eval()
     return model
 

@@ -2,7 +2,7 @@
 
 The smoke runs (a few iterations on tiny data) go in subprocesses, because the scripts switch torch to
 deterministic algorithms for the whole process. The shipped models are run with ONNX Runtime on phantoms
-from the test seed range, which neither training nor validation used.
+from the test seed range, which neither training nor validation used: 200 radiographs, 10 CT volumes.
 """
 
 from __future__ import annotations
@@ -117,14 +117,15 @@ def test_shipped_radiograph_classifier_on_fresh_phantoms() -> None:
     manifest, session = _shipped("cxr-demo")
     _validate_with_the_engine("cxr-demo")
     assert manifest["input"]["size"] == list(SIZE) and manifest["output"]["activation"] == "sigmoid"
-    phantoms = [radiograph(TEST_SEED_BASE + i, SIZE) for i in range(40)]
+    # 200 as the acceptance says (40 gave AUC 0.93: too few for a 0.95 bound); 64 x 64 phantoms take ~2 s
+    phantoms = [radiograph(TEST_SEED_BASE + i, SIZE) for i in range(200)]
     x = np.stack([zscore(p.image) for p in phantoms])[:, None]
     logits = session.run(None, {session.get_inputs()[0].name: x})[0][:, 0]
     scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
     truth = np.array([p.finding for p in phantoms])
-    assert 10 <= truth.sum() <= 30
+    assert 70 <= truth.sum() <= 130
     assert auc(scores, truth) >= 0.95
-    assert ((scores >= THRESHOLD) == truth).mean() >= 0.85
+    assert ((scores >= THRESHOLD) == truth).mean() >= 0.9
 
 
 def test_shipped_ct_nodule_segmenter_on_fresh_phantoms() -> None:
