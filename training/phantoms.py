@@ -128,12 +128,15 @@ class ChestCT:
 
 
 def ct_chest(seed: int, shape: tuple[int, int, int] = (64, 64, 64), spacing: float = 2.0,
-             nodules: int | None = None, centre: tuple[float, float, float] | None = None) -> ChestCT:
+             nodules: int | None = None, centre: tuple[float, float, float] | None = None,
+             jitter: float = 0.0) -> ChestCT:
     """A chest CT phantom on a grid of ``shape`` voxels of ``spacing`` mm.
 
     The grid shows the part of the chest around ``centre`` (mm from the middle of the chest; ``None``
     draws a point in the lungs, so that small training grids see the lungs); nodules and vessels are
     placed inside the lungs that the grid shows. ``nodules=None`` draws 0-3 (0 with probability 1/4).
+    ``jitter`` (mm) moves a drawn centre by up to that much per axis, so that small training patches also
+    see what lies around the lungs (mediastinum, heart, chest wall) as larger grids do.
     """
     rng = np.random.default_rng([seed, 2])
     if nodules is None:
@@ -142,6 +145,9 @@ def ct_chest(seed: int, shape: tuple[int, int, int] = (64, 64, 64), spacing: flo
     lung_len = rng.uniform(100, 130)  # half-length of the lungs along z, mm
     if centre is None:
         centre = (rng.choice([-1, 1]) * rng.uniform(40, 90), rng.uniform(-30, 30), rng.uniform(-60, 60))
+        if jitter:
+            shift = np.random.default_rng([seed, 3]).uniform(-jitter, jitter, 3)
+            centre = (centre[0] + shift[0], centre[1] + shift[1], centre[2] + shift[2])
     axes = [(np.arange(n) - (n - 1) / 2) * spacing + c for n, c in zip(shape, centre, strict=True)]
     x, y, z = np.meshgrid(*axes, indexing="ij")
     hu = np.full(shape, -1000.0)
