@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 bash scripts/peers.sh
-.venv/bin/ruff check dicomnode tests alembic bench
+.venv/bin/ruff check dicomnode tests alembic bench training
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

@@ -1,0 +1,154 @@
+"""training/: the smoke runs are reproducible, and the shipped demonstration models do what metrics.json says.
+
+The smoke runs (a few iterations on tiny data) go in subprocesses, because the scripts switch torch to
+deterministic algorithms for the whole process. The shipped models are run with ONNX Runtime on phantoms
+from the test seed range, which neither training nor validation used: 200 radiographs, 10 CT volumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from training.common import DISCLAIMER, auc, dice
+from training.phantoms import TEST_SEED_BASE, VALIDATION_SEED_BASE, ct_chest, radiograph
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+pytest.importorskip("onnxruntime")
+
+
+def _smoke(script: str, out: Path, seed: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", f"training.{script}", "--smoke", "--threads", "1",
+                             "--seed", str(seed), "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(process: subprocess.Popen[bytes]) -> None:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
+
+
+@pytest.mark.parametrize("script", ["train_cxr", "train_ct"])
+def test_smoke_run_writes_a_model_and_is_deterministic(script: str, tmp_path: Path) -> None:
+    runs = [_smoke(script, tmp_path / name, seed) for name, seed in (("a", 3), ("b", 3), ("c", 4))]
+    for run in runs:
+        _finish(run)
+    metrics = {}
+    for name in ("a", "b", "c"):
+        folder = tmp_path / name
+        assert {p.name for p in folder.iterdir()} == {"model.onnx", "manifest.toml", "metrics.json"}
+        data = json.loads((folder / "metrics.json").read_text())
+        assert data["smoke"] is True
+        assert data["onnx_sha256"] == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+        manifest = tomllib.loads((folder / "manifest.toml").read_text())
+        assert manifest["files"][0]["sha256"] == data["onnx_sha256"]
+        metrics[name] = data
+    assert metrics["a"]["onnx_sha256"] == metrics["b"]["onnx_sha256"]  # same seed, same bytes
+    assert metrics["a"]["validation"] == metrics["b"]["validation"]
+    assert metrics["a"]["onnx_sha256"] != metrics["c"]["onnx_sha256"]  # the seed matters
+
+
+def test_phantoms_are_deterministic_and_seed_ranges_disjoint() -> None:
+    a, b = radiograph(TEST_SEED_BASE + 1), radiograph(TEST_SEED_BASE + 1)
+    assert np.array_equal(a.image, b.image) and a.finding == b.finding
+    assert not np.array_equal(a.image, radiograph(TEST_SEED_BASE + 2).image)
+    c, d = ct_chest(TEST_SEED_BASE + 1, (32, 32, 32)), ct_chest(TEST_SEED_BASE + 1, (32, 32, 32))
+    assert np.array_equal(c.hu, d.hu) and np.array_equal(c.nodules, d.nodules)
+    assert ct_chest(5, (32, 32, 32), nodules=0).nodules.sum() == 0
+    assert ct_chest(5, (48, 48, 48), nodules=2).nodules.sum() > 0
+    assert radiograph(7, finding=True).opacity.any() and not radiograph(7, finding=False).opacity.any()
+    # training uses seed * 1e6 + i for i < 1e6 and seeds < 10: below the validation range
+    assert 10 * 1_000_000 <= VALIDATION_SEED_BASE < TEST_SEED_BASE
+
+
+def test_metric_helpers() -> None:
+    assert auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([True, True, False, False])) == 1.0
+    assert auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([True, True, False, False])) == 0.0
+    assert dice(np.ones((2, 2)), np.ones((2, 2))) == 1.0
+    assert dice(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    assert dice(np.array([1, 0]), np.array([0, 1])) == 0.0
+
+
+def _shipped(model_id: str) -> tuple[dict[str, Any], Any]:
+    """The shipped manifest, checked (SHA-256, disclaimer, size), and an ONNX Runtime session."""
+    import onnxruntime as ort
+
+    folder = MODELS / model_id
+    manifest = tomllib.loads((folder / "manifest.toml").read_text())
+    assert manifest["manifest_version"] == 2 and manifest["id"] == model_id
+    assert DISCLAIMER in " ".join(manifest["intended_use"].split()).lower()
+    assert DISCLAIMER in manifest["name"]
+    (entry,) = manifest["files"]
+    path = folder / entry["name"]
+    assert path.stat().st_size < 10 * 1024 * 1024
+    assert not list(folder.glob("*.onnx.data"))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["onnx_sha256"] == entry["sha256"] and metrics["smoke"] is False
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return manifest, ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _validate_with_the_engine(model_id: str) -> None:
+    """When the package has the version-2 manifest (issue 8), the shipped manifest must pass it."""
+    try:
+        from dicomnode.inference.manifest import MANIFEST_VERSION, Manifest
+    except ImportError:
+        return
+    if MANIFEST_VERSION == 2:
+        manifest = Manifest.read(MODELS / model_id / "manifest.toml")
+        for file in manifest.files:
+            manifest.resolve(file)
+
+
+def test_shipped_radiograph_classifier_on_fresh_phantoms() -> None:
+    from training.train_cxr import SIZE, THRESHOLD, zscore
+
+    manifest, session = _shipped("cxr-demo")
+    _validate_with_the_engine("cxr-demo")
+    assert manifest["input"]["size"] == list(SIZE) and manifest["output"]["activation"] == "sigmoid"
+    # 200 as the acceptance says (40 gave AUC 0.93: too few for a 0.95 bound); 64 x 64 phantoms take ~2 s
+    phantoms = [radiograph(TEST_SEED_BASE + i, SIZE) for i in range(200)]
+    x = np.stack([zscore(p.image) for p in phantoms])[:, None]
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0][:, 0]
+    scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    truth = np.array([p.finding for p in phantoms])
+    assert 70 <= truth.sum() <= 130
+    assert auc(scores, truth) >= 0.95
+    assert ((scores >= THRESHOLD) == truth).mean() >= 0.9
+
+
+def _ct_figures() -> tuple[float, float]:
+    """Mean Dice (volumes with nodules) and finding accuracy of the shipped CT model on 10 test phantoms."""
+    from training.train_ct import SPACING, THRESHOLD, normalise
+
+    manifest, session = _shipped("ct-nodule-demo")
+    _validate_with_the_engine("ct-nodule-demo")
+    assert manifest["input"]["spacing"] == [SPACING] * 3
+    dices, correct = [], []
+    for i in range(10):
+        phantom = ct_chest(TEST_SEED_BASE + i, (64, 64, 64), SPACING)
+        logits = session.run(None, {session.get_inputs()[0].name: normalise(phantom.hu)[None, None]})[0][0, 0]
+        probability = 1 / (1 + np.exp(-logits.astype(np.float64)))
+        if phantom.count:
+            dices.append(dice(probability >= THRESHOLD, phantom.nodules))
+        correct.append((probability.max() >= THRESHOLD) == (phantom.count > 0))
+    assert len(dices) >= 5
+    return float(np.mean(dices)), float(np.mean(correct))
+
+
+def test_shipped_ct_nodule_segmenter_on_fresh_phantoms() -> None:
+    """What the shipped model does reach (validation: Dice 0.72, finding accuracy 0.90 on 40 volumes)."""
+    mean_dice, accuracy = _ct_figures()
+    assert mean_dice >= 0.7
+    assert accuracy >= 0.9
