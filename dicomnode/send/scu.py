@@ -7,6 +7,7 @@ An instance counts as stored only when the destination answered success (0x0000)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def _associate(settings: Settings, ae: AE, peer: Peer) -> Association:
                         tls_args=tls_args)
 
 
-NEGOTIATION_TRIES = 3
+NEGOTIATION_TRIES = 10  # quick tries: only a peer that answers fast (rejects or resets) is asked again
 
 
 def _rejection(assoc: Association) -> int | None:
@@ -73,6 +74,7 @@ def _establish(settings: Settings, ae: AE, peer: Peer) -> Association:
     listening, a timeout, only aborts) is retryable.
     """
     for _ in range(NEGOTIATION_TRIES):
+        started = time.monotonic()
         assoc = _associate(settings, ae, peer)
         if assoc.is_established:
             return assoc
@@ -80,8 +82,8 @@ def _establish(settings: Settings, ae: AE, peer: Peer) -> Association:
         if result is not None:
             raise SendError(f"association with {peer} rejected "
                             f"({'permanent' if result == 1 else 'transient'})", retryable=result != 1)
-        if not assoc.is_aborted:
-            break  # never connected, or no answer within the ACSE timeout: asking again now won't help
+        if time.monotonic() - started >= settings.acse_timeout_seconds / 2:
+            break  # no answer in time: asking again now won't help
     raise SendError(f"association with {peer} not established", retryable=True)
 
 
