@@ -28,7 +28,8 @@ USERS = json.dumps([
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed at /usr/bin/chromium (scripts/peers.sh installs it)")
+        raise AssertionError("Debian chromium is not installed at /usr/bin/chromium: run scripts/test.sh, which "
+                             "installs it with the other real peers")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -27,7 +27,8 @@ from tests.support.peers import DICOMWEB_PLUGIN, Orthanc
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     if not Path(DICOMWEB_PLUGIN).is_file():
-        pytest.skip("Orthanc's DICOMweb plugin is not installed (scripts/peers.sh installs orthanc-dicomweb)")
+        raise AssertionError("Orthanc's DICOMweb plugin is not installed: run scripts/test.sh, which installs "
+                             "orthanc-dicomweb with the other real peers")
     server = Orthanc(tmp_path_factory.mktemp("archive"), dicomweb=True).start()
     yield server
     server.stop()

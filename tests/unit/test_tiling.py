@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from monai import inferers
 
 from dicomnode.inference.manifest import Tiling
 from dicomnode.inference.tiling import sliding_window
-
-torch = pytest.importorskip("torch")
-inferers = pytest.importorskip("monai.inferers")
 
 
 def window_dependent(x: np.ndarray) -> np.ndarray:

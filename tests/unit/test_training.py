@@ -23,7 +23,6 @@ from training.phantoms import TEST_SEED_BASE, VALIDATION_SEED_BASE, ct_chest, ra
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
-pytest.importorskip("onnxruntime")
 
 
 def _smoke(script: str, out: Path, seed: int) -> subprocess.Popen[bytes]:
