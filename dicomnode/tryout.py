@@ -78,7 +78,7 @@ def verify_model(registry: Registry, model_id: str) -> str:
     manifest = registry.manifests.get(model_id)
     if manifest is None:
         raise ModelError(registry.errors.get(model_id, f"no model {model_id!r} under the models directory"))
-    for file in manifest.files:
+    for file in manifest.required_files:
         manifest.resolve(file)
     model = registry.get(model_id)
     result = registry.run(model_id, synthetic_input(manifest))

@@ -1,25 +1,28 @@
 """deepbet 1.0.2 brain extraction, run on the node's own volume.
 
-The two TorchScript networks (a coarse bounding-box net at 128^3 and the brain net at 256^3) and the
+The two networks (a coarse bounding-box net at 128^3 and the brain net at 256^3) and the
 pre/post-processing follow ``deepbet/bet.py::BrainExtraction`` of deepbet 1.0.2 (MIT licence, Fisch et
-al.). Differences: the volume comes from DICOM, not NIfTI; the device is chosen by the node; the
-networks are loaded once and kept warm.
+al.), rewritten in numpy. The networks run in ONNX Runtime (the generic engine's
+:class:`~dicomnode.inference.onnx.OnnxSession`) from the ``.onnx`` files that
+``training/export_deepbet.py`` derives from the wheel's weights; when those files are missing or do not
+load, the wheel's TorchScript files run instead (torch is imported only then). Differences from
+deepbet: the volume comes from DICOM, not NIfTI; the device is chosen by the node; the networks are
+loaded once and kept warm.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Literal
 
 import cc3d
 import fill_voids
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from dicomnode.errors import ModelError, SeriesNotUsable
 from dicomnode.inference.manifest import Manifest
-from dicomnode.inference.registry import select_device
 from dicomnode.inference.result import ModelInput, SegmentationResult
 from dicomnode.inference.volume import Volume, ras_reorientation
 from dicomnode.log import extra
@@ -30,22 +33,23 @@ SMALL_SHAPE = (128, 128, 128)
 SHAPE = (256, 256, 256)
 BBOX_MARGIN = 0.1
 THRESHOLD = 0.5
+NETWORKS = ("bbox_model", "model")  # file stems: <stem>.onnx (exported) or <stem>.pt (the wheel's)
+
+Network = Callable[[np.ndarray], np.ndarray]  # (1, *spatial) -> (2, *spatial): background, brain
+Runtime = Literal["auto", "onnxruntime", "torchscript"]
 
 
 class DeepbetModel:
-    """Both networks loaded on one device; :meth:`predict` returns a boolean brain mask."""
+    """Both networks loaded on one device; :meth:`predict` returns a boolean brain mask.
 
-    def __init__(self, manifest: Manifest, device: str) -> None:
+    ``runtime = "auto"`` takes ONNX Runtime when both ``.onnx`` files resolve and load, else TorchScript.
+    """
+
+    def __init__(self, manifest: Manifest, device: str, threads: int = 0, runtime: Runtime = "auto") -> None:
         self.manifest = manifest
-        self.device = select_device(device)
-        paths = {f.name: manifest.resolve(f) for f in manifest.files}
         started = time.perf_counter()
-        try:
-            self._model = torch.jit.load(str(paths["model.pt"]), map_location=self.device).eval()
-            self._bbox_model = torch.jit.load(str(paths["bbox_model.pt"]), map_location=self.device).eval()
-        except (KeyError, RuntimeError) as exc:
-            raise ModelError(f"deepbet weights could not be loaded: {exc}") from exc
-        log.info("model loaded", extra=extra(model=manifest.id, device=self.device,
+        self.runtime, self.device, (self._bbox_model, self._model) = _load(manifest, device, threads, runtime)
+        log.info("model loaded", extra=extra(model=manifest.id, device=self.device, runtime=self.runtime,
                                              seconds=round(time.perf_counter() - started, 2)))
 
     def run(self, image: ModelInput) -> SegmentationResult:
@@ -58,30 +62,54 @@ class DeepbetModel:
         """Brain mask for ``volume`` (any axis order; ``affine`` in LPS), in the same shape."""
         reorientation = ras_reorientation(affine)
         canonical = reorientation.apply(volume.astype(np.float32, copy=False))
-        with torch.inference_mode():
-            probability, bbox = self._run_model(canonical)
+        probability, bbox = self._run_model(canonical)
         mask = _postprocess(probability > THRESHOLD, bbox)
         return reorientation.invert(mask)
 
-    def _run_model(self, x_np: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
-        x = torch.nan_to_num(torch.from_numpy(x_np).to(self.device))
-        mask = torch.zeros_like(x)
-        x_small = F.interpolate(x[None, None], SMALL_SHAPE, mode="nearest-exact")[0, 0]
-        low, high = x_small.quantile(0.005), x_small.quantile(0.995)
-        mask_small = self._bbox_model(_normalize(x_small, low, high)[None, None])[0, 1]
-        largest = _keep_largest_component((mask_small > 0.5).float().cpu().numpy())
-        bbox = _bbox_with_margin(torch.from_numpy(largest), tuple(mask.shape), BBOX_MARGIN)
-        crop = F.interpolate(x[bbox][None, None], SHAPE, mode="nearest-exact")[0, 0]
-        mask_bbox = self._model(_normalize(crop, low, high)[None, None])[0, 1]
-        mask[bbox] = F.interpolate(mask_bbox[None, None], mask[bbox].shape,
-                                         mode="nearest-exact")[0, 0]
-        return mask.cpu().numpy(), bbox
+    def _run_model(self, x: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
+        x = np.nan_to_num(x)
+        x_small = _resize_nearest(x, SMALL_SHAPE)
+        low, high = (float(q) for q in np.quantile(x_small, (0.005, 0.995)))
+        mask_small = self._bbox_model(_normalize(x_small, low, high)[None])[1]
+        largest = _keep_largest_component((mask_small > 0.5).astype(np.float32))
+        bbox = _bbox_with_margin(largest, x.shape, BBOX_MARGIN)
+        mask_bbox = self._model(_normalize(_resize_nearest(x[bbox], SHAPE), low, high)[None])[1]
+        mask = np.zeros_like(x)
+        mask[bbox] = _resize_nearest(mask_bbox, mask[bbox].shape)
+        return mask, bbox
 
 
-def _normalize(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    x = ((x - low) / (high - low)).clamp(min=0, max=1)
-    x = (x - x.mean()) / x.std()
-    return 0.226 * x + 0.449
+def _load(manifest: Manifest, device: str, threads: int, runtime: Runtime) -> tuple[str, str, list[Network]]:
+    """(runtime, device, [bbox net, brain net]): ONNX Runtime first under ``auto``, TorchScript as fallback."""
+    if runtime in ("auto", "onnxruntime"):
+        try:
+            from dicomnode.inference.onnx import OnnxSession  # the generic engine's backend
+
+            sessions = [OnnxSession(manifest, device, threads, manifest.file(f"{stem}.onnx")) for stem in NETWORKS]
+            return "onnxruntime", sessions[0].device, list(sessions)
+        except (ImportError, ModelError) as exc:
+            if runtime == "onnxruntime":
+                raise ModelError(f"model {manifest.id}: ONNX Runtime cannot serve it: {exc}") from exc
+            log.warning("deepbet runs on TorchScript: its ONNX files are not usable",
+                        extra=extra(model=manifest.id, reason=str(exc)))
+    from dicomnode.inference.torchscript import TorchScriptNetwork  # torch is imported only here
+
+    networks = [TorchScriptNetwork(manifest, f"{stem}.pt", device) for stem in NETWORKS]
+    return "torchscript", networks[0].device, list(networks)
+
+
+def _resize_nearest(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``torch.nn.functional.interpolate(mode="nearest-exact")``, indices computed in float32 as torch does."""
+    index = [np.minimum(np.floor((np.arange(n, dtype=np.float32) + np.float32(0.5)) * (np.float32(m) / np.float32(n)))
+                        .astype(np.intp), m - 1) for m, n in zip(x.shape, shape, strict=True)]
+    return x[np.ix_(*index)]
+
+
+def _normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    x = np.clip((x - np.float32(low)) / np.float32(high - low), 0, 1)
+    x = (x - x.mean()) / x.std(ddof=1)  # torch.std is the unbiased estimate
+    result: np.ndarray = (0.226 * x + 0.449).astype(np.float32)
+    return result
 
 
 def _keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -93,14 +121,14 @@ def _keep_largest_component(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _bbox_with_margin(mask_small: torch.Tensor, shape: tuple[int, ...], margin: float) -> tuple[slice, ...]:
-    ranges = [torch.where(mask_small.mean(dims) > 0.02)[0] for dims in [(1, 2), (0, 2), (0, 1)]]
-    if any(r.numel() == 0 for r in ranges):
+def _bbox_with_margin(mask_small: np.ndarray, shape: tuple[int, ...], margin: float) -> tuple[slice, ...]:
+    ranges = [np.nonzero(mask_small.mean(axis=dims) > 0.02)[0] for dims in ((1, 2), (0, 2), (0, 1))]
+    if any(r.size == 0 for r in ranges):
         raise ModelError("deepbet found too little foreground for a bounding box")
-    center = torch.tensor([(r.max() + 1 + r.min()) / 2 for r in ranges])
-    size = torch.tensor([(r.max() + 1) - r.min() for r in ranges])
-    scale = torch.tensor(shape) / torch.tensor(mask_small.shape)
-    center, size = (scale * center).round(), ((1 + 2 * margin) * scale * size).round()
+    center = np.array([(r.max() + 1 + r.min()) / 2 for r in ranges], dtype=np.float32)
+    size = np.array([(r.max() + 1) - r.min() for r in ranges], dtype=np.float32)
+    scale = np.array(shape, dtype=np.float32) / np.array(mask_small.shape, dtype=np.float32)
+    center, size = np.round(scale * center), np.round(np.float32(1 + 2 * margin) * scale * size)
     return tuple(slice(max(0, int(c - s / 2)), min(n, int(c + s / 2)), 1)
                  for c, s, n in zip(center.tolist(), size.tolist(), shape, strict=True))
 

@@ -40,6 +40,7 @@ class ModelFile(_Strict):
     name: str
     source: str = ""
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    optional: bool = False  # derived at setup (e.g. training/export_deepbet.py); the model runs without it
 
     @field_validator("sha256")
     @classmethod
@@ -220,6 +221,18 @@ class Manifest(_Strict):
             return cls.model_validate({**raw, "directory": path.parent})
         except ValidationError as exc:
             raise ModelError(f"model {model}: manifest {path} is invalid: {_first_error(exc)}") from exc
+
+    @property
+    def required_files(self) -> tuple[ModelFile, ...]:
+        """The files without which the model cannot run (all but the ``optional`` ones)."""
+        return tuple(f for f in self.files if not f.optional)
+
+    def file(self, name: str) -> ModelFile:
+        """The file entry called ``name``; raises :class:`ModelError` when the manifest lists none."""
+        for file in self.files:
+            if file.name == name:
+                return file
+        raise ModelError(f"model {self.id}: the manifest lists no file {name}")
 
     def resolve(self, file: ModelFile) -> Path:
         """The path of ``file``, checked against its SHA-256 digest."""

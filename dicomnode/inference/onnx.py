@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dicomnode.errors import ModelError
-from dicomnode.inference.manifest import Manifest
+from dicomnode.inference.manifest import Manifest, ModelFile
 from dicomnode.log import extra
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,9 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
 class OnnxSession:
     """``(C, *spatial)`` in, the first output without its batch axis out."""
 
-    def __init__(self, manifest: Manifest, device: str, threads: int = 0) -> None:
+    def __init__(self, manifest: Manifest, device: str, threads: int = 0, file: ModelFile | None = None) -> None:
         self.manifest = manifest
-        onnx_files = [f for f in manifest.files if f.name.endswith(".onnx")]
+        onnx_files = [file] if file is not None else [f for f in manifest.files if f.name.endswith(".onnx")]
         if len(onnx_files) != 1:
             raise ModelError(f"model {manifest.id}: the onnx backend needs exactly one .onnx file")
         path = manifest.resolve(onnx_files[0])

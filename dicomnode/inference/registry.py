@@ -45,9 +45,9 @@ def load_manifests(models_dir: Path) -> dict[str, Manifest]:
 
 
 def _load_deepbet(manifest: Manifest, options: RuntimeOptions) -> Model:
-    from dicomnode.inference.deepbet import DeepbetModel  # torch is imported only here
+    from dicomnode.inference.deepbet import DeepbetModel  # ONNX Runtime; torch only as its fallback
 
-    return DeepbetModel(manifest, options.device)
+    return DeepbetModel(manifest, options.device, options.threads)
 
 
 def _load_onnx(manifest: Manifest, options: RuntimeOptions) -> Model:

@@ -35,7 +35,7 @@ def remote_backend(manifest: Manifest) -> RemoteBackend | None:
 def installed(manifest: Manifest) -> bool:
     """Whether every file of the model is here with its digest."""
     try:
-        for file in manifest.files:
+        for file in manifest.required_files:
             manifest.resolve(file)
     except ModelError:
         return False
