@@ -1,19 +1,14 @@
-"""The demonstration models' speed: torch eager vs ONNX Runtime (fp32, int8), with the seeds' figures beside.
+"""Rows of bench/inference.py: the demonstration models, torch eager vs ONNX Runtime (fp32, int8).
 
-    .venv/bin/python bench/inference_models.py [--threads 2] [--runs 30] [--skip-large]
-
-Each row runs in its own subprocess, so that its peak RSS (ru_maxrss) is its own and an ONNX-only row
-never imports torch. Torch eager runs the same MONAI architecture as the shipped ONNX file, with seeded
+bench/inference.py runs each row in its own subprocess, so that its peak RSS (ru_maxrss) is its own and
+an ONNX-only row never imports torch. Torch eager runs the same MONAI architecture as the shipped ONNX file, with seeded
 random weights (dense convolutions take the same time whatever the weights). Medians; ratios come from
 this one run. Not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,19 +23,14 @@ if str(REPO) not in sys.path:
 CXR = REPO / "models" / "cxr-demo" / "model.onnx"
 CXR_INT8 = REPO / "models" / "cxr-demo-int8" / "model.onnx"
 CT = REPO / "models" / "ct-nodule-demo" / "model.onnx"
-SEEDS = {  # the papers' figures, as quoted in the issue
-    "cxr": "CheXNet 0.3 s; COVID-Net 0.2 s; EfficientNet-B0 210 -> 120 ms",
-    "ct": "U-Net 0.6 s per image",
-    "window": "U-Net 0.6 s per image",
-}
 
 
-def _median_time(fn: object, runs: int) -> float:
+def median_time(fn: object, runs: int, warmups: int = 2) -> float:
     import statistics
 
     assert callable(fn)
-    fn()  # warm-up
-    fn()
+    for _ in range(warmups):
+        fn()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -127,46 +117,6 @@ def child(kind: str, runtime: str, threads: int, runs: int) -> dict[str, object]
             def run() -> None:
                 session.run(None, {name: x})
     ready = time.perf_counter() - started
-    seconds = _median_time(run, 1 if kind == "window" else runs)
+    seconds = median_time(run, 1 if kind == "window" else runs)
     return {"kind": kind, "runtime": runtime, "seconds": seconds, "load_s": ready,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--skip-large", action="store_true", help="leave out the 512 x 512 x 200 sliding window")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "RUNTIME"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.threads, args.runs)))
-        return
-    rows = [("cxr", "torch"), ("cxr", "ort-fp32"), ("cxr", "ort-int8"), ("ct", "torch"), ("ct", "ort-fp32")]
-    if not args.skip_large:
-        rows.append(("window", "ort-fp32"))
-    results = {}
-    for kind, runtime in rows:
-        out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--runs", str(args.runs),
-                              "--child", kind, runtime], capture_output=True, text=True, check=True, cwd=REPO)
-        results[(kind, runtime)] = json.loads(out.stdout.strip().splitlines()[-1])
-    labels = {"cxr": "radiograph DenseNet, 1x64x64, ms/image",
-              "ct": "CT UNet, 96^3 volume in one pass, s/volume",
-              "window": "CT UNet, 512x512x200 sliding window 64^3/0.25, s/volume"}
-    print(f"threads {args.threads}, median of {args.runs} runs (window: 1 run)")
-    print(f"{'model':55s} {'runtime':9s} {'time':>10s} {'load s':>7s} {'peak RSS MB':>11s}  seeds' figure")
-    for (kind, runtime), r in results.items():
-        value = r["seconds"] * (1000 if kind == "cxr" else 1)
-        unit = "ms" if kind == "cxr" else "s"
-        print(f"{labels[kind]:55s} {runtime:9s} {value:8.3f} {unit:2s} {r['load_s']:7.2f} {r['peak_rss_mb']:11.0f}"
-              f"  {SEEDS[kind]}")
-    ratios = [("cxr", "torch", "ort-fp32"), ("cxr", "ort-fp32", "ort-int8"), ("cxr", "torch", "ort-int8"),
-              ("ct", "torch", "ort-fp32")]
-    for kind, a, b in ratios:
-        if (kind, a) in results and (kind, b) in results:
-            ratio = results[(kind, a)]["seconds"] / results[(kind, b)]["seconds"]
-            print(f"{kind}: {b} is {ratio:.2f}x as fast as {a}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Models: process start-to-ready and RSS for an ONNX-only node against the deepbet node; inference times.
+"""Models: process start-to-ready and RSS for an ONNX-only node against the bundled models' node; inference times.
 
 Start-to-ready: ``python -m dicomnode serve`` from exec until its DICOM port is open and every model has
 logged "model loaded" (warm); RSS is read from /proc once ready. Inference: the warm model on one
@@ -14,12 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
 
-from dicomnode.inference.registry import Registry
+from dicomnode.inference.registry import Registry, load_manifests
 from dicomnode.inference.volume import build_image, build_volume
 from tests.support.models import write_classifier, write_threshold_model
 from tests.support.net import free_port, port_open
@@ -29,14 +31,33 @@ from tests.support.synthetic import make_radiograph, make_series
 MNI = REPO.parent / "shared" / "data" / "mr_t1_brain_mni152"
 
 
-def rss_mb(pid: int) -> float:
+def proc_status_mb(pid: int, key: str = "VmRSS") -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a live process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def start_to_ready(models_dir: Path, n_models: int) -> tuple[float, float]:
+@dataclass(frozen=True)
+class NodeStart:
+    seconds: float  # exec to ready: DICOM port open and every model warm
+    rss_mb: float
+    peak_rss_mb: float
+    torch_loaded: bool  # libtorch mapped into the node process
+    log: str
+
+
+def _warm(log: str, model_ids: Iterable[str]) -> bool:
+    """Every model has logged "model loaded" (deepbet: its own line, with the runtime, after both networks)."""
+    lines = [line for line in log.splitlines() if "model loaded" in line]
+    return all(any(f"model={m} " in line and (m != "deepbet" or "runtime=" in line) for line in lines)
+               for m in model_ids)
+
+
+def start_to_ready(models_dir: Path, model_ids: Iterable[str]) -> NodeStart:
+    """Start ``python -m dicomnode serve`` on ``models_dir`` and measure it once ready, then stop it."""
+    model_ids = list(model_ids)
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
@@ -48,11 +69,14 @@ def start_to_ready(models_dir: Path, n_models: int) -> tuple[float, float]:
             process = subprocess.Popen([sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=env,
                                        stdout=out, stderr=subprocess.STDOUT)
         try:
-            while not (port_open(port) and log.read_text().count("model loaded") >= n_models):
+            while not (port_open(port) and _warm(log.read_text(), model_ids)):
                 if process.poll() is not None or time.perf_counter() - started > 300:
                     raise RuntimeError("node did not become ready: " + log.read_text()[-2000:])
                 time.sleep(0.02)
-            return time.perf_counter() - started, rss_mb(process.pid)
+            seconds = time.perf_counter() - started
+            maps = Path(f"/proc/{process.pid}/maps").read_text()
+            return NodeStart(seconds, proc_status_mb(process.pid), proc_status_mb(process.pid, "VmHWM"),
+                             "libtorch" in maps, log.read_text())
         finally:
             process.terminate()
             process.wait(60)
@@ -79,10 +103,13 @@ def main() -> None:
                               input_extra="[input.tiling]\nroi = [32, 64, 64]\noverlap = 0.25")
         write_classifier(onnx_dir)
         print("start to ready (port open, every model warm), median of", runs)
-        for label, models, n in (("ONNX-only (4 models)", onnx_dir, 4), ("deepbet (torch)", REPO / "models", 1)):
-            results = [start_to_ready(models, n) for _ in range(runs)]
-            print(f"  {label:22}: {statistics.median(r[0] for r in results):6.2f} s, "
-                  f"RSS {statistics.median(r[1] for r in results):7.1f} MiB")
+        ids = ["region-classifier", "threshold-resampled", "threshold-test", "threshold-tiled"]
+        for label, models, model_ids in (("ONNX-only (4 models)", onnx_dir, ids),
+                                         ("bundled (models/)", REPO / "models", load_manifests(REPO / "models"))):
+            results = [start_to_ready(models, model_ids) for _ in range(runs)]
+            print(f"  {label:22}: {statistics.median(r.seconds for r in results):6.2f} s, "
+                  f"RSS {statistics.median(r.rss_mb for r in results):7.1f} MiB, "
+                  f"torch loaded: {results[0].torch_loaded}")
 
         registry = Registry(onnx_dir, "cpu")
         volume = build_volume(make_series(64, 128, 128, spacing=(0.9, 0.9), slice_step=1.5))
