@@ -18,7 +18,7 @@ from dicomnode.inference.manifest import CodeSpec, LabelSpec, Manifest, ModelFil
 from dicomnode.inference.result import InferenceResult, ModelInput
 
 __all__ = ["CodeSpec", "LabelSpec", "Manifest", "Model", "ModelFile", "Registry", "RuntimeOptions",
-           "load_manifests", "select_device"]
+           "load_manifests"]
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,3 @@ class Registry:
         model = self.get(model_id)
         with self._limits[model_id]:
             return model.run(image)
-
-
-def select_device(requested: str) -> str:
-    """``cuda`` when asked for or when ``auto`` and torch sees a GPU, else ``cpu``."""
-    import torch
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' was configured, but torch sees no CUDA device")
-    if requested in ("cuda", "auto") and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"

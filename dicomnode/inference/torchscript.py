@@ -7,7 +7,15 @@ import torch
 
 from dicomnode.errors import ModelError
 from dicomnode.inference.manifest import Manifest
-from dicomnode.inference.registry import select_device
+
+
+def select_device(requested: str) -> str:
+    """``cuda`` when asked for or when ``auto`` and torch sees a GPU, else ``cpu``."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was configured, but torch sees no CUDA device")
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
 
 
 class TorchScriptNetwork:
