@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("model")
     run.add_argument("path", type=Path, help="a DICOM file or a folder of one or more series")
     run.add_argument("--output", type=Path, default=Path("dicomnode-run"), help="folder for the SEG/SR/SC files")
+    evaluate = models_sub.add_parser("evaluate", help="the model's results against readers' corrected SEGs")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
     return parser
 
 
@@ -76,6 +79,11 @@ def _models_command(settings: Settings, args: argparse.Namespace) -> int:
     registry = Registry(settings.models_dir, options=RuntimeOptions(
         device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
     try:
+        if args.models_command == "evaluate":
+            from dicomnode.evaluation.report import print_evaluation
+
+            print_evaluation(make_sessionmaker(make_engine(settings.db_url)), args.model, args.since)
+            return 0
         if args.models_command == "list":
             print(f"{'id':24} {'version':10} {'task':15} {'backend':8} {'device':6} warm")
             rows = list_models(registry, args.load)
