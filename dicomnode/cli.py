@@ -68,7 +68,27 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = models_sub.add_parser("evaluate", help="the model's results against readers' corrected SEGs")
     evaluate.add_argument("model")
     evaluate.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
+    outgoing = sub.add_parser("export", help="data that leaves the site, de-identified")
+    outgoing_sub = outgoing.add_subparsers(dest="export_command", required=True)
+    training = outgoing_sub.add_parser("training", help="NIfTI volumes and labels of a model's cases, datalist.json")
+    training.add_argument("--model", required=True)
+    training.add_argument("--since", type=_timestamp, help="jobs finished since (ISO date/time, UTC unless given)")
+    training.add_argument("out", type=Path, help="folder to write")
     return parser
+
+
+def _export_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dicomnode.errors import DicomNodeError
+    from dicomnode.export.training import export_training
+
+    try:
+        n = export_training(make_sessionmaker(make_engine(settings.db_url)), settings.results_dir, args.model,
+                            args.out, args.since)
+    except (DicomNodeError, OSError) as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 1
+    print(f"{n} case(s) written to {args.out} (datalist.json)")
+    return 0
 
 
 def _models_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -237,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit_command(settings, args)
     if args.command == "models":
         return _models_command(settings, args)
+    if args.command == "export":
+        return _export_command(settings, args)
     if args.command == "purge":
         from dicomnode.jobs.retention import purge
 

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
@@ -30,6 +28,7 @@ from dicomnode.jobs.models import ReferenceObject
 from tests.e2e.test_site_models_e2e import metrics_text, results, route, start
 from tests.support.net import wait_for
 from tests.support.peers import REPO, NodeProcess, Orthanc
+from tests.support.segs import reader_seg
 from tests.support.synthetic import make_series, write_series
 
 pytestmark = pytest.mark.e2e
@@ -45,23 +44,6 @@ def node(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     DICOMNODE_REFERENCE=json.dumps({"series_description": "^CORRECTED"}))
     yield process
     process.stop()
-
-
-def corrected_seg(node_seg: Dataset, sources: list[Dataset], mask: np.ndarray) -> Dataset:
-    """A reader's SEG of ``mask`` on ``sources``: same segment codes, manual, another series and maker."""
-    segment = node_seg.SegmentSequence[0]
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Reader corrected",
-        segmented_property_category=hd.sr.CodedConcept.from_dataset(
-            segment.SegmentedPropertyCategoryCodeSequence[0]),
-        segmented_property_type=hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0]),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-    return hd.seg.Segmentation(
-        source_images=sources, pixel_array=mask.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
-        series_instance_uid=generate_uid(), series_number=77, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="Reader workstation", manufacturer_model_name="viewer", software_versions="1",
-        device_serial_number="1", series_description="CORRECTED nodule")
 
 
 def evaluations(node: NodeProcess) -> list[ReferenceObject]:
@@ -88,8 +70,12 @@ def test_corrected_seg_routed_by_orthanc_is_scored_with_the_dice_computed_here(
     assert corrected.sum() != node_mask.sum() and (node_mask & ~corrected).any() and (corrected & ~node_mask).any()
     expected = 2 * np.count_nonzero(node_mask & corrected) / (node_mask.sum() + corrected.sum())
 
+    segment = dcmread(tmp_path / "node-seg.dcm").SegmentSequence[0]  # the reader keeps the node's codes
+    own_category = hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyCategoryCodeSequence[0])
+    own_type = hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0])
     corrected_path = tmp_path / "corrected.dcm"
-    corrected_seg(own, sources, corrected).save_as(corrected_path, enforce_file_format=True)
+    reader_seg(sources, corrected, series_description="CORRECTED nodule",
+               category=own_category, property_type=own_type).save_as(corrected_path, enforce_file_format=True)
     orthanc.request("POST", "/instances", corrected_path.read_bytes())  # the reader's workstation stores it
     answer = orthanc.request("POST", "/modalities/EVALNODE/store", {"Resources": [study_id], "Synchronous": True})
     assert answer["FailedInstancesCount"] == 0, answer  # the whole study: source, node's SEG and SR, correction

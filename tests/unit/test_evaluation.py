@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from dicomnode.evaluation.compare import compare
 from dicomnode.evaluation.references import rule_matches
 from dicomnode.settings import ReferenceRules
+from tests.support.segs import reader_seg
 from tests.support.synthetic import make_series
 
 VOXEL_ML = 0.8 * 0.9 * 2.0 / 1000
 
 
-def seg_of(sources: list[Dataset], mask: np.ndarray, number: int, manufacturer: str) -> Dataset:
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="lesion",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Nodule, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-    return hd.seg.Segmentation(
-        source_images=sources, pixel_array=mask.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
-        series_instance_uid=hd.UID(), series_number=number, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer=manufacturer, manufacturer_model_name="m", software_versions="1", device_serial_number="1")
+def seg_of(sources: list[Dataset], mask: np.ndarray, maker: str) -> Dataset:
+    return reader_seg(sources, mask, manufacturer=maker)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def test_dice_and_volumes_match_numpy(sources: list[Dataset]) -> None:
     reference = node.copy()
     reference[1, 2:8, 2:4] = False  # removed
     reference[5, 0:2, 0:3] = True  # added on a slice the node left empty
-    (score,) = compare(seg_of(sources, node, 90, "dicomnode"), seg_of(sources, reference, 91, "reader"))
+    (score,) = compare(seg_of(sources, node, "dicomnode"), seg_of(sources, reference, "reader"))
     expected = 2 * np.count_nonzero(node & reference) / (node.sum() + reference.sum())
     assert score.dice == pytest.approx(expected, abs=1e-12)
     assert score.node_ml == pytest.approx(node.sum() * VOXEL_ML)
@@ -50,7 +41,7 @@ def test_dice_and_volumes_match_numpy(sources: list[Dataset]) -> None:
 def test_identical_segs_score_one(sources: list[Dataset]) -> None:
     mask = np.zeros((6, 12, 10), dtype=bool)
     mask[2, 3:5, 3:5] = True
-    (score,) = compare(seg_of(sources, mask, 90, "a"), seg_of(sources, mask, 91, "b"))
+    (score,) = compare(seg_of(sources, mask, "a"), seg_of(sources, mask, "b"))
     assert score.dice == 1.0 and score.node_ml == score.reference_ml
 
 
