@@ -21,6 +21,7 @@ from dicomnode.audit.atna import Source, audit_message
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import as_dict, export_rows, record, verify
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.fl.commands import add_parsers as add_fl_parsers
 from dicomnode.log import setup_logging
 from dicomnode.settings import Settings
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument("--model", required=True)
     training.add_argument("--since", type=_timestamp, help="jobs finished since (ISO date/time, UTC unless given)")
     training.add_argument("out", type=Path, help="folder to write")
+    add_fl_parsers(sub)
     return parser
 
 
@@ -110,6 +112,12 @@ def _models_command(settings: Settings, args: argparse.Namespace) -> int:
             for row in rows:
                 print(f"{row.id:24} {row.version:10} {row.task:15} {row.backend:8} {row.device:6} "
                       f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else ""))
+            from dicomnode.fl.candidate import candidates
+
+            for candidate in candidates(settings.models_dir):
+                gate = "passed the gate" if candidate.passes_gate else "not promoted: worse at a site"
+                print(f"  candidate {candidate.name} of {candidate.model} {candidate.base_version} "
+                      f"({len(candidate.rounds)} rounds, {gate})")
             return 1 if any(r.error for r in rows) else 0
         if args.models_command == "verify":
             ids = [args.model] if args.model else sorted({*registry.manifests, *registry.errors})
@@ -259,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models_command(settings, args)
     if args.command == "export":
         return _export_command(settings, args)
+    if args.command == "fl":
+        from dicomnode.fl.commands import run as run_fl
+
+        return run_fl(args, settings.models_dir)
     if args.command == "purge":
         from dicomnode.jobs.retention import purge
 
