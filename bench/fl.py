@@ -1,12 +1,13 @@
 """Federated against local-only training of the CT demonstration model on three phantom sites.
 
-    PYTHONPATH=. python bench/fl.py [--rounds 5] [--cases 8] [--shape 32] [--steps 8] [--patch 32]
+    PYTHONPATH=. python bench/fl.py [--rounds 5] [--cases 9] [--shape 32] [--epochs 3] [--patch 32]
 
 Each site (training/sites.py: different nodule-count distributions) keeps the last third of its cases for
-evaluation. Per round, every site trains ``--steps`` steps from the global model (``dicomnode fl client``'s
+evaluation. Per round, every site trains ``--epochs`` local epochs (one step per training case) from the
+global model (``dicomnode fl client``'s
 SiteClient.fit), Flower's FedAvg aggregation (``flwr.server.strategy.aggregate.aggregate``, weighted by
 case counts) makes the next global model; alongside, each site trains a local-only model the same number
-of steps from the same start. Printed per round: Dice (pooled over cases, probability 0.5) of the
+of epochs from the same start. Printed per round: Dice (pooled over cases, probability 0.5) of the
 federated model and of each site's local-only model, on each site's evaluation set and on a pooled
 held-out set drawn from all three distributions. The rounds run in-process (the gRPC transport is what
 tests/integration/test_federation.py covers); Dice, not speed, is the figure here.
@@ -41,19 +42,20 @@ def dice_of(client: SiteClient, weights: list[np.ndarray], cases: list[Case]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cases", type=int, default=8, help="cases per site")
+    parser.add_argument("--cases", type=int, default=9, help="cases per site (a third evaluate)")
     parser.add_argument("--shape", type=int, default=32, help="phantom edge, voxels of 2 mm")
-    parser.add_argument("--steps", type=int, default=8, help="local steps per round")
+    parser.add_argument("--epochs", type=int, default=3, help="local epochs per round")
     parser.add_argument("--patch", type=int, default=32)
     args = parser.parse_args()
-    print(f"{DISCLAIMER}; {args.rounds} rounds, {args.cases} cases per site of {args.shape}^3, {args.steps} steps")
+    print(f"{DISCLAIMER}; {args.rounds} rounds, {args.cases} cases per site of {args.shape}^3, "
+          f"{args.epochs} local epochs per round")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = {s.name: site_cases(root, s, args.cases, args.shape) for s in SITES}
         pooled_site = Site("pooled", POOLED_SEED, (0, 1, 2, 3), (0.25, 0.25, 0.25, 0.25))
         pooled = site_cases(root, pooled_site, 3 * max(1, args.cases // 3), args.shape)
-    training = LocalTraining(epochs=1, steps=args.steps, patch=args.patch, seed=0)
+    training = LocalTraining(epochs=args.epochs, patch=args.patch, seed=0)
     federated = {s.name: SiteClient(s.name, data[s.name], training, None) for s in SITES}
     local = {s.name: SiteClient(s.name, data[s.name], training, None) for s in SITES}
     global_weights = federated[SITES[0].name].get_parameters({})

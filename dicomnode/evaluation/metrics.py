@@ -2,7 +2,8 @@
 
 - ``dicomnode_model_reference_evaluations{model}``: references evaluated against the model's results;
 - ``dicomnode_model_reference_dice{model,segment}``: mean Dice with the readers' references;
-- ``dicomnode_model_reference_volume_difference_ml{model,segment}``: mean reference minus node volume.
+- ``dicomnode_model_reference_volume_difference_ml{model,segment}``: mean reference minus node volume;
+- ``dicomnode_model_reference_agreement{model}``: share of readers' reports that agree with a classifier.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.jobs.models import ReferenceObject, ReferenceSegment
@@ -28,6 +29,9 @@ class EvaluationCollector(Collector):
             counts = session.execute(select(ReferenceObject.model_id, func.count())
                                      .where(ReferenceObject.outcome == "evaluated")
                                      .group_by(ReferenceObject.model_id)).all()
+            agreement = session.execute(
+                select(ReferenceObject.model_id, func.avg(case((ReferenceObject.agrees.is_(True), 1.0), else_=0.0)))
+                .where(ReferenceObject.agrees.is_not(None)).group_by(ReferenceObject.model_id)).all()
             means = session.execute(
                 select(ReferenceObject.model_id, ReferenceSegment.label, func.avg(ReferenceSegment.dice),
                        func.avg(ReferenceSegment.reference_ml - ReferenceSegment.node_ml))
@@ -45,6 +49,12 @@ class EvaluationCollector(Collector):
         for model, label, mean_dice, mean_difference in means:
             dice.add_metric([str(model), str(label)], float(mean_dice))
             difference.add_metric([str(model), str(label)], float(mean_difference))
+        agrees = GaugeMetricFamily("dicomnode_model_reference_agreement",
+                                   "Share of readers' reports whose findings agree with the classifier's.",
+                                   labels=["model"])
+        for model, share in agreement:
+            agrees.add_metric([str(model)], float(share))
         yield evaluations
+        yield agrees
         yield dice
         yield difference

@@ -10,12 +10,19 @@ in a study that is no longer receiving is judged once, and the judgement is a ``
 - a reference whose source series (Referenced Series Sequence, PS3.3 C.7.6.16) has no job of a
   segmentation model is ignored; one whose job has not finished yet is judged on a later sweep;
 - otherwise Dice and volumes per segment are recorded against the node's SEG of the latest succeeded job.
+
+An incoming SR (a reader's report) is judged the same way against the node's classification of the series
+it references (Current Requested Procedure Evidence Sequence): the reader calls a class present when its
+finding code appears as the value of a CODE content item anywhere in the report; ``agrees`` records
+whether every class the model outputs was called as the model called it (probability >= threshold).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,8 @@ from dicomnode.settings import ReferenceRules, Settings
 log = logging.getLogger(__name__)
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_STORAGE = ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+              "1.2.840.10008.5.1.4.1.1.88.34")
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -46,17 +55,20 @@ class Candidate:
     sop_instance_uid: str
     calling_ae: str
     series_description: str
+    sop_class_uid: str = SEGMENTATION_STORAGE
 
 
 def candidates(session: Session, limit: int = 50) -> list[Candidate]:
     """Incoming SEGs of studies that are no longer receiving, and that have no judgement yet."""
     judged = exists().where(ReferenceObject.sop_instance_uid == Instance.sop_instance_uid)
     rows = session.execute(
-        select(Instance.path, Instance.sop_instance_uid, Instance.calling_ae, Series.description)
+        select(Instance.path, Instance.sop_instance_uid, Instance.calling_ae, Series.description,
+               Instance.sop_class_uid)
         .join(Instance.series).join(Series.study)
-        .where(Instance.sop_class_uid == SEGMENTATION_STORAGE, Study.state != StudyState.RECEIVING, ~judged)
+        .where(Instance.sop_class_uid.in_((SEGMENTATION_STORAGE, *SR_STORAGE)), Study.state != StudyState.RECEIVING,
+               ~judged)
         .order_by(Instance.id).limit(limit)).all()
-    return [Candidate(str(p), str(u), str(a), str(d or "")) for p, u, a, d in rows]
+    return [Candidate(str(p), str(u), str(a), str(d or ""), str(c)) for p, u, a, d, c in rows]
 
 
 def rule_matches(rules: ReferenceRules, description: str, manufacturer: str, calling_ae: str) -> str:
@@ -90,16 +102,65 @@ def _own(session: Session, ds: Dataset) -> bool:
     return session.scalar(select(Delivery.id).where(Delivery.sop_instance_uid == uid).limit(1)) is not None
 
 
-def _jobs(session: Session, series_uid: str, segmenters: set[str]) -> list[Job]:
+def _jobs(session: Session, series_uids: list[str], models: set[str]) -> list[Job]:
     return list(session.scalars(select(Job).join(Job.series).where(
-        Series.series_uid == series_uid, Job.model_id.in_(segmenters)).order_by(Job.id.desc())))
+        Series.series_uid.in_(series_uids), Job.model_id.in_(models)).order_by(Job.id.desc())))
+
+
+def evidence_series(ds: Dataset) -> list[str]:
+    """The series an SR's evidence names (Current Requested Procedure Evidence Sequence, PS3.3 C.17.2)."""
+    evidence = ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+    return [str(series.get("SeriesInstanceUID", "")) for study in evidence
+            for series in study.get("ReferencedSeriesSequence", [])]
+
+
+def coded_values(items: Iterable[Dataset]) -> set[tuple[str, str]]:
+    """(scheme, value) of every CODE content item's value, at any depth of the content tree."""
+    found: set[tuple[str, str]] = set()
+    for item in items:
+        for code in item.get("ConceptCodeSequence", []):
+            found.add((str(code.CodingSchemeDesignator), str(code.CodeValue)))
+        found |= coded_values(item.get("ContentSequence", []))
+    return found
+
+
+def _job_state(jobs: list[Job]) -> tuple[list[Job], bool]:
+    """The succeeded jobs, and whether to wait (none succeeded yet, one still queued or running)."""
+    done = [j for j in jobs if j.status is JobStatus.SUCCEEDED]
+    return done, not done and any(j.status in UNFINISHED for j in jobs)
+
+
+def judge_report(settings: Settings, session: Session, manifests: dict[str, Manifest], ds: Dataset,
+                 row: ReferenceObject) -> ReferenceObject | None:
+    """A reader's SR against the node's classification (module docstring); None: judge it again later."""
+    classifiers = {m.id: m for m in manifests.values() if m.task == "classification"}
+    done, wait = _job_state(_jobs(session, evidence_series(ds), set(classifiers)))
+    if wait:
+        return None
+    if not done:
+        row.reason = "no classification of the node on its evidence series"
+        return row
+    job = done[0]
+    try:
+        outputs = json.loads((settings.results_dir / f"job-{job.id}" / "results.json").read_text())["outputs"]
+    except (OSError, ValueError, KeyError):
+        row.reason = "the node's classification result is not on disk"
+        return row
+    called = coded_values(ds.get("ContentSequence", []))
+    specs = classifiers[job.model_id].output.classes
+    row.agrees = all((float(outputs.get(c.label, 0.0)) >= c.threshold)
+                     == ((c.finding.scheme, c.finding.value) in called) for c in specs)
+    row.outcome = "evaluated"
+    row.job_id, row.model_id, row.model_version = job.id, job.model_id, job.model_version
+    return row
 
 
 def judge(settings: Settings, session: Session, manifests: dict[str, Manifest], item: Candidate
           ) -> ReferenceObject | None:
     """The judgement of one incoming SEG (module docstring); None: judge it again later."""
     ds = dcmread(item.path, force=True)
-    series = source_series_uid(ds)
+    report = item.sop_class_uid in SR_STORAGE
+    series = (evidence_series(ds) or [""])[0] if report else source_series_uid(ds)
     row = ReferenceObject(sop_instance_uid=item.sop_instance_uid, source_series_uid=series[:64],
                           calling_ae=item.calling_ae, outcome="ignored")
     if _own(session, ds):
@@ -110,9 +171,13 @@ def judge(settings: Settings, session: Session, manifests: dict[str, Manifest], 
     if not matched:
         row.reason = "no reference rule matched"
         return row
-    jobs = _jobs(session, series, {m.id for m in manifests.values() if m.task == "segmentation"})
-    done = [j for j in jobs if j.status is JobStatus.SUCCEEDED]
-    if not done and any(j.status in UNFINISHED for j in jobs):
+    if report:
+        reported = judge_report(settings, session, manifests, ds, row)
+        if reported is not None and reported.outcome == "evaluated":
+            reported.reason = f"reference by {matched}"
+        return reported
+    done, wait = _job_state(_jobs(session, [series], {m.id for m in manifests.values() if m.task == "segmentation"}))
+    if wait:
         return None
     path = next((p for p in (node_seg_path(settings.results_dir, j.id) for j in done) if p is not None), None)
     job = next((j for j in done if node_seg_path(settings.results_dir, j.id) == path), None)

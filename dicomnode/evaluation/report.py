@@ -51,6 +51,16 @@ def evaluation_rows(sessions: sessionmaker[Session], model: str, since: dt.datet
     return rows
 
 
+def agreement(sessions: sessionmaker[Session], model: str, since: dt.datetime | None = None) -> tuple[int, int]:
+    """How many readers' reports agreed with the classifier ``model``, of how many evaluated."""
+    where = [ReferenceObject.model_id == model, ReferenceObject.agrees.is_not(None)]
+    if since is not None:
+        where.append(ReferenceObject.at >= since)
+    with sessions() as session:
+        values = session.scalars(select(ReferenceObject.agrees).where(*where)).all()
+    return sum(bool(v) for v in values), len(values)
+
+
 def render(model: str, rows: list[EvaluationRow]) -> Table:
     """One line per reference and segment, then the mean Dice and volume difference per segment."""
     table = Table(title=f"{model}: local evaluation against readers' references")
@@ -73,8 +83,12 @@ def print_evaluation(sessions: sessionmaker[Session], model: str, since: dt.date
     console = console or Console(highlight=False, soft_wrap=True)
     with Progress(console=console, transient=True) as progress:
         rows = evaluation_rows(sessions, model, since, progress)
-    if not rows:
+    agreed, reports = agreement(sessions, model, since)
+    if reports:
+        console.print(f"{model}: readers' reports agree with the model in {agreed} of {reports} "
+                      f"({agreed / reports:.0%})")
+    if rows:
+        console.print(render(model, rows))
+    elif not reports:
         console.print(f"{model}: no reference evaluated yet")
-        return 0
-    console.print(render(model, rows))
-    return len(rows)
+    return len(rows) + reports

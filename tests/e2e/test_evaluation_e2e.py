@@ -82,10 +82,10 @@ def test_corrected_seg_routed_by_orthanc_is_scored_with_the_dice_computed_here(
 
     def judged() -> list[ReferenceObject] | None:
         rows = evaluations(node)
-        return rows if {r.outcome for r in rows} >= {"evaluated", "ignored"} else None
-    rows = wait_for(judged, timeout=90, msg="the correction evaluated and the node's own SEG ignored")
+        return rows if len(rows) == 3 else None  # the correction, the node's own SEG and SR
+    rows = wait_for(judged, timeout=90, msg="the correction and the node's own SEG and SR judged")
     (evaluated,) = [r for r in rows if r.outcome == "evaluated"]
-    assert [r.reason for r in rows if r.outcome == "ignored"] == ["the node's own result"]
+    assert [r.reason for r in rows if r.outcome == "ignored"] == ["the node's own result"] * 2  # its SEG and SR
     assert evaluated.model_id == MODEL and evaluated.source_series_uid == str(sources[0].SeriesInstanceUID)
     (segment,) = evaluated.segments
     assert segment.dice == pytest.approx(expected, abs=1e-9)

@@ -17,7 +17,6 @@ from monai.data import load_decathlon_datalist
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.cli import main
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
@@ -27,14 +26,10 @@ from dicomnode.inference.registry import Registry
 from dicomnode.jobs.models import Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.migrate import upgrade
-from dicomnode.pipeline import PipelineContext
-from dicomnode.settings import Peer, Settings
-from dicomnode.worker import Worker
 from tests.conftest import make_settings
 from tests.support.models import write_threshold_model
-from tests.support.peers import storescp
 from tests.support.segs import reader_seg
-from tests.support.spooled import queue_job, spool
+from tests.support.spooled import run_jobs, spool
 from tests.support.synthetic import make_series
 
 IDENTIFIERS = {"PatientName": "EXPORT^JANE^Q", "PatientID": "PID-734291", "PatientBirthDate": "19510203",
@@ -47,18 +42,6 @@ def patient_series(description: str) -> list[Dataset]:
     for ds in series:
         ds.PatientBirthDate, ds.AccessionNumber = IDENTIFIERS["PatientBirthDate"], IDENTIFIERS["AccessionNumber"]
     return series
-
-
-def run_jobs(settings: Settings, sessions: sessionmaker[Session], series: list[list[Dataset]], sink: Path) -> None:
-    """Spool each series, queue the threshold model on it, run the jobs (results go to a real storescp)."""
-    with storescp(sink) as port:
-        pacs = f"STORESCP@127.0.0.1:{port}"
-        worker = Worker(PipelineContext(settings=settings.model_copy(update={"pacs": Peer.parse(pacs)}),
-                                        sessions=sessions, registry=Registry(settings.models_dir)))
-        for datasets in series:
-            spool(settings, sessions, datasets)
-            queue_job(sessions, str(datasets[0].SeriesInstanceUID))
-            assert worker.run_once()
 
 
 def exported_text(out: Path) -> list[tuple[Path, bytes]]:
