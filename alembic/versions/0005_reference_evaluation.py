@@ -1,5 +1,5 @@
 """Local evaluation: incoming reference SEGs judged against the node's results, with Dice and volumes
-per segment
+per segment; an index on instance.sop_class_uid (the evaluation looks up incoming SEGs and SRs)
 
 Revision ID: 0005
 Revises: 0004
@@ -51,9 +51,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reference_segment")),
     )
     op.create_index(op.f("ix_reference_segment_reference_id"), "reference_segment", ["reference_id"])
+    op.create_index(op.f("ix_instance_sop_class_uid"), "instance", ["sop_class_uid"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_instance_sop_class_uid"), table_name="instance")
     op.drop_index(op.f("ix_reference_segment_reference_id"), table_name="reference_segment")
     op.drop_table("reference_segment")
     op.drop_index(op.f("ix_reference_object_at"), table_name="reference_object")

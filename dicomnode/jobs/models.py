@@ -94,7 +94,7 @@ class Instance(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)  # local evaluation finds SEGs and SRs
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int]
