@@ -3,6 +3,7 @@ the node's classification of the same radiograph (the job's results sent to a re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dicomnode.evaluation.metrics import EvaluationCollector
 from dicomnode.evaluation.references import evaluate_pending
 from dicomnode.evaluation.report import print_evaluation
 from dicomnode.inference.registry import Registry
-from dicomnode.jobs.models import ReferenceObject, Study
+from dicomnode.jobs.models import ReferenceObject, Study, utcnow
 from dicomnode.jobs.status import StudyState
 from dicomnode.migrate import upgrade
 from tests.conftest import make_settings
@@ -78,3 +79,4 @@ def test_reader_reports_agree_or_not_with_the_classifier(tmp_path: Path) -> None
     console = Console(record=True, width=160)
     assert print_evaluation(sessions, "region-classifier", None, console) == 2
     assert "agree with the model in 1 of 2 (50%)" in console.export_text()
+    assert print_evaluation(sessions, "region-classifier", utcnow() + dt.timedelta(days=1), console) == 0  # --since

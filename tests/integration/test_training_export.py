@@ -75,6 +75,7 @@ def test_export_loads_with_monai_keeps_the_reader_label_and_nothing_identifying(
     monkeypatch.setenv("DICOMNODE_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("DICOMNODE_MODELS_DIR", str(settings.models_dir))
     out = tmp_path / "export"
+    assert main(["export", "training", "--model", "threshold-test", "--since", "2999-01-01", str(out)]) == 1
     assert main(["export", "training", "--model", "threshold-test", str(out)]) == 0
 
     datalist = load_decathlon_datalist(str(out / "datalist.json"), data_list_key="training", base_dir=str(out))
