@@ -179,11 +179,11 @@ def judge(settings: Settings, session: Session, manifests: dict[str, Manifest], 
     done, wait = _job_state(_jobs(session, [series], {m.id for m in manifests.values() if m.task == "segmentation"}))
     if wait:
         return None
-    path = next((p for p in (node_seg_path(settings.results_dir, j.id) for j in done) if p is not None), None)
-    job = next((j for j in done if node_seg_path(settings.results_dir, j.id) == path), None)
-    if path is None or job is None:
+    found = next(((j, p) for j in done if (p := node_seg_path(settings.results_dir, j.id)) is not None), None)
+    if found is None:
         row.reason = "no SEG of the node on its source series"
         return row
+    job, path = found
     node_seg = dcmread(path)
     if str(node_seg.SeriesInstanceUID) == str(ds.SeriesInstanceUID):
         row.reason = "the node's own result"
