@@ -21,6 +21,7 @@ from dicomnode.audit.atna import Source, audit_message
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import as_dict, export_rows, record, verify
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.fl.commands import add_parsers as add_fl_parsers
 from dicomnode.log import setup_logging
 from dicomnode.settings import Settings
 
@@ -65,7 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("model")
     run.add_argument("path", type=Path, help="a DICOM file or a folder of one or more series")
     run.add_argument("--output", type=Path, default=Path("dicomnode-run"), help="folder for the SEG/SR/SC files")
+    evaluate = models_sub.add_parser("evaluate", help="the model's results against readers' corrected SEGs")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
+    outgoing = sub.add_parser("export", help="data that leaves the site, de-identified")
+    outgoing_sub = outgoing.add_subparsers(dest="export_command", required=True)
+    training = outgoing_sub.add_parser("training", help="NIfTI volumes and labels of a model's cases, datalist.json")
+    training.add_argument("--model", required=True)
+    training.add_argument("--since", type=_timestamp, help="jobs finished since (ISO date/time, UTC unless given)")
+    training.add_argument("out", type=Path, help="folder to write")
+    add_fl_parsers(sub)
     return parser
+
+
+def _export_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dicomnode.errors import DicomNodeError
+    from dicomnode.export.training import export_training
+
+    try:
+        n = export_training(make_sessionmaker(make_engine(settings.db_url)), settings.results_dir, args.model,
+                            args.out, args.since)
+    except (DicomNodeError, OSError) as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 1
+    print(f"{n} case(s) written to {args.out} (datalist.json)")
+    return 0
 
 
 def _models_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,12 +101,23 @@ def _models_command(settings: Settings, args: argparse.Namespace) -> int:
     registry = Registry(settings.models_dir, options=RuntimeOptions(
         device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
     try:
+        if args.models_command == "evaluate":
+            from dicomnode.evaluation.report import print_evaluation
+
+            print_evaluation(make_sessionmaker(make_engine(settings.db_url)), args.model, args.since)
+            return 0
         if args.models_command == "list":
             print(f"{'id':24} {'version':10} {'task':15} {'backend':8} {'device':6} warm")
             rows = list_models(registry, args.load)
             for row in rows:
                 print(f"{row.id:24} {row.version:10} {row.task:15} {row.backend:8} {row.device:6} "
                       f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else ""))
+            from dicomnode.fl.candidate import candidates
+
+            for candidate in candidates(settings.models_dir):
+                gate = "passed the gate" if candidate.passes_gate else "not promoted: worse at a site"
+                print(f"  candidate {candidate.name} of {candidate.model} {candidate.base_version} "
+                      f"({len(candidate.rounds)} rounds, {gate})")
             return 1 if any(r.error for r in rows) else 0
         if args.models_command == "verify":
             ids = [args.model] if args.model else sorted({*registry.manifests, *registry.errors})
@@ -229,6 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit_command(settings, args)
     if args.command == "models":
         return _models_command(settings, args)
+    if args.command == "export":
+        return _export_command(settings, args)
+    if args.command == "fl":
+        from dicomnode.fl.commands import run as run_fl
+
+        return run_fl(args, settings.models_dir)
     if args.command == "purge":
         from dicomnode.jobs.retention import purge
 

@@ -31,6 +31,8 @@ from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.evaluation.metrics import EvaluationCollector
+from dicomnode.evaluation.references import evaluate_pending
 from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
 from dicomnode.inference.registry import Registry, RuntimeOptions
 from dicomnode.jobs.completion import sweep
@@ -107,6 +109,8 @@ def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Ev
             rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
             if sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests):
                 announce(ctx.sessions, wake)
+            if ctx.settings.reference.enabled:
+                evaluate_pending(ctx.settings, ctx.sessions, ctx.registry.manifests)
     except Exception:
         log.exception("sweep failed", extra=extra(stage="sweep"))
 
@@ -124,6 +128,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     for folder, error in registry.errors.items():
         log.error("model not loaded: %s", error, extra=extra(stage="serve", model=folder))
     metrics = ModelMetrics(CollectorRegistry(auto_describe=True), registry.manifests)
+    metrics.registry.register(EvaluationCollector(sessions))
     for manifest in registry.manifests.values():
         metrics.seed(manifest.id, recent_outputs(sessions, settings.results_dir, manifest))
     ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry, metrics=metrics)

@@ -190,6 +190,30 @@ class Rule(BaseModel):
         return value
 
 
+class ReferenceRules(BaseModel):
+    """Which incoming SEG objects count as radiologists' references for local evaluation.
+
+    An object (never the node's own) counts when any rule given here matches: ``series_description`` or
+    ``manufacturer`` (regular expressions searched case-insensitively in the attribute), or the sending AE
+    title being in ``calling_aes``. With no rule given, nothing counts and local evaluation is off.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    series_description: str = ""
+    manufacturer: str = ""
+    calling_aes: list[str] = Field(default_factory=list)
+
+    @field_validator("series_description", "manufacturer")
+    @classmethod
+    def _pattern(cls, value: str, info: Any) -> str:
+        return check_rule_pattern(str(info.field_name), value) if value else value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.series_description or self.manufacturer or self.calling_aes)
+
+
 class Settings(BaseSettings):
     """Everything the node needs, in one frozen object passed explicitly."""
 
@@ -209,6 +233,7 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=60.0, gt=0)
     models_dir: Path = Path(__file__).resolve().parent.parent / "models"
     rules: list[Rule] = Field(default_factory=list)
+    reference: ReferenceRules = Field(default_factory=ReferenceRules)
     destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     inference_threads: int = Field(default=0, ge=0)

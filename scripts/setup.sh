@@ -23,7 +23,9 @@ if [ ! -f "$stamp" ]; then
   # The CPU wheel first: a plain "torch" requirement must never pull a multi-GB CUDA build.
   "${pip[@]}" torch==2.13.0
   if [ "$dev" = 1 ]; then
-    "${pip[@]}" -e ".[torch,onnx,postgres]" --group dev
+    "${pip[@]}" -e ".[torch,onnx,postgres,fl]" --group dev
+    # Flower for `dicomnode fl` and its tests, without its pins (they would downgrade the web stack; extra fl)
+    "${pip[@]}" --no-deps flwr==1.42.0
   else
     "${pip[@]}" -e ".[torch,onnx]"
   fi

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import (
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -93,7 +94,7 @@ class Instance(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)  # local evaluation finds SEGs and SRs
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int]
@@ -272,3 +273,42 @@ class AuditCursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_audit_id: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ReferenceObject(Base):
+    """An incoming SEG the node judged for local evaluation: a reader's reference compared with the
+    node's result of a job (``outcome = "evaluated"``), or why it was not (``"ignored"``: the node's own
+    output, no rule matched, no result of the node on its source series)."""
+
+    __tablename__ = "reference_object"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    source_series_uid: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    model_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    agrees: Mapped[bool | None]
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+    segments: Mapped[list[ReferenceSegment]] = relationship(back_populates="reference",
+                                                            order_by="ReferenceSegment.segment_number")
+
+
+class ReferenceSegment(Base):
+    """One segment of an evaluated reference: Dice with the node's segment and both volumes (ml)."""
+
+    __tablename__ = "reference_segment"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference_id: Mapped[int] = mapped_column(ForeignKey("reference_object.id"), index=True)
+    segment_number: Mapped[int]
+    label: Mapped[str] = mapped_column(String(64))
+    dice: Mapped[float] = mapped_column(Float)
+    node_ml: Mapped[float] = mapped_column(Float)
+    reference_ml: Mapped[float] = mapped_column(Float)
+
+    reference: Mapped[ReferenceObject] = relationship(back_populates="segments")

@@ -44,7 +44,7 @@ def models_folder(root: Path) -> Path:
     return models
 
 
-def start(folder: Path, orthanc: Orthanc, name: str, explanation: str) -> NodeProcess:
+def start(folder: Path, orthanc: Orthanc, name: str, explanation: str, **more_env: str) -> NodeProcess:
     pacs = json.dumps({"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
                        "explanation": explanation})
     node = NodeProcess(folder, ae_title=name, env={
@@ -56,6 +56,7 @@ def start(folder: Path, orthanc: Orthanc, name: str, explanation: str) -> NodePr
         "DICOMNODE_MIN_FREE_DISK_MB": "1",
         "DICOMNODE_ADMIN_PORT": str(free_port()),
         "DICOMNODE_INFERENCE_THREADS": "1",
+        **more_env,
     }).start()
     orthanc.add_modality(name, name, node.port)
     return node

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import subprocess
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.peers import require
+from tests.support.proxy import pipe
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,6 @@ def tls_proxy(target_port: int, pair: KeyPair) -> Iterator[int]:
     context.load_cert_chain(pair.cert, pair.key)
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
-
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
 
     def serve() -> None:
         while not stop.is_set():

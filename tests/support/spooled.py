@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import Series
 from dicomnode.jobs.repository import enqueue
-from dicomnode.settings import Settings
+from dicomnode.settings import Peer, Settings
 from dicomnode.store.index import InstanceMeta, record_instance
 from dicomnode.store.spool import spool_path, write_atomic
 
@@ -39,3 +40,21 @@ def queue_job(sessions: sessionmaker[Session], series_uid: str, model_id: str = 
         job = enqueue(session, series, "crash-test", model_id, version)
         assert job is not None
         return job.id
+
+
+def run_jobs(settings: Settings, sessions: sessionmaker[Session], series: list[list[Dataset]], sink: Path,
+             model_id: str = "threshold-test", version: str = "1.0") -> None:
+    """Spool each series, queue ``model_id`` on it and run the job; the results go to a real DCMTK storescp."""
+    from dicomnode.inference.registry import Registry
+    from dicomnode.pipeline import PipelineContext
+    from dicomnode.worker import Worker
+    from tests.support.peers import storescp
+
+    with storescp(sink) as port:
+        pacs = Peer.parse(f"STORESCP@127.0.0.1:{port}")
+        worker = Worker(PipelineContext(settings=settings.model_copy(update={"pacs": pacs}), sessions=sessions,
+                                        registry=Registry(settings.models_dir)))
+        for datasets in series:
+            spool(settings, sessions, datasets)
+            queue_job(sessions, str(datasets[0].SeriesInstanceUID), model_id, version)
+            assert worker.run_once()

@@ -1,0 +1,1 @@
+"""Local evaluation: the node's results compared with radiologists' corrections that arrive as SEGs."""

@@ -1,0 +1,1 @@
+"""Exports that leave the site: de-identified training data for (federated) model training."""
