@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import cc3d
@@ -86,7 +87,10 @@ def _load(manifest: Manifest, device: str, threads: int, runtime: Runtime) -> tu
             from dicomnode.inference.onnx import OnnxSession  # the generic engine's backend
 
             sessions = [OnnxSession(manifest, device, threads, manifest.file(f"{stem}.onnx")) for stem in NETWORKS]
-            return "onnxruntime", sessions[0].device, list(sessions)
+            if not (runtime == "auto" and device == "auto" and sessions[0].device == "cpu" and _torch_cuda()):
+                return "onnxruntime", sessions[0].device, list(sessions)
+            log.info("deepbet runs on TorchScript: this onnxruntime has no CUDA, torch has",
+                     extra=extra(model=manifest.id))
         except (ImportError, ModelError) as exc:
             if runtime == "onnxruntime":
                 raise ModelError(f"model {manifest.id}: ONNX Runtime cannot serve it: {exc}") from exc
@@ -96,6 +100,15 @@ def _load(manifest: Manifest, device: str, threads: int, runtime: Runtime) -> tu
 
     networks = [TorchScriptNetwork(manifest, f"{stem}.pt", device) for stem in NETWORKS]
     return "torchscript", networks[0].device, list(networks)
+
+
+def _torch_cuda() -> bool:
+    """Whether torch would run on a GPU; torch is imported only when an NVIDIA device node exists."""
+    if not Path("/dev/nvidia0").exists():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _resize_nearest(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
