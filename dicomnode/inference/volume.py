@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode.errors import SeriesNotUsable
 from dicomnode.inference.multiframe import geometry, is_multiframe, rescaled_frames
@@ -173,8 +174,43 @@ def _multiframe_volume(ds: Dataset) -> Volume:
     return Volume(array=frames[order], affine=affine, datasets=(ds,), frame_order=tuple(int(i) for i in order))
 
 
+# Little-endian native encodings: their Pixel Data is the frame itself, row by row (PS3.5 8.1.1)
+NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+
+
+def native_pixels(ds: Dataset) -> np.ndarray | None:
+    """The one grey-scale frame of ``ds`` read straight from its Pixel Data, or None where that is not plain.
+
+    Plain: a little-endian native transfer syntax, one sample of 8, 16 or 32 bits allocated, one frame.
+    The result equals ``ds.pixel_array`` (unused high bits cleared, or the sign extended from Bits Stored,
+    as pydicom does) without its per-call set-up, which took a third of loading a 189-slice series.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        stored = int(ds.get("BitsStored", bits) or bits)
+        plain = (syntax in NATIVE_LITTLE_ENDIAN and int(ds.get("SamplesPerPixel", 1)) == 1 and bits in (8, 16, 32)
+                 and 0 < stored <= bits and int(ds.get("NumberOfFrames", 1) or 1) == 1 and "PixelData" in ds)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    data = ds.PixelData if plain else None
+    if not isinstance(data, bytes) or len(data) < rows * columns * bits // 8:
+        return None
+    pixels = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=rows * columns)
+    pixels = pixels.reshape(rows, columns)
+    unused = bits - stored
+    if unused and signed:
+        return (pixels << unused) >> unused  # type: ignore[no-any-return]
+    if unused:
+        return pixels & pixels.dtype.type(2**stored - 1)  # type: ignore[no-any-return]
+    return pixels
+
+
 def _rescaled(ds: Dataset) -> np.ndarray:
-    pixels = ds.pixel_array
+    native = native_pixels(ds)
+    pixels = native if native is not None else ds.pixel_array
     if pixels.ndim != 2:
         raise SeriesNotUsable(f"expected one grey-scale frame per instance, got shape {pixels.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)

