@@ -149,11 +149,12 @@ def build_volume(datasets: Sequence[Dataset], min_slices: int = 1) -> Volume:
     positions = _positions_along_normal(datasets, orientation)
     order = np.argsort(positions)
     ordered = tuple(datasets[i] for i in order)
+    array = np.empty((len(ordered), int(ordered[0].Rows), int(ordered[0].Columns)), dtype=np.float32)
     try:
-        slices = [_rescaled(ds) for ds in ordered]
+        for out, ds in zip(array, ordered, strict=True):
+            _rescale_into(ds, out)
     except Exception as exc:  # decoders raise many types; the series is unusable either way
         raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
-    array = np.stack(slices).astype(np.float32, copy=False)
     return Volume(array=array, affine=_affine(ordered, orientation), datasets=ordered)
 
 
@@ -208,14 +209,19 @@ def native_pixels(ds: Dataset) -> np.ndarray | None:
     return pixels
 
 
-def _rescaled(ds: Dataset) -> np.ndarray:
+def _rescale_into(ds: Dataset, out: np.ndarray) -> None:
+    """``out`` (float32, one slice of the volume) = stored values * RescaleSlope + RescaleIntercept."""
     native = native_pixels(ds)
     pixels = native if native is not None else ds.pixel_array
     if pixels.ndim != 2:
         raise SeriesNotUsable(f"expected one grey-scale frame per instance, got shape {pixels.shape}")
+    out[...] = pixels  # one pass, no intermediate copies (a 189-slice series is 50 MB of float32)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if slope != 1:
+        out *= np.float32(slope)
+    if intercept != 0:
+        out += np.float32(intercept)
 
 
 def _affine(ordered: Sequence[Dataset], orientation: np.ndarray) -> np.ndarray:

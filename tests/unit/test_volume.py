@@ -98,3 +98,13 @@ def test_native_pixels_leave_other_encodings_to_pydicom() -> None:
     short.PixelData = short.PixelData[:-2]
     assert native_pixels(make_series(n_slices=1)[0]) is not None
     assert [native_pixels(ds) for ds in (big_endian, colour, short)] == [None, None, None]
+
+
+def test_each_slice_keeps_its_own_rescale() -> None:
+    series = make_series(n_slices=3, slope=2.0, intercept=-100.0)
+    series[1].RescaleSlope, series[1].RescaleIntercept = "0.5", "7"
+    volume = build_volume(series)
+    assert volume.array.dtype == np.float32
+    assert volume.array[0, 2, 0] == pytest.approx((10 + 2) * 2 - 100)
+    assert volume.array[1, 2, 0] == pytest.approx((20 + 2) * 0.5 + 7)
+    assert volume.array[2, 2, 0] == pytest.approx((30 + 2) * 2 - 100)
