@@ -33,7 +33,7 @@ from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
 from dicomnode.inference.registry import Registry, RuntimeOptions
-from dicomnode.jobs.completion import sweep
+from dicomnode.jobs.completion import HeaderCache, sweep
 from dicomnode.jobs.notify import Listener, announce, is_postgres
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
@@ -98,14 +98,15 @@ def _anchor(ctx: PipelineContext) -> None:
         log.exception("audit anchor checkpoint failed", extra=extra(stage="audit"))
 
 
-def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None) -> None:
+def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None,
+                 headers: HeaderCache) -> None:
     try:
         if "work" in roles and requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts):
             announce(ctx.sessions, wake)
         if "receive" in roles:
             defaults = [m.default for m in ctx.registry.manifests.values()]
             rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
-            if sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests):
+            if sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests, headers):
                 announce(ctx.sessions, wake)
     except Exception:
         log.exception("sweep failed", extra=extra(stage="sweep"))
@@ -140,7 +141,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     scheduler = BackgroundScheduler()
     if receive or worker is not None:
         scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
-                          args=[ctx, roles, wake], max_instances=1, coalesce=True, id="sweep")
+                          args=[ctx, roles, wake, HeaderCache()], max_instances=1, coalesce=True, id="sweep")
     if receive:
         scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="audit-anchor")

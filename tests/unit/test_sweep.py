@@ -1,0 +1,105 @@
+"""The completeness sweep reads a quiet study's headers ahead, and reads a replaced file again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.db import session_scope
+from dicomnode.inference.registry import Manifest, load_manifests
+from dicomnode.jobs.completion import HeaderCache, sweep
+from dicomnode.jobs.models import Instance, Study, utcnow
+from dicomnode.jobs.status import StudyState
+from dicomnode.settings import Rule
+from dicomnode.store.index import InstanceMeta, record_instance
+from tests.support.peers import REPO
+from tests.support.synthetic import make_series, write_series
+
+IDLE = 10.0
+RULES = [Rule(name="mr", model="deepbet", match={"Modality": "^MR$"})]
+
+
+@pytest.fixture
+def manifests() -> dict[str, Manifest]:
+    return load_manifests(REPO / "models")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def receive_series(sessions: sessionmaker[Session], folder: Path) -> list[Path]:
+    series = make_series(n_slices=4, rows=8, columns=8)
+    paths = write_series(series, folder)
+    with session_scope(sessions) as session:
+        for ds, path in zip(series, paths, strict=True):
+            meta = InstanceMeta(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                                sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality="MR", series_number=7,
+                                series_description="T1", patient_id="P1", patient_name="SYNTHETIC^PHANTOM")
+            record_instance(session, meta, path=str(path), sha256=_sha(path), size=path.stat().st_size,
+                            calling_ae="PACS")
+    return paths
+
+
+def quiet_for(sessions: sessionmaker[Session], seconds: float) -> None:
+    with session_scope(sessions) as session:
+        session.execute(update(Study).values(last_received_at=utcnow() - dt.timedelta(seconds=seconds)))
+
+
+def state(sessions: sessionmaker[Session]) -> StudyState:
+    with sessions() as session:
+        return session.scalars(select(Study.state)).one()
+
+
+def rewrite_as_ct(path: Path) -> None:
+    """The same instance with another content (Modality CT), written over the spooled file."""
+    ds = make_series(n_slices=1, rows=8, columns=8)[0]
+    ds.Modality = "CT"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_headers_are_read_ahead_and_used_when_the_study_is_complete(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    paths = receive_series(sessions, tmp_path / "spool")
+    cache = HeaderCache()
+    quiet_for(sessions, IDLE * 0.6)  # quiet for more than half the idle time: read ahead, not judged
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 0
+    assert len(cache.entries) == len(paths)
+    assert state(sessions) == StudyState.RECEIVING
+    rewrite_as_ct(paths[0])  # behind the database's back: the cached header (same recorded SHA-256) is used
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 1
+    assert state(sessions) == StudyState.ROUTED
+    sweep(sessions, IDLE, RULES, manifests, cache)
+    assert cache.entries == {}  # nothing left to judge: nothing kept
+
+
+def test_a_replaced_file_is_read_again(sessions: sessionmaker[Session], manifests: dict[str, Manifest],
+                                       tmp_path: Path) -> None:
+    paths = receive_series(sessions, tmp_path / "spool")
+    cache = HeaderCache()
+    quiet_for(sessions, IDLE * 0.6)
+    sweep(sessions, IDLE, RULES, manifests, cache)
+    rewrite_as_ct(paths[0])
+    with session_scope(sessions) as session:  # as the receiver records a changed instance
+        session.execute(update(Instance).where(Instance.path == str(paths[0])).values(sha256=_sha(paths[0])))
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 1
+    assert state(sessions) == StudyState.NO_MATCH  # the CT header was read: the MR rule does not match
+
+
+def test_without_a_cache_nothing_is_read_before_the_study_is_complete(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    paths = receive_series(sessions, tmp_path / "spool")
+    quiet_for(sessions, IDLE * 0.6)
+    assert sweep(sessions, IDLE, RULES, manifests) == 0
+    rewrite_as_ct(paths[0])
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests) == 1
+    assert state(sessions) == StudyState.NO_MATCH
