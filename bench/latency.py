@@ -12,8 +12,12 @@ the split:
 - total: from the end of the idle timer to the job's success (every result acknowledged).
 
     PYTHONPATH=. python bench/latency.py [--studies 3] [--slices 189] [--deepbet]
+    PYTHONPATH=. python bench/latency.py --reference /tmp/ref [--rounds 3]
 
 ``--deepbet`` also runs the bundled deepbet model on the MNI152 template (../shared/data).
+``--reference`` runs the threshold case of this bench in another checkout of the node (``git worktree add
+/tmp/ref <commit>``) and in this one, alternating, each in its own process, and prints each stage's median
+over the rounds and its ratio to the reference's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -103,13 +110,47 @@ def run(label: str, settings: Settings, make: Any, studies: int, root: Path) -> 
     print("| " + " | ".join(f"{statistics.median(s.get(k, 0.0) for s in splits):.3f}" for k in STAGES) + " |")
 
 
+def _threshold_row(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The threshold case's medians, by stage, from this bench run in ``checkout`` (its own code)."""
+    command = [sys.executable, "bench/latency.py", "--studies", str(args.studies), "--slices", str(args.slices),
+               "--size", str(args.size)]
+    done = subprocess.run(command, cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
+                          capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("threshold model"))
+    names = [c.strip() for c in lines[start + 1].strip("|").split("|")]
+    values = [float(c) for c in lines[start + 3].strip("|").split("|")]
+    return dict(zip(names, values, strict=True))
+
+
+def compare(reference: Path, args: argparse.Namespace) -> None:
+    """Reference and this checkout, alternating for ``args.rounds`` rounds; medians and ratios."""
+    rows: dict[str, list[dict[str, float]]] = {"reference": [], "this": []}
+    for _ in range(args.rounds):
+        rows["reference"].append(_threshold_row(reference, args))
+        rows["this"].append(_threshold_row(REPO, args))
+    medians = {side: {k: statistics.median(r[k] for r in runs) for k in STAGES} for side, runs in rows.items()}
+    print(f"\nthreshold model, {args.slices} slices: median of {args.rounds} rounds of {args.studies} studies "
+          f"(seconds); reference {reference}")
+    print("| | " + " | ".join(STAGES) + " |\n|---|" + "---|" * len(STAGES))
+    for side in ("reference", "this"):
+        print(f"| {side} | " + " | ".join(f"{medians[side][k]:.3f}" for k in STAGES) + " |")
+    print("| ratio | " + " | ".join(f"{medians['this'][k] / medians['reference'][k]:.2f}x"
+                                    if medians["reference"][k] else "-" for k in STAGES) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--slices", type=int, default=189)
     parser.add_argument("--size", type=int, default=256, help="rows and columns of the synthetic slices")
     parser.add_argument("--deepbet", action="store_true", help="also deepbet on the MNI152 template")
+    parser.add_argument("--reference", type=Path, help="another checkout of the node to compare with")
+    parser.add_argument("--rounds", type=int, default=3, help="with --reference: rounds of both")
     args = parser.parse_args()
+    if args.reference is not None:
+        compare(args.reference.resolve(), args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pacs = Orthanc(root / "orthanc", receipts_enabled=False).start()
