@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -100,45 +101,75 @@ def plan_series(series_id: int, paths: Sequence[str], rules: Sequence[Rule],
     return plan
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    study_id: int
+    last: dt.datetime  # as the database returned it (compared with the row again before routing)
+    files: dict[int, list[tuple[str, str]]]  # (path, sha256) by series id
+
+    @property
+    def all_files(self) -> list[tuple[str, str]]:
+        return [f for files in self.files.values() for f in files]
+
+    def complete_at(self, idle_seconds: float) -> float:
+        last = self.last if self.last.tzinfo else self.last.replace(tzinfo=dt.UTC)
+        return last.timestamp() + idle_seconds
+
+
+def _candidates(sessions: sessionmaker[Session], quiet_since: dt.datetime) -> list[_Candidate]:
+    """Studies still receiving whose last instance came before ``quiet_since``, with their files."""
+    with sessions() as session:
+        studies = session.execute(select(Study.id, Study.last_received_at).where(
+            Study.state == StudyState.RECEIVING, Study.last_received_at < quiet_since)).all()
+        out = []
+        for study_id, last in studies:
+            rows = session.execute(select(Series.id, Instance.path, Instance.sha256).join(Instance.series)
+                                   .where(Series.study_id == study_id).order_by(Series.id, Instance.id)).all()
+            files: dict[int, list[tuple[str, str]]] = {}
+            for series_id, path, sha in rows:
+                files.setdefault(series_id, []).append((path, sha))
+            out.append(_Candidate(study_id, last, files))
+    return out
+
+
 def sweep(
     sessions: sessionmaker[Session], idle_seconds: float, rules: Sequence[Rule], manifests: dict[str, Manifest],
-    cache: HeaderCache | None = None,
+    cache: HeaderCache | None = None, wait_seconds: float = 0.0,
 ) -> int:
     """Route every study that has been quiet for ``idle_seconds``; returns how many were routed.
 
-    With a ``cache``, the headers of studies quiet for half of ``idle_seconds`` are read ahead into it.
+    With a ``cache``, the headers of studies quiet for half of ``idle_seconds`` are read ahead into it. A
+    study that becomes complete within ``wait_seconds`` (the sweep interval) is waited for and judged
+    in this sweep, at the moment it is complete, instead of at the next one.
     """
-    now = utcnow()
-    cutoff = now - dt.timedelta(seconds=idle_seconds)
-    ahead = now - dt.timedelta(seconds=idle_seconds / 2) if cache is not None else cutoff
-    with sessions() as session:
-        candidates = session.execute(select(Study.id, Study.last_received_at, Study.last_received_at < cutoff).where(
-            Study.state == StudyState.RECEIVING, Study.last_received_at < ahead)).all()
-        work = []
-        for study_id, last, complete in candidates:
-            rows = session.execute(select(Series.id, Instance.path, Instance.sha256).join(Instance.series)
-                                   .where(Series.study_id == study_id).order_by(Series.id, Instance.id)).all()
-            by_series: dict[int, list[tuple[str, str]]] = {}
-            for series_id, path, sha in rows:
-                by_series.setdefault(series_id, []).append((path, sha))
-            work.append((study_id, last, bool(complete), by_series))
+    now = time.time()
+    lead = max(idle_seconds / 2 if cache is not None else 0.0, min(wait_seconds, idle_seconds))
+    work = sorted(_candidates(sessions, utcnow() - dt.timedelta(seconds=idle_seconds - lead)),
+                  key=lambda c: c.complete_at(idle_seconds))
     if cache is not None:
-        cache.keep({f for *_, by_series in work for files in by_series.values() for f in files})
+        cache.keep({f for c in work for f in c.all_files})
     routed = 0
-    for study_id, last, complete, by_series in work:
-        if not complete:
-            if cache is not None:
-                cache.read_ahead([f for files in by_series.values() for f in files])
-            continue
-        plans = [plan_series(sid, [p for p, _ in files], rules, cache, [h for _, h in files])
-                 for sid, files in by_series.items()]
-        with session_scope(sessions) as session:
-            study = session.get(Study, study_id, with_for_update=True)  # one sweeper per study, across processes
-            if study is None or study.state != StudyState.RECEIVING or study.last_received_at != last:
-                continue  # more arrived meanwhile: judged again on a later sweep
-            _apply(session, study, plans, manifests, sum(len(p) for p in by_series.values()))
-            routed += 1
+    for candidate in work:
+        if cache is not None:
+            cache.read_ahead(candidate.all_files)
+        if candidate.complete_at(idle_seconds) - now > wait_seconds:
+            continue  # judged by a later sweep
+        time.sleep(max(0.0, candidate.complete_at(idle_seconds) - time.time()))
+        routed += _judge(sessions, candidate, rules, manifests, cache)
     return routed
+
+
+def _judge(sessions: sessionmaker[Session], candidate: _Candidate, rules: Sequence[Rule],
+           manifests: dict[str, Manifest], cache: HeaderCache | None) -> int:
+    """Plan and route one complete study; 0 when more arrived meanwhile (judged again on a later sweep)."""
+    plans = [plan_series(sid, [p for p, _ in files], rules, cache, [h for _, h in files])
+             for sid, files in candidate.files.items()]
+    with session_scope(sessions) as session:
+        study = session.get(Study, candidate.study_id, with_for_update=True)  # one sweeper per study, across processes
+        if study is None or study.state != StudyState.RECEIVING or study.last_received_at != candidate.last:
+            return 0
+        _apply(session, study, plans, manifests, len(candidate.all_files))
+    return 1
 
 
 def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: dict[str, Manifest],

@@ -103,3 +103,16 @@ def test_without_a_cache_nothing_is_read_before_the_study_is_complete(
     quiet_for(sessions, IDLE + 1)
     assert sweep(sessions, IDLE, RULES, manifests) == 1
     assert state(sessions) == StudyState.NO_MATCH
+
+
+def test_a_study_complete_before_the_next_sweep_is_judged_when_complete_and_not_before(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "spool")
+    quiet_for(sessions, IDLE - 1.0)  # complete in a second
+    assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=0.1) == 0  # not before the next
+    assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=2.0) == 1
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.state == StudyState.ROUTED
+        assert study.completed_at is not None
+        assert study.completed_at - study.last_received_at >= dt.timedelta(seconds=IDLE)
