@@ -87,6 +87,8 @@ def check_series(headers: Sequence[Dataset], min_slices: int = 1) -> None:
 
 
 def _distinct_rows(rows: np.ndarray) -> int:
+    if np.allclose(rows, rows[0], atol=ORIENTATION_TOLERANCE):
+        return 1  # the usual case, in one vectorised comparison
     distinct: list[np.ndarray] = []
     for row in rows:
         if not any(np.allclose(row, d, atol=ORIENTATION_TOLERANCE) for d in distinct):

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT", "UI"}
@@ -56,6 +57,8 @@ def _cleaned(elem: DataElement) -> DataElement | None:
         value: object = [_clean_text(v, elem.VR) for v in elem.value]
     else:
         value = _clean_text(elem.value, elem.VR)
+    if value == elem.value:
+        return None  # already clean (most are): no new element to build and convert
     # validation off for this element only: the point is to repair what was received
     return DataElement(elem.tag, elem.VR, value, validation_mode=config.IGNORE)
 
@@ -104,14 +107,15 @@ def sanitise_header(source: Dataset) -> Dataset:
 REFERENCE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
                       "FrameOfReferenceUID", "Rows", "Columns", "NumberOfFrames", "ImageOrientationPatient",
                       "ImagePositionPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices")
+_REFERENCE_TAGS = tuple(Tag(keyword) for keyword in REFERENCE_KEYWORDS)
 
 
 def reference_header(source: Dataset) -> Dataset:
     """A cleaned copy of only the attributes of ``source`` that a result references (REFERENCE_KEYWORDS)."""
     ds = Dataset()
-    for keyword in REFERENCE_KEYWORDS:
-        if keyword in source:
-            elem = source[keyword]
+    for tag in _REFERENCE_TAGS:
+        if tag in source:
+            elem = source[tag]
             ds.add(_cleaned(elem) or copy.copy(elem))
     return ds
 
