@@ -9,6 +9,7 @@ the split:
 - sweep: from the end of the idle timer to the sweep that routed the study (``sweep_interval_seconds``);
 - pick-up: from routing to a worker's claim;
 - load, model, build, write, send: the pipeline's stages ("job timings" in the node's log);
+- rest: the worker's time around the pipeline (claim commit, heartbeat thread, outcome commit);
 - total: from the end of the idle timer to the job's success (every result acknowledged).
 
     PYTHONPATH=. python bench/latency.py [--studies 3] [--slices 189] [--deepbet]
@@ -45,7 +46,8 @@ from tests.support.peers import REPO, Orthanc, storescu
 from tests.support.synthetic import make_series, write_series
 
 MNI = REPO.parent / "shared" / "data" / "mr_t1_brain_mni152"
-STAGES = ["sweep", "pick-up", "load", "model", "build", "write", "send", "total", "total - model"]
+STAGES = ["sweep", "pick-up", "load", "model", "build", "write", "send", "rest", "total", "total - model"]
+PIPELINE = ["load", "model", "build", "write", "send"]
 
 
 class Timings(logging.Handler):
@@ -89,6 +91,7 @@ def one_study(node: Any, port: int, folder: Path, timings: Timings, series: list
     succeeded = next(e for e in events if e.to_status == JobStatus.SUCCEEDED)
     split = {"sweep": _utc(study.completed_at) - complete, "pick-up": _utc(running.at) - _utc(study.completed_at),
              **stages, "total": _utc(succeeded.at) - complete}
+    split["rest"] = _utc(succeeded.at) - _utc(running.at) - sum(split.get(k, 0.0) for k in PIPELINE)
     split["total - model"] = split["total"] - split.get("model", 0.0)
     return split
 
@@ -129,14 +132,15 @@ def compare(reference: Path, args: argparse.Namespace) -> None:
     for _ in range(args.rounds):
         rows["reference"].append(_threshold_row(reference, args))
         rows["this"].append(_threshold_row(REPO, args))
-    medians = {side: {k: statistics.median(r[k] for r in runs) for k in STAGES} for side, runs in rows.items()}
+    medians = {side: {k: statistics.median(r.get(k, float("nan")) for r in runs) for k in STAGES}
+               for side, runs in rows.items()}
     print(f"\nthreshold model, {args.slices} slices: median of {args.rounds} rounds of {args.studies} studies "
           f"(seconds); reference {reference}")
     print("| | " + " | ".join(STAGES) + " |\n|---|" + "---|" * len(STAGES))
     for side in ("reference", "this"):
         print(f"| {side} | " + " | ".join(f"{medians[side][k]:.3f}" for k in STAGES) + " |")
     print("| ratio | " + " | ".join(f"{medians['this'][k] / medians['reference'][k]:.2f}x"
-                                    if medians["reference"][k] else "-" for k in STAGES) + " |")
+                                    if medians["reference"][k] > 0 else "-" for k in STAGES) + " |")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -50,44 +50,53 @@ def _read_headers(paths: Sequence[str]) -> list[Dataset]:
 
 @dataclass
 class HeaderCache:
-    """Headers read ahead, by (path, SHA-256 of the file as recorded): a replaced file is read again.
+    """Headers read ahead, by study and by (path, SHA-256 of the file as recorded): a replaced file is
+    read again.
 
-    It holds only the instances of studies the latest sweep found quiet for half the idle time (those
-    about to be judged): :meth:`keep` drops every other entry.
+    It holds the headers of studies still receiving that a sweep found quiet for half the idle time; a
+    study's entries go when it is routed or leaves the receiving state (:meth:`keep`, :meth:`drop`).
     """
 
-    entries: dict[tuple[str, str], Dataset] = field(default_factory=dict)
+    studies: dict[int, dict[tuple[str, str], Dataset]] = field(default_factory=dict)
 
-    def read(self, files: Sequence[tuple[str, str]]) -> list[Dataset]:
+    def read(self, study_id: int, files: Sequence[tuple[str, str]]) -> list[Dataset]:
         """The headers of ``files`` ((path, sha256) pairs), from the cache or read now (and kept)."""
+        entries = self.studies.setdefault(study_id, {})
         headers = []
         for key in files:
-            header = self.entries.get(key)
+            header = entries.get(key)
             if header is None:
-                header = self.entries[key] = dcmread(key[0], stop_before_pixels=True, force=True)
+                header = entries[key] = dcmread(key[0], stop_before_pixels=True, force=True)
             headers.append(header)
         return headers
 
-    def read_ahead(self, files: Sequence[tuple[str, str]]) -> None:
+    def read_ahead(self, study_id: int, files: Sequence[tuple[str, str]]) -> None:
         try:
-            self.read(files)
+            self.read(study_id, files)
         except Exception:  # read again (and judged) when the study is complete
             log.debug("header read-ahead failed", extra=extra(stage="sweep"))
 
-    def keep(self, files: set[tuple[str, str]]) -> None:
-        self.entries = {key: ds for key, ds in self.entries.items() if key in files}
+    def reader(self, study_id: int, files: Sequence[tuple[str, str]]) -> Callable[[Sequence[str]], list[Dataset]]:
+        """What :func:`plan_series` reads a study's headers with: this cache, given its ``files``' hashes."""
+        hashes = dict(files)
+        return lambda paths: self.read(study_id, [(p, hashes[p]) for p in paths])
+
+    def keep(self, receiving: set[int]) -> None:
+        self.studies = {sid: entries for sid, entries in self.studies.items() if sid in receiving}
+
+    def drop(self, study_id: int) -> None:
+        self.studies.pop(study_id, None)
 
 
 def plan_series(series_id: int, paths: Sequence[str], rules: Sequence[Rule],
-                cache: HeaderCache | None = None, hashes: Sequence[str] = ()) -> SeriesPlan:
+                read: Callable[[Sequence[str]], list[Dataset]] = _read_headers) -> SeriesPlan:
     """Decide what happens to one series: which rules match, or why it is skipped.
 
-    With a ``cache`` (and the files' recorded SHA-256 ``hashes``, in the order of ``paths``) headers read
-    ahead are taken from it.
+    ``read`` gives the headers of ``paths`` (from a :class:`HeaderCache`, or read now).
     """
     plan = SeriesPlan(series_id)
     try:
-        headers = cache.read(list(zip(paths, hashes, strict=True))) if cache is not None else _read_headers(paths)
+        headers = read(paths)
         check_usable(headers)
     except SeriesNotUsable as exc:
         plan.skipped, plan.reason = True, f"skipped: {exc}"
@@ -147,11 +156,12 @@ def sweep(
     work = sorted(_candidates(sessions, utcnow() - dt.timedelta(seconds=idle_seconds - lead)),
                   key=lambda c: c.complete_at(idle_seconds))
     if cache is not None:
-        cache.keep({f for c in work for f in c.all_files})
+        with sessions() as session:
+            cache.keep(set(session.scalars(select(Study.id).where(Study.state == StudyState.RECEIVING))))
     routed = 0
     for candidate in work:
         if cache is not None:
-            cache.read_ahead(candidate.all_files)
+            cache.read_ahead(candidate.study_id, candidate.all_files)
         if candidate.complete_at(idle_seconds) - now > wait_seconds:
             continue  # judged by a later sweep
         time.sleep(max(0.0, candidate.complete_at(idle_seconds) - time.time()))
@@ -162,13 +172,15 @@ def sweep(
 def _judge(sessions: sessionmaker[Session], candidate: _Candidate, rules: Sequence[Rule],
            manifests: dict[str, Manifest], cache: HeaderCache | None) -> int:
     """Plan and route one complete study; 0 when more arrived meanwhile (judged again on a later sweep)."""
-    plans = [plan_series(sid, [p for p, _ in files], rules, cache, [h for _, h in files])
-             for sid, files in candidate.files.items()]
+    read = cache.reader(candidate.study_id, candidate.all_files) if cache is not None else _read_headers
+    plans = [plan_series(sid, [p for p, _ in files], rules, read) for sid, files in candidate.files.items()]
     with session_scope(sessions) as session:
         study = session.get(Study, candidate.study_id, with_for_update=True)  # one sweeper per study, across processes
         if study is None or study.state != StudyState.RECEIVING or study.last_received_at != candidate.last:
             return 0
         _apply(session, study, plans, manifests, len(candidate.all_files))
+    if cache is not None:
+        cache.drop(candidate.study_id)
     return 1
 
 

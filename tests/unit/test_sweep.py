@@ -70,14 +70,13 @@ def test_headers_are_read_ahead_and_used_when_the_study_is_complete(
     cache = HeaderCache()
     quiet_for(sessions, IDLE * 0.6)  # quiet for more than half the idle time: read ahead, not judged
     assert sweep(sessions, IDLE, RULES, manifests, cache) == 0
-    assert len(cache.entries) == len(paths)
+    assert [len(entries) for entries in cache.studies.values()] == [len(paths)]
     assert state(sessions) == StudyState.RECEIVING
     rewrite_as_ct(paths[0])  # behind the database's back: the cached header (same recorded SHA-256) is used
     quiet_for(sessions, IDLE + 1)
     assert sweep(sessions, IDLE, RULES, manifests, cache) == 1
     assert state(sessions) == StudyState.ROUTED
-    sweep(sessions, IDLE, RULES, manifests, cache)
-    assert cache.entries == {}  # nothing left to judge: nothing kept
+    assert cache.studies == {}  # routed: nothing kept
 
 
 def test_a_replaced_file_is_read_again(sessions: sessionmaker[Session], manifests: dict[str, Manifest],
@@ -116,3 +115,14 @@ def test_a_study_complete_before_the_next_sweep_is_judged_when_complete_and_not_
         assert study.state == StudyState.ROUTED
         assert study.completed_at is not None
         assert study.completed_at - study.last_received_at >= dt.timedelta(seconds=IDLE)
+
+
+def test_headers_read_ahead_are_kept_while_the_study_receives_more(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "spool")
+    cache = HeaderCache()
+    quiet_for(sessions, IDLE * 0.6)
+    sweep(sessions, IDLE, RULES, manifests, cache)
+    quiet_for(sessions, 0)  # another instance arrived: not quiet any more, still receiving
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 0
+    assert [len(entries) for entries in cache.studies.values()] == [4]  # not read again at the next quiet spell
