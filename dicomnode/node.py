@@ -106,9 +106,8 @@ def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Ev
         if "receive" in roles:
             defaults = [m.default for m in ctx.registry.manifests.values()]
             rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
-            if sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests, headers,
-                     wait_seconds=ctx.settings.sweep_interval_seconds):
-                announce(ctx.sessions, wake)
+            sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests, headers,
+                  wait_seconds=ctx.settings.sweep_interval_seconds, on_routed=lambda: announce(ctx.sessions, wake))
     except Exception:
         log.exception("sweep failed", extra=extra(stage="sweep"))
 

@@ -143,13 +143,14 @@ def _candidates(sessions: sessionmaker[Session], quiet_since: dt.datetime) -> li
 
 def sweep(
     sessions: sessionmaker[Session], idle_seconds: float, rules: Sequence[Rule], manifests: dict[str, Manifest],
-    cache: HeaderCache | None = None, wait_seconds: float = 0.0,
+    cache: HeaderCache | None = None, wait_seconds: float = 0.0, on_routed: Callable[[], None] | None = None,
 ) -> int:
     """Route every study that has been quiet for ``idle_seconds``; returns how many were routed.
 
     With a ``cache``, the headers of studies quiet for half of ``idle_seconds`` are read ahead into it. A
     study that becomes complete within ``wait_seconds`` (the sweep interval) is waited for and judged
-    in this sweep, at the moment it is complete, instead of at the next one.
+    in this sweep, at the moment it is complete, instead of at the next one. ``on_routed`` is called as
+    soon as each study is routed (to wake the workers before the sweep waits for the next).
     """
     now = time.time()
     lead = max(idle_seconds / 2 if cache is not None else 0.0, min(wait_seconds, idle_seconds))
@@ -165,23 +166,26 @@ def sweep(
         if candidate.complete_at(idle_seconds) - now > wait_seconds:
             continue  # judged by a later sweep
         time.sleep(max(0.0, candidate.complete_at(idle_seconds) - time.time()))
-        routed += _judge(sessions, candidate, rules, manifests, cache)
+        if _judge(sessions, candidate, rules, manifests, cache):
+            routed += 1
+            if on_routed is not None:
+                on_routed()
     return routed
 
 
 def _judge(sessions: sessionmaker[Session], candidate: _Candidate, rules: Sequence[Rule],
-           manifests: dict[str, Manifest], cache: HeaderCache | None) -> int:
-    """Plan and route one complete study; 0 when more arrived meanwhile (judged again on a later sweep)."""
+           manifests: dict[str, Manifest], cache: HeaderCache | None) -> bool:
+    """Plan and route one complete study; False when more arrived meanwhile (judged again on a later sweep)."""
     read = cache.reader(candidate.study_id, candidate.all_files) if cache is not None else _read_headers
     plans = [plan_series(sid, [p for p, _ in files], rules, read) for sid, files in candidate.files.items()]
     with session_scope(sessions) as session:
         study = session.get(Study, candidate.study_id, with_for_update=True)  # one sweeper per study, across processes
         if study is None or study.state != StudyState.RECEIVING or study.last_received_at != candidate.last:
-            return 0
+            return False
         _apply(session, study, plans, manifests, len(candidate.all_files))
     if cache is not None:
         cache.drop(candidate.study_id)
-    return 1
+    return True
 
 
 def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: dict[str, Manifest],

@@ -126,3 +126,23 @@ def test_headers_read_ahead_are_kept_while_the_study_receives_more(
     quiet_for(sessions, 0)  # another instance arrived: not quiet any more, still receiving
     assert sweep(sessions, IDLE, RULES, manifests, cache) == 0
     assert [len(entries) for entries in cache.studies.values()] == [4]  # not read again at the next quiet spell
+
+
+def test_workers_are_woken_for_each_study_before_the_sweep_waits_for_the_next(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "a")
+    receive_series(sessions, tmp_path / "b")
+    with session_scope(sessions) as session:
+        first, second = session.scalars(select(Study.id).order_by(Study.id)).all()
+        session.execute(update(Study).where(Study.id == first).values(
+            last_received_at=utcnow() - dt.timedelta(seconds=IDLE + 1)))
+        session.execute(update(Study).where(Study.id == second).values(
+            last_received_at=utcnow() - dt.timedelta(seconds=IDLE - 1)))
+    seen: list[list[StudyState]] = []
+
+    def on_routed() -> None:
+        with sessions() as session:
+            seen.append(list(session.scalars(select(Study.state).order_by(Study.id))))
+
+    assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=2.0, on_routed=on_routed) == 2
+    assert seen == [[StudyState.ROUTED, StudyState.RECEIVING], [StudyState.ROUTED, StudyState.ROUTED]]
