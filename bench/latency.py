@@ -9,11 +9,16 @@ the split:
 - sweep: from the end of the idle timer to the sweep that routed the study (``sweep_interval_seconds``);
 - pick-up: from routing to a worker's claim;
 - load, model, build, write, send: the pipeline's stages ("job timings" in the node's log);
+- rest: the worker's time around the pipeline (claim commit, heartbeat thread, outcome commit);
 - total: from the end of the idle timer to the job's success (every result acknowledged).
 
     PYTHONPATH=. python bench/latency.py [--studies 3] [--slices 189] [--deepbet]
+    PYTHONPATH=. python bench/latency.py --reference /tmp/ref [--rounds 3]
 
 ``--deepbet`` also runs the bundled deepbet model on the MNI152 template (../shared/data).
+``--reference`` runs the threshold case of this bench in another checkout of the node (``git worktree add
+/tmp/ref <commit>``) and in this one, alternating, each in its own process, and prints each stage's median
+over the rounds and its ratio to the reference's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,7 +46,8 @@ from tests.support.peers import REPO, Orthanc, storescu
 from tests.support.synthetic import make_series, write_series
 
 MNI = REPO.parent / "shared" / "data" / "mr_t1_brain_mni152"
-STAGES = ["sweep", "pick-up", "load", "model", "build", "write", "send", "total", "total - model"]
+STAGES = ["sweep", "pick-up", "load", "model", "build", "write", "send", "rest", "total", "total - model"]
+PIPELINE = ["load", "model", "build", "write", "send"]
 
 
 class Timings(logging.Handler):
@@ -82,6 +91,7 @@ def one_study(node: Any, port: int, folder: Path, timings: Timings, series: list
     succeeded = next(e for e in events if e.to_status == JobStatus.SUCCEEDED)
     split = {"sweep": _utc(study.completed_at) - complete, "pick-up": _utc(running.at) - _utc(study.completed_at),
              **stages, "total": _utc(succeeded.at) - complete}
+    split["rest"] = _utc(succeeded.at) - _utc(running.at) - sum(split.get(k, 0.0) for k in PIPELINE)
     split["total - model"] = split["total"] - split.get("model", 0.0)
     return split
 
@@ -103,13 +113,48 @@ def run(label: str, settings: Settings, make: Any, studies: int, root: Path) -> 
     print("| " + " | ".join(f"{statistics.median(s.get(k, 0.0) for s in splits):.3f}" for k in STAGES) + " |")
 
 
+def _threshold_row(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The threshold case's medians, by stage, from this bench run in ``checkout`` (its own code)."""
+    command = [sys.executable, "bench/latency.py", "--studies", str(args.studies), "--slices", str(args.slices),
+               "--size", str(args.size)]
+    done = subprocess.run(command, cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
+                          capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("threshold model"))
+    names = [c.strip() for c in lines[start + 1].strip("|").split("|")]
+    values = [float(c) for c in lines[start + 3].strip("|").split("|")]
+    return dict(zip(names, values, strict=True))
+
+
+def compare(reference: Path, args: argparse.Namespace) -> None:
+    """Reference and this checkout, alternating for ``args.rounds`` rounds; medians and ratios."""
+    rows: dict[str, list[dict[str, float]]] = {"reference": [], "this": []}
+    for _ in range(args.rounds):
+        rows["reference"].append(_threshold_row(reference, args))
+        rows["this"].append(_threshold_row(REPO, args))
+    medians = {side: {k: statistics.median(r.get(k, float("nan")) for r in runs) for k in STAGES}
+               for side, runs in rows.items()}
+    print(f"\nthreshold model, {args.slices} slices: median of {args.rounds} rounds of {args.studies} studies "
+          f"(seconds); reference {reference}")
+    print("| | " + " | ".join(STAGES) + " |\n|---|" + "---|" * len(STAGES))
+    for side in ("reference", "this"):
+        print(f"| {side} | " + " | ".join(f"{medians[side][k]:.3f}" for k in STAGES) + " |")
+    print("| ratio | " + " | ".join(f"{medians['this'][k] / medians['reference'][k]:.2f}x"
+                                    if medians["reference"][k] > 0 else "-" for k in STAGES) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--slices", type=int, default=189)
     parser.add_argument("--size", type=int, default=256, help="rows and columns of the synthetic slices")
     parser.add_argument("--deepbet", action="store_true", help="also deepbet on the MNI152 template")
+    parser.add_argument("--reference", type=Path, help="another checkout of the node to compare with")
+    parser.add_argument("--rounds", type=int, default=3, help="with --reference: rounds of both")
     args = parser.parse_args()
+    if args.reference is not None:
+        compare(args.reference.resolve(), args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pacs = Orthanc(root / "orthanc", receipts_enabled=False).start()

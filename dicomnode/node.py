@@ -35,7 +35,7 @@ from dicomnode.evaluation.metrics import EvaluationCollector
 from dicomnode.evaluation.references import evaluate_pending
 from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
 from dicomnode.inference.registry import Registry, RuntimeOptions
-from dicomnode.jobs.completion import sweep
+from dicomnode.jobs.completion import HeaderCache, sweep
 from dicomnode.jobs.notify import Listener, announce, is_postgres
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.retention import purge
@@ -100,15 +100,16 @@ def _anchor(ctx: PipelineContext) -> None:
         log.exception("audit anchor checkpoint failed", extra=extra(stage="audit"))
 
 
-def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None) -> None:
+def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None,
+                 headers: HeaderCache) -> None:
     try:
         if "work" in roles and requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts):
             announce(ctx.sessions, wake)
         if "receive" in roles:
             defaults = [m.default for m in ctx.registry.manifests.values()]
             rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
-            if sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests):
-                announce(ctx.sessions, wake)
+            sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests, headers,
+                  wait_seconds=ctx.settings.sweep_interval_seconds, on_routed=lambda: announce(ctx.sessions, wake))
             if ctx.settings.reference.enabled:
                 evaluate_pending(ctx.settings, ctx.sessions, ctx.registry.manifests)
     except Exception:
@@ -145,7 +146,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     scheduler = BackgroundScheduler()
     if receive or worker is not None:
         scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
-                          args=[ctx, roles, wake], max_instances=1, coalesce=True, id="sweep")
+                          args=[ctx, roles, wake, HeaderCache()], max_instances=1, coalesce=True, id="sweep")
     if receive:
         scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx],
                           max_instances=1, coalesce=True, id="audit-anchor")

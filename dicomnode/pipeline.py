@@ -45,7 +45,7 @@ from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.scu import StoreOutcome, send_files
 from dicomnode.settings import Destination, Settings
-from dicomnode.store.spool import write_atomic
+from dicomnode.store.spool import fsync_dirs, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,12 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
     return [seg, sr], outputs, ", ".join(f"{k}: {v:.1f} ml" for k, v in outputs.items())
 
 
-def _write_dataset(path: Path, ds: Dataset) -> None:
-    """A Part-10 file of ``ds``, written atomically (owner-only: results carry PHI)."""
+def _write_dataset(path: Path, ds: Dataset, *, sync_dir: bool = True) -> None:
+    """A Part-10 file of ``ds``, written atomically (owner-only: results carry PHI); with ``sync_dir``
+    False the caller makes the name durable (:func:`~dicomnode.store.spool.fsync_dirs`)."""
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue(), sync_dir=sync_dir)
 
 
 def write_results(results_dir: Path, job_id: int, objects: list[Dataset], outputs: dict[str, float],
@@ -182,14 +183,17 @@ def write_results(results_dir: Path, job_id: int, objects: list[Dataset], output
     """Stage 5: the result files, written atomically under ``results/job-<id>/``, then ``results.json``.
 
     ``results.json`` is written last: when it exists, every result file is complete, and a retried job
-    goes straight to delivery instead of running the model again.
+    goes straight to delivery instead of running the model again. The result files' names are made
+    durable by one fsync of the folder, before ``results.json`` is written.
     """
     folder = results_dir / f"job-{job_id}"
     paths = []
     for ds in objects:
         path = folder / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
-        _write_dataset(path, ds)
+        _write_dataset(path, ds, sync_dir=False)
         paths.append(path)
+    if paths:
+        fsync_dirs([folder])
     result = JobResult(paths=tuple(paths), outputs=outputs, inference_seconds=inference_seconds, summary=summary)
     document = {"paths": [p.name for p in paths], "outputs": outputs, "inference_seconds": inference_seconds,
                 "summary": summary}

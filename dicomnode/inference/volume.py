@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode.errors import SeriesNotUsable
 from dicomnode.inference.multiframe import geometry, is_multiframe, rescaled_frames
@@ -86,6 +87,8 @@ def check_series(headers: Sequence[Dataset], min_slices: int = 1) -> None:
 
 
 def _distinct_rows(rows: np.ndarray) -> int:
+    if np.allclose(rows, rows[0], atol=ORIENTATION_TOLERANCE):
+        return 1  # the usual case, in one vectorised comparison
     distinct: list[np.ndarray] = []
     for row in rows:
         if not any(np.allclose(row, d, atol=ORIENTATION_TOLERANCE) for d in distinct):
@@ -148,11 +151,12 @@ def build_volume(datasets: Sequence[Dataset], min_slices: int = 1) -> Volume:
     positions = _positions_along_normal(datasets, orientation)
     order = np.argsort(positions)
     ordered = tuple(datasets[i] for i in order)
+    array = np.empty((len(ordered), int(ordered[0].Rows), int(ordered[0].Columns)), dtype=np.float32)
     try:
-        slices = [_rescaled(ds) for ds in ordered]
+        for out, ds in zip(array, ordered, strict=True):
+            _rescale_into(ds, out)
     except Exception as exc:  # decoders raise many types; the series is unusable either way
         raise SeriesNotUsable(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
-    array = np.stack(slices).astype(np.float32, copy=False)
     return Volume(array=array, affine=_affine(ordered, orientation), datasets=ordered)
 
 
@@ -173,13 +177,53 @@ def _multiframe_volume(ds: Dataset) -> Volume:
     return Volume(array=frames[order], affine=affine, datasets=(ds,), frame_order=tuple(int(i) for i in order))
 
 
-def _rescaled(ds: Dataset) -> np.ndarray:
-    pixels = ds.pixel_array
+# Little-endian native encodings: their Pixel Data is the frame itself, row by row (PS3.5 8.1.1)
+NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+
+
+def native_pixels(ds: Dataset) -> np.ndarray | None:
+    """The one grey-scale frame of ``ds`` read straight from its Pixel Data, or None where that is not plain.
+
+    Plain: a little-endian native transfer syntax, one sample of 8, 16 or 32 bits allocated, one frame.
+    The result equals ``ds.pixel_array`` (unused high bits cleared, or the sign extended from Bits Stored,
+    as pydicom does) without its per-call set-up, which took a third of loading a 189-slice series.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        stored = int(ds.get("BitsStored", bits) or bits)
+        plain = (syntax in NATIVE_LITTLE_ENDIAN and int(ds.get("SamplesPerPixel", 1)) == 1 and bits in (8, 16, 32)
+                 and 0 < stored <= bits and int(ds.get("NumberOfFrames", 1) or 1) == 1 and "PixelData" in ds)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    data = ds.PixelData if plain else None
+    if not isinstance(data, bytes) or len(data) < rows * columns * bits // 8:
+        return None
+    pixels = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=rows * columns)
+    pixels = pixels.reshape(rows, columns)
+    unused = bits - stored
+    if unused and signed:
+        return (pixels << unused) >> unused  # type: ignore[no-any-return]
+    if unused:
+        return pixels & pixels.dtype.type(2**stored - 1)  # type: ignore[no-any-return]
+    return pixels
+
+
+def _rescale_into(ds: Dataset, out: np.ndarray) -> None:
+    """``out`` (float32, one slice of the volume) = stored values * RescaleSlope + RescaleIntercept."""
+    native = native_pixels(ds)
+    pixels = native if native is not None else ds.pixel_array
     if pixels.ndim != 2:
         raise SeriesNotUsable(f"expected one grey-scale frame per instance, got shape {pixels.shape}")
+    out[...] = pixels  # one pass, no intermediate copies (a 189-slice series is 50 MB of float32)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if slope != 1:
+        out *= np.float32(slope)
+    if intercept != 0:
+        out += np.float32(intercept)
 
 
 def _affine(ordered: Sequence[Dataset], orientation: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT", "UI"}
@@ -56,6 +57,8 @@ def _cleaned(elem: DataElement) -> DataElement | None:
         value: object = [_clean_text(v, elem.VR) for v in elem.value]
     else:
         value = _clean_text(elem.value, elem.VR)
+    if value == elem.value:
+        return None  # already clean (most are): no new element to build and convert
     # validation off for this element only: the point is to repair what was received
     return DataElement(elem.tag, elem.VR, value, validation_mode=config.IGNORE)
 
@@ -97,5 +100,32 @@ def sanitise_header(source: Dataset) -> Dataset:
     return ds
 
 
+# What highdicom reads from every source image after the first (the first gives the patient, study and
+# equipment modules): the uniqueness check (study, series, size, frame of reference), the shared
+# orientation, each plane's position, and the SOP class and instance referenced by each frame and by the
+# SR's evidence. Copying and cleaning only these took 0.05 s instead of 0.4 s for a 189-slice series.
+REFERENCE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                      "FrameOfReferenceUID", "Rows", "Columns", "NumberOfFrames", "ImageOrientationPatient",
+                      "ImagePositionPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices")
+_REFERENCE_TAGS = tuple(Tag(keyword) for keyword in REFERENCE_KEYWORDS)
+
+
+def reference_header(source: Dataset) -> Dataset:
+    """A cleaned copy of only the attributes of ``source`` that a result references (REFERENCE_KEYWORDS)."""
+    ds = Dataset()
+    for tag in _REFERENCE_TAGS:
+        if tag in source:
+            elem = source[tag]
+            ds.add(_cleaned(elem) or copy.copy(elem))
+    return ds
+
+
 def sanitise_headers(sources: Iterable[Dataset]) -> list[Dataset]:
-    return [sanitise_header(ds) for ds in sources]
+    """The first source sanitised whole (:func:`sanitise_header`), the others as :func:`reference_header`.
+
+    highdicom takes the patient, study and equipment modules of a result from its first source only.
+    """
+    out: list[Dataset] = []
+    for ds in sources:
+        out.append(reference_header(ds) if out else sanitise_header(ds))
+    return out

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 
 from dicomnode.errors import BuildError
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.volume import build_volume
 from dicomnode.results.equipment import ResultIdentity
-from dicomnode.results.sanitise import sanitise_headers
+from dicomnode.results.sanitise import sanitise_header, sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, procedure_reported, segment_volumes_ml
 from tests.support.peers import REPO
@@ -107,3 +109,38 @@ def test_written_objects_read_back(manifest: Manifest, tmp_path: Path) -> None:
                                                     ("CR", "363679005"), ("PT", "44136-0"), ("US", "363679005")])
 def test_procedure_reported_comes_from_cid_100_by_modality(modality: str, expected: str) -> None:
     assert procedure_reported(modality).value == expected
+
+
+# what highdicom sets from the clock or a random UID on every build
+_VARYING = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime", "ContributionDateTime",
+            "DimensionOrganizationUID")
+
+
+def _comparable(ds: Dataset) -> dict[str, object]:
+    """``ds`` as a JSON dict, with the values highdicom takes from the clock or a random UID blanked."""
+    out = ds.copy()
+
+    def blank(dataset: Dataset, elem: DataElement) -> None:
+        if elem.keyword in _VARYING:
+            elem.value = ""
+
+    out.walk(blank)
+    return out.to_json_dict()
+
+
+def test_results_from_reference_headers_equal_those_from_whole_headers(manifest: Manifest) -> None:
+    """Only the first source is sanitised whole: the SEG and SR are the same as from every source whole."""
+    series = make_series(n_slices=10, rows=16, columns=12)
+    volume = build_volume(series)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:7, 4:10, 3:9] = 1
+    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
+    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
+    built = []
+    for sources in (sanitise_headers(volume.datasets), [sanitise_header(ds) for ds in volume.datasets]):
+        seg = build_seg(sources, labels, manifest, identity)
+        built.append((seg, build_sr(seg, sources, volumes, manifest, identity)))
+    (seg_lean, sr_lean), (seg_whole, sr_whole) = built
+    assert len(sanitise_headers(volume.datasets)[1]) < len(sanitise_header(volume.datasets[1])) / 2
+    assert _comparable(seg_lean) == _comparable(seg_whole)
+    assert _comparable(sr_lean) == _comparable(sr_whole)

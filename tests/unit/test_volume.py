@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRBigEndian
 
 from dicomnode.errors import SeriesNotUsable
-from dicomnode.inference.volume import build_volume, check_series, ras_reorientation
+from dicomnode.inference.volume import build_volume, check_series, native_pixels, ras_reorientation
 from tests.support.synthetic import make_series
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -67,3 +71,40 @@ def test_reorientation_reaches_ras_and_back(orientation: tuple[float, ...]) -> N
     ras_affine = np.diag([-1.0, -1.0, 1.0]) @ volume.affine[:3, :3]
     permuted = ras_affine[:, list(reorientation.axes)] * np.where(reorientation.flips, -1, 1)
     assert np.all(np.diag(permuted) > 0)
+
+
+@pytest.mark.parametrize(("bits", "stored", "signed"), [(16, 16, 0), (16, 12, 0), (16, 12, 1), (16, 16, 1),
+                                                        (8, 8, 0), (32, 32, 1)])
+def test_native_pixels_equal_pydicoms_pixel_array(tmp_path: Path, bits: int, stored: int, signed: int) -> None:
+    ds = make_series(n_slices=1, rows=5, columns=3)[0]
+    rng = np.random.default_rng(11)
+    values = rng.integers(0, 2**bits, size=(5, 3), dtype=np.uint64).astype(f"<u{bits // 8}")
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
+    ds.PixelData = values.tobytes() + (b"\0" if values.nbytes % 2 else b"")
+    ds.save_as(tmp_path / "im.dcm", enforce_file_format=True)
+    read = dcmread(tmp_path / "im.dcm")
+    native = native_pixels(read)
+    assert native is not None
+    assert native.dtype == read.pixel_array.dtype
+    assert np.array_equal(native, read.pixel_array)
+
+
+def test_native_pixels_leave_other_encodings_to_pydicom() -> None:
+    big_endian = make_series(n_slices=1)[0]
+    big_endian.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    colour = make_series(n_slices=1)[0]
+    colour.SamplesPerPixel = 3
+    short = make_series(n_slices=1)[0]
+    short.PixelData = short.PixelData[:-2]
+    assert native_pixels(make_series(n_slices=1)[0]) is not None
+    assert [native_pixels(ds) for ds in (big_endian, colour, short)] == [None, None, None]
+
+
+def test_each_slice_keeps_its_own_rescale() -> None:
+    series = make_series(n_slices=3, slope=2.0, intercept=-100.0)
+    series[1].RescaleSlope, series[1].RescaleIntercept = "0.5", "7"
+    volume = build_volume(series)
+    assert volume.array.dtype == np.float32
+    assert volume.array[0, 2, 0] == pytest.approx((10 + 2) * 2 - 100)
+    assert volume.array[1, 2, 0] == pytest.approx((20 + 2) * 0.5 + 7)
+    assert volume.array[2, 2, 0] == pytest.approx((30 + 2) * 2 - 100)

@@ -1,0 +1,148 @@
+"""The completeness sweep reads a quiet study's headers ahead, and reads a replaced file again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.db import session_scope
+from dicomnode.inference.registry import Manifest, load_manifests
+from dicomnode.jobs.completion import HeaderCache, sweep
+from dicomnode.jobs.models import Instance, Study, utcnow
+from dicomnode.jobs.status import StudyState
+from dicomnode.settings import Rule
+from dicomnode.store.index import InstanceMeta, record_instance
+from tests.support.peers import REPO
+from tests.support.synthetic import make_series, write_series
+
+IDLE = 10.0
+RULES = [Rule(name="mr", model="deepbet", match={"Modality": "^MR$"})]
+
+
+@pytest.fixture
+def manifests() -> dict[str, Manifest]:
+    return load_manifests(REPO / "models")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def receive_series(sessions: sessionmaker[Session], folder: Path) -> list[Path]:
+    series = make_series(n_slices=4, rows=8, columns=8)
+    paths = write_series(series, folder)
+    with session_scope(sessions) as session:
+        for ds, path in zip(series, paths, strict=True):
+            meta = InstanceMeta(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                                sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality="MR", series_number=7,
+                                series_description="T1", patient_id="P1", patient_name="SYNTHETIC^PHANTOM")
+            record_instance(session, meta, path=str(path), sha256=_sha(path), size=path.stat().st_size,
+                            calling_ae="PACS")
+    return paths
+
+
+def quiet_for(sessions: sessionmaker[Session], seconds: float) -> None:
+    with session_scope(sessions) as session:
+        session.execute(update(Study).values(last_received_at=utcnow() - dt.timedelta(seconds=seconds)))
+
+
+def state(sessions: sessionmaker[Session]) -> StudyState:
+    with sessions() as session:
+        return session.scalars(select(Study.state)).one()
+
+
+def rewrite_as_ct(path: Path) -> None:
+    """The same instance with another content (Modality CT), written over the spooled file."""
+    ds = make_series(n_slices=1, rows=8, columns=8)[0]
+    ds.Modality = "CT"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_headers_are_read_ahead_and_used_when_the_study_is_complete(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    paths = receive_series(sessions, tmp_path / "spool")
+    cache = HeaderCache()
+    quiet_for(sessions, IDLE * 0.6)  # quiet for more than half the idle time: read ahead, not judged
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 0
+    assert [len(entries) for entries in cache.studies.values()] == [len(paths)]
+    assert state(sessions) == StudyState.RECEIVING
+    rewrite_as_ct(paths[0])  # behind the database's back: the cached header (same recorded SHA-256) is used
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 1
+    assert state(sessions) == StudyState.ROUTED
+    assert cache.studies == {}  # routed: nothing kept
+
+
+def test_a_replaced_file_is_read_again(sessions: sessionmaker[Session], manifests: dict[str, Manifest],
+                                       tmp_path: Path) -> None:
+    paths = receive_series(sessions, tmp_path / "spool")
+    cache = HeaderCache()
+    quiet_for(sessions, IDLE * 0.6)
+    sweep(sessions, IDLE, RULES, manifests, cache)
+    rewrite_as_ct(paths[0])
+    with session_scope(sessions) as session:  # as the receiver records a changed instance
+        session.execute(update(Instance).where(Instance.path == str(paths[0])).values(sha256=_sha(paths[0])))
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 1
+    assert state(sessions) == StudyState.NO_MATCH  # the CT header was read: the MR rule does not match
+
+
+def test_without_a_cache_nothing_is_read_before_the_study_is_complete(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    paths = receive_series(sessions, tmp_path / "spool")
+    quiet_for(sessions, IDLE * 0.6)
+    assert sweep(sessions, IDLE, RULES, manifests) == 0
+    rewrite_as_ct(paths[0])
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests) == 1
+    assert state(sessions) == StudyState.NO_MATCH
+
+
+def test_a_study_complete_before_the_next_sweep_is_judged_when_complete_and_not_before(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "spool")
+    quiet_for(sessions, IDLE - 1.0)  # complete in a second
+    assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=0.1) == 0  # not before the next
+    assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=2.0) == 1
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.state == StudyState.ROUTED
+        assert study.completed_at is not None
+        assert study.completed_at - study.last_received_at >= dt.timedelta(seconds=IDLE)
+
+
+def test_headers_read_ahead_are_kept_while_the_study_receives_more(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "spool")
+    cache = HeaderCache()
+    quiet_for(sessions, IDLE * 0.6)
+    sweep(sessions, IDLE, RULES, manifests, cache)
+    quiet_for(sessions, 0)  # another instance arrived: not quiet any more, still receiving
+    assert sweep(sessions, IDLE, RULES, manifests, cache) == 0
+    assert [len(entries) for entries in cache.studies.values()] == [4]  # not read again at the next quiet spell
+
+
+def test_workers_are_woken_for_each_study_before_the_sweep_waits_for_the_next(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "a")
+    receive_series(sessions, tmp_path / "b")
+    with session_scope(sessions) as session:
+        first, second = session.scalars(select(Study.id).order_by(Study.id)).all()
+        session.execute(update(Study).where(Study.id == first).values(
+            last_received_at=utcnow() - dt.timedelta(seconds=IDLE + 1)))
+        session.execute(update(Study).where(Study.id == second).values(
+            last_received_at=utcnow() - dt.timedelta(seconds=IDLE - 1)))
+    seen: list[list[StudyState]] = []
+
+    def on_routed() -> None:
+        with sessions() as session:
+            seen.append(list(session.scalars(select(Study.state).order_by(Study.id))))
+
+    assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=2.0, on_routed=on_routed) == 2
+    assert seen == [[StudyState.ROUTED, StudyState.RECEIVING], [StudyState.ROUTED, StudyState.ROUTED]]
