@@ -44,12 +44,13 @@ def models_folder(root: Path) -> Path:
     return models
 
 
-def start(folder: Path, orthanc: Orthanc, name: str, explanation: str) -> NodeProcess:
+def start(folder: Path, orthanc: Orthanc, name: str, explanation: str, models: Path | None = None) -> NodeProcess:
+    """The node as a process with Orthanc as its PACS; ``models``: its models folder (default: the test models)."""
     pacs = json.dumps({"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
                        "explanation": explanation})
     node = NodeProcess(folder, ae_title=name, env={
         "DICOMNODE_PACS": pacs,
-        "DICOMNODE_MODELS_DIR": str(models_folder(folder)),
+        "DICOMNODE_MODELS_DIR": str(models or models_folder(folder)),
         "DICOMNODE_STUDY_IDLE_SECONDS": "1",
         "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.3",
         "DICOMNODE_WORKER_POLL_SECONDS": "0.2",
