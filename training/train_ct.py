@@ -1,6 +1,6 @@
 """Train the CT lung-nodule demonstration segmenter (a MONAI 3D UNet) on procedural chest CT phantoms.
 
-    .venv/bin/python -m training.train_ct [--out models/ct-nodule-demo] [--seed 0] [--threads 2] [--smoke]
+    .venv/bin/python -m training.train_ct [--out models/ct-nodule-demo] [--seed 0] [--threads 1] [--smoke]
 
 The network sees 2 mm isotropic voxels in RAS order, HU clipped to [-1000, 400] and scaled by
 (HU + 500) / 500, and returns one logit per voxel (nodule). Writes ``model.onnx`` (opset 17, one file,
