@@ -135,3 +135,17 @@ def test_ct_chest_series_comes_back_with_the_nodules_their_volumes_and_the_findi
     expected = sorted(float(n) * 8.0 for n in ndimage.sum(truth, known, range(1, n_known + 1)))
     assert len(volumes) == 2
     assert np.allclose(volumes, expected, rtol=0.3), (volumes, expected)
+
+
+def test_ct_chest_series_without_nodules_comes_back_with_the_finding_absent(
+        orthanc: Orthanc, node: NodeProcess, tmp_path: Path) -> None:
+    """Nothing segmented: the SR alone (no SEG, no failure notice) says the finding is Absent."""
+    phantom = ct_chest(TEST_SEED_BASE + 4, (64, 64, 64), 2.0, nodules=0)  # test seed +4: no false positive
+    write_series(make_ct_series(phantom.hu, 2.0, study_uid="2.25.90400400400400400400400"), tmp_path / "ct")
+    study_id = route(orthanc, "DEMONODE", tmp_path / "ct")
+    found = returned(orthanc, study_id, {"SR"}, tmp_path)
+    (sr,) = found["SR"]
+    assert "SEG" not in found and says_not_for_clinical_use(sr)
+    (finding,) = _groups(sr)
+    assert _value(finding, "27925004").ConceptCodeSequence[0].CodeMeaning == "Absent"  # type: ignore[union-attr]
+    assert float(_value(finding, "122157").MeasuredValueSequence[0].NumericValue) < 0.3  # type: ignore[union-attr]
