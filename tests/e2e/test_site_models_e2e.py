@@ -170,6 +170,7 @@ def test_destination_asking_for_sc_gets_the_overlay(orthanc: Orthanc, tmp_path: 
         found = results(orthanc, study_id, {"SR", "OT"})
         overlay = valid(orthanc, found["OT"][0], tmp_path / "sc.dcm")
         assert overlay.PhotometricInterpretation == "RGB"  # type: ignore[attr-defined]
+        assert overlay.ImageComments.startswith("Intended use: Test fixture only")  # type: ignore[attr-defined]
         valid(orthanc, found["SR"][0], tmp_path / "sr.dcm")
         assert "SEG" not in found
     finally:
