@@ -161,13 +161,20 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
         text = "; ".join(f"{c.spec.label} {c.probability:.3f} ({'present' if c.positive else 'absent'})"
                          for c in result.classes)
         return [*evidence, sr], outputs, text
-    seg = build_seg(sources, order(result.labels), manifest, identity)
-    if not isinstance(image, Volume):
+    # nothing segmented: with a declared finding the SR alone says "absent"; without one, BuildError
+    empty = result.finding is not None and not result.labels.any()
+    seg = None if empty else build_seg(sources, order(result.labels), manifest, identity)
+    if seg is not None and not isinstance(image, Volume):
         return [seg], {}, "segmentation of a 2D image"
     volumes = segment_volumes_ml(result.labels, _voxel_volume_mm3(image), manifest)
-    sr = build_sr(seg, sources, volumes, manifest, identity)
+    sr = build_sr(seg, sources, volumes, manifest, identity, result.components, result.finding)
     outputs = {lab.label: volumes[lab.number] for lab in manifest.labels}
-    return [seg, sr], outputs, ", ".join(f"{k}: {v:.1f} ml" for k, v in outputs.items())
+    text = ", ".join(f"{k}: {v:.1f} ml" for k, v in outputs.items())
+    if result.finding is not None:
+        outputs[result.finding.spec.name] = result.finding.probability
+        text += (f"; {result.finding.spec.name} {result.finding.probability:.3f} "
+                 f"({'present' if result.finding.positive else 'absent'}, {len(result.components)} component(s))")
+    return [seg, sr] if seg is not None else [sr], outputs, text
 
 
 def _write_dataset(path: Path, ds: Dataset, *, sync_dir: bool = True) -> None:

@@ -18,7 +18,14 @@ from dicomnode.inference.geometry import fit_2d, model_grid
 from dicomnode.inference.intensity import adjust, channels, display_values
 from dicomnode.inference.manifest import Manifest
 from dicomnode.inference.onnx import OnnxSession
-from dicomnode.inference.postprocess import activate, check_channels, class_probabilities, label_map
+from dicomnode.inference.postprocess import (
+    activate,
+    check_channels,
+    class_probabilities,
+    components,
+    label_map,
+    segment_finding,
+)
 from dicomnode.inference.result import ClassificationResult, InferenceResult, ModelInput, SegmentationResult
 from dicomnode.inference.tiling import sliding_window
 from dicomnode.inference.volume import Image, Volume
@@ -38,8 +45,12 @@ class GenericModel:
         x, to_source = self.prepare(image)
         if self.manifest.task == "classification":
             return self._classify(x, to_source)
-        probabilities = activate(self._dense(x), self.manifest.output.activation)
-        return SegmentationResult(labels=label_map(to_source(probabilities), self.manifest))
+        probabilities = to_source(activate(self._dense(x), self.manifest.output.activation))
+        voxel_mm3 = image.voxel_volume_mm3 if isinstance(image, Volume) else 0.0
+        labels, parts = components(label_map(probabilities, self.manifest), probabilities, self.manifest, voxel_mm3)
+        spec = self.manifest.output.finding
+        return SegmentationResult(labels=labels, components=parts,
+                                  finding=segment_finding(parts, spec) if spec is not None else None)
 
     def prepare(self, image: ModelInput) -> tuple[np.ndarray, ToSource]:
         """The network's input ``(C, *model grid)`` and the way back to the source grid."""

@@ -121,12 +121,27 @@ class Explanation(_Strict):
     stride: int = Field(default=8, ge=1)
 
 
+class FindingSpec(_Strict):
+    """``[output.finding]``: a "present" finding derived from a segmentation, for any segmenter.
+
+    Its probability is the highest voxel probability of label ``label`` inside the connected components
+    that are kept (at least ``output.min_component_mm3``), 0 where none is kept; present at ``threshold``.
+    """
+
+    label: int = Field(ge=1, le=255)
+    name: str = Field(min_length=1, max_length=64)
+    code: CodeSpec
+    threshold: float = Field(default=0.5, ge=0, le=1)
+
+
 class OutputSpec(_Strict):
     activation: Literal["none", "softmax", "sigmoid"] = "none"  # what the node applies to the raw output
     mode: Literal["argmax", "threshold"] = "threshold"  # segmentation: label = argmax, or per-class threshold
     labels: tuple[LabelSpec, ...] = ()
     classes: tuple[ClassSpec, ...] = ()
     explanation: Explanation | None = None
+    min_component_mm3: float = Field(default=0.0, ge=0)  # segmentation: smaller components are dropped
+    finding: FindingSpec | None = None  # segmentation: a finding from the kept components of one label
     reference: dict[str, tuple[float, float]] = Field(default_factory=dict)  # output name -> expected range
     drift_window: int = Field(default=20, ge=1)  # the last N outputs compared with ``reference``
 
@@ -183,6 +198,13 @@ class Manifest(_Strict):
         if self.task == "classification" and self.output.mode == "argmax":
             raise ValueError("output.mode applies to segmentation only")
         numbers = [lab.number for lab in self.output.labels]
+        finding = self.output.finding
+        if finding is not None and self.task != "segmentation":
+            raise ValueError("output.finding applies to segmentation only (a classifier has output.classes)")
+        if finding is not None and finding.label not in numbers:
+            raise ValueError(f"output.finding.label {finding.label} is not one of output.labels")
+        if self.output.min_component_mm3 and self.task != "segmentation":
+            raise ValueError("output.min_component_mm3 applies to segmentation only")
         if sorted(numbers) != list(range(1, len(numbers) + 1)):
             raise ValueError("output.labels numbers must be 1, 2, ... n (they are the SEG's segment numbers)")
         return self

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from dicomnode.errors import ModelError
-from dicomnode.inference.manifest import Manifest
-from dicomnode.inference.result import ClassProbability
+from dicomnode.inference.manifest import FindingSpec, Manifest
+from dicomnode.inference.result import ClassProbability, Component, SegmentFinding
 
 
 def activate(scores: np.ndarray, kind: str) -> np.ndarray:
@@ -48,3 +49,46 @@ def label_map(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
 
 def class_probabilities(vector: np.ndarray, manifest: Manifest) -> tuple[ClassProbability, ...]:
     return tuple(ClassProbability(spec=c, probability=float(vector[c.index])) for c in manifest.output.classes)
+
+
+def _channel(manifest: Manifest, number: int) -> int:
+    """The probability channel of label ``number``: itself for argmax, its place in the list for threshold."""
+    if manifest.output.mode == "argmax":
+        return number
+    return [lab.number for lab in manifest.output.labels].index(number)
+
+
+def components(labels: np.ndarray, probabilities: np.ndarray, manifest: Manifest,
+               voxel_mm3: float) -> tuple[np.ndarray, tuple[Component, ...]]:
+    """The label map less components under ``output.min_component_mm3``, and the kept components.
+
+    Components are face-connected (6-connected), per label, largest first. ``voxel_mm3 = 0`` (a 2D image) keeps every
+    component: a minimum volume needs a slice thickness.
+    """
+    kept = labels.copy()
+    found: list[Component] = []
+    minimum = manifest.output.min_component_mm3 if voxel_mm3 > 0 else 0.0
+    for lab in manifest.output.labels:
+        pieces, _ = ndimage.label(labels == lab.number)
+        probability = probabilities[_channel(manifest, lab.number)]
+        for k, box in enumerate(ndimage.find_objects(pieces), start=1):
+            if box is None:
+                continue
+            inside = pieces[box] == k
+            voxels = int(inside.sum())
+            if voxels * voxel_mm3 < minimum:
+                kept[box][inside] = 0
+                continue
+            where = np.argwhere(inside) + [s.start for s in box]
+            found.append(Component(
+                label=lab.number, voxels=voxels, volume_mm3=voxels * voxel_mm3,
+                max_probability=float(probability[box][inside].max()),
+                slices=tuple(int(i) for i in np.unique(where[:, 0])),
+                centroid=(float(where[:, 0].mean()), float(where[:, 1].mean()), float(where[:, 2].mean()))))
+    return kept, tuple(sorted(found, key=lambda c: (c.label, -c.voxels)))
+
+
+def segment_finding(parts: tuple[Component, ...], spec: FindingSpec) -> SegmentFinding:
+    """The finding's probability: the highest of its label's kept components, 0 where there is none."""
+    return SegmentFinding(spec=spec, probability=max((c.max_probability for c in parts if c.label == spec.label),
+                                                     default=0.0))

@@ -81,6 +81,7 @@ def algorithm_identification(manifest: Manifest) -> hd.AlgorithmIdentificationSe
         version=manifest.version,
         family=codes.DCM.ArtificialIntelligence,
         source="dicomnode",
+        parameters={"intended use": manifest.intended_use},  # e.g. "... not for clinical use"
     )
 
 

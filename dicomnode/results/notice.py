@@ -23,7 +23,8 @@ NOTICE_SERIES_NUMBER_OFFSET = 200  # SEG at base + n, SR at base + 100 + n, noti
 
 
 def notice_text(manifest: Manifest, reason: str) -> str:
-    return f"AI result not available ({manifest.name} {manifest.version}): {reason}"[:1024]
+    return (f"AI result not available ({manifest.name} {manifest.version}): {reason}. "
+            f"Intended use: {manifest.intended_use}")[:1024]
 
 
 def build_failure_notice(

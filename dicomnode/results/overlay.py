@@ -55,4 +55,5 @@ def build_overlays(source: Dataset, values: np.ndarray, maps: dict[ClassSpec, np
             raise BuildError(f"overlay could not be built: {exc}") from exc
         if "Laterality" not in images[-1]:  # Type 2C in General Series when no ImageLaterality is given
             images[-1].Laterality = ""
+        images[-1].ImageComments = f"Intended use: {manifest.intended_use}"  # General Image, LT (Type 3)
     return images

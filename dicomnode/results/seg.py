@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicomnode.errors import BuildError
-from dicomnode.inference.manifest import ClassSpec, CodeSpec, LabelSpec, Manifest
+from dicomnode.inference.manifest import ClassSpec, LabelSpec, Manifest
 from dicomnode.results.equipment import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
@@ -23,13 +23,10 @@ from dicomnode.results.equipment import (
     algorithm_identification,
     software_versions,
 )
+from dicomnode.results.sr import concept
 
 EXPLANATION_SERIES_OFFSET = 300  # SEG at base + n, SR at base + 100 + n, notice + 200, explanation + 300
 CLINICAL_FINDING = Code("404684003", "SCT", "Clinical finding")
-
-
-def concept(spec: CodeSpec) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(spec.value, spec.scheme, spec.meaning)
 
 
 def _description(label: LabelSpec, manifest: Manifest) -> hd.seg.SegmentDescription:

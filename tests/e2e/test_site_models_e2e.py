@@ -44,12 +44,14 @@ def models_folder(root: Path) -> Path:
     return models
 
 
-def start(folder: Path, orthanc: Orthanc, name: str, explanation: str, **more_env: str) -> NodeProcess:
+def start(folder: Path, orthanc: Orthanc, name: str, explanation: str, models: Path | None = None,
+          **more_env: str) -> NodeProcess:
+    """The node as a process with Orthanc as its PACS; ``models``: its models folder (default: the test models)."""
     pacs = json.dumps({"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
                        "explanation": explanation})
     node = NodeProcess(folder, ae_title=name, env={
         "DICOMNODE_PACS": pacs,
-        "DICOMNODE_MODELS_DIR": str(models_folder(folder)),
+        "DICOMNODE_MODELS_DIR": str(models or models_folder(folder)),
         "DICOMNODE_STUDY_IDLE_SECONDS": "1",
         "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.3",
         "DICOMNODE_WORKER_POLL_SECONDS": "0.2",
@@ -170,6 +172,7 @@ def test_destination_asking_for_sc_gets_the_overlay(orthanc: Orthanc, tmp_path: 
         found = results(orthanc, study_id, {"SR", "OT"})
         overlay = valid(orthanc, found["OT"][0], tmp_path / "sc.dcm")
         assert overlay.PhotometricInterpretation == "RGB"  # type: ignore[attr-defined]
+        assert overlay.ImageComments.startswith("Intended use: Test fixture only")  # type: ignore[attr-defined]
         valid(orthanc, found["SR"][0], tmp_path / "sr.dcm")
         assert "SEG" not in found
     finally:

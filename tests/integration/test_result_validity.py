@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
+from dicomnode.inference.manifest import CodeSpec, FindingSpec
+from dicomnode.inference.postprocess import components, segment_finding
 from dicomnode.inference.registry import Manifest, load_manifests
-from dicomnode.inference.volume import build_volume
+from dicomnode.inference.volume import Volume, build_volume
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_headers
@@ -36,21 +39,37 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     seg = build_seg(sources, labels, manifest, identity)
     sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
     notice = build_failure_notice(sources, manifest, "model output was empty", 7)
+    finding, absent = _finding_srs(manifest, volume, labels, seg, sources, identity)
     folder = tmp_path_factory.mktemp("written")
     paths = {}
-    for name, obj in (("seg", seg), ("sr", sr), ("notice", notice)):
+    for name, obj in (("seg", seg), ("sr", sr), ("notice", notice), ("finding_sr", finding), ("absent_sr", absent)):
         paths[name] = folder / f"{name}.dcm"
         obj.save_as(paths[name])
     return paths
 
 
-@pytest.mark.parametrize("kind", ["seg", "sr", "notice"])
+def _finding_srs(manifest: Manifest, volume: Volume, labels: np.ndarray, seg: Dataset, sources: list[Dataset],
+                 identity: ResultIdentity) -> tuple[Dataset, Dataset]:
+    """The same segmenter with ``[output.finding]``: the SR with two components (Present), and with none (Absent)."""
+    spec = FindingSpec(label=1, name="Brain present", code=CodeSpec(scheme="SCT", value="12738006", meaning="Brain"))
+    declared = manifest.model_copy(update={"output": manifest.output.model_copy(update={"finding": spec})})
+    two = labels.copy()
+    two[8:10, 0:3, 0:3] = 1
+    kept, parts = components(two, two[None] * 0.75, declared, volume.voxel_volume_mm3)
+    volumes = segment_volumes_ml(kept, volume.voxel_volume_mm3, declared)
+    present = build_sr(seg, sources, volumes, declared, identity, parts, segment_finding(parts, spec))
+    absent = build_sr(None, sources, volumes, declared, identity, (), segment_finding((), spec))
+    assert len(parts) == 2
+    return present, absent
+
+
+@pytest.mark.parametrize("kind", ["seg", "sr", "notice", "finding_sr", "absent_sr"])
 def test_dciodvfy_finds_no_error(written: dict[str, Path], kind: str) -> None:
     errors, _ = dciodvfy(written[kind])
     assert errors == [], f"{kind}: {errors}"
 
 
-@pytest.mark.parametrize("kind", ["sr", "notice"])
+@pytest.mark.parametrize("kind", ["sr", "notice", "finding_sr", "absent_sr"])
 def test_pixelmed_sr_validator_finds_no_error(written: dict[str, Path], kind: str) -> None:
     errors, warnings = sr_validator(written[kind])
     print(f"\n{kind}: {len(errors)} errors, {len(warnings)} warnings from DicomSRValidator")
@@ -63,3 +82,14 @@ def test_procedure_reported_is_the_mr_procedure_of_cid_100(written: dict[str, Pa
                     if item.ConceptNameCodeSequence[0].CodeValue == "121058"]  # Procedure reported
     code = procedure.ConceptCodeSequence[0]
     assert (code.CodeValue, code.CodingSchemeDesignator) == ("25056-3", "LN")  # MRI unspecified body region
+
+
+def test_every_object_carries_the_intended_use(written: dict[str, Path]) -> None:
+    """The manifest's intended use (for the demonstration models: "... not for clinical use") in full."""
+    intended = load_manifests(REPO / "models")["deepbet"].intended_use
+    seg = dcmread(written["seg"])
+    parameters = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    assert intended in parameters
+    for kind in ("sr", "notice", "finding_sr", "absent_sr"):
+        texts = [str(e.value) for e in dcmread(written[kind]).iterall() if e.VR in ("LT", "ST", "UT")]
+        assert any(intended in text for text in texts), kind

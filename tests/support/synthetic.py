@@ -192,3 +192,54 @@ def make_radiograph(
         ds.VOILUTSequence = DicomSequence([item])
     ds.PixelData = stored.astype(np.uint16).tobytes()
     return ds
+
+
+def ras_to_source(array: np.ndarray) -> np.ndarray:
+    """An ``(x, y, z)`` RAS-ordered array as :func:`make_ct_series` lays it out: ``(slice, row, column)``."""
+    out: np.ndarray = np.ascontiguousarray(array[::-1, ::-1, :].transpose(2, 1, 0))
+    return out
+
+
+def make_ct_series(hu: np.ndarray, spacing: float, *, study_uid: str, series_description: str = "CHEST CT",
+                   series_number: int = 2) -> list[Dataset]:
+    """An axial CT series of ``hu`` (an ``(x, y, z)`` array in RAS order, isotropic ``spacing`` mm), no PHI.
+
+    Slice k is z index k; row r and column c are y and x reversed (LPS), so that :func:`ras_to_source`
+    of an array on the same grid (a ground-truth mask) lies exactly on the slices' pixels. UIDs are
+    derived from ``study_uid``.
+    """
+    from pydicom.uid import CTImageStorage
+
+    nx, ny, nz = hu.shape
+    pixels = np.clip(np.rint(ras_to_source(hu) + 1024), 0, 4095).astype(np.uint16)
+    series_uid, frame_uid = f"{study_uid}.1", f"{study_uid}.2"
+    datasets = []
+    for k in range(nz):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = f"{study_uid}.3.{k + 1}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "SYNTHETIC^CT", "SYN-0003", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "ACC3"
+        ds.ReferringPhysicianName = ""
+        ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "CT", "synthetic", "CHEST"
+        ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = series_number, series_description, k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.KVP = "120"
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.ImagePositionPatient = [f"{-(nx - 1) / 2 * spacing:.4f}", f"{-(ny - 1) / 2 * spacing:.4f}",
+                                   f"{(k - (nz - 1) / 2) * spacing:.4f}"]
+        ds.PixelSpacing = [f"{spacing}", f"{spacing}"]
+        ds.SliceThickness = f"{spacing}"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = ny, nx
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+        ds.PixelData = pixels[k].tobytes()
+        datasets.append(ds)
+    return datasets

@@ -46,6 +46,13 @@ def test_deepbet_is_a_version_2_manifest() -> None:
     (lambda t: t.replace("number = 1", "number = 2"), "numbers must be 1, 2, ... n"),
     (lambda t: t.replace("spacing = [1.5, 1.5, 2.0]", "spacing = [1.5, 2.0]"), "input.spacing needs 3"),
     (lambda t: t.replace(f'"{SHA}"', '"abc"'), r"key 'files\.0\.sha256'"),
+    (lambda t: t.replace("[output]", "[output]\nmin_component_mm3 = -1.0"), "key 'output.min_component_mm3'"),
+    (lambda t: t.replace("[output]", "[output.finding]\nlabel = 2\nname = 'Liver present'\n"
+                         "code = { scheme = 'SCT', value = '10200004', meaning = 'Liver' }\n[output]"),
+     "output.finding.label 2 is not one of output.labels"),
+    (lambda t: t.replace("[output]", "[output.finding]\nlabel = 1\nname = 'x'\ncolour = 1\n"
+                         "code = { scheme = 'SCT', value = '10200004', meaning = 'Liver' }\n[output]"),
+     "unknown key 'output.finding.colour'"),
 ])
 def test_bad_manifests_name_the_model_and_the_key(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     segmenter = next(t for t in readme_examples() if 'task = "segmentation"' in t)

@@ -128,26 +128,33 @@ def test_shipped_radiograph_classifier_on_fresh_phantoms() -> None:
 
 
 def _ct_figures() -> tuple[float, float]:
-    """Mean Dice (volumes with nodules) and finding accuracy of the shipped CT model on 10 test phantoms."""
-    from training.train_ct import SPACING, THRESHOLD, normalise
+    """Mean Dice (volumes with nodules) and finding accuracy of the shipped CT model on 10 test phantoms.
+
+    With the manifest's rule, as the engine applies it: the voxel threshold, then connected components of
+    at least ``min_component_mm3``; "nodule present" when one is kept (both chosen on validation seeds).
+    """
+    from training.train_ct import SPACING, kept_components, normalise
 
     manifest, session = _shipped("ct-nodule-demo")
     _validate_with_the_engine("ct-nodule-demo")
     assert manifest["input"]["spacing"] == [SPACING] * 3
+    (label,) = manifest["output"]["labels"]
+    threshold, minimum = label["threshold"], manifest["output"]["min_component_mm3"]
+    assert manifest["output"]["finding"]["threshold"] == threshold  # present <=> a kept component
     dices, correct = [], []
     for i in range(10):
         phantom = ct_chest(TEST_SEED_BASE + i, (64, 64, 64), SPACING)
         logits = session.run(None, {session.get_inputs()[0].name: normalise(phantom.hu)[None, None]})[0][0, 0]
-        probability = 1 / (1 + np.exp(-logits.astype(np.float64)))
+        mask = kept_components(1 / (1 + np.exp(-logits.astype(np.float64))), threshold, minimum)
         if phantom.count:
-            dices.append(dice(probability >= THRESHOLD, phantom.nodules))
-        correct.append((probability.max() >= THRESHOLD) == (phantom.count > 0))
-    assert len(dices) >= 5
+            dices.append(dice(mask, phantom.nodules))
+        correct.append(bool(mask.any()) == (phantom.count > 0))
+    assert len(dices) >= 5 and len(dices) < 10  # both kinds of volume are in the sample
     return float(np.mean(dices)), float(np.mean(correct))
 
 
 def test_shipped_ct_nodule_segmenter_on_fresh_phantoms() -> None:
-    """What the shipped model does reach (validation: Dice 0.72, finding accuracy 0.90 on 40 volumes)."""
+    """The issue's bar on fresh seeds: Dice >= 0.8 and finding accuracy >= 0.9."""
     mean_dice, accuracy = _ct_figures()
-    assert mean_dice >= 0.7
+    assert mean_dice >= 0.8
     assert accuracy >= 0.9
