@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import Series
 from dicomnode.jobs.repository import enqueue
+from dicomnode.receive.incoming import INCOMING
 from dicomnode.settings import Settings
 from dicomnode.store.index import InstanceMeta, record_instance
 from dicomnode.store.spool import spool_path, write_atomic
@@ -39,3 +41,12 @@ def queue_job(sessions: sessionmaker[Session], series_uid: str, model_id: str = 
         job = enqueue(session, series, "crash-test", model_id, version)
         assert job is not None
         return job.id
+
+
+def spool_entries(settings: Settings) -> list[Path]:
+    """Every file and folder in the spool but the (empty) folder incoming datasets arrive in: its files,
+    a refused or cut-off dataset's leftovers, are listed."""
+    if not settings.spool_dir.exists():
+        return []
+    incoming = settings.spool_dir / INCOMING
+    return [p for p in settings.spool_dir.rglob("*") if p != incoming]
