@@ -19,8 +19,7 @@ if [[ "${1:-}" == "--sample" ]]; then
     seed="$(date +%s)"
     if [[ "${3:-}" == "--seed" ]]; then seed="${4:?--seed needs a number}"; fi
     echo "mutation sample: $per_package per package, seed $seed"
-    .venv/bin/python scripts/mutation_sample.py pick "$per_package" "$seed" > mutants.sample.tmp
-    mv mutants.sample.tmp mutants/sample.txt
+    .venv/bin/python scripts/mutation_sample.py pick "$per_package" "$seed" mutants/sample.txt
     xargs -a mutants/sample.txt .venv/bin/mutmut run --max-children "$children" || true
     echo "mutation sample: $per_package per package, seed $seed"
     .venv/bin/python scripts/mutation_sample.py score mutants/sample.txt

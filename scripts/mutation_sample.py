@@ -1,6 +1,6 @@
 """A seeded random sample of mutmut 3 mutants per package, and its score (scripts/mutation.sh --sample).
 
-    python scripts/mutation_sample.py pick N SEED   # generate the mutants, print N names per package
+    python scripts/mutation_sample.py pick N SEED FILE  # generate the mutants, write N names per package
     python scripts/mutation_sample.py score FILE    # score the names in FILE from mutmut's results
 
 Mutants are generated with mutmut's own steps (the ones `mutmut run` starts with), listed from its
@@ -100,9 +100,9 @@ def score(sample_file: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["pick"] and len(argv) == 3:
-        generate()
-        print("\n".join(pick(int(argv[1]), int(argv[2]))))
+    if argv[:1] == ["pick"] and len(argv) == 4:
+        generate()  # mutmut prints each file it mutates
+        Path(argv[3]).write_text("\n".join(pick(int(argv[1]), int(argv[2]))) + "\n")
     elif argv[:1] == ["score"] and len(argv) == 2:
         score(Path(argv[1]))
     else:
