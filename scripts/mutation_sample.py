@@ -35,6 +35,7 @@ def all_names() -> list[str]:
 
 
 def generate() -> None:
+    """The first steps of ``mutmut run`` (mutmut 3.8's own functions: internal, so pinned by use)."""
     from mutmut import __main__ as mutmut
 
     mutmut.copy_src_dir()

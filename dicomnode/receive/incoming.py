@@ -7,19 +7,21 @@ accepted instance is a rename within one file system (:func:`dicomnode.store.spo
 refused one is simply not renamed. A dataset cut off while arriving (A-ABORT, lost connection) never
 reaches the handler: :func:`discard_partial` removes its file when the connection closes.
 
-Both switches are process-wide (pynetdicom's ``_config`` and :data:`tempfile.tempdir`): a receiving
-process holds one spool. Other temporary files of that process go to the same folder.
+Both switches are pynetdicom's and process-wide (``_config`` and the temporary-file factory its C-STORE
+decoding uses): a receiving process holds one spool. Nothing else changes: :data:`tempfile.tempdir`
+and every other temporary file of the process stay as they were.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from tempfile import NamedTemporaryFile
 from typing import Any
 
-from pynetdicom import _config
+from pynetdicom import _config, dimse_messages
 
 from dicomnode.log import extra
 from dicomnode.settings import Settings
@@ -40,7 +42,7 @@ def receive_into_files(settings: Settings) -> Path:
     folder = incoming_dir(settings)
     make_private_dirs(folder)
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(folder)
+    dimse_messages.NamedTemporaryFile = partial(NamedTemporaryFile, dir=folder)  # type: ignore[attr-defined,assignment]
     cutoff = time.time() - STALE_SECONDS
     for leftover in folder.iterdir():
         try:
