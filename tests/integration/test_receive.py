@@ -127,13 +127,15 @@ def _pyscu_send(port: int, what: Dataset | Path, transfer_syntax: str = "1.2.840
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # we send it on purpose
-def test_invalid_uid_is_refused_without_a_file(scp: RunningScp) -> None:
+def test_invalid_uid_is_refused_without_a_file(scp: RunningScp, caplog: pytest.LogCaptureFixture) -> None:
     ds = make_series(n_slices=1)[0]
     ds.SeriesInstanceUID = "1.2.bad/../../etc"
     with config.disable_value_validation():
         status = _pyscu_send(scp.port, ds)
     assert status == 0xC211
     assert spool_entries(scp.settings) == []
+    (logged,) = [r for r in caplog.records if "refused with 0xC211" in r.getMessage()]
+    assert logged.getMessage().startswith("C-STORE refused") and getattr(logged, "ctx", {}).get("stage") == "receive"
     (row,) = _audit(scp, "instance_refused")
     assert "SeriesInstanceUID" in json.loads(row.detail)["reason"]
 
@@ -153,10 +155,12 @@ def test_disk_failure_answers_out_of_resources(scp: RunningScp) -> None:
 
 def test_disk_guard_refuses_before_the_disk_is_full(start_scp_with: StartScp) -> None:
     scp = start_scp_with(min_free_disk_mb=2**40)  # a petabyte: more than this machine has free
-    status = _pyscu_send(scp.port, make_series(n_slices=1)[0])
+    ds = make_series(n_slices=1)[0]
+    status = _pyscu_send(scp.port, ds)
     assert status == 0xA700
     (row,) = _audit(scp, "instance_refused")
     assert "disk guard" in json.loads(row.detail)["reason"]
+    assert row.study_uid == ds.StudyInstanceUID  # the refusal names the study it kept out
     assert spool_entries(scp.settings) == []
     status_cli = subprocess.run(
         [sys.executable, "-m", "dicomnode", "status", "--json"], capture_output=True, text=True, check=True,
@@ -251,7 +255,9 @@ def test_database_unreachable_before_the_spool_write_answers_0xa701(scp: Running
     with scp.sessions() as session:
         session.execute(text("ALTER TABLE instance RENAME TO instance_gone"))
         session.commit()
-    assert _pyscu_send(scp.port, make_series(n_slices=1)[0]) == 0xA701
+    ds = make_series(n_slices=1)[0]
+    assert _pyscu_send(scp.port, ds) == 0xA701
+    assert [r.study_uid for r in _audit(scp, "instance_refused")] == [ds.StudyInstanceUID]
     assert [p for p in spool_entries(scp.settings) if p.is_file()] == []
 
 
