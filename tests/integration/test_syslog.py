@@ -148,3 +148,11 @@ def checkpoints(receiver: SyslogReceiver) -> list[Checkpoint]:
         if detail is not None and detail.get("type") == CHECKPOINT_DETAIL:
             found.append(Checkpoint(**json.loads(base64.b64decode(detail.get("value", "")))))
     return found
+
+
+def test_an_empty_trail_has_nothing_to_forward(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    sender = forwarder(settings, sessions, f"tcp://127.0.0.1:{free_port()}")  # nobody listens: nothing to send
+    assert sender.forward_pending() is False  # so the thread waits audit_poll_seconds, not spins
+    write_events(sessions)
+    with pytest.raises(OSError):
+        sender.forward_pending()

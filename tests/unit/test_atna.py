@@ -126,3 +126,22 @@ def test_a_checkpoint_is_an_audit_log_used_message_that_reads_back(tmp_path: Pat
                                       b"<85>1 - node1 dicomnode 7 IHE+RFC-3881 - \xef\xbb\xbf"
                                       + checkpoint_message(checkpoint, SOURCE)]))
     assert read_checkpoints(collected) == [checkpoint]
+
+
+@pytest.mark.parametrize("event", [AuditEvent.BEGIN_TRANSFER_IN, AuditEvent.STUDY_RECEIVED])
+def test_the_sending_peer_is_the_requestor_of_a_transfer_in(event: AuditEvent) -> None:
+    xml = audit_message(row(event), SOURCE)
+    assert xml is not None
+    participants = check(xml).findall("ActiveParticipant")
+    assert [(p.get("UserID"), p.get("UserIsRequestor")) for p in participants] == [
+        ("ORTHANC", "true"), ("DICOMNODE", "false")]
+    assert participants[0].get("NetworkAccessPointID") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("event", [AuditEvent.USER_LOGIN, AuditEvent.USER_LOGIN_FAILED, AuditEvent.CONFIG_CHANGED])
+def test_a_person_is_named_with_the_address_they_came_from(event: AuditEvent) -> None:
+    xml = audit_message(row(event), SOURCE)
+    assert xml is not None
+    person = check(xml).find("ActiveParticipant")
+    assert person is not None
+    assert (person.get("UserID"), person.get("NetworkAccessPointID")) == ("admin", "127.0.0.1")
