@@ -114,18 +114,23 @@ def test_checkpoints_in_the_stream_find_a_truncated_trail(settings: Settings, tm
                                   audit_anchor_seconds=0.3, min_free_disk_mb=1, audit_poll_seconds=0.1,
                                   audit_repository=f"tcp://127.0.0.1:{receiver.port}")
     sessions = make_sessionmaker(make_engine(node_settings.db_url))
-    node = start_node(node_settings)
     try:
-        write_events(sessions, n=3)
-        wait_for(lambda: len(checkpoints(receiver)) >= 3, timeout=30, msg="checkpoints: at start and periodically")
+        node = start_node(node_settings)
+        try:
+            write_events(sessions, n=3)
+            wait_for(lambda: len(checkpoints(receiver)) >= 3, timeout=30, msg="checkpoints: at start and periodically")
+        finally:
+            node.stop()
+        with sessions() as session:
+            newest = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(1)).one()
+        # sent before stop() returned; the receiver's thread may still be reading it
+        wait_for(lambda: any(c.head_id == newest.id for c in checkpoints(receiver)), timeout=10,
+                 msg="the checkpoint taken at stop")
     finally:
-        node.stop()
         receiver.stop()
     for message in receiver.messages:
         check(message.xml)
     anchors = checkpoints(receiver)
-    with sessions() as session:
-        newest = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(1)).one()
     assert (anchors[-1].rows, anchors[-1].head_id, anchors[-1].head_hash) == (newest.id, newest.id, newest.hash)
     assert newest.event == "application_stop"  # the checkpoint at stop anchors the stop row
     collected = tmp_path / "audit.log"  # what a site's collector keeps: the raw messages, one after another
