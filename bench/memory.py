@@ -3,11 +3,14 @@
 1. ``dicomnode receive`` runs as its own process; DCMTK storescu sends it N CT slices of 0.5 MB (4,000:
    2 GB) on one association. /proc/<pid>/status is sampled every 50 ms: RSS before (after a C-ECHO),
    the peak while receiving, and the growth (the goal: < 300 MB).
-2. ``--inference``: in a child process, one job of the test-only threshold model (ONNX, through the
+2. ``--big MB``: one plain (Explicit VR Little Endian) instance of about MB MiB on its own
+   association, to a receiver with ``max_instance_mb`` above it: its peak RSS against its RSS before,
+   and the growth as a multiple of the instance's size.
+3. ``--inference``: in a child process, one job of the test-only threshold model (ONNX, through the
    node's real pipeline: load, volume, model, SEG and SR build, write) on a synthetic CT of
    512x512x400; its peak RSS (``ru_maxrss``) against its RSS before the job.
 
-    PYTHONPATH=. python bench/memory.py [-n 4000] [--inference] [--slices 400]
+    PYTHONPATH=. python bench/memory.py [-n 4000] [--big 200] [--inference] [--slices 400]
 """
 
 from __future__ import annotations
@@ -35,11 +38,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def receive(n: int, root: Path) -> None:
-    files = make_instances(n, root / "in")
-    size_gb = sum(p.stat().st_size for p in files) / 1e9
+def _send_sampled(root: Path, files: list[Path], env: dict[str, str]) -> tuple[float, float, float]:
+    """Send ``files`` on one association to a fresh ``dicomnode receive``; its RSS before, peak, and seconds."""
     node = NodeProcess(root / "node", env={"DICOMNODE_PEERS": "STORESCU@127.0.0.1:104",
-                                           "DICOMNODE_MIN_FREE_DISK_MB": "1"}, command="receive").start()
+                                           "DICOMNODE_MIN_FREE_DISK_MB": "1", **env}, command="receive").start()
     try:
         assert node.process is not None
         pid = node.process.pid
@@ -62,11 +64,36 @@ def receive(n: int, root: Path) -> None:
         done.set()
         sampler.join()
         assert result.returncode == 0, result.stderr[-500:]
-        print(f"receive: {n} instances, {size_gb:.2f} GB in {elapsed:.0f} s ({n / elapsed:.0f}/s), one association")
-        print("| RSS before (MB) | peak RSS (MB) | growth (MB) | goal |\n|---|---|---|---|")
-        print(f"| {before:.0f} | {max(peak):.0f} | {max(peak) - before:.0f} | < 300 |")
+        return before, max(peak), elapsed
     finally:
         node.stop()
+
+
+def receive(n: int, root: Path) -> None:
+    files = make_instances(n, root / "in")
+    size_gb = sum(p.stat().st_size for p in files) / 1e9
+    before, peak, elapsed = _send_sampled(root, files, {})
+    print(f"receive: {n} instances, {size_gb:.2f} GB in {elapsed:.0f} s ({n / elapsed:.0f}/s), one association")
+    print("| RSS before (MB) | peak RSS (MB) | growth (MB) | goal |\n|---|---|---|---|")
+    print(f"| {before:.0f} | {peak:.0f} | {peak - before:.0f} | < 300 |")
+
+
+def big_instance(size_mb: int, root: Path) -> None:
+    """One plain instance of about ``size_mb`` MiB (16-bit pixels of a square image)."""
+    from tests.support.synthetic import make_series
+
+    side = int((size_mb * 2**20 / 2) ** 0.5)
+    (ds,) = make_series(n_slices=1, rows=side, columns=side)
+    path = root / "big" / "big.dcm"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, enforce_file_format=True)
+    del ds
+    size = path.stat().st_size / 2**20
+    before, peak, elapsed = _send_sampled(root / "big", [path], {"DICOMNODE_MAX_INSTANCE_MB": str(2 * size_mb)})
+    print(f"\nbig instance: {size:.0f} MiB plain, one association, {elapsed:.1f} s")
+    print("| instance (MiB) | RSS before (MB) | peak RSS (MB) | growth (MB) | growth / instance |")
+    print("|---|---|---|---|---|")
+    print(f"| {size:.0f} | {before:.0f} | {peak:.0f} | {peak - before:.0f} | {(peak - before) / size:.2f}x |")
 
 
 def _prepare_child(root: str, slices: int) -> None:
@@ -138,6 +165,8 @@ def inference(slices: int, root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=4000, help="CT slices of 0.5 MB to receive (default 4000: 2 GB)")
+    parser.add_argument("--big", type=int, default=0, metavar="MB",
+                        help="also one plain instance of MB MiB (the receiver's peak against its size)")
     parser.add_argument("--inference", action="store_true", help="also the worker's peak on a large CT")
     parser.add_argument("--slices", type=int, default=400)
     parser.add_argument("--skip-receive", action="store_true")
@@ -146,6 +175,8 @@ def main() -> None:
         root = Path(tmp)
         if not args.skip_receive:
             receive(args.n, root)
+        if args.big:
+            big_instance(args.big, root)
         if args.inference:
             inference(args.slices, root)
 

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify_cmd = audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
     verify_cmd.add_argument("--anchor", type=Path,
-                            help="anchor file (audit_anchor_file): also detect removed newest rows")
+                            help="anchor file (audit_anchor_file) or a capture of the ATNA stream: "
+                                 "also detect removed newest rows")
     export = audit_sub.add_parser("export", help="export the trail (PHI: written owner-only)")
     export.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
     export.add_argument("--until", type=_timestamp, help="ISO date/time, exclusive")

@@ -76,13 +76,9 @@ class Node:
             release_held(self.ctx.sessions, self.worker.worker_id)
         with session_scope(self.ctx.sessions) as session:
             record(session, AuditEvent.APPLICATION_STOP, actor=self.settings.ae_title)
-        _anchor(self.ctx)  # the head at shutdown: the stop row is the last one anchored
-        if self.forwarder is not None:
-            try:  # one last pass, so that the stop message goes out too when the repository is up
-                self.forwarder.forward_pending()
-            except OSError:
-                pass  # it stays in the trail and goes out after the next start
-            self.forwarder.stop()
+        _anchor(self.ctx, self.forwarder)  # the head at shutdown: the stop row is the last one anchored
+        if self.forwarder is not None:  # with a last pass: the stop message and checkpoint go out too
+            self.forwarder.stop(flush=True)
         log.info("node stopped", extra=extra(stage="serve"))
 
 
@@ -93,9 +89,12 @@ def _retention(ctx: PipelineContext) -> None:
         log.exception("retention purge failed", extra=extra(stage="retention"))
 
 
-def _anchor(ctx: PipelineContext) -> None:
+def _anchor(ctx: PipelineContext, forwarder: Forwarder | None) -> None:
+    """The trail's head to the anchor file and, with an audit repository, to the ATNA stream."""
     try:
-        write_checkpoint(ctx.sessions, ctx.settings.anchor_path)
+        checkpoint = write_checkpoint(ctx.sessions, ctx.settings.anchor_path)
+        if forwarder is not None:
+            forwarder.checkpoint(checkpoint)
     except Exception:
         log.exception("audit anchor checkpoint failed", extra=extra(stage="audit"))
 
@@ -138,8 +137,9 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
                models=sorted(registry.manifests), rules=[r.name for r in rules], roles=sorted(roles))
-    _anchor(ctx)
     receive = "receive" in roles
+    forwarder = Forwarder(settings, sessions) if receive and settings.audit_repository else None
+    _anchor(ctx, forwarder)
     worker = Worker(ctx) if "work" in roles and settings.start_worker else None
     wake = worker.wake if worker is not None else None
     servers = start_scp(ReceiveContext(settings=settings, sessions=sessions)) if receive else []
@@ -148,7 +148,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
         scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
                           args=[ctx, roles, wake, HeaderCache()], max_instances=1, coalesce=True, id="sweep")
     if receive:
-        scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx],
+        scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx, forwarder],
                           max_instances=1, coalesce=True, id="audit-anchor")
     if receive and settings.retention_days > 0:
         scheduler.add_job(_retention, "interval", seconds=settings.retention_sweep_seconds, args=[ctx],
@@ -160,9 +160,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
                                          models=tuple(sorted(registry.manifests)) if worker is not None else None,
                                          registry=metrics.registry,
                                          default_rules=tuple(m.default for m in registry.manifests.values())))
-    forwarder = None
-    if receive and settings.audit_repository:
-        forwarder = Forwarder(settings, sessions)
+    if forwarder is not None:
         forwarder.start()
     listener = None
     if worker is not None:

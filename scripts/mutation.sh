@@ -2,14 +2,31 @@
 # Mutation testing (mutmut 3) over receive/, store/, jobs/, send/, audit/, results/ and tls.py, killed by
 # the unit and integration tests ([tool.mutmut] in pyproject.toml). Outside CI: a full run takes hours.
 #
-#   bash scripts/mutation.sh                      # every mutant
-#   bash scripts/mutation.sh "dicomnode.jobs.*"   # a subset (mutmut's mutant-name patterns)
+#   bash scripts/mutation.sh                          # every mutant (about 4,700; hours)
+#   bash scripts/mutation.sh "dicomnode.jobs.*"       # a subset (mutmut's mutant-name patterns)
+#   bash scripts/mutation.sh --sample 30 [--seed S]   # S (printed; default: the time) draws 30 per package
 #
-# Prints the score per package (killed / all, timeouts counted as killed). Surviving mutants get a
-# test, or are listed with their reason in docs/testing.md.
+# The full run and a subset print the score per package (killed / all, timeouts counted as killed). A
+# sample prints, per package, its size, the score and a 95 % interval, and the names that survived;
+# its names are kept in mutants/sample.txt. Surviving mutants get a test, or are listed with their
+# reason in docs/testing.md. Run it with nice; MUTATION_CHILDREN (default 2) sets mutmut's workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-2}" "$@" || true
+children="${MUTATION_CHILDREN:-2}"
+
+if [[ "${1:-}" == "--sample" ]]; then
+    per_package="${2:?--sample needs a number of mutants per package}"
+    seed="$(date +%s)"
+    if [[ "${3:-}" == "--seed" ]]; then seed="${4:?--seed needs a number}"; fi
+    echo "mutation sample: $per_package per package, seed $seed"
+    .venv/bin/python scripts/mutation_sample.py pick "$per_package" "$seed" mutants/sample.txt
+    xargs -a mutants/sample.txt .venv/bin/mutmut run --max-children "$children" || true
+    echo "mutation sample: $per_package per package, seed $seed"
+    .venv/bin/python scripts/mutation_sample.py score mutants/sample.txt
+    exit 0
+fi
+
+.venv/bin/mutmut run --max-children "$children" "$@" || true
 .venv/bin/mutmut results --all true | .venv/bin/python -c '
 import collections, re, sys
 score = collections.defaultdict(collections.Counter)

@@ -7,6 +7,7 @@ PS3.15 A.5.1; the codes come from PS3.16 (DCM) and RFC 3881.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import json
@@ -14,6 +15,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
+from dicomnode.audit.anchor import CHECKPOINT_DETAIL, Checkpoint, checkpoint_line
 from dicomnode.audit.events import AuditEvent
 from dicomnode.jobs.models import AuditRecord
 
@@ -179,10 +181,41 @@ def audit_message(row: AuditRecord, source: Source) -> bytes | None:
     if description:
         ET.SubElement(ident, "EventOutcomeDescription").text = str(description)[:1024]
     _participants(root, row, detail, source)
+    _audit_source(root, source)
+    _objects(root, row, detail)
+    xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return xml
+
+
+def _audit_source(root: ET.Element, source: Source) -> None:
     audit_source = ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source.ae_title})
     if source.site_id:
         audit_source.set("AuditEnterpriseSiteID", source.site_id)
     ET.SubElement(audit_source, "AuditSourceTypeCode", {"csd-code": "4"})  # application server process
-    _objects(root, row, detail)
+
+
+def checkpoint_message(checkpoint: Checkpoint, source: Source) -> bytes:
+    """The trail's head as an "Audit Log Used" message (PS3.15 A.5.3.3), as UTF-8 XML.
+
+    The node reads its own trail (action R) to take the checkpoint; the participant object is the trail
+    (system object, role Security Resource, identified by URI), and its ParticipantObjectDetail of type
+    ``dicomnode-audit-checkpoint`` carries the anchor file's JSON line, base64-encoded as the schema's
+    ValuePair asks. ``dicomnode audit verify --anchor`` reads it back from a collected syslog file.
+    """
+    root = ET.Element("AuditMessage")
+    ident = ET.SubElement(root, "EventIdentification", {
+        "EventActionCode": "R", "EventDateTime": checkpoint.at, "EventOutcomeIndicator": OUTCOME["success"]})
+    _code(ident, "EventID", AUDIT_LOG_USED)
+    ET.SubElement(ident, "EventOutcomeDescription").text = (
+        f"audit trail checkpoint: {checkpoint.rows} rows, newest id {checkpoint.head_id}")
+    _participant(root, source.ae_title, True, ROLE_APPLICATION, alternative=str(source.pid), address=source.host)
+    _audit_source(root, source)
+    trail = ET.SubElement(root, "ParticipantObjectIdentification", {
+        "ParticipantObjectID": f"urn:dicomnode:audit-trail:{source.ae_title}", "ParticipantObjectTypeCode": "2",
+        "ParticipantObjectTypeCodeRole": "13"})  # system object, security resource
+    _code(trail, "ParticipantObjectIDTypeCode", ("12", "URI"), system="RFC-3881")
+    ET.SubElement(trail, "ParticipantObjectName").text = "Security Audit Log"
+    ET.SubElement(trail, "ParticipantObjectDetail", {
+        "type": CHECKPOINT_DETAIL, "value": base64.b64encode(checkpoint_line(checkpoint).encode()).decode()})
     xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return xml

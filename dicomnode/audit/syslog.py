@@ -5,6 +5,10 @@ message, and moves the cursor on only after a successful send. It runs in its ow
 touches ingest: while the repository is down, messages wait in the trail and go out when it is back,
 also across restarts. Delivery is at least once (a crash between send and cursor update repeats one
 message). UDP cannot tell a lost message; use TCP or TLS where that matters.
+
+The trail's checkpoints (:mod:`dicomnode.audit.anchor`) go out in the same stream, after the rows
+pending when they are taken. They wait in memory (the newest ``PENDING_CHECKPOINTS``) while the
+repository is down; the anchor file keeps every one of them either way.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import logging
 import os
 import socket
 import threading
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.audit.atna import Source, audit_message, event_datetime
+from dicomnode.audit.anchor import Checkpoint
+from dicomnode.audit.atna import Source, audit_message, checkpoint_message, event_datetime
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import AuditCursor, AuditRecord, utcnow
 from dicomnode.log import extra
@@ -33,6 +39,7 @@ CURSOR = "atna"
 PRI = 10 * 8 + 5
 MSGID = "IHE+RFC-3881"  # as IHE ITI TF-2a 3.20.6 asks for DICOM audit messages
 BOM = b"\xef\xbb\xbf"
+PENDING_CHECKPOINTS = 100
 
 
 @dataclass(frozen=True)
@@ -73,16 +80,28 @@ class Forwarder:
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checkpoints: deque[Checkpoint] = deque(maxlen=PENDING_CHECKPOINTS)
         self.sent = 0
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Queue ``checkpoint`` for the stream (thread-safe); the forwarder's thread sends it."""
+        self._checkpoints.append(checkpoint)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dicomnode-atna", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10) -> None:
+    def stop(self, timeout: float = 10, *, flush: bool = False) -> None:
+        """Stop the thread; with ``flush``, then send what is pending once more (the node's stop)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if flush:
+            try:
+                self.forward_pending()
+                self.forward_checkpoints()
+            except OSError:  # rows stay in the trail and go out after the next start
+                log.warning("audit repository unreachable at stop", extra=extra(stage="audit"))
         self._close()
 
     def _run(self) -> None:
@@ -90,6 +109,7 @@ class Forwarder:
         while not self._stop.is_set():
             try:
                 progressed = self.forward_pending()
+                self.forward_checkpoints()
                 delay = self.settings.audit_retry_seconds
                 if not progressed:
                     self._stop.wait(self.settings.audit_poll_seconds)
@@ -124,6 +144,14 @@ class Forwarder:
             if done != last:
                 self._save_cursor(done)
         return True
+
+    def forward_checkpoints(self) -> None:
+        """Send the queued checkpoints, oldest first; one that fails stays queued. Raises OSError."""
+        while self._checkpoints:
+            checkpoint = self._checkpoints[0]
+            self._send(syslog_message(checkpoint_message(checkpoint, self.source), checkpoint.at, self.hostname))
+            self._checkpoints.popleft()
+            self.sent += 1
 
     def _save_cursor(self, last_id: int) -> None:
         with session_scope(self.sessions) as session:

@@ -1,8 +1,9 @@
 """DIMSE and association event handlers: plain functions that return status codes and never raise.
 
 Dependencies come in through a bound :class:`ReceiveContext`, never through globals. A decoded instance
-gets the checks, statuses and audit of :mod:`dicomnode.store.ingest` (shared with STOW-RS); C-STORE lands
-it through the group commit (:mod:`dicomnode.store.committer`), so that concurrent associations share
+gets the checks, statuses and audit of :mod:`dicomnode.store.ingest` (shared with STOW-RS); C-STORE datasets
+arrive into files (:mod:`dicomnode.receive.incoming`), never into memory; C-STORE lands each one, by
+a rename, through the group commit (:mod:`dicomnode.store.committer`), so that concurrent associations share
 fsyncs and commits, and audits receipts once per association and study (:mod:`dicomnode.receive.tally`).
 Status codes (PS3.4 B.2.3 and PS3.7 C):
 
@@ -10,7 +11,7 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 - ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
   guard), or the spool file could not be written (disk full, I/O error)
 - ``0xA700`` also: the instance is larger than ``max_instance_mb``, or a deflated one inflates beyond
-  ``max_inflated_mb`` (an instance growing past ``max_instance_mb`` while it arrives is cut off with an
+  ``max_inflated_mb`` (one growing past twice ``max_instance_mb`` while it arrives is cut off with an
   A-ABORT: see :mod:`dicomnode.receive.limits`)
 - ``0xA701`` refused, out of resources: the database could not record the instance
 - ``0xC210`` cannot understand: the dataset could not be decoded
@@ -26,10 +27,12 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import split_dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +41,7 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.errors import StoreError
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
+from dicomnode.receive.incoming import discard_partial
 from dicomnode.receive.limits import InflationLimit, inflate_bounded
 from dicomnode.receive.tally import Tally
 from dicomnode.settings import Settings
@@ -61,7 +65,7 @@ from dicomnode.store.ingest import (
     refuse,
     refuse_collision,
 )
-from dicomnode.store.spool import remove_new_file, spool_path, write_atomic
+from dicomnode.store.spool import adopt_file, remove_new_file, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +135,10 @@ def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
 
 
 def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
-    """An instance grew past ``max_instance_mb`` while arriving; the association is being aborted."""
+    """An instance grew past twice ``max_instance_mb`` while arriving; the association is being aborted."""
     calling_ae, address = _requestor(event)
     _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
-           status="A-ABORT", reason=f"instance larger than max_instance_mb={ctx.settings.max_instance_mb:g} "
+           status="A-ABORT", reason=f"instance larger than twice max_instance_mb={ctx.settings.max_instance_mb:g} "
                                     f"({size // 2**20} MiB received so far)")
 
 
@@ -145,7 +149,9 @@ def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
 
 
 def handle_closed(event: Any, ctx: ReceiveContext) -> None:
-    """EVT_CONN_CLOSE: one ``instances_received`` audit row per study the association delivered."""
+    """EVT_CONN_CLOSE: one ``instances_received`` audit row per study the association delivered; the
+    file of a dataset cut off while arriving is removed."""
+    discard_partial(event.assoc)
     for receipts in ctx.tally.close(event.assoc):
         _audit(ctx, AuditEvent.INSTANCES_RECEIVED, Outcome.SUCCESS, actor=receipts.calling_ae,
                study_uid=receipts.study_uid, patient_id=receipts.patient_id, patient_name=receipts.patient_name,
@@ -174,17 +180,20 @@ def _client(event: Any) -> Client:
 
 def _size_refusal(event: Any, settings: Settings) -> str:
     """Why the received dataset is too large to decode, or "" (inflation is bounded, never unlimited)."""
-    raw = event.request.DataSet
-    size = len(raw.getbuffer()) if raw is not None else 0
+    path: Path = event.dataset_path
+    offset = split_dataset(path)[1]  # the preamble and file meta pynetdicom wrote before the dataset
+    size = path.stat().st_size - offset
     if size > settings.max_instance_mb * 2**20:
         return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
-    if str(event.context.transfer_syntax) == DeflatedExplicitVRLittleEndian and raw is not None:
-        try:
-            inflate_bounded(raw.getvalue(), int(settings.max_inflated_mb * 2**20))
-        except InflationLimit as exc:
-            return str(exc)
-        except zlib.error:
-            return ""  # not deflate at all: decoding refuses it (0xC210)
+    if str(event.context.transfer_syntax) == DeflatedExplicitVRLittleEndian:
+        with open(path, "rb") as received:
+            received.seek(offset)
+            try:
+                inflate_bounded(received, int(settings.max_inflated_mb * 2**20))
+            except InflationLimit as exc:
+                return str(exc)
+            except zlib.error:
+                return ""  # not deflate at all: decoding refuses it (0xC210)
     return ""
 
 
@@ -194,7 +203,8 @@ def _store(event: Any, ctx: ReceiveContext) -> int:
     if too_large:
         return refuse(ctx.sessions, client, TOO_LARGE, too_large)
     try:
-        meta = read_meta(event.dataset, str(event.context.transfer_syntax))
+        # every element is parsed, values over 1 MiB (pixel data) are skipped, not loaded
+        meta = read_meta(dcmread(event.dataset_path, defer_size=2**20), str(event.context.transfer_syntax))
     except ValueError as exc:
         keyword = str(exc).split(":", 1)[0]
         return refuse(ctx.sessions, client, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
@@ -225,15 +235,12 @@ def _land(event: Any, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -
                       meta.study_uid)
     if collision:
         return refuse_collision(ctx.sessions, client, meta, collision)
-    raw = event.request.DataSet.getbuffer()
-    head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta)))  # as encoded_dataset()
-    try:  # the preamble and file meta, then the dataset as received, without joining them in memory
-        sha256 = write_atomic(path, [head, raw], sync_dir=False)  # the committer fsyncs the folder
+    try:  # the file the dataset arrived in, renamed into the spool (the committer fsyncs the folder)
+        sha256, size = adopt_file(event.dataset_path, path)
     except StoreError as exc:
         return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
 
-    result = ctx.committer.record(Receipt(meta, path, sha256, len(head) + len(raw), client.calling_ae,
-                                          client.address))
+    result = ctx.committer.record(Receipt(meta, path, sha256, size, client.calling_ae, client.address))
     if result.collision:  # a new path (or one raced in since the check above)
         drop_orphan(ctx.sessions, path)
         if not replaces and not path.exists():

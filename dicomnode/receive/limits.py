@@ -1,8 +1,11 @@
 """Bounds on what one instance may cost: its size on the wire, and its size once inflated (deflate).
 
+- Each C-STORE dataset arrives into a temporary file (:mod:`dicomnode.receive.incoming`), never into
+  memory. One larger than ``max_instance_mb`` is answered 0xA700 once it has arrived, and its file is
+  removed.
 - :class:`SizeGuard` counts the dataset bytes of each C-STORE as its P-DATA fragments arrive
-  (``EVT_PDU_RECV``) and aborts the association (A-ABORT) as soon as they pass ``max_instance_mb``, so
-  that memory never holds more than that per association. The refusal is audited.
+  (``EVT_PDU_RECV``) and aborts the association (A-ABORT) as soon as they pass twice
+  ``max_instance_mb``: a sender cannot make one refusal cost unbounded disk. The abort is audited.
 - :func:`inflate_bounded` measures the inflated size of a Deflated Explicit VR Little Endian dataset
   chunk by chunk, holding one chunk at a time; above ``max_inflated_mb`` the handler answers 0xA700
   before pydicom ever inflates it.
@@ -10,12 +13,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import weakref
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from dicomnode.log import extra
 
@@ -63,9 +67,10 @@ class InflationLimit(ValueError):
     """The deflated dataset inflates beyond ``max_inflated_mb``."""
 
 
-def inflate_bounded(deflated: bytes, limit_bytes: int, chunk_bytes: int = 4 * 2**20) -> int:
-    """The inflated size of a raw-deflate dataset (PS3.5 A.5), measured in chunks of ``chunk_bytes``
-    that are dropped at once: memory stays at one chunk, and inflation stops past ``limit_bytes``.
+def inflate_bounded(deflated: bytes | BinaryIO, limit_bytes: int, chunk_bytes: int = 4 * 2**20) -> int:
+    """The inflated size of a raw-deflate dataset (PS3.5 A.5), given as bytes or an open file: read and
+    measured in chunks of ``chunk_bytes`` that are dropped at once, so that memory stays at a few chunks
+    and inflation stops past ``limit_bytes``.
 
     Raises
     ------
@@ -74,11 +79,14 @@ def inflate_bounded(deflated: bytes, limit_bytes: int, chunk_bytes: int = 4 * 2*
     zlib.error
         When the bytes are not a deflate stream.
     """
+    source = io.BytesIO(deflated) if isinstance(deflated, bytes) else deflated
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    size, pending = 0, deflated
-    while pending and not inflater.eof:
+    size = 0
+    while not inflater.eof:
+        pending = inflater.unconsumed_tail or source.read(chunk_bytes)
+        if not pending:
+            break
         size += len(inflater.decompress(pending, chunk_bytes))
-        pending = inflater.unconsumed_tail
         _check_inflated(size, limit_bytes)
     size += len(inflater.flush())
     _check_inflated(size, limit_bytes)

@@ -20,6 +20,7 @@ from dicomnode.receive.handlers import (
     handle_tls_failure,
     handle_too_large,
 )
+from dicomnode.receive.incoming import receive_into_files
 from dicomnode.receive.limits import SizeGuard
 from dicomnode.receive.server import start_guarded_server
 from dicomnode.tls import server_context
@@ -63,7 +64,8 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
         (evt.EVT_C_STORE, partial(handle_store, ctx=ctx)),
         (evt.EVT_CONN_CLOSE, partial(handle_closed, ctx=ctx)),
     ]
-    guard = SizeGuard(int(settings.max_instance_mb * 2**20), partial(handle_too_large, ctx=ctx))
+    receive_into_files(settings)
+    guard = SizeGuard(int(2 * settings.max_instance_mb * 2**20), partial(handle_too_large, ctx=ctx))
     handlers.append((evt.EVT_PDU_RECV, guard))
     start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds)
     servers = []

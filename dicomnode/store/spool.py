@@ -81,6 +81,31 @@ def fsync_dirs(folders: Iterable[Path]) -> None:
         _fsync_dir(folder)
 
 
+def adopt_file(source: Path, path: Path) -> tuple[str, int]:
+    """Move the complete file ``source`` to ``path``: fsynced, then renamed over whatever was there
+    (``source`` must be on the spool's file system); return its SHA-256 and size. The caller fsyncs
+    the folder (:func:`fsync_dirs`) before it relies on the name.
+
+    Raises
+    ------
+    StoreError
+        When the file could not be made durable or moved; ``path`` is then left as it was.
+    """
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(source, "rb") as received:
+            while chunk := received.read(2**20):
+                digest.update(chunk)
+                size += len(chunk)
+            os.fsync(received.fileno())
+        os.chmod(source, 0o600)
+        make_private_dirs(path.parent)
+        os.replace(source, path)
+    except OSError as exc:
+        raise StoreError(f"could not move the received file into the spool: {exc.strerror or exc}") from exc
+    return digest.hexdigest(), size
+
+
 def remove_new_file(path: Path, spool_dir: Path) -> None:
     """Remove a refused instance's new file and the folders that held only it, up to ``spool_dir``."""
     path.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from dicomnode.node import start_node
 from dicomnode.settings import Settings
 from tests.conftest import make_settings
 from tests.support.net import free_port, wait_for
+from tests.support.tamper import tamper
 
 
 def fill(sessions: sessionmaker[Session], n: int = 6) -> None:
@@ -29,18 +30,6 @@ def fill(sessions: sessionmaker[Session], n: int = 6) -> None:
         with session_scope(sessions) as session:
             record(session, AuditEvent.INSTANCE_RECEIVED, actor="PACS", study_uid="1.2.3", patient_id="P1",
                    patient_name="DOE^JANE", index=i)
-
-
-def tamper(sessions: sessionmaker[Session], *statements: str) -> None:
-    """What an attacker with database access could do: lift the append-only triggers, then change rows."""
-    with session_scope(sessions) as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("ALTER TABLE audit DISABLE TRIGGER audit_append_only"))
-        else:
-            session.execute(text("DROP TRIGGER audit_no_update"))
-            session.execute(text("DROP TRIGGER audit_no_delete"))
-        for statement in statements:
-            session.execute(text(statement))
 
 
 def test_untouched_trail_verifies(any_sessions: sessionmaker[Session]) -> None:

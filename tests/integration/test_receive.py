@@ -22,6 +22,7 @@ from dicomnode.jobs.models import AuditRecord, Instance, Study
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.net import wait_for
 from tests.support.peers import echoscu, storescp, storescu
+from tests.support.spooled import spool_entries
 from tests.support.synthetic import make_series, write_series
 
 
@@ -126,22 +127,25 @@ def _pyscu_send(port: int, what: Dataset | Path, transfer_syntax: str = "1.2.840
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # we send it on purpose
-def test_invalid_uid_is_refused_without_a_file(scp: RunningScp) -> None:
+def test_invalid_uid_is_refused_without_a_file(scp: RunningScp, caplog: pytest.LogCaptureFixture) -> None:
     ds = make_series(n_slices=1)[0]
     ds.SeriesInstanceUID = "1.2.bad/../../etc"
     with config.disable_value_validation():
         status = _pyscu_send(scp.port, ds)
     assert status == 0xC211
-    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
+    assert spool_entries(scp.settings) == []
+    (logged,) = [r for r in caplog.records if "refused with 0xC211" in r.getMessage()]
+    assert logged.getMessage().startswith("C-STORE refused") and getattr(logged, "ctx", {}).get("stage") == "receive"
     (row,) = _audit(scp, "instance_refused")
     assert "SeriesInstanceUID" in json.loads(row.detail)["reason"]
 
 
 def test_disk_failure_answers_out_of_resources(scp: RunningScp) -> None:
-    scp.settings.spool_dir.parent.mkdir(parents=True, exist_ok=True)
-    scp.settings.spool_dir.write_text("not a folder")  # any write below it fails
-    status = _pyscu_send(scp.port, make_series(n_slices=1)[0])
+    ds = make_series(n_slices=1)[0]
+    (scp.settings.spool_dir / ds.StudyInstanceUID).write_text("not a folder")  # the landing below it fails
+    status = _pyscu_send(scp.port, ds)
     assert status == 0xA700
+    assert [p.name for p in spool_entries(scp.settings)] == [ds.StudyInstanceUID]  # no file left incoming
     with scp.sessions() as session:
         assert session.scalars(select(Instance)).all() == []
     (row,) = _audit(scp, "instance_refused")
@@ -151,11 +155,13 @@ def test_disk_failure_answers_out_of_resources(scp: RunningScp) -> None:
 
 def test_disk_guard_refuses_before_the_disk_is_full(start_scp_with: StartScp) -> None:
     scp = start_scp_with(min_free_disk_mb=2**40)  # a petabyte: more than this machine has free
-    status = _pyscu_send(scp.port, make_series(n_slices=1)[0])
+    ds = make_series(n_slices=1)[0]
+    status = _pyscu_send(scp.port, ds)
     assert status == 0xA700
     (row,) = _audit(scp, "instance_refused")
     assert "disk guard" in json.loads(row.detail)["reason"]
-    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
+    assert row.study_uid == ds.StudyInstanceUID  # the refusal names the study it kept out
+    assert spool_entries(scp.settings) == []
     status_cli = subprocess.run(
         [sys.executable, "-m", "dicomnode", "status", "--json"], capture_output=True, text=True, check=True,
         env={**os.environ, "DICOMNODE_DATA_DIR": str(scp.settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": str(2**40)})
@@ -228,7 +234,7 @@ def test_truncated_dataset_is_refused_and_leaves_nothing(scp: RunningScp, tmp_pa
     meta_end = 132 + 12 + int(dcmread(tmp_path / "full.dcm").file_meta.FileMetaInformationGroupLength)
     status = _send_raw(scp.port, tmp_path, str(ds.SOPInstanceUID), whole[:meta_end + 40], monkeypatch)
     assert status in (0xC210, 0xC211)  # cut inside the header: undecodable, or the UIDs are gone
-    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*"))
+    assert spool_entries(scp.settings) == []
     assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
 
 
@@ -249,8 +255,10 @@ def test_database_unreachable_before_the_spool_write_answers_0xa701(scp: Running
     with scp.sessions() as session:
         session.execute(text("ALTER TABLE instance RENAME TO instance_gone"))
         session.commit()
-    assert _pyscu_send(scp.port, make_series(n_slices=1)[0]) == 0xA701
-    assert not scp.settings.spool_dir.exists() or not any(scp.settings.spool_dir.rglob("*.dcm"))
+    ds = make_series(n_slices=1)[0]
+    assert _pyscu_send(scp.port, ds) == 0xA701
+    assert [r.study_uid for r in _audit(scp, "instance_refused")] == [ds.StudyInstanceUID]
+    assert [p for p in spool_entries(scp.settings) if p.is_file()] == []
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -24,9 +23,11 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicomnode.jobs.models import AuditRecord, Instance
+from dicomnode.receive.incoming import INCOMING
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert
 from tests.support.net import free_port, wait_for
+from tests.support.spooled import spool_entries
 from tests.support.synthetic import make_series
 
 WITHIN = 1.0  # seconds a known modality may take to store one instance while the node is under attack
@@ -154,22 +155,40 @@ def test_a_small_deflated_instance_is_still_accepted(start_scp_with: StartScp) -
     assert store_one(scp.port, ds=ds, transfer_syntax=DeflatedExplicitVRLittleEndian)[0] == 0x0000
 
 
-def test_an_oversized_instance_is_cut_off_while_it_arrives(start_scp_with: StartScp, tmp_path: Path) -> None:
+def _pixels(mib: int) -> Dataset:
+    ds = make_series(n_slices=1, rows=8, columns=8)[0]
+    ds.Rows, ds.Columns = 1024, mib * 512  # 16-bit zeros: mib MiB of pixels
+    ds.PixelData = bytes(mib * 2**20)
+    return ds
+
+
+def test_an_instance_over_the_limit_gets_0xa700_and_an_audit_row(start_scp_with: StartScp) -> None:
     scp = start_scp_with(max_instance_mb=2)
-    big = make_series(n_slices=1, rows=8, columns=8)[0]
-    big.Rows, big.Columns = 1024, 4 * 512  # 4 MiB of pixels
-    big.PixelData = bytes(4 * 2**20)
+    status, _ = store_one(scp.port, ds=_pixels(3))  # arrives whole (into a file), then refused
+    assert status == 0xA700
+    (row,) = refusals(scp)
+    assert (row["status"], "max_instance_mb=2" in str(row["reason"])) == ("0xA700", True)
+    with scp.sessions() as session:
+        assert session.scalars(select(Instance)).all() == []
+    assert spool_entries(scp.settings) == []  # its incoming file is gone too
+    assert store_one(scp.port)[0] == 0x0000  # and the node serves on
+
+
+def test_an_instance_far_over_the_limit_is_cut_off_while_it_arrives(start_scp_with: StartScp) -> None:
+    scp = start_scp_with(max_instance_mb=2)
     answers: list[int | None] = []
-    sender = threading.Thread(target=lambda: answers.append(store_one(scp.port, ds=big)[0]))
+    sender = threading.Thread(target=lambda: answers.append(store_one(scp.port, ds=_pixels(6))[0]))
     sender.start()
     try:
         status, seconds = store_one(scp.port)
         assert status == 0x0000 and seconds < WITHIN
     finally:
         sender.join(60)
-    assert answers == [None]  # aborted: never acknowledged
-    wait_for(lambda: any("max_instance_mb" in str(r["reason"]) for r in refusals(scp)), timeout=10,
+    assert answers == [None]  # aborted past twice the limit: never acknowledged
+    wait_for(lambda: any("twice max_instance_mb=2" in str(r["reason"]) for r in refusals(scp)), timeout=10,
              msg="oversized instance audited")
     with scp.sessions() as session:
         assert len(session.scalars(select(Instance)).all()) == 1
+    wait_for(lambda: not [p for p in spool_entries(scp.settings) if p.parent.name == INCOMING], timeout=10,
+             msg="the cut-off dataset's incoming file removed")
     assert store_one(scp.port)[0] == 0x0000  # and the node serves on

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import ssl
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.anchor import CHECKPOINT_DETAIL, Checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.jobs.models import AuditRecord
+from dicomnode.node import start_node
 from dicomnode.settings import Settings
 from tests.conftest import make_settings
 from tests.support.audit_schema import check, codes
 from tests.support.certs import make_ca, make_cert
 from tests.support.net import free_port, wait_for
 from tests.support.syslog import SyslogReceiver
+from tests.support.tamper import tamper
 
 
 def write_events(sessions: sessionmaker[Session], n: int = 1) -> None:
@@ -95,3 +106,58 @@ def test_tls_transport(settings: Settings, sessions: sessionmaker[Session], tmp_
         receiver.stop()
     for message in receiver.messages:
         check(message.xml)
+
+
+def test_checkpoints_in_the_stream_find_a_truncated_trail(settings: Settings, tmp_path: Path) -> None:
+    receiver = SyslogReceiver(free_port()).start()
+    node_settings = make_settings(settings.data_dir, host="127.0.0.1", port=free_port(), start_worker=False,
+                                  audit_anchor_seconds=0.3, min_free_disk_mb=1, audit_poll_seconds=0.1,
+                                  audit_repository=f"tcp://127.0.0.1:{receiver.port}")
+    sessions = make_sessionmaker(make_engine(node_settings.db_url))
+    try:
+        node = start_node(node_settings)
+        try:
+            write_events(sessions, n=3)
+            wait_for(lambda: len(checkpoints(receiver)) >= 3, timeout=30, msg="checkpoints: at start and periodically")
+        finally:
+            node.stop()
+        with sessions() as session:
+            newest = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(1)).one()
+        # sent before stop() returned; the receiver's thread may still be reading it
+        wait_for(lambda: any(c.head_id == newest.id for c in checkpoints(receiver)), timeout=10,
+                 msg="the checkpoint taken at stop")
+    finally:
+        receiver.stop()
+    for message in receiver.messages:
+        check(message.xml)
+    anchors = checkpoints(receiver)
+    assert (anchors[-1].rows, anchors[-1].head_id, anchors[-1].head_hash) == (newest.id, newest.id, newest.hash)
+    assert newest.event == "application_stop"  # the checkpoint at stop anchors the stop row
+    collected = tmp_path / "audit.log"  # what a site's collector keeps: the raw messages, one after another
+    collected.write_bytes(b"\n".join(b"<85>1 - node dicomnode 1 IHE+RFC-3881 - \xef\xbb\xbf" + m.xml
+                                     for m in receiver.messages) + b"\n")
+    tamper(sessions, f"DELETE FROM audit WHERE id > {newest.id - 3}")  # the newest three rows
+    env = {**os.environ, "DICOMNODE_DATA_DIR": str(node_settings.data_dir)}
+    result = subprocess.run([sys.executable, "-m", "dicomnode", "audit", "verify", "--anchor", str(collected)],
+                            capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 1
+    first = newest.id - 2
+    assert (f"rows {first} to {newest.id} (ids {first} to {newest.id}) are missing") in result.stderr
+
+
+def checkpoints(receiver: SyslogReceiver) -> list[Checkpoint]:
+    """The checkpoints among the messages received so far (Audit Log Used with the checkpoint detail)."""
+    found = []
+    for message in list(receiver.messages):
+        detail = ET.fromstring(message.xml).find("ParticipantObjectIdentification/ParticipantObjectDetail")
+        if detail is not None and detail.get("type") == CHECKPOINT_DETAIL:
+            found.append(Checkpoint(**json.loads(base64.b64decode(detail.get("value", "")))))
+    return found
+
+
+def test_an_empty_trail_has_nothing_to_forward(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    sender = forwarder(settings, sessions, f"tcp://127.0.0.1:{free_port()}")  # nobody listens: nothing to send
+    assert sender.forward_pending() is False  # so the thread waits audit_poll_seconds, not spins
+    write_events(sessions)
+    with pytest.raises(OSError):
+        sender.forward_pending()

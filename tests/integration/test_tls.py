@@ -11,6 +11,7 @@ from sqlalchemy import select
 from dicomnode.jobs.models import AuditRecord
 from dicomnode.send.scu import echo, send_files
 from dicomnode.settings import Peer, Settings
+from dicomnode.tls import server_context
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert
@@ -56,6 +57,7 @@ def test_plain_peer_is_refused_on_the_tls_port(tls_scp) -> None:  # type: ignore
     alerts = wait_for(lambda: security_alerts(tls_scp), timeout=10, msg="security alert audited")
     assert len(alerts) == 1 and "TLS handshake failed" in str(alerts[0]["reason"])
     assert alerts[0]["security_alert"] is True
+    assert alerts[0]["address"] == "127.0.0.1"  # who tried
 
 
 def test_certificate_from_another_ca_is_refused(tls_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
@@ -94,3 +96,11 @@ def test_scu_refuses_a_pacs_with_an_untrusted_certificate(pki: dict[str, KeyPair
     trusted = tmp_path / "trusted"
     with storescp(trusted, extra_args=(*tls_args(pki["pacs"], pki["ca"]), "-ic")) as port:  # the control
         assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) == 0
+
+
+@pytest.mark.parametrize("missing", ["tls_cert_file", "tls_key_file"])
+def test_the_tls_port_needs_both_certificate_and_key(pki: dict[str, KeyPair], tmp_path: Path, missing: str) -> None:
+    files = {"tls_cert_file": pki["node"].cert, "tls_key_file": pki["node"].key}
+    settings = make_settings(tmp_path, **{**files, missing: None})
+    with pytest.raises(ValueError, match=r"^tls_port needs tls_cert_file and tls_key_file$"):
+        server_context(settings, lambda address, reason: None)

@@ -6,6 +6,8 @@ ships the schema, so the tests carry this reading of it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import xml.etree.ElementTree as ET
 
@@ -108,6 +110,12 @@ def _object(element: ET.Element) -> None:
                          ("ParticipantObjectDetail", "*"), ("ParticipantObjectDescription", "*")])
     _coded(children[0])
     for child in children:
+        if child.tag == "ParticipantObjectDetail":  # ValuePair: a token type, a base64Binary value
+            _attrs(child, {"type", "value"})
+            try:
+                base64.b64decode(child.get("value", ""), validate=True)
+            except binascii.Error as exc:
+                raise SchemaError("<ParticipantObjectDetail value> is not base64") from exc
         if child.tag == "ParticipantObjectDescription":
             for item in child:
                 if item.tag not in {"MPPS", "Accession", "SOPClass", "ParticipantObjectContainsStudy",

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import Series
 from dicomnode.jobs.repository import enqueue
+from dicomnode.receive.incoming import INCOMING
 from dicomnode.settings import Peer, Settings
 from dicomnode.store.index import InstanceMeta, record_instance
 from dicomnode.store.spool import spool_path, write_atomic
@@ -58,3 +59,12 @@ def run_jobs(settings: Settings, sessions: sessionmaker[Session], series: list[l
             spool(settings, sessions, datasets)
             queue_job(sessions, str(datasets[0].SeriesInstanceUID), model_id, version)
             assert worker.run_once()
+
+
+def spool_entries(settings: Settings) -> list[Path]:
+    """Every file and folder in the spool but the (empty) folder incoming datasets arrive in: its files,
+    a refused or cut-off dataset's leftovers, are listed."""
+    if not settings.spool_dir.exists():
+        return []
+    incoming = settings.spool_dir / INCOMING
+    return [p for p in settings.spool_dir.rglob("*") if p != incoming]

@@ -49,3 +49,9 @@ def test_a_peer_without_a_host_may_call_from_anywhere(host: str) -> None:
     decision = decide(own_ae="DICOMNODE", called_ae="DICOMNODE", calling_ae="ANYWHERE", address="203.0.113.9",
                       peers=(peer,), require_known=True)
     assert decision.accepted
+
+
+def test_a_wrong_called_ae_title_is_named_in_the_reason() -> None:
+    decision = call("ORTHANC", called="OTHERNODE")
+    assert (decision.accepted, decision.diagnostic) == (False, CALLED_AE_NOT_RECOGNISED)
+    assert decision.reason == "called AE title 'OTHERNODE' is not 'DICOMNODE'"

@@ -45,3 +45,12 @@ def test_the_anchor_file_and_its_folders_are_owner_only(sessions: sessionmaker[S
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o600
     assert all(p.stat().st_mode & 0o777 == 0o700 for p in (path.parent, path.parent.parent))
+
+
+def test_a_damaged_checkpoint_message_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "collected.log"
+    path.write_text('<AuditMessage><ParticipantObjectIdentification><ParticipantObjectDetail '
+                    'type="dicomnode-audit-checkpoint" value="not base64!"/></ParticipantObjectIdentification>'
+                    '</AuditMessage>\n')
+    with pytest.raises(ValueError, match="audit message 1 in the file does not parse"):
+        read_checkpoints(path)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 
-from dicomnode.audit.atna import EVENTS, Source, audit_message
+from dicomnode.audit.anchor import Checkpoint, read_checkpoints
+from dicomnode.audit.atna import EVENTS, Source, audit_message, checkpoint_message
 from dicomnode.audit.events import AuditEvent
 from dicomnode.jobs.models import AuditRecord
 from tests.support.audit_schema import check, codes
@@ -106,3 +108,40 @@ def test_instances_accessed_names_the_person_or_the_model() -> None:
     model = check(audit_message(model_row, SOURCE) or "")
     reader = next(p for p in model.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true")
     assert reader.get("UserName") == "AI model" and reader.get("NetworkAccessPointID") is None
+
+
+def test_a_checkpoint_is_an_audit_log_used_message_that_reads_back(tmp_path: Path) -> None:
+    checkpoint = Checkpoint(at="2026-11-23T19:30:01.123456Z", rows=42, head_id=45, head_hash="cd" * 32)
+    root = check(checkpoint_message(checkpoint, SOURCE))
+    assert codes(root, "EventIdentification/EventID") == ["110101"]  # Audit Log Used
+    assert root.find("EventIdentification").get("EventActionCode") == "R"  # type: ignore[union-attr]
+    trail = root.find("ParticipantObjectIdentification")
+    assert trail is not None
+    assert (trail.get("ParticipantObjectTypeCode"), trail.get("ParticipantObjectTypeCodeRole")) == ("2", "13")
+    assert codes(trail, "ParticipantObjectIDTypeCode") == ["12"]  # URI
+    collected = tmp_path / "collected.log"  # a raw syslog capture, among other audit messages
+    other = audit_message(row(AuditEvent.AUDIT_EXPORTED), SOURCE)
+    assert other is not None
+    collected.write_bytes(b"\n".join([b"<85>1 - node1 dicomnode 7 IHE+RFC-3881 - \xef\xbb\xbf" + other,
+                                      b"<85>1 - node1 dicomnode 7 IHE+RFC-3881 - \xef\xbb\xbf"
+                                      + checkpoint_message(checkpoint, SOURCE)]))
+    assert read_checkpoints(collected) == [checkpoint]
+
+
+@pytest.mark.parametrize("event", [AuditEvent.BEGIN_TRANSFER_IN, AuditEvent.STUDY_RECEIVED])
+def test_the_sending_peer_is_the_requestor_of_a_transfer_in(event: AuditEvent) -> None:
+    xml = audit_message(row(event), SOURCE)
+    assert xml is not None
+    participants = check(xml).findall("ActiveParticipant")
+    assert [(p.get("UserID"), p.get("UserIsRequestor")) for p in participants] == [
+        ("ORTHANC", "true"), ("DICOMNODE", "false")]
+    assert participants[0].get("NetworkAccessPointID") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("event", [AuditEvent.USER_LOGIN, AuditEvent.USER_LOGIN_FAILED, AuditEvent.CONFIG_CHANGED])
+def test_a_person_is_named_with_the_address_they_came_from(event: AuditEvent) -> None:
+    xml = audit_message(row(event), SOURCE)
+    assert xml is not None
+    person = check(xml).find("ActiveParticipant")
+    assert person is not None
+    assert (person.get("UserID"), person.get("NetworkAccessPointID")) == ("admin", "127.0.0.1")

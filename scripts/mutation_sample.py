@@ -1,0 +1,114 @@
+"""A seeded random sample of mutmut 3 mutants per package, and its score (scripts/mutation.sh --sample).
+
+    python scripts/mutation_sample.py pick N SEED FILE  # generate the mutants, write N names per package
+    python scripts/mutation_sample.py score FILE    # score the names in FILE from mutmut's results
+
+Mutants are generated with mutmut's own steps (the ones `mutmut run` starts with), listed from its
+``mutants/**/*.meta`` files, grouped by package and drawn with ``random.Random(SEED)``, so that a seed
+names the same sample again. The score is killed / sampled (timeouts count as killed) with a 95 %
+Wilson interval: a sample estimates the package's score, it does not measure it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+KILLED = {"killed", "timeout"}
+
+
+def package(name: str) -> str:
+    """``dicomnode.receive.handlers.x__store__mutmut_3`` -> ``receive/``; ``dicomnode.tls...`` -> ``tls.py``."""
+    part = name.split(".")[1]
+    return "tls.py" if part == "tls" else part + "/"
+
+
+def all_names() -> list[str]:
+    names: list[str] = []
+    for meta in sorted(Path("mutants").rglob("*.meta")):
+        names.extend(json.loads(meta.read_text())["exit_code_by_key"])
+    return sorted(names)
+
+
+def generate() -> None:
+    """The first steps of ``mutmut run`` (mutmut 3.8's own functions: internal, so pinned by use)."""
+    from mutmut import __main__ as mutmut
+
+    mutmut.copy_src_dir()
+    mutmut.copy_also_copy_files()
+    mutmut.setup_source_paths()
+    mutmut.create_mutants(2)
+
+
+def pick(per_package: int, seed: int) -> list[str]:
+    by_package: dict[str, list[str]] = collections.defaultdict(list)
+    for name in all_names():
+        by_package[package(name)].append(name)
+    rng = random.Random(seed)
+    chosen: list[str] = []
+    for key in sorted(by_package):
+        names = by_package[key]
+        chosen.extend(sorted(rng.sample(names, min(per_package, len(names)))))
+        print(f"{key:<10} {len(names):>6} mutants, {min(per_package, len(names))} sampled", file=sys.stderr)
+    return chosen
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def statuses() -> dict[str, str]:
+    from mutmut.stats import status_by_exit_code
+
+    found: dict[str, str] = {}
+    for meta in Path("mutants").rglob("*.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            found[name] = status_by_exit_code[code]
+    return found
+
+
+def score(sample_file: Path) -> None:
+    found = statuses()
+    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    survivors: list[str] = []
+    for name in sample_file.read_text().split():
+        status = found.get(name, "not checked")
+        counts[package(name)][status] += 1
+        if status == "survived":
+            survivors.append(name)
+    print(f"{'package':<10} {'sampled':>7} {'killed':>6} {'survived':>8} {'other':>5} {'score':>6}  95 % interval")
+    for key, tally in sorted(counts.items()):
+        done = sum(n for status, n in tally.items() if status != "not checked")
+        killed = sum(tally[s] for s in KILLED)
+        other = done - killed - tally["survived"]
+        low, high = wilson(killed, done)
+        rate = f"{killed / done:.0%}" if done else "-"
+        unrun = f"  ({tally['not checked']} not run)" if tally["not checked"] else ""
+        print(f"{key:<10} {done:>7} {killed:>6} {tally['survived']:>8} {other:>5} {rate:>6}  "
+              f"{low:.0%} to {high:.0%}{unrun}")
+    if survivors:
+        print("\nsurvivors (mutmut show NAME):")
+        print("\n".join(f"  {name}" for name in survivors))
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["pick"] and len(argv) == 4:
+        generate()  # mutmut prints each file it mutates
+        Path(argv[3]).write_text("\n".join(pick(int(argv[1]), int(argv[2]))) + "\n")
+    elif argv[:1] == ["score"] and len(argv) == 2:
+        score(Path(argv[1]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
