@@ -36,9 +36,22 @@ def site_archive(folder: Path) -> list[str]:
     return [*IDENTIFIERS, *(str(ds.SOPInstanceUID) for ds in series), str(series[0].StudyInstanceUID)]
 
 
-def fl(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "dicomnode", "fl", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def fl(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``dicomnode fl ARGS`` as a process, its output going to ``log`` (a pipe could fill and stall it)."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "dicomnode", "fl", *args], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Wait until all have exited, or one has failed (the others are then stopped: a Flower server waits
+    for its sites for ever)."""
+    wait_for(lambda: all(p.poll() is not None for p in processes) or any(p.poll() for p in processes),
+             timeout=timeout, msg="the Flower server and its sites to finish")
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
 
 
 def test_three_sites_three_rounds_give_a_candidate_and_only_weights_travel(tmp_path: Path) -> None:
@@ -51,18 +64,21 @@ def test_three_sites_three_rounds_give_a_candidate_and_only_weights_travel(tmp_p
         secrets += site_archive(tmp_path / site.name)
 
     port = free_port()
-    server = fl("server", "--address", f"127.0.0.1:{port}", "--model-dir", str(model_dir), "--rounds", str(ROUNDS),
+    server = fl(tmp_path / "server.log", "server", "--address", f"127.0.0.1:{port}", "--model-dir", str(model_dir),
+                "--rounds", str(ROUNDS),
                 "--sites", str(len(SITES)))
     clients = []
     with recording_proxy(port) as p1, recording_proxy(port) as p2, recording_proxy(port) as p3:
         wait_for(lambda: port_open(port) or server.poll() is not None, timeout=240, msg="Flower server listening")
         for site, proxy in zip(SITES, (p1, p2, p3), strict=True):
-            clients.append(fl("client", "--address", f"127.0.0.1:{proxy.port}", "--name", site.name,
-                              "--data", str(tmp_path / site.name), "--model-dir", str(model_dir),
+            clients.append(fl(tmp_path / f"{site.name}.log", "client", "--address", f"127.0.0.1:{proxy.port}",
+                              "--name", site.name, "--data", str(tmp_path / site.name), "--model-dir", str(model_dir),
                               "--steps", "2", "--patch", "16", "--seed", str(site.seed)))
-        outputs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in (server, *clients)]
+        finish([server, *clients], timeout=300)
         received = [p.received() for p in (p1, p2, p3)]
-    assert [p.returncode for p in (server, *clients)] == [0, 0, 0, 0], outputs[0][-3000:]
+    logs = "\n".join(f"--- {log.name}\n" + log.read_text(errors="replace")[-2000:]
+                     for log in sorted(tmp_path.glob("*.log")))
+    assert [p.returncode for p in (server, *clients)] == [0, 0, 0, 0], logs
 
     (candidate_json,) = model_dir.glob("candidates/*/candidate.json")
     candidate = json.loads(candidate_json.read_text())
