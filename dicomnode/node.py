@@ -180,7 +180,9 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
                 forwarder=forwarder, admin=admin, listener=listener)
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets; installed before the node starts, so that a signal that
+    arrives while it starts (the SCP may already listen) stops it cleanly once it has started."""
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -189,13 +191,14 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    while not stopping.wait(1.0):
-        pass
+    return stopping
 
 
 def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
     """Run the given roles (all: ``serve``; ``receive``, ``work``, ``web`` alone) until SIGTERM or SIGINT."""
+    stopping = _stop_on_signal()
     node = start_node(settings, roles)
-    _wait_for_signal()
+    while not stopping.wait(1.0):
+        pass
     node.stop()
     return 0
