@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 
 import pytest
@@ -31,6 +32,22 @@ def test_enqueue_is_idempotent(any_sessions: sessionmaker[Session]) -> None:
     with any_sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 2
         assert [a.event for a in session.scalars(select(AuditRecord))] == ["job_queued", "job_queued"]
+
+
+def test_queued_and_finished_jobs_name_their_model_in_the_audit_trail(any_sessions: sessionmaker[Session]) -> None:
+    with session_scope(any_sessions) as session:
+        (series,) = _series(session)
+        enqueue(session, series, "brain", "deepbet", "1.0.2")
+    job = claim(any_sessions, "w1", 60)
+    assert job is not None
+    with session_scope(any_sessions) as session:
+        transition(session, job.id, JobStatus.RUNNING, JobStatus.SUCCEEDED, "done", worker_id="w1")
+    with any_sessions() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        details = {row.event: json.loads(row.detail) for row in rows}
+    assert details["job_queued"]["model"] == "deepbet" and details["job_queued"]["model_version"] == "1.0.2"
+    assert details["job_queued"]["rule"] == "brain" and details["job_queued"]["series_uid"] == "1.2.3.0"
+    assert details["job_succeeded"]["model"] == "deepbet" and details["job_succeeded"]["reason"] == "done"
 
 
 def test_claim_runs_and_finishes(any_sessions: sessionmaker[Session]) -> None:

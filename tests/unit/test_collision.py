@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +13,8 @@ from dicomnode.db import session_scope
 from dicomnode.errors import UidCollision
 from dicomnode.jobs.models import AuditRecord, Instance, Series, Study
 from dicomnode.store.index import InstanceMeta, record_instance
+from dicomnode.store.ingest import drop_orphan, read_meta
+from tests.support.synthetic import make_series
 
 A = InstanceMeta(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.1",
                  sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -37,7 +40,8 @@ def audit_rows(sessions: sessionmaker[Session]) -> int:
 
 
 @pytest.mark.parametrize(("change", "match"), [
-    ({"study_uid": "9.9.9", "series_uid": "9.9.9.4", "patient_id": "P2"}, "SOP Instance UID .* another study"),
+    ({"study_uid": "9.9.9", "series_uid": "9.9.9.4", "patient_id": "P2"},
+     "^UID collision: the SOP Instance UID already belongs to another study$"),
     ({"study_uid": "9.9.9", "series_uid": "9.9.9.4"}, "SOP Instance UID .* another study"),
     ({"series_uid": "1.2.3.5"}, "SOP Instance UID .* another series"),
     ({"study_uid": "9.9.9", "sop_instance_uid": "9.9.9.1"}, "Series Instance UID .* another study"),
@@ -69,3 +73,22 @@ def test_true_resend_still_dedupes(sessions: sessionmaker[Session]) -> None:
     assert receive(sessions, dataclasses.replace(A, sop_instance_uid="1.2.3.4.2"))  # a new slice, same study
     assert receive(sessions, A, sha="ccc")  # changed content, same UIDs and patient: a new version
     assert len(snapshot(sessions)) == len(before) + 1
+
+
+def test_refused_file_is_removed_but_recorded_instances_are_kept(sessions: sessionmaker[Session],
+                                                                 tmp_path: Path) -> None:
+    kept, refused = tmp_path / "kept.dcm", tmp_path / "refused.dcm"
+    kept.write_bytes(b"DICM")
+    refused.write_bytes(b"DICM")
+    with session_scope(sessions) as session:
+        record_instance(session, A, path=str(kept), sha256="aaa", size=4, calling_ae="PACS")
+    drop_orphan(sessions, refused)  # another instance is recorded: the refused file is still nobody's
+    drop_orphan(sessions, kept)
+    assert kept.exists() and not refused.exists()
+
+
+def test_instance_without_patient_name_keeps_an_empty_name() -> None:
+    ds = make_series(1, 4, 4)[0]
+    del ds.PatientName
+    meta = read_meta(ds, "1.2.840.10008.1.2.1")
+    assert meta.patient_name == "" and meta.patient_id == str(ds.PatientID)
