@@ -55,6 +55,26 @@ def storescp(folder: Path, *, aet: str = "STORESCP", extra_args: tuple[str, ...]
         process.wait(10)
 
 
+@contextmanager
+def dcmqrscp(folder: Path, *, aet: str = "ARCHIVE") -> Iterator[int]:
+    """DCMTK's dcmqrscp on a free loopback port: it stores into ``folder`` and, unlike storescp, refuses an
+    association whose called AE title is not ``aet`` (A-ASSOCIATE-RJ, called AE title not recognised)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = folder.with_name(folder.name + ".cfg")  # its database folder holds index.dat beside the files
+    config.write_text(f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 4\n"
+                      "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+                      f"AETable BEGIN\n{aet} {folder} RW (100, 1024mb) ANY\nAETable END\n")
+    process = subprocess.Popen([require("dcmqrscp"), "--single-process", "-c", str(config)],
+                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: process.poll() is None and port_open(port), timeout=30, msg="dcmqrscp listening")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def echoscu(port: int, *, called: str, calling: str, extra_args: tuple[str, ...] = ()
             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([require("echoscu"), "-aet", calling, "-aec", called, *extra_args, "127.0.0.1", str(port)],
