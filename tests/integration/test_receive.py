@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -129,6 +130,27 @@ def test_rle_compressed_series_is_accepted_as_sent(scp: RunningScp, tmp_path: Pa
     with scp.sessions() as session:
         syntaxes = [i.transfer_syntax_uid for i in session.scalars(select(Instance))]
     assert syntaxes == ["1.2.840.10008.1.2.5"] * 3
+
+
+def test_instance_cut_off_while_it_arrives_is_logged_by_stage_without_phi(
+    start_scp_with: StartScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    scp = start_scp_with(max_instance_mb=1)
+    ds = make_series(n_slices=1, patient_name="ALPHA^SECRET", patient_id="PID-SECRET")[0]
+    ds.Rows, ds.Columns = 1024, 1536  # 16-bit zeros: 3 MiB, past twice the limit
+    ds.PixelData = bytes(3 * 2**20)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    with caplog.at_level(logging.INFO):
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
+        assert assoc.is_established
+        answer = assoc.send_c_store(ds)
+        assert "Status" not in answer  # aborted, never acknowledged
+        wait_for(lambda: [r for r in caplog.records if r.getMessage().startswith("association aborted")],
+                 timeout=20, msg="the cut-off logged")
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("association aborted")]
+    assert getattr(logged, "ctx", {}).get("stage") == "receive"
+    assert not any(value in caplog.text for value in ("ALPHA", "SECRET", str(ds.StudyInstanceUID)))
 
 
 def _pyscu_send(port: int, what: Dataset | Path, transfer_syntax: str = "1.2.840.10008.1.2.1") -> int:
