@@ -93,3 +93,34 @@ def test_every_object_carries_the_intended_use(written: dict[str, Path]) -> None
     for kind in ("sr", "notice", "finding_sr", "absent_sr"):
         texts = [str(e.value) for e in dcmread(written[kind]).iterall() if e.VR in ("LT", "ST", "UT")]
         assert any(intended in text for text in texts), kind
+
+
+def _content_items(ds: Dataset) -> list[Dataset]:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out.extend(_content_items(item))
+    return out
+
+
+def test_a_long_model_name_is_cut_to_64_characters_and_stays_valid(tmp_path: Path) -> None:
+    """LO values hold 64 characters: a model named at length still gives objects with no dciodvfy error."""
+    name = "Research brain extraction network trained on synthetic phantoms, long-form name"
+    manifest = load_manifests(REPO / "models")["deepbet"].model_copy(update={"name": name})
+    series = make_series(n_slices=6, rows=8, columns=8)
+    volume = build_volume(series)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[1:4, 2:6, 2:6] = 1
+    sources = sanitise_headers(volume.datasets)
+    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
+    seg = build_seg(sources, labels, manifest, identity)
+    sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
+    assert seg.ContentDescription == f"{name} {manifest.version}"[:64]
+    algorithm_names = {item.TextValue for item in _content_items(sr)
+                       if item.ConceptNameCodeSequence[0].CodeValue == "111001"}  # Algorithm Name (DCM)
+    assert algorithm_names == {name[:64]}
+    for kind, obj in (("seg", seg), ("sr", sr)):
+        path = tmp_path / f"{kind}.dcm"
+        obj.save_as(path)
+        errors, _ = dciodvfy(path)
+        assert errors == [], f"{kind}: {errors}"
