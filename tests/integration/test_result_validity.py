@@ -26,10 +26,8 @@ from tests.support.peers import REPO, dciodvfy, sr_validator
 from tests.support.synthetic import make_series
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """SEG, TID 1500 SR and failure notice for one synthetic MR series, written as the node writes them."""
-    manifest: Manifest = load_manifests(REPO / "models")["deepbet"]
+def _seg_and_sr(manifest: Manifest) -> tuple[Volume, np.ndarray, list[Dataset], ResultIdentity, Dataset, Dataset]:
+    """The SEG and TID 1500 SR of a box-shaped label in one synthetic MR series, as the node builds them."""
     series = make_series(n_slices=10, rows=16, columns=12)
     volume = build_volume(series)
     labels = np.zeros(volume.array.shape, np.uint8)
@@ -38,6 +36,14 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
     seg = build_seg(sources, labels, manifest, identity)
     sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
+    return volume, labels, sources, identity, seg, sr
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SEG, TID 1500 SR and failure notice for one synthetic MR series, written as the node writes them."""
+    manifest: Manifest = load_manifests(REPO / "models")["deepbet"]
+    volume, labels, sources, identity, seg, sr = _seg_and_sr(manifest)
     notice = build_failure_notice(sources, manifest, "model output was empty", 7)
     finding, absent = _finding_srs(manifest, volume, labels, seg, sources, identity)
     folder = tmp_path_factory.mktemp("written")
@@ -107,14 +113,7 @@ def test_a_long_model_name_is_cut_to_64_characters_and_stays_valid(tmp_path: Pat
     """LO values hold 64 characters: a model named at length still gives objects with no dciodvfy error."""
     name = "Research brain extraction network trained on synthetic phantoms, long-form name"
     manifest = load_manifests(REPO / "models")["deepbet"].model_copy(update={"name": name})
-    series = make_series(n_slices=6, rows=8, columns=8)
-    volume = build_volume(series)
-    labels = np.zeros(volume.array.shape, np.uint8)
-    labels[1:4, 2:6, 2:6] = 1
-    sources = sanitise_headers(volume.datasets)
-    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
-    seg = build_seg(sources, labels, manifest, identity)
-    sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
+    *_, seg, sr = _seg_and_sr(manifest)
     assert seg.ContentDescription == f"{name} {manifest.version}"[:64]
     algorithm_names = {item.TextValue for item in _content_items(sr)
                        if item.ConceptNameCodeSequence[0].CodeValue == "111001"}  # Algorithm Name (DCM)
