@@ -300,6 +300,23 @@ def test_database_unreachable_before_the_spool_write_answers_0xa701(scp: Running
     assert [p for p in spool_entries(scp.settings) if p.is_file()] == []
 
 
+def test_database_failing_before_a_resend_replaces_its_file_answers_0xa701(scp: RunningScp) -> None:
+    """A re-sent instance (its spool file exists) is checked against the database before the file is
+    replaced: when that read fails, the refusal is audited with its study and the file kept as it was."""
+    ds = make_series(n_slices=1)[0]
+    assert _pyscu_send(scp.port, ds) == 0x0000
+    (kept,) = [p for p in spool_entries(scp.settings) if p.is_file()]
+    before = kept.read_bytes()
+    with scp.sessions() as session:
+        session.execute(text("ALTER TABLE instance RENAME TO instance_gone"))
+        session.commit()
+    assert _pyscu_send(scp.port, ds) == 0xA701
+    (row,) = _audit(scp, "instance_refused")
+    assert row.study_uid == ds.StudyInstanceUID
+    assert json.loads(row.detail)["reason"] == "database error: OperationalError"
+    assert kept.read_bytes() == before
+
+
 @pytest.fixture
 def open_umask() -> Iterator[None]:
     """A umask that masks nothing: only the node's own explicit modes keep PHI owner-only."""
