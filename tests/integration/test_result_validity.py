@@ -23,7 +23,7 @@ from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from tests.support.peers import REPO, dciodvfy, sr_validator
-from tests.support.synthetic import make_series
+from tests.support.synthetic import make_radiograph, make_series
 
 
 def _seg_and_sr(manifest: Manifest) -> tuple[Volume, np.ndarray, list[Dataset], ResultIdentity, Dataset, Dataset]:
@@ -123,3 +123,17 @@ def test_a_long_model_name_is_cut_to_64_characters_and_stays_valid(tmp_path: Pat
         obj.save_as(path)
         errors, _ = dciodvfy(path)
         assert errors == [], f"{kind}: {errors}"
+
+
+def test_seg_of_a_radiograph_carries_its_patient_orientation(tmp_path: Path) -> None:
+    """A projection image has no frame of reference: its SEG then needs the source's PatientOrientation
+    (Type 2C), and dciodvfy finds no error."""
+    manifest = load_manifests(REPO / "models")["deepbet"]
+    source = make_radiograph(np.full((32, 32), 1000, np.uint16))
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[0, 8:20, 8:20] = 1
+    identity = ResultIdentity.for_job(str(source.SeriesInstanceUID), 1, manifest)
+    seg = build_seg(sanitise_headers([source]), labels, manifest, identity)
+    assert "FrameOfReferenceUID" not in seg and list(seg.PatientOrientation) == ["L", "F"]
+    seg.save_as(tmp_path / "seg.dcm")
+    assert dciodvfy(tmp_path / "seg.dcm")[0] == []
