@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,11 +47,16 @@ def result_files(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def test_results_reach_a_dcmtk_scp(settings: Settings, result_files: list[Path], tmp_path: Path) -> None:
-    with storescp(tmp_path / "received") as port:
+def test_results_reach_a_dcmtk_scp(settings: Settings, result_files: list[Path], tmp_path: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with storescp(tmp_path / "received") as port, caplog.at_level(logging.INFO):
         peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port)
         assert echo(settings, peer) == 0
         outcomes = send_files(settings, peer, result_files)
+    # one log line per answer, found by stage and destination, with no PHI of the results sent
+    answers = [getattr(r, "ctx", {}) for r in caplog.records if r.getMessage() == "C-STORE answered"]
+    assert answers == [{"stage": "send", "destination": "STORESCP", "status": "0x0000"}] * 2
+    assert "SYNTHETIC" not in caplog.text and "SYN-0001" not in caplog.text
     assert [o.status for o in outcomes] == [0x0000, 0x0000]
     assert all(o.stored for o in outcomes)
     received = sorted(dcmread(p).Modality for p in (tmp_path / "received").iterdir())
