@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import os
 import subprocess
 import sys
@@ -150,6 +151,9 @@ def test_instance_cut_off_while_it_arrives_is_logged_by_stage_without_phi(
                  timeout=20, msg="the cut-off logged")
     (logged,) = [r for r in caplog.records if r.getMessage().startswith("association aborted")]
     assert getattr(logged, "ctx", {}).get("stage") == "receive"
+    (row,) = wait_for(lambda: _audit(scp, "instance_refused"), timeout=20, msg="the cut-off audited")
+    assert re.fullmatch(r"instance larger than twice max_instance_mb=1 \(\d+ MiB received so far\)",
+                        json.loads(row.detail)["reason"])
     assert not any(value in caplog.text for value in ("ALPHA", "SECRET", str(ds.StudyInstanceUID)))
 
 
