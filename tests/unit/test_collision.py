@@ -6,14 +6,18 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from pydicom import config
+from pydicom.dataelem import DataElement
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db import session_scope
 from dicomnode.errors import UidCollision
 from dicomnode.jobs.models import AuditRecord, Instance, Series, Study
+from dicomnode.jobs.status import StudyState
 from dicomnode.store.index import InstanceMeta, record_instance
 from dicomnode.store.ingest import drop_orphan, read_meta
+from dicomnode.store.spool import clean_uid, free_bytes
 from tests.support.synthetic import make_series
 
 A = InstanceMeta(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.1",
@@ -92,3 +96,33 @@ def test_instance_without_patient_name_keeps_an_empty_name() -> None:
     del ds.PatientName
     meta = read_meta(ds, "1.2.840.10008.1.2.1")
     assert meta.patient_name == "" and meta.patient_id == str(ds.PatientID)
+
+
+def test_instance_header_is_read_cleaned() -> None:
+    ds = make_series(1, 4, 4)[0]
+    ds.add(DataElement(0x00080060, "CS", "MR\x00", validation_mode=config.IGNORE))  # Modality, NUL-padded
+    ds.add(DataElement(0x0008103E, "LO", " T1 SAG AX\x00", validation_mode=config.IGNORE))  # SeriesDescription
+    meta = read_meta(ds, "1.2.840.10008.1.2.1")
+    assert (meta.modality, meta.series_description) == ("MR", "T1 SAG AX")
+    assert (meta.patient_name, meta.patient_id) == ("SYNTHETIC^PHANTOM", "SYN-0001")
+    ds.add(DataElement(0x00080060, "CS", "M" * 20, validation_mode=config.IGNORE))  # over CS's 16 characters
+    assert read_meta(ds, "1.2.840.10008.1.2.1").modality == "M" * 16
+
+
+def test_a_uid_over_64_characters_is_refused() -> None:
+    assert clean_uid("1." + "2" * 62) == "1." + "2" * 62
+    with pytest.raises(ValueError):
+        clean_uid("1." + "2" * 63)
+
+
+def test_free_space_of_a_folder_not_made_yet_is_that_of_its_parent(tmp_path: Path) -> None:
+    assert free_bytes(tmp_path / "spool" / "not" / "yet") == free_bytes(tmp_path) > 0
+
+
+def test_a_new_study_is_receiving_until_it_has_been_quiet(sessions: sessionmaker[Session]) -> None:
+    assert receive(sessions, A)
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+    assert study.state == StudyState.RECEIVING
+    assert study.state_reason == "receiving: complete after study_idle_seconds without a new instance"
+    assert study.last_received_at == study.first_received_at

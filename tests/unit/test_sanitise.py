@@ -57,3 +57,14 @@ def test_uids_are_never_cut_and_the_file_meta_is_kept() -> None:
     assert clean.SOPInstanceUID == long_uid.rstrip("\x00") and len(clean.SOPInstanceUID) == 67
     assert clean.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
     assert clean.file_meta is not source.file_meta
+
+
+def test_malformed_times_become_empty_and_names_with_groups_are_kept() -> None:
+    source = make_series(n_slices=1)[0]
+    source.add(DataElement(0x00080030, "TM", "25:61", validation_mode=config.IGNORE))  # StudyTime
+    source.add(DataElement(0x00080090, "PN", "Yamada=やまだ", validation_mode=config.IGNORE))  # ReferringPhysician
+    source.add(DataElement(0x00100010, "PN", "DOE", validation_mode=config.IGNORE))  # PatientName, family name only
+    clean = sanitise_header(source)
+    assert clean.StudyTime == ""
+    assert str(clean.ReferringPhysicianName) == "Yamada=やまだ"  # component groups: no "^" added
+    assert str(clean.PatientName) == "DOE^"
