@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pydicom.dataelem import DataElement
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.db import session_scope
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.errors import UidCollision
 from dicomnode.jobs.models import AuditRecord, Instance, Series, Study
 from dicomnode.jobs.status import StudyState
@@ -126,3 +127,16 @@ def test_a_new_study_is_receiving_until_it_has_been_quiet(sessions: sessionmaker
     assert study.state == StudyState.RECEIVING
     assert study.state_reason == "receiving: complete after study_idle_seconds without a new instance"
     assert study.last_received_at == study.first_received_at
+
+
+def test_a_refused_file_is_kept_when_the_database_cannot_say_whose_it_is(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'not-migrated.sqlite'}")  # no tables: every query fails
+    refused = tmp_path / "refused.dcm"
+    refused.write_bytes(b"DICM")
+    with caplog.at_level(logging.WARNING):
+        drop_orphan(make_sessionmaker(engine), refused)
+    engine.dispose()
+    assert refused.exists()  # perhaps a recorded instance's: never removed blind
+    (logged,) = caplog.records
+    assert getattr(logged, "ctx", {}).get("stage") == "receive" and str(refused) not in logged.getMessage()
