@@ -59,6 +59,8 @@ def test_colliding_instance_of_another_patient_is_refused_not_merged(
     assert row.study_uid == str(intruder.StudyInstanceUID) and row.patient_id == "SYN-B"
     logged = caplog.text
     assert "UID collision" in logged
+    (refusal,) = [r for r in caplog.records if "refused with 0xC213" in r.getMessage()]
+    assert getattr(refusal, "ctx", {}).get("stage") == "receive"  # found by stage, never by a UID or a name
     assert not any(v in logged for v in (str(intruder.SOPInstanceUID), str(intruder.StudyInstanceUID), "SYN-"))
 
     # a true re-send of A's own instance still dedupes with success

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,6 +114,47 @@ def test_compressed_instances_are_stored_byte_for_byte(
         if sent.file_meta.TransferSyntaxUID.is_compressed:  # kept compressed, pixel data untouched
             assert row.transfer_syntax_uid == sent.file_meta.TransferSyntaxUID
             assert dcmread(row.path).PixelData == dcmread(path).PixelData
+
+
+def test_rle_compressed_series_is_accepted_as_sent(scp: RunningScp, tmp_path: Path) -> None:
+    """Compressed syntaxes are accepted, not only pynetdicom's default uncompressed ones (no shared data needed:
+    DCMTK's dcmcrle compresses a synthetic series, storescu proposes RLE Lossless only)."""
+    files = write_series(make_series(n_slices=3, rows=16, columns=16), tmp_path / "in")
+    rle = []
+    for path in files:
+        out = tmp_path / "rle" / path.name
+        out.parent.mkdir(exist_ok=True)
+        subprocess.run(["dcmcrle", str(path), str(out)], check=True, capture_output=True)
+        rle.append(out)
+    result = storescu(scp.port, rle, called="DICOMNODE", extra_args=("-xr",))
+    assert result.returncode == 0, result.stderr
+    with scp.sessions() as session:
+        syntaxes = [i.transfer_syntax_uid for i in session.scalars(select(Instance))]
+    assert syntaxes == ["1.2.840.10008.1.2.5"] * 3
+
+
+def test_instance_cut_off_while_it_arrives_is_logged_by_stage_without_phi(
+    start_scp_with: StartScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    scp = start_scp_with(max_instance_mb=1)
+    ds = make_series(n_slices=1, patient_name="ALPHA^SECRET", patient_id="PID-SECRET")[0]
+    ds.Rows, ds.Columns = 1024, 1536  # 16-bit zeros: 3 MiB, past twice the limit
+    ds.PixelData = bytes(3 * 2**20)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    with caplog.at_level(logging.INFO):
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
+        assert assoc.is_established
+        answer = assoc.send_c_store(ds)
+        assert "Status" not in answer  # aborted, never acknowledged
+        wait_for(lambda: [r for r in caplog.records if r.getMessage().startswith("association aborted")],
+                 timeout=20, msg="the cut-off logged")
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("association aborted")]
+    assert getattr(logged, "ctx", {}).get("stage") == "receive"
+    (row,) = wait_for(lambda: _audit(scp, "instance_refused"), timeout=20, msg="the cut-off audited")
+    assert re.fullmatch(r"instance larger than twice max_instance_mb=1 \(\d+ MiB received so far\)",
+                        json.loads(row.detail)["reason"])
+    assert not any(value in caplog.text for value in ("ALPHA", "SECRET", str(ds.StudyInstanceUID)))
 
 
 def _pyscu_send(port: int, what: Dataset | Path, transfer_syntax: str = "1.2.840.10008.1.2.1") -> int:
@@ -223,7 +266,7 @@ def test_instance_uid_differing_from_the_command_is_refused(scp: RunningScp, tmp
     status = _send_raw(scp.port, tmp_path, "1.2.826.0.1.3680043.10.999.1", ds, monkeypatch)
     assert status == 0xC212
     (row,) = _audit(scp, "instance_refused")
-    assert "differ" in json.loads(row.detail)["reason"]
+    assert json.loads(row.detail)["reason"] == "SOP Class/Instance UID in the dataset differ from the C-STORE request"
 
 
 def test_truncated_dataset_is_refused_and_leaves_nothing(scp: RunningScp, tmp_path: Path,
@@ -259,6 +302,23 @@ def test_database_unreachable_before_the_spool_write_answers_0xa701(scp: Running
     assert _pyscu_send(scp.port, ds) == 0xA701
     assert [r.study_uid for r in _audit(scp, "instance_refused")] == [ds.StudyInstanceUID]
     assert [p for p in spool_entries(scp.settings) if p.is_file()] == []
+
+
+def test_database_failing_before_a_resend_replaces_its_file_answers_0xa701(scp: RunningScp) -> None:
+    """A re-sent instance (its spool file exists) is checked against the database before the file is
+    replaced: when that read fails, the refusal is audited with its study and the file kept as it was."""
+    ds = make_series(n_slices=1)[0]
+    assert _pyscu_send(scp.port, ds) == 0x0000
+    (kept,) = [p for p in spool_entries(scp.settings) if p.is_file()]
+    before = kept.read_bytes()
+    with scp.sessions() as session:
+        session.execute(text("ALTER TABLE instance RENAME TO instance_gone"))
+        session.commit()
+    assert _pyscu_send(scp.port, ds) == 0xA701
+    (row,) = _audit(scp, "instance_refused")
+    assert row.study_uid == ds.StudyInstanceUID
+    assert json.loads(row.detail)["reason"] == "database error: OperationalError"
+    assert kept.read_bytes() == before
 
 
 @pytest.fixture

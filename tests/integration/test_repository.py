@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 
 import pytest
@@ -22,6 +23,17 @@ def _series(session: Session, n: int = 1) -> list[Series]:
     return out
 
 
+def _claimed(sessions: sessionmaker[Session], worker: str, model: str = "m", version: str = "1",
+             rule: str = "rule") -> Job:
+    """One series with one job queued, claimed by ``worker``."""
+    with session_scope(sessions) as session:
+        (series,) = _series(session)
+        enqueue(session, series, rule, model, version)
+    job = claim(sessions, worker, 60)
+    assert job is not None
+    return job
+
+
 def test_enqueue_is_idempotent(any_sessions: sessionmaker[Session]) -> None:
     with session_scope(any_sessions) as session:
         (series,) = _series(session)
@@ -31,6 +43,18 @@ def test_enqueue_is_idempotent(any_sessions: sessionmaker[Session]) -> None:
     with any_sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 2
         assert [a.event for a in session.scalars(select(AuditRecord))] == ["job_queued", "job_queued"]
+
+
+def test_queued_and_finished_jobs_name_their_model_in_the_audit_trail(any_sessions: sessionmaker[Session]) -> None:
+    job = _claimed(any_sessions, "w1", "deepbet", "1.0.2", rule="brain")
+    with session_scope(any_sessions) as session:
+        transition(session, job.id, JobStatus.RUNNING, JobStatus.SUCCEEDED, "done", worker_id="w1")
+    with any_sessions() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        details = {row.event: json.loads(row.detail) for row in rows}
+    assert details["job_queued"]["model"] == "deepbet" and details["job_queued"]["model_version"] == "1.0.2"
+    assert details["job_queued"]["rule"] == "brain" and details["job_queued"]["series_uid"] == "1.2.3.0"
+    assert details["job_succeeded"]["model"] == "deepbet" and details["job_succeeded"]["reason"] == "done"
 
 
 def test_claim_runs_and_finishes(any_sessions: sessionmaker[Session]) -> None:
@@ -74,11 +98,7 @@ def test_concurrent_claims_take_each_job_once(any_sessions: sessionmaker[Session
 
 
 def test_expired_lease_is_requeued(any_sessions: sessionmaker[Session]) -> None:
-    with session_scope(any_sessions) as session:
-        (series,) = _series(session)
-        enqueue(session, series, "rule", "m", "1")
-    job = claim(any_sessions, "dead-worker", 60)
-    assert job is not None
+    job = _claimed(any_sessions, "dead-worker")
     assert requeue_expired(any_sessions) == 0
     with session_scope(any_sessions) as session:
         session.execute(update(Job).values(lease_until=utcnow() - dt.timedelta(seconds=1)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -79,3 +81,26 @@ def test_zero_retention_keeps_everything(settings: Settings, sessions: sessionma
     age(sessions, 10000)
     assert purge(settings, sessions) == 0
     assert (settings.spool_dir / "1.2.5").is_dir()
+
+
+def test_purge_audit_counts_instances_and_results(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    settings = make_settings(settings.data_dir, retention_days=7)
+    ingest_and_finish(settings, sessions, "1.2.6", JobStatus.SUCCEEDED)
+    age(sessions, 8)
+    assert purge(settings, sessions) == 1
+    with sessions() as session:
+        (deleted,) = session.scalars(select(AuditRecord).where(AuditRecord.event == "study_deleted")).all()
+    detail = json.loads(deleted.detail)
+    assert detail["instances"] == 3 and detail["results"] == 1 and detail["reason"] == "retention policy"
+    assert detail["sop_classes"] == {"1.2.840.10008.5.1.4.1.1.4": 3}
+
+
+def test_purge_of_a_job_without_results_folder(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    settings = make_settings(settings.data_dir, retention_days=7)
+    ingest_and_finish(settings, sessions, "1.2.7", JobStatus.SKIPPED)
+    shutil.rmtree(settings.results_dir)  # a skipped job wrote no results
+    age(sessions, 8)
+    assert purge(settings, sessions) == 1
+    assert not (settings.spool_dir / "1.2.7").exists()
+    with sessions() as session:
+        assert session.scalars(select(Study.state)).one() == StudyState.PURGED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.scu import echo, send_files
 from dicomnode.settings import Peer, Settings
 from tests.support.net import free_port
-from tests.support.peers import REPO, storescp
+from tests.support.peers import REPO, dcmqrscp, storescp
 
 
 @pytest.fixture
@@ -46,11 +47,16 @@ def result_files(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def test_results_reach_a_dcmtk_scp(settings: Settings, result_files: list[Path], tmp_path: Path) -> None:
-    with storescp(tmp_path / "received") as port:
+def test_results_reach_a_dcmtk_scp(settings: Settings, result_files: list[Path], tmp_path: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with storescp(tmp_path / "received") as port, caplog.at_level(logging.INFO):
         peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port)
         assert echo(settings, peer) == 0
         outcomes = send_files(settings, peer, result_files)
+    # one log line per answer, found by stage and destination, with no PHI of the results sent
+    answers = [getattr(r, "ctx", {}) for r in caplog.records if r.getMessage() == "C-STORE answered"]
+    assert answers == [{"stage": "send", "destination": "STORESCP", "status": "0x0000"}] * 2
+    assert "SYNTHETIC" not in caplog.text and "SYN-0001" not in caplog.text
     assert [o.status for o in outcomes] == [0x0000, 0x0000]
     assert all(o.stored for o in outcomes)
     received = sorted(dcmread(p).Modality for p in (tmp_path / "received").iterdir())
@@ -115,3 +121,34 @@ def test_permanent_rejection_is_decided_the_same_way_every_time(settings: Settin
         with pytest.raises(SendError, match=r"rejected \(permanent\)") as info:
             send_files(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port), result_files)
     assert info.value.retryable is False
+
+
+def test_association_calls_the_destinations_ae_title(settings: Settings, result_files: list[Path],
+                                                     tmp_path: Path) -> None:
+    """dcmqrscp answers only to its own AE title: the node must call the destination by its configured one."""
+    with dcmqrscp(tmp_path / "archive", aet="ARCHIVE") as port:
+        with pytest.raises(SendError, match=r"rejected \(permanent\)"):
+            send_files(settings, Peer(ae_title="ELSEWHERE", host="127.0.0.1", port=port), result_files)
+        outcomes = send_files(settings, Peer(ae_title="ARCHIVE", host="127.0.0.1", port=port), result_files)
+    assert [o.status for o in outcomes] == [0x0000, 0x0000]
+    received = sorted(dcmread(p).Modality for p in (tmp_path / "archive").iterdir() if p.name != "index.dat")
+    assert received == ["SEG", "SR"]
+
+
+def test_rejection_is_read_only_from_an_answer_that_carries_a_result() -> None:
+    """An association marked rejected with no A-ASSOCIATE-RJ to read (none yet, or one without its result
+    field) has no rejection result: the negotiation is asked again rather than decided."""
+    from pynetdicom.association import Association
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+    from dicomnode.send.scu import _rejection
+
+    assoc = Association(AE(), "requestor")
+    assert _rejection(assoc) is None  # not rejected
+    assoc.is_rejected = True
+    assert _rejection(assoc) is None  # no answer read
+    answer = A_ASSOCIATE()
+    assoc.acceptor.primitive = answer
+    assert _rejection(assoc) is None  # an answer without a result
+    answer.result = 0x02
+    assert _rejection(assoc) == 2

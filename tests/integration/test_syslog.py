@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -21,6 +22,7 @@ from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.jobs.models import AuditRecord
+from dicomnode.migrate import upgrade
 from dicomnode.node import start_node
 from dicomnode.settings import Settings
 from tests.conftest import make_settings
@@ -161,3 +163,29 @@ def test_an_empty_trail_has_nothing_to_forward(settings: Settings, sessions: ses
     write_events(sessions)
     with pytest.raises(OSError):
         sender.forward_pending()
+
+
+def test_forwarder_outlives_a_database_error(settings: Settings, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A database that fails (here: not migrated yet) is logged without PHI and tried again; the thread
+    goes on and forwards the trail once the database answers."""
+    url = f"sqlite:///{tmp_path / 'late.sqlite'}"
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    receiver = SyslogReceiver(free_port()).start()
+    sender = forwarder(settings, sessions, f"tcp://127.0.0.1:{receiver.port}")
+    caplog.set_level(logging.ERROR, logger="dicomnode")
+    try:
+        sender.start()
+        wait_for(lambda: any(getattr(r, "ctx", {}).get("stage") == "audit" for r in caplog.records), timeout=20,
+                 msg="the forwarder's error logged")
+        upgrade(url)
+        write_events(sessions)
+        wait_for(lambda: len(receiver.messages) >= 3, timeout=20, msg="the trail forwarded after the error")
+    finally:
+        sender.stop()
+        receiver.stop()
+        engine.dispose()
+    (error, *_) = [r for r in caplog.records if getattr(r, "ctx", {}).get("stage") == "audit"]
+    assert error.getMessage() == "audit forwarder error" and error.exc_info is not None
+    assert len(receiver.messages) == 3

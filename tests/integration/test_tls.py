@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -55,9 +57,21 @@ def test_plain_peer_is_refused_on_the_tls_port(tls_scp) -> None:  # type: ignore
     assert result.returncode != 0
     # the client can see the handshake fail before the node has written its audit row: poll for it
     alerts = wait_for(lambda: security_alerts(tls_scp), timeout=10, msg="security alert audited")
-    assert len(alerts) == 1 and "TLS handshake failed" in str(alerts[0]["reason"])
+    assert len(alerts) == 1 and re.fullmatch(r"TLS handshake failed: [A-Z_]+", str(alerts[0]["reason"]))
+    assert alerts[0]["reason"] != "TLS handshake failed: None"  # OpenSSL's reason, named
     assert alerts[0]["security_alert"] is True
     assert alerts[0]["address"] == "127.0.0.1"  # who tried
+
+
+def test_a_client_silent_in_the_handshake_is_cut_off_and_audited(start_scp_with: StartScp,
+                                                                 pki: dict[str, KeyPair]) -> None:
+    scp = start_scp_with(plain_port_enabled=False, tls_port=free_port(), tls_cert_file=pki["node"].cert,
+                         tls_key_file=pki["node"].key, tls_ca_file=pki["ca"].cert, tls_handshake_timeout_seconds=0.5)
+    with socket.create_connection(("127.0.0.1", scp.settings.tls_port)) as silent:  # says nothing at all
+        alerts = wait_for(lambda: security_alerts(scp), timeout=20, msg="the silent client's handshake audited")
+        silent.settimeout(20)
+        assert silent.recv(1) == b""  # the node closed it
+    assert [a["reason"] for a in alerts] == ["TLS handshake failed: TimeoutError"]
 
 
 def test_certificate_from_another_ca_is_refused(tls_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
@@ -95,6 +109,14 @@ def test_scu_refuses_a_pacs_with_an_untrusted_certificate(pki: dict[str, KeyPair
         assert echo(settings, peer) is None
     trusted = tmp_path / "trusted"
     with storescp(trusted, extra_args=(*tls_args(pki["pacs"], pki["ca"]), "-ic")) as port:  # the control
+        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) == 0
+
+
+def test_scu_without_a_key_presents_no_certificate(pki: dict[str, KeyPair], tmp_path: Path) -> None:
+    """A certificate without its key is not a client identity: the SCU still verifies the PACS and goes
+    on without one, to a PACS that asks for none (-ic)."""
+    settings = make_settings(tmp_path / "data", tls_ca_file=pki["ca"].cert, tls_cert_file=pki["node"].cert)
+    with storescp(tmp_path / "received", extra_args=(*tls_args(pki["pacs"], pki["ca"]), "-ic")) as port:
         assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) == 0
 
 

@@ -41,18 +41,38 @@ def storescu(port: int, files: list[Path] | Path, *, called: str, calling: str =
 
 
 @contextmanager
-def storescp(folder: Path, *, aet: str = "STORESCP", extra_args: tuple[str, ...] = ()) -> Iterator[int]:
-    """DCMTK's storescp on a free loopback port, writing what it receives to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = subprocess.Popen([require("storescp"), "-aet", aet, "-od", str(folder), *extra_args, str(port)],
-                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _listening(args: list[str], port: int) -> Iterator[int]:
+    """A DCMTK SCP started with ``args``, once it listens on ``port``; stopped on exit."""
+    process = subprocess.Popen(args, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: process.poll() is None and port_open(port), timeout=30, msg="storescp listening")
+        wait_for(lambda: process.poll() is None and port_open(port), timeout=30, msg=f"{Path(args[0]).name} listening")
         yield port
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextmanager
+def storescp(folder: Path, *, aet: str = "STORESCP", extra_args: tuple[str, ...] = ()) -> Iterator[int]:
+    """DCMTK's storescp on a free loopback port, writing what it receives to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with _listening([require("storescp"), "-aet", aet, "-od", str(folder), *extra_args, str(port)], port):
+        yield port
+
+
+@contextmanager
+def dcmqrscp(folder: Path, *, aet: str = "ARCHIVE") -> Iterator[int]:
+    """DCMTK's dcmqrscp on a free loopback port: it stores into ``folder`` and, unlike storescp, refuses an
+    association whose called AE title is not ``aet`` (A-ASSOCIATE-RJ, called AE title not recognised)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = folder.with_name(folder.name + ".cfg")  # its database folder holds index.dat beside the files
+    config.write_text(f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 4\n"
+                      "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+                      f"AETable BEGIN\n{aet} {folder} RW (100, 1024mb) ANY\nAETable END\n")
+    with _listening([require("dcmqrscp"), "--single-process", "-c", str(config)], port):
+        yield port
 
 
 def echoscu(port: int, *, called: str, calling: str, extra_args: tuple[str, ...] = ()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,3 +74,17 @@ def test_a_missing_spool_folder_is_a_spool_error_not_a_row(any_sessions: session
     assert result.spool_error and not result.changed
     with any_sessions() as session:
         assert session.scalars(select(Instance)).all() == []
+
+
+def test_an_unexpected_error_still_answers_every_receipt_and_is_logged_by_stage(
+    any_sessions: sessionmaker[Session], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader never leaves its followers without an answer, whatever fails (here a receipt without its
+    instance's metadata: a programming error, neither a database nor a file-system one)."""
+    broken = dataclasses.replace(_receipt(tmp_path, BASE), meta=None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR):
+        result = GroupCommitter(any_sessions).record(broken)
+    assert result == Recorded(db_error="unexpected error")
+    (logged,) = [r for r in caplog.records if r.name == "dicomnode.store.committer"]
+    assert logged.getMessage() == "group commit failed unexpectedly" and logged.exc_info is not None
+    assert getattr(logged, "ctx", {}).get("stage") == "receive"

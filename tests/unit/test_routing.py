@@ -50,3 +50,10 @@ def test_configured_rules_replace_the_models_default() -> None:
     configured = Rule(name="mine", model="deepbet", match={"Modality": "MR"})
     other_default = Rule(name="d2", model="other", match={})
     assert effective_rules([configured], [BRAIN, other_default]) == [configured, other_default]
+
+
+def test_multi_valued_attribute_matches_on_any_of_its_values() -> None:
+    rule = Rule(name="orig", model="m", match={"ImageType": r"(^|\\)PRIMARY(\\|$)"})
+    assert evaluate(rule, header(ImageType=["ORIGINAL", "PRIMARY", "M"])).matched
+    refused = evaluate(rule, header(ImageType=["DERIVED", "SECONDARY"]))
+    assert refused.reason == r"rule orig: ImageType does not match /(^|\\)PRIMARY(\\|$)/"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -52,3 +54,20 @@ def test_database_refuses_unknown_state(sessions: sessionmaker[Session]) -> None
             session.execute(text("INSERT INTO job (series_id, rule, model_id, model_version, revision, status, reason, "
                                  "attempts, created_at, updated_at) VALUES (1, 'r', 'm', '1', 1, 'exploded', '', 0, "
                                  "'2026-01-01', '2026-01-01')"))
+
+
+def test_the_models_own_schema_checks_the_state_enums(tmp_path: Path) -> None:
+    """The ORM model declares the same CHECK as the migrations: a schema made from it refuses an unknown state."""
+    from sqlalchemy import create_engine
+
+    from dicomnode.jobs.models import Base, Study
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'model.sqlite'}")
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(Study(study_uid="1.2.3", calling_ae="PACS"))
+        with pytest.raises(IntegrityError, match="CHECK constraint"), engine.begin() as connection:
+            connection.execute(text("UPDATE study SET state = 'lost'"))
+    finally:
+        engine.dispose()

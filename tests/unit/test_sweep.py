@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.db import session_scope
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.jobs.completion import HeaderCache, sweep
-from dicomnode.jobs.models import Instance, Study, utcnow
+from dicomnode.jobs.models import AuditRecord, Instance, Study, utcnow
 from dicomnode.jobs.status import StudyState
 from dicomnode.settings import Rule
 from dicomnode.store.index import InstanceMeta, record_instance
@@ -146,3 +147,27 @@ def test_workers_are_woken_for_each_study_before_the_sweep_waits_for_the_next(
 
     assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=2.0, on_routed=on_routed) == 2
     assert seen == [[StudyState.ROUTED, StudyState.RECEIVING], [StudyState.ROUTED, StudyState.ROUTED]]
+
+
+def test_a_study_nothing_matches_is_audited_as_not_routed_by_the_router(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    receive_series(sessions, tmp_path / "spool")
+    quiet_for(sessions, IDLE + 1)
+    ct_only = [Rule(name="ct", model="deepbet", match={"Modality": "^CT$"})]
+    assert sweep(sessions, IDLE, ct_only, manifests) == 1
+    with sessions() as session:
+        (row,) = session.scalars(select(AuditRecord).where(AuditRecord.event == "study_not_routed")).all()
+        study = session.scalars(select(Study)).one()
+    assert (row.actor, row.outcome, row.study_uid) == ("router", "success", study.study_uid)
+    assert json.loads(row.detail)["reason"] == study.state_reason
+    assert study.state_reason.startswith("nothing to do: series 7: ")
+
+
+def test_the_sweep_counts_every_study_it_routes(
+        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        receive_series(sessions, tmp_path / name)
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests) == 3
+    with sessions() as session:
+        assert set(session.scalars(select(Study.state))) == {StudyState.ROUTED}
