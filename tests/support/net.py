@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -10,8 +11,23 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+# Ports handed to servers come from below Linux's ephemeral range (32768-60999): a port the kernel
+# picked for bind(0) is soon picked again, for another test run's server or for an outgoing connection.
+_PORTS = (20000, 32768)
+_pick = random.SystemRandom()  # which port, not test data: nothing to reproduce
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback TCP port nothing listens on now."""
+    for _ in range(200):
+        port = _pick.randrange(*_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that range is full: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
