@@ -181,11 +181,15 @@ def _client(event: Any) -> Client:
 def _size_refusal(event: Any, settings: Settings) -> str:
     """Why the received dataset is too large to decode, or "" (inflation is bounded, never unlimited)."""
     path: Path = event.dataset_path
-    offset = split_dataset(path)[1]  # the preamble and file meta pynetdicom wrote before the dataset
-    size = path.stat().st_size - offset
+    # the file holds the dataset after the preamble and file meta that pynetdicom wrote: a file within
+    # the limit holds a dataset within it, and only a larger one needs the dataset's own size
+    size = path.stat().st_size
     if size > settings.max_instance_mb * 2**20:
-        return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
+        size -= split_dataset(path)[1]
+        if size > settings.max_instance_mb * 2**20:
+            return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
     if str(event.context.transfer_syntax) == DeflatedExplicitVRLittleEndian:
+        offset = split_dataset(path)[1]
         with open(path, "rb") as received:
             received.seek(offset)
             try:

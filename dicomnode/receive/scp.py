@@ -9,6 +9,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomnode import reactor
 from dicomnode.receive.handlers import (
     ReceiveContext,
     handle_accepted,
@@ -35,6 +36,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian] + [
 def build_ae(ctx: ReceiveContext) -> AE:
     """The SCP's AE: every storage SOP class plus Verification, timeouts from the settings."""
     settings = ctx.settings
+    reactor.install()
     ae = AE(ae_title=settings.ae_title)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None

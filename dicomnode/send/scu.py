@@ -18,6 +18,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomnode import reactor
 from dicomnode.errors import SendError
 from dicomnode.log import extra
 from dicomnode.settings import Peer, Settings
@@ -39,6 +40,7 @@ class StoreOutcome:
 
 
 def _ae(settings: Settings) -> AE:
+    reactor.install()
     ae = AE(ae_title=settings.ae_title)
     ae.acse_timeout = settings.acse_timeout_seconds
     ae.dimse_timeout = settings.dimse_timeout_seconds

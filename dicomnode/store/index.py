@@ -66,9 +66,10 @@ _INSERT_INSTANCE = insert(_INSTANCE)
 
 
 def lookup(session: Session, meta: InstanceMeta) -> Known:
-    instance = session.execute(_FIND_INSTANCE, {"b_uid": meta.sop_instance_uid}).first()
-    series = session.execute(_FIND_SERIES, {"b_uid": meta.series_uid}).first()
-    study = session.execute(_FIND_STUDY, {"b_uid": meta.study_uid}).first()
+    conn = session.connection()  # Core statements on the session's connection: no ORM execution layer
+    instance = conn.execute(_FIND_INSTANCE, {"b_uid": meta.sop_instance_uid}).first()
+    series = conn.execute(_FIND_SERIES, {"b_uid": meta.series_uid}).first()
+    study = conn.execute(_FIND_STUDY, {"b_uid": meta.study_uid}).first()
     return Known(*(None if row is None else tuple(row) for row in (instance, series, study)))
 
 
@@ -133,7 +134,7 @@ def record_instance(
         study_id = study.id
     else:
         study_id = known.study[0]
-        session.execute(_TOUCH_STUDY, {"b_id": study_id, "b_at": now})
+        session.connection().execute(_TOUCH_STUDY, {"b_id": study_id, "b_at": now})
 
     series_table = _SERIES
     if known.series is None:
@@ -152,8 +153,8 @@ def record_instance(
               "size": size, "sha256": sha256, "calling_ae": calling_ae, "received_at": now}
     instance_table = _INSTANCE
     if known.instance is None:
-        session.execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid, "series_id": series_id,
-                                           **values})
+        session.connection().execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid,
+                                                        "series_id": series_id, **values})
     else:
         session.execute(update(instance_table).where(instance_table.c.id == known.instance[0]).values(**values))
     return True

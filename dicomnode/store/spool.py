@@ -91,12 +91,10 @@ def adopt_file(source: Path, path: Path) -> tuple[str, int]:
     StoreError
         When the file could not be made durable or moved; ``path`` is then left as it was.
     """
-    digest, size = hashlib.sha256(), 0
     try:
         with open(source, "rb") as received:
-            while chunk := received.read(2**20):
-                digest.update(chunk)
-                size += len(chunk)
+            digest = hashlib.file_digest(received, "sha256")  # read and hashed in C, one buffer
+            size = os.fstat(received.fileno()).st_size
             os.fsync(received.fileno())
         os.chmod(source, 0o600)
         make_private_dirs(path.parent)

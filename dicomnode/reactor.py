@@ -1,0 +1,254 @@
+"""pynetdicom's reactors, woken by what they wait for instead of polling every millisecond.
+
+pynetdicom 3.0 runs two loops per association, and both poll:
+
+- the DUL thread sleeps 1 ms whenever a pass found nothing to do, so a PDU from the peer, or a
+  response the handler just queued for sending, waits up to a millisecond;
+- the association thread sleeps 1 ms before each look for a decoded DIMSE message, so a complete
+  C-STORE waits up to another millisecond before its handler runs.
+
+With one C-STORE at a time per association (no asynchronous operations window), each instance pays
+these waits three times over, and each idle association wakes 2,000 times a second, which four
+associations on two cores feel. The socket reads come 4 KiB at a time, 128 ``recv`` calls and copies
+for a 0.5 MB slice.
+
+:func:`install` replaces those waits, and only those: the DUL thread waits in ``select`` on its socket
+and on a wake-up socket that :meth:`~pynetdicom.dul.DULServiceProvider.send_pdu` writes to; the
+association thread waits on the DIMSE message queue's own condition; both still wake at least every
+:data:`IDLE_WAKE` seconds for their timers and flags, so every check happens in the same order as
+before, only sooner. Socket reads fill one buffer with ``recv_into``. It patches only the pynetdicom
+release its copies follow (:data:`FOLLOWS`); under any other it changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket
+
+log = logging.getLogger(__name__)
+
+FOLLOWS = "3.0."  # the pynetdicom release line whose loops the functions below follow
+IDLE_WAKE = 0.02  # seconds between passes when nothing happens (timers, kill flags)
+RECV_CHUNK = 2**20
+
+_lock = threading.Lock()
+_installed: list[bool] = []
+
+
+def install() -> bool:
+    """Patch pynetdicom's waits (idempotent, process-wide); False when its version is not :data:`FOLLOWS`."""
+    with _lock:
+        if _installed:
+            return _installed[0]
+        ok = follows(pynetdicom.__version__)
+        if ok:
+            _dul_init = DULServiceProvider.__init__
+
+            def dul_init(self: DULServiceProvider, *args: Any, **kwargs: Any) -> None:
+                _dul_init(self, *args, **kwargs)
+                self._wake_r, self._wake_w = socket.socketpair()  # type: ignore[attr-defined]
+                self._wake_r.setblocking(False)  # type: ignore[attr-defined]
+                self._wake_w.setblocking(False)  # type: ignore[attr-defined]
+
+            _send_pdu = DULServiceProvider.send_pdu
+
+            def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
+                _send_pdu(self, primitive)
+                _wake(self)
+
+            _kill_dul = DULServiceProvider.kill_dul
+
+            def kill_dul(self: DULServiceProvider) -> None:
+                _kill_dul(self)
+                _wake(self)
+
+            _assoc_init = Association.__init__
+
+            def assoc_init(self: Association, *args: Any, **kwargs: Any) -> None:
+                _assoc_init(self, *args, **kwargs)
+                self._reactor_checkpoint = _Checkpoint(self)
+
+            Association.__init__ = assoc_init  # type: ignore[method-assign]
+            DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
+            DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+            DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
+            DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
+            Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
+            AssociationSocket.recv = _recv  # type: ignore[method-assign]
+        else:
+            log.info("pynetdicom %s is not %sx: its reactors keep polling", pynetdicom.__version__, FOLLOWS)
+        _installed.append(ok)
+        return ok
+
+
+def follows(version: str) -> bool:
+    """Whether pynetdicom ``version`` runs the loops that the functions below copy."""
+    return version.startswith(FOLLOWS)
+
+
+def _wake(dul: DULServiceProvider) -> None:
+    with contextlib.suppress(OSError):  # full (already awake) or closed (finished)
+        dul._wake_w.send(b"\0")  # type: ignore[attr-defined]
+
+
+def _idle_wait(dul: DULServiceProvider) -> None:
+    """Until the peer sends, the user queues a primitive, or :data:`IDLE_WAKE` passes."""
+    wake = dul._wake_r  # type: ignore[attr-defined]
+    raw = getattr(dul.socket, "socket", None)
+    if isinstance(raw, ssl.SSLSocket) and raw.pending():
+        return  # decrypted bytes already buffered: select would not see them
+    waitables = [wake] if raw is None or raw.fileno() < 0 else [wake, raw]
+    try:
+        ready, _, _ = select.select(waitables, [], [], IDLE_WAKE)
+    except (OSError, ValueError):  # the socket closed meanwhile: the pass below finds out
+        time.sleep(dul._run_loop_delay)
+        return
+    if wake in ready:
+        with contextlib.suppress(OSError):
+            wake.recv(4096)
+
+
+def _dul_run_reactor(self: DULServiceProvider) -> None:
+    """pynetdicom 3.0's ``DULServiceProvider.run_reactor``, with :func:`_idle_wait` for its sleep."""
+    self._idle_timer.start()
+    sleep = False
+    try:
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            if sleep:
+                _idle_wait(self)
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                log.error("Exception in DUL.run(), aborting association")
+                log.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            sleep = False
+    finally:
+        for end in (self._wake_r, self._wake_w):  # type: ignore[attr-defined]
+            end.close()
+
+
+class _Checkpoint(threading.Event):
+    """``Association._reactor_checkpoint``: a thread that pauses the reactor (to send a request on the
+    association itself: every ``send_c_*`` of a requestor) clears it and waits until the reactor has
+    stopped at it; clearing it wakes the reactor from :func:`_await_message` to do so."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        self.set()  # as pynetdicom's own: running
+        self._assoc = assoc
+
+    def clear(self) -> None:
+        super().clear()
+        messages = self._assoc.dimse.msg_queue
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
+
+def _await_message(assoc: Association) -> None:
+    """Until a decoded DIMSE message is queued, or :data:`IDLE_WAKE` passes (the message stays queued)."""
+    messages = assoc.dimse.msg_queue
+    with messages.not_empty:  # holds the queue's own lock: its qsize() would wait on it forever
+        if not messages.queue and assoc._reactor_checkpoint.is_set():
+            messages.not_empty.wait(IDLE_WAKE)
+
+
+def _assoc_run_reactor(self: Association) -> None:
+    """pynetdicom 3.0's ``Association._run_reactor``, with :func:`_await_message` for its 1 ms sleep."""
+    self._is_paused = False
+    while not self._kill:
+        _await_message(self)
+        self._is_paused = True
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+        context_id, msg = self.dimse.get_msg(block=False)
+        if msg:
+            self._serve_request(msg, context_id)  # type: ignore[arg-type]
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            log.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return
+        if self.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            log.info(log_msg)
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+        if not self.dul.is_alive():
+            self.kill()
+            return
+        if self.dul.idle_timer_expired():
+            log.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return
+
+
+def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: up to ``nr_bytes``, fewer only when the peer closed; one buffer."""
+    raw = self.socket
+    assert raw is not None
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    nr_read = 0
+    while nr_read < nr_bytes:
+        got = raw.recv_into(view[nr_read:], min(nr_bytes - nr_read, RECV_CHUNK))
+        if not got:
+            del view
+            del buffer[nr_read:]
+            return buffer
+        nr_read += got
+    return buffer
