@@ -6,10 +6,11 @@ the median of the rounds. Printed: instances/s for one and for four concurrent a
 node's ratios against Orthanc and against storescp from the same invocation. DCMTK runs with
 TCP_NODELAY=1 (tests/support/peers.py), as it must on loopback.
 
-    python bench/ingest.py [-n 500] [--rounds 3] [--associations 1 4] [--atna-down]
+    python bench/ingest.py [-n 500] [--rounds 3] [--associations 1 4] [--atna-down] [--processes N]
 
 ``--atna-down`` adds a node run whose ATNA forwarder faces a repository that is down (audit transport
-never slows ingest).
+never slows ingest). ``--processes N`` adds the node as N receiving processes sharing one port
+(``share_port``), one database and one spool.
 """
 
 from __future__ import annotations
@@ -107,10 +108,14 @@ def orthanc(root: Path) -> Iterator[tuple[int, str]]:
 NODE_SETTINGS: dict[str, str] = {}  # --node-set KEY=VALUE: measure one setting against another
 
 
+def _settings(root: Path, port: int, **more: object) -> Settings:
+    return Settings.load(None, data_dir=root, host="127.0.0.1", port=port,
+                         peers=[Peer(ae_title="STORESCU", host="127.0.0.1")], min_free_disk_mb=1,
+                         audit_retry_seconds=0.2, **NODE_SETTINGS, **more)
+
+
 def _node(root: Path, audit_repository: str) -> Iterator[tuple[int, str]]:
-    settings = Settings.load(None, data_dir=root, host="127.0.0.1", port=free_port(),
-                             peers=[Peer(ae_title="STORESCU", host="127.0.0.1")], min_free_disk_mb=1,
-                             audit_repository=audit_repository, audit_retry_seconds=0.2, **NODE_SETTINGS)
+    settings = _settings(root, free_port(), audit_repository=audit_repository)
     settings.data_dir.mkdir(mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
@@ -137,6 +142,36 @@ def node_atna_down(root: Path) -> Iterator[tuple[int, str]]:
     yield from _node(root, f"tcp://127.0.0.1:{free_port()}")
 
 
+PROCESSES = [1]  # --processes N
+
+
+def serve_shared(root: Path, port: int) -> None:
+    """One of the receiving processes of :func:`node_processes` (``--serve-shared ROOT PORT``)."""
+    settings = _settings(root, port, share_port=True)
+    start_scp(ReceiveContext(settings, make_sessionmaker(make_engine(settings.db_url))))
+    print("listening", flush=True)
+    sys.stdin.read()  # until the bench closes our stdin
+
+
+@contextmanager
+def node_processes(root: Path) -> Iterator[tuple[int, str]]:
+    settings = _settings(root, free_port())
+    settings.data_dir.mkdir(mode=0o700)
+    upgrade(settings.db_url)
+    procs = [subprocess.Popen([sys.executable, __file__, "--serve-shared", str(root), str(settings.port),
+                               *(f"--node-set={key}={value}" for key, value in NODE_SETTINGS.items())],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(PROCESSES[0])]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == b"listening\n"
+        yield settings.port, settings.ae_title
+    finally:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(30)
+
+
 Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
 
 
@@ -149,11 +184,20 @@ def main() -> None:
     parser.add_argument("--node-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a node setting for this run (e.g. max_pdu_bytes=16382)")
     parser.add_argument("--only", nargs="+", help="receivers to run (default: all)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="also the node as this many receiving processes on one port (share_port)")
+    parser.add_argument("--serve-shared", nargs=2, metavar=("ROOT", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     NODE_SETTINGS.update(item.split("=", 1) for item in args.node_set)
+    if args.serve_shared:
+        serve_shared(Path(args.serve_shared[0]), int(args.serve_shared[1]))
+        return
+    PROCESSES[0] = args.processes
     receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node}
     if args.atna_down:
         receivers["dicomnode, ATNA down"] = node_atna_down
+    if args.processes > 1:
+        receivers[f"dicomnode, {args.processes} processes"] = node_processes
     if args.only:
         receivers = {k: v for k, v in receivers.items() if k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,8 +221,9 @@ def main() -> None:
         for name, value in rate.items():
             print(f"| {name} | {value:.0f} |")
         if {"dicomnode", "Orthanc", "DCMTK storescp"} <= rate.keys():
-            print(f"dicomnode / Orthanc: {rate['dicomnode'] / rate['Orthanc']:.2f}x; "
-                  f"dicomnode / storescp: {rate['dicomnode'] / rate['DCMTK storescp']:.2f}x")
+            for name in (n for n in rate if n.startswith("dicomnode")):
+                print(f"{name} / Orthanc: {rate[name] / rate['Orthanc']:.2f}x; "
+                      f"{name} / storescp: {rate[name] / rate['DCMTK storescp']:.2f}x")
     sys.stdout.flush()
 
 

@@ -69,7 +69,8 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
     receive_into_files(settings)
     guard = SizeGuard(int(2 * settings.max_instance_mb * 2**20), partial(handle_too_large, ctx=ctx))
     handlers.append((evt.EVT_PDU_RECV, guard))
-    start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds)
+    start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds,
+                    share_port=settings.share_port)
     servers = []
     if settings.plain_port_enabled:
         servers.append(start((settings.host, settings.port)))

@@ -6,6 +6,9 @@ handshake (bounded by ``tls_handshake_timeout_seconds``) and the wait for the pe
 by ``first_pdu_timeout_seconds``) run in the connection's own thread, and the association, which is
 what takes a slot, is created only once a whole A-ASSOCIATE-RQ PDU has arrived. A connection that sends
 nothing is closed without ever holding a slot a known peer needs.
+
+With ``share_port`` (the ``share_port`` setting), several receiving processes bind the same address
+(SO_REUSEPORT) and the kernel hands each new connection to one of them.
 """
 
 from __future__ import annotations
@@ -57,9 +60,17 @@ def _whole_request_arrived(sock: socket.socket, deadline: float) -> bool | None:
 class GuardedServer(ThreadedAssociationServer):
     """A :class:`ThreadedAssociationServer` whose accept loop never waits on a client."""
 
-    def __init__(self, *args: Any, first_pdu_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, first_pdu_timeout: float, share_port: bool = False, **kwargs: Any) -> None:
         self.first_pdu_timeout = first_pdu_timeout
+        self.share_port = share_port
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """Bind as pynetdicom does; with ``share_port``, beside other processes bound the same way."""
+        if self.share_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept only; the TLS handshake happens in the connection's thread."""
@@ -90,10 +101,10 @@ class GuardedServer(ThreadedAssociationServer):
 
 
 def start_guarded_server(ae: AE, address: tuple[str, int], *, handlers: list[Any], first_pdu_timeout: float,
-                         ssl_context: ssl.SSLContext | None = None) -> GuardedServer:
+                         ssl_context: ssl.SSLContext | None = None, share_port: bool = False) -> GuardedServer:
     """Start a :class:`GuardedServer` for ``ae`` in a daemon thread, as ``AE.start_server(block=False)`` does."""
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers, server_class=GuardedServer,
-                            first_pdu_timeout=first_pdu_timeout)
+                            first_pdu_timeout=first_pdu_timeout, share_port=share_port)
     assert isinstance(server, GuardedServer)
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)
