@@ -40,6 +40,9 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
+# the copied loops log what pynetdicom's own did, on its own loggers (the node keeps those at WARNING)
+_dul_log = logging.getLogger("pynetdicom.dul")
+_assoc_log = logging.getLogger("pynetdicom.association")
 
 FOLLOWS = "3.0."  # the pynetdicom release line whose loops the functions below follow
 IDLE_WAKE = 0.02  # seconds between passes when nothing happens (timers, kill flags)
@@ -143,8 +146,8 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
                 elif self._is_transport_event():
                     self._idle_timer.restart()
             except Exception as exc:
-                log.error("Exception in DUL.run(), aborting association")
-                log.exception(exc)
+                _dul_log.error("Exception in DUL.run(), aborting association")
+                _dul_log.exception(exc)
                 abort_pdu = A_ABORT_RQ()
                 abort_pdu.source = 0x02
                 abort_pdu.reason_diagnostic = 0x00
@@ -204,7 +207,7 @@ def _assoc_run_reactor(self: Association) -> None:
             self._serve_request(msg, context_id)  # type: ignore[arg-type]
         if self.is_established and self.acse.is_release_requested():
             self.acse.send_release(is_response=True)
-            log.info("Association Released")
+            _assoc_log.info("Association Released")
             self.is_released = True
             self.is_established = False
             evt.trigger(self, evt.EVT_RELEASED, {})
@@ -214,7 +217,7 @@ def _assoc_run_reactor(self: Association) -> None:
             log_msg = "Association Aborted"
             if self.acse.is_aborted("a-p-abort"):
                 log_msg += " (A-P-ABORT)"
-            log.info(log_msg)
+            _assoc_log.info(log_msg)
             self.dul.receive_pdu(wait=False)
             self.is_aborted = True
             self.is_established = False
@@ -225,7 +228,7 @@ def _assoc_run_reactor(self: Association) -> None:
             self.kill()
             return
         if self.dul.idle_timer_expired():
-            log.error("Network timeout reached")
+            _assoc_log.error("Network timeout reached")
             if self.network_timeout_response == "A-RELEASE":
                 self._is_paused = True
                 self._reactor_checkpoint.wait()

@@ -143,9 +143,9 @@ def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
 
 
 def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
-    """EVT_ACCEPTED: audit the association, and log it (AE title and address are no PHI)."""
+    """EVT_ACCEPTED: audit the association, and log its calling AE title (the address is in the audit row)."""
     calling_ae, address = _requestor(event)
-    log.info("association accepted", extra=extra(stage="receive", calling_ae=calling_ae, address=address))
+    log.info("association accepted", extra=extra(stage="receive", calling_ae=calling_ae))
     _audit(ctx, AuditEvent.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, actor=calling_ae, address=address)
 
 
