@@ -3,7 +3,8 @@
 Reproduces the reviewer's measurements: a TLS connection that never handshakes, idle TCP connections
 that never send an A-ASSOCIATE-RQ, a deflate bomb, an oversized instance. In each, a known peer's
 C-STORE must still complete within a second (or, on a machine too busy for that to mean anything, within
-ten times the same store just before the attack: a stall is a 30 s timeout).
+ten times the same store unattacked, measured before the attack and, if the machine grew busier meanwhile,
+after it: a stall, the defect, is a 30 s timeout).
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def allowance(port: int, ssl_context: ssl.SSLContext | None = None) -> float:
     return max(WITHIN, SLOWER * sorted(seconds)[1])
 
 
+def assert_no_stall(port: int, taken: list[float], limit: float, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Every store under attack within ``limit`` (:func:`allowance` before the attack). Where one was not,
+    the machine may have grown busier during the attack (other suites on its cores): the allowance is
+    measured again now, after the attack, and the larger one holds. A stall is not excused: the node
+    answers at once after the attack, and the stall under it was the 30 s of a timeout."""
+    if max(taken) >= limit:
+        limit = max(limit, allowance(port, ssl_context))
+    assert max(taken) < limit, f"stores under attack took {[round(s, 2) for s in taken]} s (limit {limit:.2f} s)"
+
+
 @contextmanager
 def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
     """``count`` TCP connections that send nothing at all."""
@@ -106,26 +117,30 @@ def test_a_silent_tls_client_stalls_nobody(start_scp_with: StartScp, pki: dict[s
     client.load_cert_chain(pki["pacs"].cert, pki["pacs"].key)
     port = scp.settings.tls_port
     assert port is not None
-    limit = allowance(port, client)
+    limit, taken = allowance(port, client), []
     with idle_connections(port, 3) as silent:
         for _ in range(3):
             status, seconds = store_one(port, client)
-            assert status == 0x0000 and seconds < limit, f"TLS store took {seconds:.2f} s (limit {limit:.2f} s)"
+            assert status == 0x0000
+            taken.append(seconds)
         started = time.monotonic()
         assert all(closed_by_peer(s, timeout=10) for s in silent)
         assert time.monotonic() - started < 5  # cut off after tls_handshake_timeout_seconds (2 s)
+    assert_no_stall(port, taken, limit, client)
 
 
 def test_idle_connections_take_no_association_slot(start_scp_with: StartScp) -> None:
     scp = start_scp_with(max_associations=2, first_pdu_timeout_seconds=2)
-    limit = allowance(scp.port)
+    limit, taken = allowance(scp.port), []
     with idle_connections(scp.port, 10) as idle:
         for _ in range(3):
             status, seconds = store_one(scp.port)
-            assert status == 0x0000 and seconds < limit, f"store took {seconds:.2f} s (limit {limit:.2f} s)"
+            assert status == 0x0000
+            taken.append(seconds)
         started = time.monotonic()
         assert all(closed_by_peer(s, timeout=10) for s in idle)
         assert time.monotonic() - started < 5  # closed after first_pdu_timeout_seconds (2 s)
+    assert_no_stall(scp.port, taken, limit)
 
 
 def test_a_half_sent_association_request_is_closed_too(start_scp_with: StartScp) -> None:
@@ -135,8 +150,9 @@ def test_a_half_sent_association_request_is_closed_too(start_scp_with: StartScp)
         for sock in idle:
             sock.sendall(bytes([0x01, 0x00, 0x00, 0x00, 0x01, 0x00]) + b"\x00" * 10)  # promises 256 bytes
         status, seconds = store_one(scp.port)
-        assert status == 0x0000 and seconds < limit, f"store took {seconds:.2f} s (limit {limit:.2f} s)"
+        assert status == 0x0000
         assert all(closed_by_peer(s, timeout=10) for s in idle)
+    assert_no_stall(scp.port, [seconds], limit)
 
 
 def _bomb(inflated_mb: int) -> Dataset:
@@ -149,7 +165,7 @@ def _bomb(inflated_mb: int) -> Dataset:
 
 def test_deflate_bomb_is_refused_with_bounded_inflation(start_scp_with: StartScp) -> None:
     scp = start_scp_with(max_inflated_mb=4, max_instance_mb=64)
-    limit = allowance(scp.port)
+    limit, taken = allowance(scp.port), []
     answers: list[int | None] = []
     sender = threading.Thread(target=lambda: answers.append(
         store_one(scp.port, ds=_bomb(48), transfer_syntax=DeflatedExplicitVRLittleEndian)[0]))
@@ -157,13 +173,15 @@ def test_deflate_bomb_is_refused_with_bounded_inflation(start_scp_with: StartScp
     try:
         for _ in range(3):
             status, seconds = store_one(scp.port)
-            assert status == 0x0000 and seconds < limit, f"store took {seconds:.2f} s (limit {limit:.2f} s)"
+            assert status == 0x0000
+            taken.append(seconds)
     finally:
         sender.join(60)
     assert answers == [0xA700]
     assert any("max_inflated_mb" in str(r["reason"]) for r in refusals(scp))
     with scp.sessions() as session:
         assert len(session.scalars(select(Instance)).all()) == 6  # only the known modality's (3 before, 3 during)
+    assert_no_stall(scp.port, taken, limit)
 
 
 def test_a_small_deflated_instance_is_still_accepted(start_scp_with: StartScp) -> None:
@@ -200,7 +218,7 @@ def test_an_instance_far_over_the_limit_is_cut_off_while_it_arrives(start_scp_wi
     sender.start()
     try:
         status, seconds = store_one(scp.port)
-        assert status == 0x0000 and seconds < limit, f"store took {seconds:.2f} s (limit {limit:.2f} s)"
+        assert status == 0x0000
     finally:
         sender.join(60)
     assert answers == [None]  # aborted past twice the limit: never acknowledged
@@ -208,6 +226,7 @@ def test_an_instance_far_over_the_limit_is_cut_off_while_it_arrives(start_scp_wi
              msg="oversized instance audited")
     with scp.sessions() as session:
         assert len(session.scalars(select(Instance)).all()) == 4  # the known modality's: 3 before, 1 during
+    assert_no_stall(scp.port, [seconds], limit)
     wait_for(lambda: not [p for p in spool_entries(scp.settings) if p.parent.name == INCOMING], timeout=10,
              msg="the cut-off dataset's incoming file removed")
     assert store_one(scp.port)[0] == 0x0000  # and the node serves on
