@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, func, select
 
 from dicomnode.jobs.models import Instance
 from tests.support.models import write_threshold_model
-from tests.support.net import free_port, wait_for
+from tests.support.net import free_port
 from tests.support.peers import REPO, NodeProcess, storescu
 from tests.support.synthetic import make_series, write_series
 
@@ -50,8 +50,7 @@ def test_two_receivers_share_one_port(tmp_path: Path) -> None:
     second = NodeProcess(tmp_path / "second", env, port=port, command="receive").start()
     try:
         # the port was already open: wait for the second's own start, which fails if it cannot bind
-        wait_for(lambda: second._alive() and "node started" in second.log_path.read_text(errors="replace"),
-                 timeout=120, msg="second receiver started on the shared port")
+        second.wait_started()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda i: _send(port, tmp_path / "in" / str(i), i), range(ASSOCIATIONS)))
         engine = create_engine(f"sqlite:///{tmp_path / 'shared' / 'dicomnode.db'}")

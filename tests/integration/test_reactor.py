@@ -15,7 +15,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from pynetdicom.transport import AssociationSocket
 
 from dicomnode import reactor
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
 
 SLOW_WAKE = 3.0  # a wait that polled instead of waking would cost this much each time
 
@@ -87,10 +87,8 @@ def test_peer_abort_ends_the_association(slow_idle: None) -> None:
         assert assoc.send_c_echo().Status == 0x0000
         assoc.abort()
         assert aborted.wait(4 * SLOW_WAKE), "the acceptor never saw the A-ABORT"
-        deadline = time.monotonic() + 4 * SLOW_WAKE
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.active_associations == []
+        wait_for(lambda: server.active_associations == [], timeout=4 * SLOW_WAKE,
+                 msg="the aborted association's threads ended")
     finally:
         server.shutdown()
 

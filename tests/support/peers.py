@@ -261,9 +261,13 @@ class NodeProcess:
         if self.command in ("serve", "receive"):
             wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
         else:
-            wait_for(lambda: self._alive() and "node started" in self.log_path.read_text(errors="replace"),
-                     timeout=120, msg=f"{self.command} started")
+            self.wait_started()
         return self
+
+    def wait_started(self) -> None:
+        """Until the node has logged that it started (all its roles up), failing if it exits first."""
+        wait_for(lambda: self._alive() and "node started" in self.log_path.read_text(errors="replace"),
+                 timeout=120, msg=f"{self.command} started")
 
     def _alive(self) -> bool:
         assert self.process is not None
