@@ -18,6 +18,10 @@ association thread waits on the DIMSE message queue's own condition; both still 
 :data:`IDLE_WAKE` seconds for their timers and flags, so every check happens in the same order as
 before, only sooner. Socket reads fill one buffer with ``recv_into``. It patches only the pynetdicom
 release its copies follow (:data:`FOLLOWS`); under any other it changes nothing and says so.
+
+:func:`set_p_data_hook` gives an acceptor AE a first look at each P-DATA-TF PDU its established
+associations receive (the node's own C-STORE data phase, :mod:`dicomnode.receive.native`); a PDU the
+hook does not take goes on to pynetdicom's state machine as before.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -47,6 +53,11 @@ _assoc_log = logging.getLogger("pynetdicom.association")
 FOLLOWS = "3.0."  # the pynetdicom release line whose loops the functions below follow
 IDLE_WAKE = 0.02  # seconds between passes when nothing happens (timers, kill flags)
 RECV_CHUNK = 2**20
+P_DATA_TF = 0x04
+
+PDataHook = Callable[[DULServiceProvider, bytearray], bool]
+"""Given the DUL and a whole P-DATA-TF PDU (header included): True when it took the PDU (and then owns
+every effect of it), False to leave it to pynetdicom. Must not raise."""
 
 _lock = threading.Lock()
 _installed: list[bool] = []
@@ -92,10 +103,20 @@ def install() -> bool:
             DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
             Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
             AssociationSocket.recv = _recv  # type: ignore[method-assign]
+            DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
         else:
             log.info("pynetdicom %s is not %sx: its reactors keep polling", pynetdicom.__version__, FOLLOWS)
         _installed.append(ok)
         return ok
+
+
+def set_p_data_hook(ae: AE, hook: PDataHook) -> bool:
+    """Offer each P-DATA-TF PDU of ``ae``'s established associations as acceptor to ``hook`` first;
+    False (and no hook) where :func:`install` could not patch this pynetdicom."""
+    if not install():
+        return False
+    ae._reactor_p_data_hook = hook  # type: ignore[attr-defined]
+    return True
 
 
 def follows(version: str) -> bool:
@@ -126,7 +147,9 @@ def _idle_wait(dul: DULServiceProvider) -> None:
 
 
 def _dul_run_reactor(self: DULServiceProvider) -> None:
-    """pynetdicom 3.0's ``DULServiceProvider.run_reactor``, with :func:`_idle_wait` for its sleep."""
+    """pynetdicom 3.0's ``DULServiceProvider.run_reactor``, with :func:`_idle_wait` for its sleep; an
+    exception in a state machine action (pynetdicom's DIMSE decoding of a malformed message) ends the
+    association as one while reading does, instead of killing the thread with the connection left open."""
     self._idle_timer.start()
     sleep = False
     try:
@@ -145,28 +168,50 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
                     pass
                 elif self._is_transport_event():
                     self._idle_timer.restart()
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    sleep = True
+                    continue
+                self.state_machine.do_action(event)
             except Exception as exc:
-                _dul_log.error("Exception in DUL.run(), aborting association")
-                _dul_log.exception(exc)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
+                _give_up(self, exc)
                 return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                sleep = True
-                continue
-            self.state_machine.do_action(event)
             sleep = False
     finally:
         for end in (self._wake_r, self._wake_w):  # type: ignore[attr-defined]
             end.close()
+
+
+def _give_up(dul: DULServiceProvider, exc: Exception) -> None:
+    """pynetdicom's own way out of its loop on an exception: A-ABORT, then the association ends; and
+    then (:func:`_close_after_exception`) the connection's close, which pynetdicom leaves out."""
+    _dul_log.error("Exception in DUL.run(), aborting association")
+    _dul_log.exception(exc)
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source = 0x02
+    abort_pdu.reason_diagnostic = 0x00
+    if dul.socket is not None and dul.socket.socket is not None:
+        dul.socket.send(abort_pdu.encode())
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
+    _close_after_exception(dul)
+
+
+def _close_after_exception(dul: DULServiceProvider) -> None:
+    """Where pynetdicom's loop gives up on an exception, it leaves the connection open and never signals
+    its close (EVT_CONN_CLOSE), so a handler of that event never cleans up after the association (the
+    node's: the file of a dataset cut off while it arrived). Close it, and signal the close, as the state
+    machine does when a connection ends."""
+    sock = dul.socket
+    if sock is None or sock.socket is None:
+        return
+    remote = dul.assoc.acceptor if dul.assoc.is_requestor else dul.assoc.requestor
+    sock.close()
+    address = remote.address_info.as_tuple if remote.address_info is not None else None
+    evt.trigger(dul.assoc, evt.EVT_CONN_CLOSE, {"address": address})
 
 
 class _Checkpoint(threading.Event):
@@ -255,3 +300,55 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
             return buffer
         nr_read += got
     return buffer
+
+
+def _read_pdu_data(self: DULServiceProvider) -> None:
+    """pynetdicom 3.0's ``DULServiceProvider._read_pdu_data``, offering a P-DATA-TF PDU received on an
+    established association to the AE's :func:`set_p_data_hook` before decoding it."""
+    sock = self.socket
+    assert sock is not None
+    try:
+        bytestream = sock.recv(6)
+    except (OSError, TimeoutError) as exc:
+        _dul_log.error("Connection closed before the entire PDU was received")
+        _dul_log.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu_type, _, pdu_length = struct.unpack(">BBL", bytestream)
+    except struct.error:
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        _dul_log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        self.event_queue.put("Evt19")
+        return
+    try:
+        bytestream += sock.recv(pdu_length)
+    except (OSError, TimeoutError) as exc:
+        _dul_log.error("Connection closed before the entire PDU was received")
+        _dul_log.exception(exc)
+        self.event_queue.put("Evt17")
+        return
+    if len(bytestream) != 6 + pdu_length:
+        _dul_log.error(f"The received PDU is shorter than expected ({len(bytestream)} of "
+                       f"{6 + pdu_length} bytes received)")
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type == P_DATA_TF and _p_data_hooked(self, bytestream):
+        return
+    try:
+        pdu, event = self._decode_pdu(bytestream)
+        self.event_queue.put(event)
+    except Exception as exc:
+        _dul_log.error("Unable to decode the received PDU data")
+        _dul_log.exception(exc)
+        self.event_queue.put("Evt19")
+        return
+    self._recv_pdu.put(pdu)
+
+
+def _p_data_hooked(dul: DULServiceProvider, pdu: bytearray) -> bool:
+    hook: PDataHook | None = getattr(dul.assoc.ae, "_reactor_p_data_hook", None)
+    return (hook is not None and dul.assoc.is_acceptor and dul.state_machine.current_state == "Sta6"
+            and hook(dul, pdu))

@@ -248,6 +248,7 @@ class Settings(BaseSettings):
     min_free_disk_mb: float = Field(default=1024.0, ge=0)
     max_associations: int = Field(default=10, ge=1)
     share_port: bool = False
+    receive_engine: Literal["native", "pynetdicom"] = "native"
     max_pdu_bytes: int = Field(default=131072, ge=0)
     first_pdu_timeout_seconds: float = Field(default=5.0, gt=0)
     tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -7,6 +7,8 @@ a rename, through the group commit (:mod:`dicomnode.store.committer`), so that c
 fsyncs and commits, and audits receipts once per association and study (:mod:`dicomnode.receive.tally`).
 Status codes (PS3.4 B.2.3 and PS3.7 C):
 
+- ``0x0122`` refused, SOP class not supported: the request's SOP class is not its presentation
+  context's (the node's own data phase; pynetdicom's aborts the association instead)
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
 - ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
   guard), or the spool file could not be written (disk full, I/O error)
@@ -65,7 +67,7 @@ from dicomnode.store.ingest import (
     refuse,
     refuse_collision,
 )
-from dicomnode.store.spool import adopt_file, remove_new_file, spool_path
+from dicomnode.store.spool import Written, adopt_file, remove_new_file, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,27 @@ def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: A
     audit(ctx.sessions, event, outcome, **fields)
 
 
+@dataclass(frozen=True)
+class Received:
+    """A C-STORE dataset that has arrived, whole, into ``path`` (preamble and file meta, then the dataset
+    as sent), on ``assoc``, under the accepted ``transfer_syntax``; the UIDs are the command's.
+    ``written``: the file's digest and fsync, where its writer took care of them."""
+
+    assoc: Any
+    path: Path
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    written: Written | None = None
+
+
 def _requestor(event: Any) -> tuple[str, str]:
+    return requestor(event.assoc)
+
+
+def requestor(assoc: Any) -> tuple[str, str]:
     """Calling AE title and address; at EVT_REQUESTED the title is only in the A-ASSOCIATE primitive."""
-    req = event.assoc.requestor
+    req = assoc.requestor
     title = req.ae_title or (req.primitive.calling_ae_title if req.primitive is not None else "")
     return str(title).strip(), str(req.address)
 
@@ -136,7 +156,11 @@ def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
 
 def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
     """An instance grew past twice ``max_instance_mb`` while arriving; the association is being aborted."""
-    calling_ae, address = _requestor(event)
+    audit_too_large(event.assoc, size, ctx)
+
+
+def audit_too_large(assoc: Any, size: int, ctx: ReceiveContext) -> None:
+    calling_ae, address = requestor(assoc)
     _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
            status="A-ABORT", reason=f"instance larger than twice max_instance_mb={ctx.settings.max_instance_mb:g} "
                                     f"({size // 2**20} MiB received so far)")
@@ -166,22 +190,40 @@ def handle_echo(event: Any, ctx: ReceiveContext) -> int:
 
 
 def handle_store(event: Any, ctx: ReceiveContext) -> int:
-    """C-STORE: store the instance durably, record it, and only then answer success."""
+    """C-STORE (pynetdicom's data path): store the instance durably, record it, and only then answer success."""
     try:
-        return _store(event, ctx)
+        request = event.request
+        received = Received(event.assoc, event.dataset_path, str(event.context.transfer_syntax),
+                            str(request.AffectedSOPClassUID).strip(), str(request.AffectedSOPInstanceUID).strip())
+    except Exception:
+        log.exception("unexpected failure while storing an instance", extra=extra(stage="receive"))
+        return UNEXPECTED
+    return store_received(received, ctx)
+
+
+def store_received(received: Received, ctx: ReceiveContext) -> int:
+    """Store a received instance durably, record it, and only then return success; never raises."""
+    try:
+        return _store(received, ctx)
     except Exception:
         log.exception("unexpected failure while storing an instance", extra=extra(stage="receive"))
         return UNEXPECTED
 
 
-def _client(event: Any) -> Client:
-    calling_ae, address = _requestor(event)
+def refuse_request(assoc: Any, status: int, reason: str, ctx: ReceiveContext) -> int:
+    """Refuse (log, audit) a C-STORE before its dataset is looked at: an incoming file that could not be
+    written (0xA700), a SOP class that is not its presentation context's (0x0122)."""
+    return refuse(ctx.sessions, client_of(assoc), status, reason)
+
+
+def client_of(assoc: Any) -> Client:
+    calling_ae, address = requestor(assoc)
     return Client(actor=calling_ae, address=address, calling_ae=calling_ae)
 
 
-def _size_refusal(event: Any, settings: Settings) -> str:
+def _size_refusal(received: Received, settings: Settings) -> str:
     """Why the received dataset is too large to decode, or "" (inflation is bounded, never unlimited)."""
-    path: Path = event.dataset_path
+    path = received.path
     # the file holds the dataset after the preamble and file meta that pynetdicom wrote: a file within
     # the limit holds a dataset within it, and only a larger one needs the dataset's own size
     size = path.stat().st_size
@@ -189,12 +231,12 @@ def _size_refusal(event: Any, settings: Settings) -> str:
         size -= split_dataset(path)[1]
         if size > settings.max_instance_mb * 2**20:
             return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
-    if str(event.context.transfer_syntax) == DeflatedExplicitVRLittleEndian:
+    if received.transfer_syntax == DeflatedExplicitVRLittleEndian:
         offset = split_dataset(path)[1]
-        with open(path, "rb") as received:
-            received.seek(offset)
+        with open(path, "rb") as deflated:
+            deflated.seek(offset)
             try:
-                inflate_bounded(received, int(settings.max_inflated_mb * 2**20))
+                inflate_bounded(deflated, int(settings.max_inflated_mb * 2**20))
             except InflationLimit as exc:
                 return str(exc)
             except zlib.error:
@@ -202,28 +244,26 @@ def _size_refusal(event: Any, settings: Settings) -> str:
     return ""
 
 
-def _store(event: Any, ctx: ReceiveContext) -> int:
-    client = _client(event)
-    too_large = _size_refusal(event, ctx.settings)
+def _store(received: Received, ctx: ReceiveContext) -> int:
+    client = client_of(received.assoc)
+    too_large = _size_refusal(received, ctx.settings)
     if too_large:
         return refuse(ctx.sessions, client, TOO_LARGE, too_large)
     try:
-        # every element is parsed, values over 1 MiB (pixel data) are skipped, not loaded
-        meta = read_meta(dcmread(event.dataset_path, defer_size=2**20), str(event.context.transfer_syntax))
+        # every element is parsed; values over 64 KiB (pixel data) are skipped by a seek, not read
+        meta = read_meta(dcmread(received.path, defer_size=2**16), received.transfer_syntax)
     except ValueError as exc:
         keyword = str(exc).split(":", 1)[0]
         return refuse(ctx.sessions, client, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
     except Exception as exc:
         return refuse(ctx.sessions, client, CANNOT_DECODE, f"dataset could not be decoded: {type(exc).__name__}")
-    request = event.request
-    if (meta.sop_instance_uid != str(request.AffectedSOPInstanceUID).strip()
-            or meta.sop_class_uid != str(request.AffectedSOPClassUID).strip()):
+    if meta.sop_instance_uid != received.sop_instance_uid or meta.sop_class_uid != received.sop_class_uid:
         return refuse(ctx.sessions, client, UID_MISMATCH,
                       "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
-    return _land(event, ctx, client, meta)
+    return _land(received, ctx, client, meta)
 
 
-def _land(event: Any, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -> int:
+def _land(received: Received, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -> int:
     """Disk guard, spool write (file fsynced), then the group commit (folder fsync, row committed)."""
     guard = disk_guard(ctx.settings)
     if guard:
@@ -241,7 +281,7 @@ def _land(event: Any, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -
     if collision:
         return refuse_collision(ctx.sessions, client, meta, collision)
     try:  # the file the dataset arrived in, renamed into the spool (the committer fsyncs the folder)
-        sha256, size = adopt_file(event.dataset_path, path)
+        sha256, size = adopt_file(received.path, path, received.written)
     except StoreError as exc:
         return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
 
@@ -257,5 +297,5 @@ def _land(event: Any, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -
         if not replaces:  # rolled back: no row names the new file
             remove_new_file(path, ctx.settings.spool_dir)
         return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DB, result.db_error, meta.study_uid)
-    ctx.tally.add(event.assoc, meta, client.calling_ae, client.address, changed=result.changed)
+    ctx.tally.add(received.assoc, meta, client.calling_ae, client.address, changed=result.changed)
     return SUCCESS

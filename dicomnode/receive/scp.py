@@ -23,6 +23,7 @@ from dicomnode.receive.handlers import (
 )
 from dicomnode.receive.incoming import receive_into_files
 from dicomnode.receive.limits import SizeGuard
+from dicomnode.receive.native import DataPhase
 from dicomnode.receive.server import start_guarded_server
 from dicomnode.tls import server_context
 
@@ -69,6 +70,10 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
     receive_into_files(settings)
     guard = SizeGuard(int(2 * settings.max_instance_mb * 2**20), partial(handle_too_large, ctx=ctx))
     handlers.append((evt.EVT_PDU_RECV, guard))
+    if settings.receive_engine == "native":
+        phase = DataPhase(ctx)
+        if reactor.set_p_data_hook(ae, phase):
+            handlers.append((evt.EVT_CONN_CLOSE, phase.on_closed))
     start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds,
                     share_port=settings.share_port)
     servers = []

@@ -2,9 +2,10 @@
 
 Each association's handler writes and fsyncs its instance's file (in its own thread, in parallel with
 the others), then hands a :class:`Receipt` to the committer and waits. A batch takes every receipt that
-is waiting, fsyncs each of their spool folders once (the renames become durable), records them all in
-one transaction and commits; only then do their handlers answer 0x0000. Concurrent associations thus
-share fsyncs and commits, and one batch at a time writes receipts, so associations never queue on
+is waiting, fsyncs each of their spool folders once (the renames become durable; in a thread of its own,
+while the statements run, and before the commit), records them all in one transaction and commits;
+only then do their handlers answer 0x0000. Concurrent associations thus share fsyncs and commits,
+and one batch at a time writes receipts, so associations never queue on
 SQLite's write lock. An instance is acknowledged only after its bytes, its name
 and its database row are all durable, exactly as with one transaction per instance.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,7 @@ class GroupCommitter:
         self._pending: list[tuple[Receipt, list[Recorded]]] = []
         self._cond = threading.Condition()
         self._busy = False
+        self._folders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="folder-fsync")  # one leader at a time
 
     def record(self, receipt: Receipt) -> Recorded:
         box: list[Recorded] = []  # filled by whichever leader commits this receipt
@@ -99,10 +102,9 @@ class GroupCommitter:
         return results
 
     def _commit(self, receipts: list[Receipt]) -> list[Recorded]:
-        try:
-            fsync_dirs(r.path.parent for r in receipts)
-        except OSError as exc:
-            return [Recorded(spool_error=f"could not write spool file: {exc.strerror or exc}")] * len(receipts)
+        # the folders' fsync runs beside the statements; the commit waits for it, so that a committed
+        # row always names a durable file
+        names = self._folders.submit(fsync_dirs, [r.path.parent for r in receipts])
         results = []
         try:
             with session_scope(self.sessions) as session:
@@ -115,6 +117,10 @@ class GroupCommitter:
                         results.append(Recorded(collision=str(exc)))
                     else:
                         results.append(Recorded(changed=changed))
+                names.result()  # raises the fsync's OSError: rolled back
+        except OSError as exc:
+            return [Recorded(spool_error=f"could not write spool file: {exc.strerror or exc}")] * len(receipts)
         except SQLAlchemyError as exc:
+            wait([names])
             return [Recorded(db_error=f"database error: {type(exc).__name__}")] * len(receipts)
         return results

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Select, Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
@@ -45,20 +45,34 @@ _INSTANCE = cast(Table, Instance.__table__)
 
 @dataclass(frozen=True)
 class Known:
-    """What the database already holds under an instance's UIDs: three indexed lookups returning rows
-    (no ORM objects, no lazy loads: the receiver runs this for every instance)."""
+    """What the database already holds under an instance's UIDs: rows from one statement of indexed
+    lookups (no ORM objects, no lazy loads: the receiver runs this for every instance)."""
 
     instance: tuple[Any, ...] | None  # id, sha256, its series UID, its study UID
     series: tuple[Any, ...] | None  # id, revision, routed revision, its study UID
     study: tuple[Any, ...] | None  # id, patient ID
 
 
+def _find_known() -> Select[Any]:
+    """The instance, the series and the study under three UIDs, each with what it belongs to: outer
+    joins from one constant row, so that each part is NULL where the database holds nothing."""
+    one = select(literal(1).label("one")).subquery("one")
+    instance, instance_series, instance_study = _INSTANCE.alias("i"), _SERIES.alias("i_series"), _STUDY.alias("i_study")
+    series, series_study, study = _SERIES.alias("s"), _STUDY.alias("s_study"), _STUDY.alias("st")
+    return (select(instance.c.id, instance.c.sha256, instance_series.c.series_uid, instance_study.c.study_uid,
+                   series.c.id, series.c.revision, series.c.routed_revision, series_study.c.study_uid,
+                   study.c.id, study.c.patient_id)
+            .select_from(one
+                         .outerjoin(instance, instance.c.sop_instance_uid == bindparam("b_instance"))
+                         .outerjoin(instance_series, instance_series.c.id == instance.c.series_id)
+                         .outerjoin(instance_study, instance_study.c.id == instance_series.c.study_id)
+                         .outerjoin(series, series.c.series_uid == bindparam("b_series"))
+                         .outerjoin(series_study, series_study.c.id == series.c.study_id)
+                         .outerjoin(study, study.c.study_uid == bindparam("b_study"))))
+
+
 # Built once: per instance, only their parameters change.
-_FIND_INSTANCE = (select(Instance.id, Instance.sha256, Series.series_uid, Study.study_uid)
-                  .join(Instance.series).join(Series.study).where(Instance.sop_instance_uid == bindparam("b_uid")))
-_FIND_SERIES = (select(Series.id, Series.revision, Series.routed_revision, Study.study_uid)
-                .join(Series.study).where(Series.series_uid == bindparam("b_uid")))
-_FIND_STUDY = select(Study.id, Study.patient_id).where(Study.study_uid == bindparam("b_uid"))
+_FIND_KNOWN = _find_known()
 _TOUCH_STUDY = (update(_STUDY).where(_STUDY.c.id == bindparam("b_id"))
                 .values(last_received_at=bindparam("b_at"), state=StudyState.RECEIVING,
                         state_reason="receiving: complete after study_idle_seconds without a new instance"))
@@ -66,11 +80,13 @@ _INSERT_INSTANCE = insert(_INSTANCE)
 
 
 def lookup(session: Session, meta: InstanceMeta) -> Known:
-    conn = session.connection()  # Core statements on the session's connection: no ORM execution layer
-    instance = conn.execute(_FIND_INSTANCE, {"b_uid": meta.sop_instance_uid}).first()
-    series = conn.execute(_FIND_SERIES, {"b_uid": meta.series_uid}).first()
-    study = conn.execute(_FIND_STUDY, {"b_uid": meta.study_uid}).first()
-    return Known(*(None if row is None else tuple(row) for row in (instance, series, study)))
+    conn = session.connection()  # a Core statement on the session's connection: no ORM execution layer
+    row = conn.execute(_FIND_KNOWN, {"b_instance": meta.sop_instance_uid, "b_series": meta.series_uid,
+                                     "b_study": meta.study_uid}).first()
+    assert row is not None  # the constant row: always one
+    return Known(instance=None if row[0] is None else tuple(row[0:4]),
+                 series=None if row[4] is None else tuple(row[4:8]),
+                 study=None if row[8] is None else tuple(row[8:10]))
 
 
 def find_collision(session: Session, meta: InstanceMeta, known: Known | None = None) -> str:

@@ -46,6 +46,7 @@ BAD_UID = 0xC211
 UID_MISMATCH = 0xC212
 UID_COLLISION = 0xC213
 UNEXPECTED = 0xC2FF
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4: the request's SOP class is not its presentation context's
 
 
 @dataclass(frozen=True)

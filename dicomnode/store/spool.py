@@ -15,7 +15,8 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.errors import StoreError
@@ -81,10 +82,19 @@ def fsync_dirs(folders: Iterable[Path]) -> None:
         _fsync_dir(folder)
 
 
-def adopt_file(source: Path, path: Path) -> tuple[str, int]:
+@dataclass(frozen=True)
+class Written:
+    """A complete file whose writer has started its hash and fsync elsewhere: ``durable()`` returns
+    its SHA-256 and size once its bytes are on disk, or raises OSError."""
+
+    durable: Callable[[], tuple[str, int]]
+
+
+def adopt_file(source: Path, path: Path, written: Written | None = None) -> tuple[str, int]:
     """Move the complete file ``source`` to ``path``: fsynced, then renamed over whatever was there
     (``source`` must be on the spool's file system); return its SHA-256 and size. The caller fsyncs
-    the folder (:func:`fsync_dirs`) before it relies on the name.
+    the folder (:func:`fsync_dirs`) before it relies on the name. Given ``written``, its digest and
+    fsync, running elsewhere, are waited for instead of done here.
 
     Raises
     ------
@@ -92,16 +102,19 @@ def adopt_file(source: Path, path: Path) -> tuple[str, int]:
         When the file could not be made durable or moved; ``path`` is then left as it was.
     """
     try:
-        with open(source, "rb") as received:
-            digest = hashlib.file_digest(received, "sha256")  # read and hashed in C, one buffer
-            size = os.fstat(received.fileno()).st_size
-            os.fsync(received.fileno())
+        if written is None:
+            with open(source, "rb") as received:
+                digest = hashlib.file_digest(received, "sha256").hexdigest()  # read and hashed in C, one buffer
+                size = os.fstat(received.fileno()).st_size
+                os.fsync(received.fileno())
+        else:
+            digest, size = written.durable()
         os.chmod(source, 0o600)
         make_private_dirs(path.parent)
         os.replace(source, path)
     except OSError as exc:
         raise StoreError(f"could not move the received file into the spool: {exc.strerror or exc}") from exc
-    return digest.hexdigest(), size
+    return digest, size
 
 
 def remove_new_file(path: Path, spool_dir: Path) -> None:
