@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.errors import StoreError
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
+from dicomnode.receive.early import DEFER_BYTES
 from dicomnode.receive.incoming import discard_partial
 from dicomnode.receive.limits import InflationLimit, inflate_bounded
 from dicomnode.receive.tally import Tally
@@ -92,7 +94,8 @@ def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: A
 class Received:
     """A C-STORE dataset that has arrived, whole, into ``path`` (preamble and file meta, then the dataset
     as sent), on ``assoc``, under the accepted ``transfer_syntax``; the UIDs are the command's.
-    ``written``: the file's digest and fsync, where its writer took care of them."""
+    ``written``: the file's digest and fsync, where its writer took care of them; ``header``: the header
+    parse, where its writer began it while the dataset arrived (:mod:`dicomnode.receive.early`)."""
 
     assoc: Any
     path: Path
@@ -100,6 +103,7 @@ class Received:
     sop_class_uid: str
     sop_instance_uid: str
     written: Written | None = None
+    header: Callable[[], InstanceMeta] | None = None
 
 
 def _requestor(event: Any) -> tuple[str, str]:
@@ -251,7 +255,8 @@ def _store(received: Received, ctx: ReceiveContext) -> int:
         return refuse(ctx.sessions, client, TOO_LARGE, too_large)
     try:
         # every element is parsed; values over 64 KiB (pixel data) are skipped by a seek, not read
-        meta = read_meta(dcmread(received.path, defer_size=2**16), received.transfer_syntax)
+        meta = (received.header() if received.header is not None
+                else read_meta(dcmread(received.path, defer_size=DEFER_BYTES), received.transfer_syntax))
     except ValueError as exc:
         keyword = str(exc).split(":", 1)[0]
         return refuse(ctx.sessions, client, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
@@ -280,18 +285,24 @@ def _land(received: Received, ctx: ReceiveContext, client: Client, meta: Instanc
                       meta.study_uid)
     if collision:
         return refuse_collision(ctx.sessions, client, meta, collision)
-    try:  # the file the dataset arrived in, renamed into the spool (the committer fsyncs the folder)
-        sha256, size = adopt_file(received.path, path, received.written)
+    # the file the dataset arrived in, renamed into the spool (the committer fsyncs the folder); a new
+    # path while the file's own fsync still runs (the commit waits for it)
+    early = received.written is not None and not replaces
+    try:
+        sha256, size = adopt_file(received.path, path, received.written, early=early)
     except StoreError as exc:
         return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
 
-    result = ctx.committer.record(Receipt(meta, path, sha256, size, client.calling_ae, client.address))
+    durable = received.written.durable if early and received.written is not None else None
+    result = ctx.committer.record(Receipt(meta, path, sha256, size, client.calling_ae, client.address, durable))
     if result.collision:  # a new path (or one raced in since the check above)
         drop_orphan(ctx.sessions, path)
         if not replaces and not path.exists():
             remove_new_file(path, ctx.settings.spool_dir)  # and the folders made for it
         return refuse_collision(ctx.sessions, client, meta, result.collision)
     if result.spool_error:
+        if not replaces:  # not recorded: no row names the new file
+            remove_new_file(path, ctx.settings.spool_dir)
         return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, result.spool_error, meta.study_uid)
     if result.db_error:
         if not replaces:  # rolled back: no row names the new file

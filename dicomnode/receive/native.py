@@ -33,8 +33,10 @@ import os
 import struct
 import tempfile
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,8 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from dicomnode.log import extra
+from dicomnode.receive import early
+from dicomnode.receive.early import EarlyHeader
 from dicomnode.receive.handlers import ReceiveContext, Received, audit_too_large, refuse_request, store_received
 from dicomnode.receive.incoming import incoming_dir
 from dicomnode.store.ingest import OUT_OF_RESOURCES_DISK, SOP_CLASS_NOT_SUPPORTED
@@ -52,6 +56,7 @@ from dicomnode.store.spool import Written
 
 log = logging.getLogger(__name__)
 
+HASH_QUEUE = 8  # fragments an association may have waiting for the hasher
 _COMMAND, _LAST = 0x01, 0x02  # PS3.8 E.2 message control header bits
 C_STORE_RQ, C_STORE_RSP, NO_DATASET = 0x0001, 0x8001, 0x0101
 _HEADER = struct.Struct(">BBL")  # PDU type, reserved, length
@@ -72,6 +77,12 @@ class _Incoming:
     fd: int
     size: int = 0  # dataset bytes
     refused: tuple[int, str] | None = None  # status and reason: the rest is read and dropped, then refused
+    written: int = 0  # file bytes
+    digest: Any = field(default_factory=hashlib.sha256)  # of the file, fed fragment by fragment elsewhere
+    file_meta: bytes = b""
+    prefix: bytearray | None = None  # the dataset's first bytes, until the header is parsed early
+    hashing: deque[Future[None]] = field(default_factory=deque)  # fragments queued for the hasher
+    early: EarlyHeader | None = None
 
 
 _REFUSED = object()  # the association is being aborted: its remaining P-DATA is dropped
@@ -84,7 +95,9 @@ class DataPhase:
         self.ctx = ctx
         self.folder = incoming_dir(ctx.settings)
         self.limit_bytes = int(2 * ctx.settings.max_instance_mb * 2**20)
-        # each instance's file is hashed and fsynced here while the DUL thread parses and checks it
+        # fragments are hashed in order by one thread as they arrive (without the GIL), and each complete
+        # file is fsynced by another while the DUL thread checks and records the instance
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
         self._fsyncs = ThreadPoolExecutor(max_workers=ctx.settings.max_associations, thread_name_prefix="fsync")
         self._incoming: dict[Any, _Incoming | object] = {}  # by association; each touched by its DUL thread
         self._lock = threading.Lock()
@@ -173,7 +186,10 @@ class DataPhase:
             except OSError as exc:
                 incoming.refused = (OUT_OF_RESOURCES_DISK, f"incoming file could not be created: {exc.strerror}")
         self._set(assoc, incoming)
-        _write(incoming, _file_meta(sop_class, sop_instance, transfer_syntax))
+        incoming.file_meta = _file_meta(sop_class, sop_instance, transfer_syntax)
+        if not incoming.refused and early.eligible(transfer_syntax):
+            incoming.prefix = bytearray()
+        self._write(incoming, incoming.file_meta)
         return incoming
 
     def _data(self, dul: DULServiceProvider, incoming: _Incoming, pdu: bytearray,
@@ -188,7 +204,9 @@ class DataPhase:
             if incoming.size > self.limit_bytes:
                 self._too_large(assoc, incoming)
                 return True
-            _write(incoming, view[start:end])
+            self._write(incoming, view[start:end])
+            if incoming.prefix is not None:
+                self._parse_early(incoming, view[start:end], last=bool(control & _LAST))
             if control & _LAST:
                 self._set(assoc, None)
                 self._answer(dul, incoming)
@@ -202,6 +220,36 @@ class DataPhase:
                 return True
         return True
 
+    def _parse_early(self, incoming: _Incoming, fragment: memoryview, *, last: bool) -> None:
+        """Parse the header once :data:`~dicomnode.receive.early.PREFIX_BYTES` of the dataset are in,
+        while the rest still arrives; a dataset complete before that is parsed at the end, whole."""
+        if last:
+            incoming.prefix = None
+            return
+        assert incoming.prefix is not None
+        incoming.prefix += fragment
+        if len(incoming.prefix) >= early.PREFIX_BYTES:
+            incoming.early = early.parse_prefix(incoming.file_meta, incoming.prefix, incoming.transfer_syntax)
+            incoming.prefix = None
+
+    def _write(self, incoming: _Incoming, data: bytes | memoryview) -> None:
+        """Append to the incoming file, and queue the bytes for hashing; a failure refuses the instance."""
+        if incoming.refused:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(incoming.fd, view):]
+        except OSError as exc:
+            incoming.refused = (OUT_OF_RESOURCES_DISK, f"incoming file could not be written: {exc.strerror}")
+            return
+        incoming.written += len(data)
+        incoming.hashing.append(self._hasher.submit(incoming.digest.update, data))
+        while len(incoming.hashing) > HASH_QUEUE:  # each holds its PDU: memory stays bounded
+            incoming.hashing.popleft().result()
+        while incoming.hashing and incoming.hashing[0].done():
+            incoming.hashing.popleft()
+
     def _answer(self, dul: DULServiceProvider, incoming: _Incoming) -> None:
         """Land the complete dataset through the node's store path, then send the C-STORE-RSP."""
         assoc = dul.assoc
@@ -209,11 +257,13 @@ class DataPhase:
             _close_and_remove(incoming)
             status = refuse_request(assoc, *incoming.refused, self.ctx)
         else:
-            synced: Future[tuple[str, int]] = self._fsyncs.submit(_digest_and_sync, incoming.fd)
-            written = Written(synced.result)
+            hashed: Future[tuple[str, int]] = self._hasher.submit(_hexdigest, incoming)  # after its fragments
+            synced: Future[None] = self._fsyncs.submit(_fsync, incoming.fd)
+            header = None if incoming.early is None else partial(early.finish, incoming.path, incoming.early)
             status = store_received(Received(assoc, incoming.path, incoming.transfer_syntax, incoming.sop_class_uid,
-                                             incoming.sop_instance_uid, written), self.ctx)
-            wait([synced])  # a refusal may not have waited for it: the descriptor is closed only after
+                                             incoming.sop_instance_uid, Written(hashed.result, synced.result),
+                                             header), self.ctx)
+            wait([hashed]), wait([synced])  # a refusal may not have waited: the descriptor closes only after
             _close_and_remove(incoming)  # a landed file was renamed into the spool: nothing to remove
         if assoc.is_aborted or dul.state_machine.current_state != "Sta6":
             return  # aborted meanwhile (by a handler, or the size guard): no answer
@@ -291,24 +341,12 @@ def _file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) 
     return b"\0" * 128 + b"DICM" + short(0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
-def _digest_and_sync(fd: int) -> tuple[str, int]:
-    """SHA-256 and size of the file open at ``fd``, then its fsync (both without the GIL)."""
-    with open(fd, "rb", closefd=False) as received:
-        digest = hashlib.file_digest(received, "sha256").hexdigest()
-        size = received.tell()
+def _fsync(fd: int) -> None:
     os.fsync(fd)
-    return digest, size
 
 
-def _write(incoming: _Incoming, data: bytes | memoryview) -> None:
-    if incoming.refused:
-        return
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(incoming.fd, view):]
-    except OSError as exc:
-        incoming.refused = (OUT_OF_RESOURCES_DISK, f"incoming file could not be written: {exc.strerror}")
+def _hexdigest(incoming: _Incoming) -> tuple[str, int]:
+    return incoming.digest.hexdigest(), incoming.written
 
 
 def _close_and_remove(incoming: _Incoming) -> None:

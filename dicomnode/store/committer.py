@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class Receipt:
     size: int
     calling_ae: str
     calling_address: str
+    durable: Callable[[], object] | None = None  # waits until the file's bytes are on disk (renamed early)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class GroupCommitter:
     def _commit_safely(self, receipts: list[Receipt]) -> list[Recorded]:
         try:
             results = self._commit(receipts)
-            if len(receipts) > 1 and any(r.db_error for r in results):  # one bad row spoils no other
+            if len(receipts) > 1 and any(r.db_error or r.spool_error for r in results):  # one bad one spoils no other
                 results = [self._commit([receipt])[0] for receipt in receipts]
         except Exception:  # a leader never leaves its followers without an answer
             log.exception("group commit failed unexpectedly", extra=extra(stage="receive"))
@@ -118,6 +120,9 @@ class GroupCommitter:
                     else:
                         results.append(Recorded(changed=changed))
                 names.result()  # raises the fsync's OSError: rolled back
+                for r in receipts:  # a file renamed while its fsync ran: its bytes first
+                    if r.durable is not None:
+                        r.durable()
         except OSError as exc:
             return [Recorded(spool_error=f"could not write spool file: {exc.strerror or exc}")] * len(receipts)
         except SQLAlchemyError as exc:

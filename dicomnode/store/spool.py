@@ -84,17 +84,23 @@ def fsync_dirs(folders: Iterable[Path]) -> None:
 
 @dataclass(frozen=True)
 class Written:
-    """A complete file whose writer has started its hash and fsync elsewhere: ``durable()`` returns
-    its SHA-256 and size once its bytes are on disk, or raises OSError."""
+    """A complete file whose writer hashes and fsyncs it elsewhere: ``digest()`` waits for its SHA-256
+    and size, ``durable()`` until its bytes are on disk; both raise OSError when that failed."""
 
-    durable: Callable[[], tuple[str, int]]
+    digest: Callable[[], tuple[str, int]]
+    durable: Callable[[], object]
 
 
-def adopt_file(source: Path, path: Path, written: Written | None = None) -> tuple[str, int]:
+def adopt_file(source: Path, path: Path, written: Written | None = None, *, early: bool = False) -> tuple[str, int]:
     """Move the complete file ``source`` to ``path``: fsynced, then renamed over whatever was there
     (``source`` must be on the spool's file system); return its SHA-256 and size. The caller fsyncs
-    the folder (:func:`fsync_dirs`) before it relies on the name. Given ``written``, its digest and
-    fsync, running elsewhere, are waited for instead of done here.
+    the folder (:func:`fsync_dirs`) before it relies on the name.
+
+    Given ``written``, its digest and fsync, running elsewhere, are waited for instead of done here;
+    with ``early``, only its digest: the file is renamed while its fsync runs. Only for a new path,
+    and only when no row will name it before ``written.durable()`` returned (the group commit waits for
+    it): a crash meanwhile can leave a name with no row and no acknowledgement, never a row, or an older
+    instance's file, with torn bytes.
 
     Raises
     ------
@@ -108,7 +114,9 @@ def adopt_file(source: Path, path: Path, written: Written | None = None) -> tupl
                 size = os.fstat(received.fileno()).st_size
                 os.fsync(received.fileno())
         else:
-            digest, size = written.durable()
+            digest, size = written.digest()
+            if not early:
+                written.durable()
         os.chmod(source, 0o600)
         make_private_dirs(path.parent)
         os.replace(source, path)

@@ -11,6 +11,7 @@ with ``pytest -m slow``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,16 +55,26 @@ from tests.support.synthetic import make_series, write_series
 MR = str(MRImageStorage)
 FUZZ_SAMPLE = int(os.environ.get("DICOMNODE_FUZZ_EXAMPLES", "300")) // 2
 FUZZ_FULL = 5_000
+SLOTS = 40
+
+
+class Taken(list[str]):
+    """SOP Instance UIDs that the node's data phase (not pynetdicom's) handed to the store path, and
+    those of them whose header it parsed while the dataset arrived."""
+
+    early: list[str]
 
 
 @pytest.fixture
-def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """SOP Instance UIDs that the node's data phase (not pynetdicom's) handed to the store path."""
-    uids: list[str] = []
+def taken(monkeypatch: pytest.MonkeyPatch) -> Taken:
+    uids = Taken()
+    uids.early = []
     real = native.store_received
 
     def spy(received: Any, ctx: Any) -> int:
         uids.append(received.sop_instance_uid)
+        if received.header is not None:
+            uids.early.append(received.sop_instance_uid)
         return real(received, ctx)
 
     monkeypatch.setattr(native, "store_received", spy)
@@ -89,14 +100,15 @@ def _incoming_empty(scp: RunningScp) -> bool:
 
 
 def test_a_storescu_series_is_read_by_the_node_and_stored_as_pynetdicom_stores_it(
-    start_scp_with: StartScp, tmp_path: Path, taken: list[str]
+    start_scp_with: StartScp, tmp_path: Path, taken: Taken
 ) -> None:
     own, classic = start_scp_with(), start_scp_with(receive_engine="pynetdicom")
-    series = make_series(n_slices=3)
+    series = make_series(n_slices=3, rows=256, columns=256)  # 128 KiB each: several PDUs, header parsed early
     files = write_series(series, tmp_path / "series")
     for scp in (own, classic):
         assert storescu(scp.port, files, called="DICOMNODE").returncode == 0
     assert sorted(taken) == sorted(str(ds.SOPInstanceUID) for ds in series)  # own's, none of classic's
+    assert sorted(taken.early) == sorted(taken)
     own_rows, classic_rows = _rows(own), _rows(classic)
     assert own_rows.keys() == classic_rows.keys() == set(taken)
     for uid, (path, sha256) in own_rows.items():
@@ -104,12 +116,12 @@ def test_a_storescu_series_is_read_by_the_node_and_stored_as_pynetdicom_stores_i
         assert Path(path).relative_to(own.settings.spool_dir) == Path(classic_path).relative_to(
             classic.settings.spool_dir)
         assert Path(path).read_bytes() == Path(classic_path).read_bytes()  # preamble, file meta, dataset
-        assert sha256 == classic_sha256
+        assert sha256 == classic_sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()
     assert _incoming_empty(own)
 
 
 def test_a_command_over_two_pdvs_is_left_to_pynetdicom_and_the_next_one_is_taken(
-    scp: RunningScp, taken: list[str]
+    scp: RunningScp, taken: Taken
 ) -> None:
     (uid1, data1), (uid2, data2) = _instance(1), _instance(2)
     assoc = RawAssociation(scp.port, MR)
@@ -126,7 +138,7 @@ def test_a_command_over_two_pdvs_is_left_to_pynetdicom_and_the_next_one_is_taken
 
 
 def test_a_pdu_ending_one_message_and_starting_the_next_hands_the_rest_to_pynetdicom(
-    scp: RunningScp, taken: list[str]
+    scp: RunningScp, taken: Taken
 ) -> None:
     (uid1, data1), (uid2, data2) = _instance(1), _instance(2)
     assoc = RawAssociation(scp.port, MR)
@@ -139,7 +151,7 @@ def test_a_pdu_ending_one_message_and_starting_the_next_hands_the_rest_to_pynetd
     assert _rows(scp).keys() == {uid1, uid2}
 
 
-def test_the_answer_fits_the_peers_maximum_pdu_size(scp: RunningScp, taken: list[str]) -> None:
+def test_the_answer_fits_the_peers_maximum_pdu_size(scp: RunningScp, taken: Taken) -> None:
     uid, data = _instance()
     assoc = RawAssociation(scp.port, MR, max_pdu=64)
     assoc.send(p_data([pdv(1, COMMAND | LAST, c_store_rq(MR, uid))]) + p_data(fragments(1, data, 58)))
@@ -151,16 +163,20 @@ def test_the_answer_fits_the_peers_maximum_pdu_size(scp: RunningScp, taken: list
     assert taken == [uid]
 
 
+def _pdu_of(body: bytes) -> bytes:
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
 BROKEN: dict[str, Callable[[bytes], bytes]] = {
     "a command fragment inside the dataset": lambda rest: p_data([pdv(1, COMMAND | LAST, rest[:40])]),
     "a fragment on another presentation context": lambda rest: p_data([pdv(3, LAST, rest)]),
-    "a PDV longer than its PDU": lambda rest: p_data([pdv(1, LAST, rest)])[:-10],
+    "a PDV longer than its PDU": lambda rest: _pdu_of(struct.pack(">IBB", len(rest) + 102, 1, LAST) + rest),
 }
 
 
 @pytest.mark.parametrize("broken", BROKEN, ids=list(BROKEN))
 def test_p_data_breaking_the_rules_mid_dataset_aborts_and_leaves_no_file(
-    scp: RunningScp, taken: list[str], broken: str
+    scp: RunningScp, taken: Taken, broken: str
 ) -> None:
     uid, data = _instance(rows=64)
     assoc = RawAssociation(scp.port, MR)
@@ -177,7 +193,7 @@ def test_p_data_breaking_the_rules_mid_dataset_aborts_and_leaves_no_file(
 
 
 def test_an_incoming_file_that_cannot_be_created_is_answered_0xa700_and_audited(
-    scp: RunningScp, taken: list[str]
+    scp: RunningScp, taken: Taken
 ) -> None:
     folder = incoming_dir(scp.settings)
     folder.rmdir()
@@ -239,15 +255,19 @@ streams = st.one_of(
 
 def _fuzz(scp: RunningScp, examples: int, caplog: pytest.LogCaptureFixture, *, derandomize: bool) -> int:
     answered = 0
+    ae = scp.servers[0].ae
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
               suppress_health_check=list(HealthCheck))
     @given(stream=streams)
     def one(stream: bytes) -> None:
         nonlocal answered
-        assoc = RawAssociation(scp.port, MR, timeout=1)
+        # the node holds a slot until it sees each cut-off case's connection close: wait for a free one
+        wait_for(lambda: len(ae.active_associations) < SLOTS - 2, timeout=30, msg="a free association slot")
+        assoc = RawAssociation(scp.port, MR, timeout=10)
         assert assoc.accepted
         assoc.send(stream)
+        assoc.sock.settimeout(1)  # a cut-off stream gets no answer: the node waits for the rest
         answer = assoc.read_response()
         assoc.close()
         if answer is not None and 0x0900 in answer:
@@ -264,7 +284,7 @@ def _fuzz(scp: RunningScp, examples: int, caplog: pytest.LogCaptureFixture, *, d
 
 @pytest.fixture
 def fuzz_scp(start_scp_with: StartScp) -> RunningScp:
-    return start_scp_with(network_timeout_seconds=2, max_associations=40)
+    return start_scp_with(network_timeout_seconds=2, max_associations=SLOTS)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -296,3 +316,28 @@ def test_a_c_store_on_a_context_never_accepted_aborts_and_leaves_no_file(start_s
     wait_for(lambda: _incoming_empty(scp), timeout=10, msg="no incoming file left")
     assert _rows(scp) == {}
     assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
+
+
+def test_a_file_whose_fsync_fails_is_answered_0xa700_and_left_nowhere(
+    scp: RunningScp, taken: Taken, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new instance's file is renamed into the spool while its fsync runs; when the fsync fails (a
+    disk's I/O error, injected: no test disk fails on demand), no row is committed, the file goes, and
+    the peer gets 0xA700."""
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(native, "_fsync", failing)
+    ds = make_series(n_slices=1, rows=256, columns=256)[0]
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    assert int(assoc.send_c_store(ds).Status) == 0xA700
+    assoc.release()
+    assert taken == [str(ds.SOPInstanceUID)]
+    assert _rows(scp) == {}
+    assert [p for p in scp.settings.spool_dir.rglob("*") if p.is_file()] == []
+    with scp.sessions() as session:
+        (row,) = session.scalars(select(AuditRecord).where(AuditRecord.event == "instance_refused"))
+    assert json.loads(row.detail)["status"] == "0xA700" and "Input/output error" in json.loads(row.detail)["reason"]

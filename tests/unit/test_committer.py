@@ -88,3 +88,28 @@ def test_an_unexpected_error_still_answers_every_receipt_and_is_logged_by_stage(
     (logged,) = [r for r in caplog.records if r.name == "dicomnode.store.committer"]
     assert logged.getMessage() == "group commit failed unexpectedly" and logged.exc_info is not None
     assert getattr(logged, "ctx", {}).get("stage") == "receive"
+
+
+def test_the_commit_waits_for_each_files_bytes_and_a_failed_fsync_spoils_no_other(
+    any_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A file renamed into the spool while its fsync still runs (the node's data phase): its row is
+    committed only once ``durable()`` returned; one whose fsync failed gets a spool error and no row,
+    and the others of its batch are recorded."""
+    synced: list[str] = []
+
+    def durable(uid: str) -> object:
+        if uid.endswith(".66"):
+            raise OSError(5, "Input/output error")
+        synced.append(uid)
+        return None
+
+    metas = [dataclasses.replace(BASE, sop_instance_uid=f"1.2.3.4.{i}") for i in (1, 2, 66, 3)]
+    receipts = [dataclasses.replace(_receipt(tmp_path, m), durable=lambda uid=m.sop_instance_uid: durable(uid))
+                for m in metas]
+    results = _concurrently(GroupCommitter(any_sessions), receipts)
+    assert [bool(r.spool_error) for r in results] == [False, False, True, False]
+    assert "Input/output error" in results[2].spool_error
+    with any_sessions() as session:
+        stored = set(session.scalars(select(Instance.sop_instance_uid)))
+    assert stored == {"1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.3"} == set(synced) & stored
