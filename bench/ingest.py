@@ -1,6 +1,8 @@
 """Ingest: the same N instances by DCMTK storescu into DCMTK storescp, Orthanc and the node, one run.
 
-Each receiver starts fresh (empty storage) for each run, so every instance is new to it. The runs are
+Each receiver starts fresh (empty storage) for each run, so every instance is new to it, and after an
+``os.sync()``, so that the pages the previous receiver left unwritten (storescp never fsyncs) do not
+slow the next one's fsyncs. The runs are
 interleaved round by round, so that drift on a busy machine hits every receiver alike; each figure is
 the median of the rounds. Printed: instances/s for one and for four concurrent associations, and the
 node's ratios against Orthanc and against storescp from the same invocation. DCMTK runs with
@@ -16,6 +18,7 @@ never slows ingest). ``--processes N`` adds the node as N receiving processes sh
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -210,6 +213,7 @@ def main() -> None:
             for associations in args.associations:
                 for name, receiver in receivers.items():
                     run += 1
+                    os.sync()  # the previous receiver's unwritten pages must not slow this one's fsyncs
                     with receiver(root / f"run{run}") as (port, called):
                         times.setdefault((name, associations), []).append(send(port, called, files, associations))
     print(f"{args.n} instances of {size // 1024} KiB ({'CT01 clones' if SOURCE.is_file() else 'synthetic CT'}), "

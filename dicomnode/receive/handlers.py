@@ -104,6 +104,7 @@ class Received:
     sop_instance_uid: str
     written: Written | None = None
     header: Callable[[], InstanceMeta] | None = None
+    size: int | None = None  # the file's, where its writer counted it
 
 
 def _requestor(event: Any) -> tuple[str, str]:
@@ -230,7 +231,7 @@ def _size_refusal(received: Received, settings: Settings) -> str:
     path = received.path
     # the file holds the dataset after the preamble and file meta that pynetdicom wrote: a file within
     # the limit holds a dataset within it, and only a larger one needs the dataset's own size
-    size = path.stat().st_size
+    size = path.stat().st_size if received.size is None else received.size
     if size > settings.max_instance_mb * 2**20:
         size -= split_dataset(path)[1]
         if size > settings.max_instance_mb * 2**20:

@@ -262,7 +262,7 @@ class DataPhase:
             header = None if incoming.early is None else partial(early.finish, incoming.path, incoming.early)
             status = store_received(Received(assoc, incoming.path, incoming.transfer_syntax, incoming.sop_class_uid,
                                              incoming.sop_instance_uid, Written(hashed.result, synced.result),
-                                             header), self.ctx)
+                                             header, incoming.written), self.ctx)
             wait([hashed]), wait([synced])  # a refusal may not have waited: the descriptor closes only after
             _close_and_remove(incoming)  # a landed file was renamed into the spool: nothing to remove
         if assoc.is_aborted or dul.state_machine.current_state != "Sta6":

@@ -113,11 +113,11 @@ def adopt_file(source: Path, path: Path, written: Written | None = None, *, earl
                 digest = hashlib.file_digest(received, "sha256").hexdigest()  # read and hashed in C, one buffer
                 size = os.fstat(received.fileno()).st_size
                 os.fsync(received.fileno())
-        else:
+            os.chmod(source, 0o600)
+        else:  # its writer created it owner-only
             digest, size = written.digest()
             if not early:
                 written.durable()
-        os.chmod(source, 0o600)
         make_private_dirs(path.parent)
         os.replace(source, path)
     except OSError as exc:

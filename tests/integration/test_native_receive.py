@@ -95,6 +95,18 @@ def _rows(scp: RunningScp) -> dict[str, tuple[str, str]]:
         return {i.sop_instance_uid: (i.path, i.sha256) for i in session.scalars(select(Instance))}
 
 
+def _pyscu_store(scp: RunningScp, ds: Dataset) -> int:
+    """One C-STORE from the known peer PYSCU (pynetdicom), on an association of its own: the status."""
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
 def _incoming_empty(scp: RunningScp) -> bool:
     return not any(incoming_dir(scp.settings).iterdir())
 
@@ -199,13 +211,7 @@ def test_an_incoming_file_that_cannot_be_created_is_answered_0xa700_and_audited(
     folder.rmdir()
     folder.write_text("not a folder")  # creating a file in it fails, even for root
     try:
-        ds = make_series(n_slices=1)[0]
-        ae = AE(ae_title="PYSCU")
-        ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
-        assert assoc.is_established
-        assert int(assoc.send_c_store(ds).Status) == 0xA700
-        assoc.release()
+        assert _pyscu_store(scp, make_series(n_slices=1)[0]) == 0xA700
     finally:
         folder.unlink()
         folder.mkdir(mode=0o700)
@@ -329,12 +335,7 @@ def test_a_file_whose_fsync_fails_is_answered_0xa700_and_left_nowhere(
 
     monkeypatch.setattr(native, "_fsync", failing)
     ds = make_series(n_slices=1, rows=256, columns=256)[0]
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    assert int(assoc.send_c_store(ds).Status) == 0xA700
-    assoc.release()
+    assert _pyscu_store(scp, ds) == 0xA700
     assert taken == [str(ds.SOPInstanceUID)]
     assert _rows(scp) == {}
     assert [p for p in scp.settings.spool_dir.rglob("*") if p.is_file()] == []
