@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import Connection, CursorResult, Select, Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
@@ -79,8 +79,9 @@ _TOUCH_STUDY = (update(_STUDY).where(_STUDY.c.id == bindparam("b_id"))
 _INSERT_INSTANCE = insert(_INSTANCE)
 
 
-def lookup(session: Session, meta: InstanceMeta) -> Known:
-    conn = session.connection()  # a Core statement on the session's connection: no ORM execution layer
+def lookup(session: Session, meta: InstanceMeta, conn: Connection | None = None) -> Known:
+    """``conn``: the session's connection, where the caller holds it already (asking costs each time)."""
+    conn = conn or session.connection()  # a Core statement on the session's connection: no ORM execution layer
     row = conn.execute(_FIND_KNOWN, {"b_instance": meta.sop_instance_uid, "b_series": meta.series_uid,
                                      "b_study": meta.study_uid}).first()
     assert row is not None  # the constant row: always one
@@ -130,7 +131,8 @@ def record_instance(
         When the instance's UIDs already belong to another study, series or patient
         (:func:`find_collision`); nothing is recorded.
     """
-    known = lookup(session, meta)
+    conn = session.connection()  # the transaction's, for the Core statements below
+    known = lookup(session, meta, conn)
     collision = find_collision(session, meta, known)
     if collision:
         raise UidCollision(collision)
@@ -150,7 +152,7 @@ def record_instance(
         study_id = study.id
     else:
         study_id = known.study[0]
-        session.connection().execute(_TOUCH_STUDY, {"b_id": study_id, "b_at": now})
+        conn.execute(_TOUCH_STUDY, {"b_id": study_id, "b_at": now})
 
     series_table = _SERIES
     if known.series is None:
@@ -169,7 +171,7 @@ def record_instance(
               "size": size, "sha256": sha256, "calling_ae": calling_ae, "received_at": now}
     instance_table = _INSTANCE
     if known.instance is None:
-        session.connection().execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid,
+        conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid,
                                                         "series_id": series_id, **values})
     else:
         session.execute(update(instance_table).where(instance_table.c.id == known.instance[0]).values(**values))
