@@ -2,9 +2,10 @@
 
 Each receiver starts fresh (empty storage) for each run, so every instance is new to it, and after an
 ``os.sync()``, so that the pages the previous receiver left unwritten (storescp never fsyncs) do not
-slow the next one's fsyncs. The runs are
-interleaved round by round, so that drift on a busy machine hits every receiver alike; each figure is
-the median of the rounds. Printed: instances/s for one and for four concurrent associations, and the
+slow the next one's fsyncs. The runs are interleaved round by round, so that drift on a busy machine
+hits every receiver alike; each figure is the median of the rounds. The node runs twice: its SCP in
+this process ("dicomnode"), and as deployed, a ``dicomnode receive`` process ("dicomnode receive
+(process)"). Printed: instances/s for one and for four concurrent associations, and the
 node's ratios against Orthanc and against storescp from the same invocation. DCMTK runs with
 TCP_NODELAY=1 (tests/support/peers.py), as it must on loopback.
 
@@ -40,7 +41,7 @@ from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Peer, Settings
 from tests.support.net import free_port
-from tests.support.peers import DCMTK_ENV, REPO, Orthanc, require, storescp
+from tests.support.peers import DCMTK_ENV, REPO, NodeProcess, Orthanc, require, storescp
 
 SOURCE = REPO.parent / "shared" / "data" / "ct_single_slice_tcia" / "CT01.dcm"
 
@@ -145,6 +146,19 @@ def node_atna_down(root: Path) -> Iterator[tuple[int, str]]:
     yield from _node(root, f"tcp://127.0.0.1:{free_port()}")
 
 
+@contextmanager
+def node_process(root: Path) -> Iterator[tuple[int, str]]:
+    """The node as deployed: a ``dicomnode receive`` process of its own (its logging, its settings from
+    DICOMNODE_* variables; ``--node-set`` applies here too)."""
+    env = {"DICOMNODE_PEERS": "STORESCU@127.0.0.1:104", "DICOMNODE_MIN_FREE_DISK_MB": "1",
+           **{f"DICOMNODE_{key.upper()}": value for key, value in NODE_SETTINGS.items()}}
+    process = NodeProcess(root, env=env, command="receive").start()
+    try:
+        yield process.port, process.ae_title
+    finally:
+        process.stop()
+
+
 PROCESSES = [1]  # --processes N
 
 
@@ -196,7 +210,8 @@ def main() -> None:
         serve_shared(Path(args.serve_shared[0]), int(args.serve_shared[1]))
         return
     PROCESSES[0] = args.processes
-    receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node}
+    receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node,
+                                      "dicomnode receive (process)": node_process}
     if args.atna_down:
         receivers["dicomnode, ATNA down"] = node_atna_down
     if args.processes > 1:
@@ -224,7 +239,7 @@ def main() -> None:
         print("| receiver | instances/s |\n|---|---|")
         for name, value in rate.items():
             print(f"| {name} | {value:.0f} |")
-        if {"dicomnode", "Orthanc", "DCMTK storescp"} <= rate.keys():
+        if {"Orthanc", "DCMTK storescp"} <= rate.keys():
             for name in (n for n in rate if n.startswith("dicomnode")):
                 print(f"{name} / Orthanc: {rate[name] / rate['Orthanc']:.2f}x; "
                       f"{name} / storescp: {rate[name] / rate['DCMTK storescp']:.2f}x")
