@@ -7,9 +7,10 @@ a rename, through the group commit (:mod:`dicomnode.store.committer`), so that c
 fsyncs and commits, and audits receipts once per association and study (:mod:`dicomnode.receive.tally`).
 Status codes (PS3.4 B.2.3 and PS3.7 C):
 
-- ``0x0122`` refused, SOP class not supported: the request's SOP class is not its presentation
-  context's (the node's own data phase; pynetdicom's aborts the association instead)
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
+- ``0x0122`` refused, SOP class not supported: the request's SOP class is not its presentation
+  context's (the node's own data phase, :mod:`dicomnode.receive.native`; pynetdicom's aborts the
+  association instead)
 - ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
   guard), or the spool file could not be written (disk full, I/O error)
 - ``0xA700`` also: the instance is larger than ``max_instance_mb``, or a deflated one inflates beyond
