@@ -70,7 +70,9 @@ class _IncomingFiles:
         assoc = getattr(threading.current_thread(), "assoc", None)
         if assoc is not None:
             with self._lock:
-                self._open.setdefault(assoc, []).append(received)
+                files = self._open.setdefault(assoc, [])
+                files[:] = [f for f in files if not f.closed]  # served: closed (and removed) by pynetdicom
+                files.append(received)
         return received
 
     def discard(self, assoc: Any) -> None:
