@@ -8,21 +8,26 @@ through pydicom; with one message at a time, that is most of an instance's time.
 
 With ``receive_engine = "native"`` (the default), the DUL thread offers each P-DATA-TF PDU of an
 established association to :class:`DataPhase` first (:func:`dicomnode.reactor.set_p_data_hook`). It
-takes a C-STORE-RQ whose command arrives whole in one PDV, on an accepted presentation context of that
-storage SOP class, when pynetdicom holds no message half-received. It then
+takes a C-STORE-RQ whose command arrives whole in one PDV, on an accepted presentation context, when
+pynetdicom holds no message half-received. It then
 
 1. writes the preamble and the file meta that pynetdicom would write, and each dataset fragment as it
-   arrives, into a file in ``spool_dir/.incoming`` (:mod:`dicomnode.receive.incoming`);
+   arrives, into a file in ``spool_dir/.incoming`` (:mod:`dicomnode.receive.incoming`), while a helper
+   thread hashes the fragments in order and the header is parsed from the first 64 KiB
+   (:mod:`dicomnode.receive.early`);
 2. counts the dataset bytes, and aborts the association (audited) once they pass twice
    ``max_instance_mb``, as :class:`~dicomnode.receive.limits.SizeGuard` does;
-3. on the last fragment, runs the node's one store path (:func:`~dicomnode.receive.handlers.store_received`:
-   checks, durable landing, group commit, statuses, audit) on the DUL thread itself, and only then
-   sends the C-STORE-RSP with the status it returned.
+3. on the last fragment, starts the file's fsync and runs the node's one store path
+   (:func:`~dicomnode.receive.handlers.store_received`: checks, durable landing, group commit,
+   statuses, audit) on the DUL thread itself, and only then sends the C-STORE-RSP with the status it
+   returned.
 
-Everything else stays pynetdicom's, unchanged: C-ECHO, any other DIMSE message, a command in several
-fragments, an unknown or rejected context, a SOP class not its context's. A P-DATA-TF PDU that breaks
-the rules while the node is reading a dataset (a malformed PDV, a command fragment, another context)
-aborts the association, and the partial file is removed, as it is when the connection drops.
+A request whose SOP class is not its context's is read to its end and answered 0x0122; one whose file
+cannot be created or written, 0xA700 (both audited). A command set that does not parse, a C-STORE on a
+context never accepted, or P-DATA that breaks the rules while a dataset arrives (a malformed PDV, a
+command fragment, another context) aborts the association, and the partial file is removed, as it is
+when the connection drops. Everything else stays pynetdicom's, unchanged: C-ECHO, any other DIMSE
+message, a command in several fragments.
 """
 
 from __future__ import annotations
