@@ -108,10 +108,6 @@ class Received:
     size: int | None = None  # the file's, where its writer counted it
 
 
-def _requestor(event: Any) -> tuple[str, str]:
-    return requestor(event.assoc)
-
-
 def requestor(assoc: Any) -> tuple[str, str]:
     """Calling AE title and address; at EVT_REQUESTED the title is only in the A-ASSOCIATE primitive."""
     req = assoc.requestor
@@ -122,7 +118,7 @@ def requestor(assoc: Any) -> tuple[str, str]:
 def handle_requested(event: Any, ctx: ReceiveContext) -> None:
     """EVT_REQUESTED: reject unknown callers with A-ASSOCIATE-RJ and a security-alert audit row."""
     try:
-        calling_ae, address = _requestor(event)
+        calling_ae, address = requestor(event.assoc)
         primitive = event.assoc.requestor.primitive
         called_ae = primitive.called_ae_title if primitive is not None else ""
         decision = decide(own_ae=ctx.settings.ae_title, called_ae=str(called_ae), calling_ae=calling_ae,
@@ -148,7 +144,7 @@ def handle_requested(event: Any, ctx: ReceiveContext) -> None:
 
 def handle_rejected(event: Any, ctx: ReceiveContext) -> None:
     """EVT_REJECTED: pynetdicom's own rejections (too many associations: local limit exceeded)."""
-    calling_ae, address = _requestor(event)
+    calling_ae, address = requestor(event.assoc)
     log.warning("association rejected by the association limit", extra=extra(stage="receive"))
     _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
            reason=f"local limit exceeded (max_associations={ctx.settings.max_associations})")
@@ -161,11 +157,14 @@ def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
 
 
 def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
-    """An instance grew past twice ``max_instance_mb`` while arriving; the association is being aborted."""
-    audit_too_large(event.assoc, size, ctx)
+    """:class:`~dicomnode.receive.limits.SizeGuard`'s refusal (pynetdicom's data path)."""
+    refuse_too_large(event.assoc, size, ctx)
 
 
-def audit_too_large(assoc: Any, size: int, ctx: ReceiveContext) -> None:
+def refuse_too_large(assoc: Any, size: int, ctx: ReceiveContext) -> None:
+    """An instance grew past twice ``max_instance_mb`` while arriving; the association is being aborted:
+    logged (no values) and audited, whichever engine read the data."""
+    log.warning("association aborted: instance larger than max_instance_mb", extra=extra(stage="receive"))
     calling_ae, address = requestor(assoc)
     _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
            status="A-ABORT", reason=f"instance larger than twice max_instance_mb={ctx.settings.max_instance_mb:g} "
@@ -174,7 +173,7 @@ def audit_too_large(assoc: Any, size: int, ctx: ReceiveContext) -> None:
 
 def handle_accepted(event: Any, ctx: ReceiveContext) -> None:
     """EVT_ACCEPTED: audit the association, and log its calling AE title (the address is in the audit row)."""
-    calling_ae, address = _requestor(event)
+    calling_ae, address = requestor(event.assoc)
     log.info("association accepted", extra=extra(stage="receive", calling_ae=calling_ae))
     _audit(ctx, AuditEvent.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, actor=calling_ae, address=address)
 

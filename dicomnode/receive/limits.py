@@ -14,23 +14,19 @@
 from __future__ import annotations
 
 import io
-import logging
 import threading
 import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from dicomnode.log import extra
-
-log = logging.getLogger(__name__)
-
 _COMMAND = 0x01  # PS3.8 E.2 message control header: bit 0 set for a command fragment
 _LAST = 0x02  # bit 1 set for the last fragment of a command or dataset
 
 
 class SizeGuard:
-    """EVT_PDU_RECV handler: abort an association whose current dataset grows past ``limit_bytes``."""
+    """EVT_PDU_RECV handler: abort an association whose current dataset grows past ``limit_bytes``;
+    ``on_refused(event, size)`` logs and audits the refusal."""
 
     def __init__(self, limit_bytes: int, on_refused: Callable[[Any, int], None]) -> None:
         self.limit_bytes = limit_bytes
@@ -58,8 +54,7 @@ class SizeGuard:
                     size = 0
             self._received[assoc] = -1 if over else size
         if over:
-            log.warning("association aborted: instance larger than max_instance_mb", extra=extra(stage="receive"))
-            self.on_refused(event, over)
+            self.on_refused(event, over)  # logs and audits
             assoc.abort(block=False)
 
 

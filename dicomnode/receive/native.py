@@ -54,7 +54,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from dicomnode.log import extra
 from dicomnode.receive import early
 from dicomnode.receive.early import EarlyHeader
-from dicomnode.receive.handlers import ReceiveContext, Received, audit_too_large, refuse_request, store_received
+from dicomnode.receive.handlers import ReceiveContext, Received, refuse_request, refuse_too_large, store_received
 from dicomnode.receive.incoming import incoming_dir
 from dicomnode.store.ingest import OUT_OF_RESOURCES_DISK, SOP_CLASS_NOT_SUPPORTED
 from dicomnode.store.spool import Written
@@ -268,7 +268,8 @@ class DataPhase:
             status = store_received(Received(assoc, incoming.path, incoming.transfer_syntax, incoming.sop_class_uid,
                                              incoming.sop_instance_uid, Written(hashed.result, synced.result),
                                              header, incoming.written), self.ctx)
-            wait([hashed]), wait([synced])  # a refusal may not have waited: the descriptor closes only after
+            wait([hashed])  # a refusal may not have waited for them: the descriptor closes only after
+            wait([synced])
             _close_and_remove(incoming)  # a landed file was renamed into the spool: nothing to remove
         if assoc.is_aborted or dul.state_machine.current_state != "Sta6":
             return  # aborted meanwhile (by a handler, or the size guard): no answer
@@ -276,8 +277,7 @@ class DataPhase:
         dul.socket.send(_p_data(incoming.context_id, _response(incoming, status), assoc.dimse.maximum_pdu_size))
 
     def _too_large(self, assoc: Any, incoming: _Incoming) -> None:
-        log.warning("association aborted: instance larger than max_instance_mb", extra=extra(stage="receive"))
-        audit_too_large(assoc, incoming.size, self.ctx)
+        refuse_too_large(assoc, incoming.size, self.ctx)
         self._cut_off(assoc, incoming)
 
     def _cut_off(self, assoc: Any, incoming: _Incoming | None = None) -> None:

@@ -33,6 +33,7 @@ from dicomnode.jobs.models import Instance
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.net import wait_for
 from tests.support.peers import echoscu
+from tests.support.rawdicom import associate_rq
 from tests.support.synthetic import make_series
 
 CI_SAMPLE = int(os.environ.get("DICOMNODE_FUZZ_EXAMPLES", "300"))
@@ -180,19 +181,8 @@ def _fuzz_datasets(scp: RunningScp, tmp_path: Path, examples: int, monkeypatch: 
     return statuses
 
 
-def _associate_rq(calling: bytes = b"STORESCU", called: bytes = b"DICOMNODE") -> bytes:
-    """A minimal, valid A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification."""
-    def item(kind: int, body: bytes) -> bytes:
-        return struct.pack(">BBH", kind, 0, len(body)) + body
-
-    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
-    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
-    body = (struct.pack(">HH", 1, 0) + called.ljust(16) + calling.ljust(16) + b"\0" * 32
-            + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
-
-
-RQ = _associate_rq()
+# a minimal, valid A-ASSOCIATE-RQ proposing Verification: user information holds the maximum length alone
+RQ = associate_rq("1.2.840.10008.1.1", calling="STORESCU", transfer_syntax="1.2.840.10008.1.2", implementation_uid=None)
 pdus = st.one_of(
     st.binary(max_size=512),
     st.integers(0, len(RQ) - 1).map(lambda n: RQ[:n]),

@@ -133,10 +133,11 @@ def test_rle_compressed_series_is_accepted_as_sent(scp: RunningScp, tmp_path: Pa
     assert syntaxes == ["1.2.840.10008.1.2.5"] * 3
 
 
+@pytest.mark.parametrize("engine", ["native", "pynetdicom"])  # the node's data phase, and SizeGuard
 def test_instance_cut_off_while_it_arrives_is_logged_by_stage_without_phi(
-    start_scp_with: StartScp, caplog: pytest.LogCaptureFixture
+    start_scp_with: StartScp, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:
-    scp = start_scp_with(max_instance_mb=1)
+    scp = start_scp_with(max_instance_mb=1, receive_engine=engine)
     ds = make_series(n_slices=1, patient_name="ALPHA^SECRET", patient_id="PID-SECRET")[0]
     ds.Rows, ds.Columns = 1024, 1536  # 16-bit zeros: 3 MiB, past twice the limit
     ds.PixelData = bytes(3 * 2**20)

@@ -26,11 +26,14 @@ def _even(value: bytes, pad: bytes = b"\0") -> bytes:
 
 
 def associate_rq(sop_class: str, *, calling: str = "PYSCU", called: str = "DICOMNODE", max_pdu: int = 16384,
-                 context_id: int = 1, transfer_syntax: str = EXPLICIT_LE) -> bytes:
-    """An A-ASSOCIATE-RQ proposing ``sop_class`` with one transfer syntax on ``context_id``."""
+                 context_id: int = 1, transfer_syntax: str = EXPLICIT_LE,
+                 implementation_uid: str | None = "1.2.826.0.1.3680043.10.1234.9") -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing ``sop_class`` with one transfer syntax on ``context_id``;
+    without ``implementation_uid``, its user information holds the maximum length alone (minimal)."""
     context = _item(0x20, bytes([context_id, 0, 0, 0]) + _item(0x30, sop_class.encode())
                     + _item(0x40, transfer_syntax.encode()))
-    user = _item(0x50, _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, b"1.2.826.0.1.3680043.10.1234.9"))
+    implementation = b"" if implementation_uid is None else _item(0x52, implementation_uid.encode())
+    user = _item(0x50, _item(0x51, struct.pack(">I", max_pdu)) + implementation)
     body = (struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + b"\0" * 32
             + _item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
