@@ -264,7 +264,8 @@ class DataPhase:
         else:
             hashed: Future[tuple[str, int]] = self._hasher.submit(_hexdigest, incoming)  # after its fragments
             synced: Future[None] = self._fsyncs.submit(_fsync, incoming.fd)
-            header = None if incoming.early is None else partial(early.finish, incoming.path, incoming.early)
+            header = None if incoming.early is None else partial(early.finish, incoming.path, incoming.early,
+                                                                   incoming.written)
             status = store_received(Received(assoc, incoming.path, incoming.transfer_syntax, incoming.sop_class_uid,
                                              incoming.sop_instance_uid, Written(hashed.result, synced.result),
                                              header, incoming.written), self.ctx)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
+from dicomnode.db import Prepared
 from dicomnode.errors import UidCollision
 from dicomnode.jobs.models import Instance, Series, Study, utcnow
 from dicomnode.jobs.status import StudyState
@@ -71,19 +72,25 @@ def _find_known() -> Select[Any]:
                          .outerjoin(study, study.c.study_uid == bindparam("b_study"))))
 
 
-# Built once: per instance, only their parameters change.
-_FIND_KNOWN = _find_known()
-_TOUCH_STUDY = (update(_STUDY).where(_STUDY.c.id == bindparam("b_id"))
-                .values(last_received_at=bindparam("b_at"), state=StudyState.RECEIVING,
-                        state_reason="receiving: complete after study_idle_seconds without a new instance"))
-_INSERT_INSTANCE = insert(_INSTANCE)
+# Built and compiled once: per instance, only their parameters change.
+_FIND_KNOWN = Prepared(_find_known())
+_TOUCH_STUDY = Prepared(update(_STUDY).where(_STUDY.c.id == bindparam("b_id"))
+                        .values(last_received_at=bindparam("b_at"), state=StudyState.RECEIVING,
+                                state_reason="receiving: complete after study_idle_seconds without a new instance"))
+_INSTANCE_VALUES = ("sop_instance_uid", "series_id", "sop_class_uid", "transfer_syntax_uid", "path", "size",
+                    "sha256", "calling_ae", "received_at")
+_INSERT_INSTANCE = Prepared(insert(_INSTANCE), _INSTANCE_VALUES)
 
 
 def lookup(session: Session, meta: InstanceMeta, conn: Connection | None = None) -> Known:
     """``conn``: the session's connection, where the caller holds it already (asking costs each time)."""
-    conn = conn or session.connection()  # a Core statement on the session's connection: no ORM execution layer
-    row = conn.execute(_FIND_KNOWN, {"b_instance": meta.sop_instance_uid, "b_series": meta.series_uid,
-                                     "b_study": meta.study_uid}).first()
+    conn = conn or session.connection()  # the session's transaction, on its DB-API cursor
+    cursor = _FIND_KNOWN.run(conn, {"b_instance": meta.sop_instance_uid, "b_series": meta.series_uid,
+                                    "b_study": meta.study_uid})
+    try:
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
     assert row is not None  # the constant row: always one
     return Known(instance=None if row[0] is None else tuple(row[0:4]),
                  series=None if row[4] is None else tuple(row[4:8]),
@@ -152,7 +159,7 @@ def record_instance(
         study_id = study.id
     else:
         study_id = known.study[0]
-        conn.execute(_TOUCH_STUDY, {"b_id": study_id, "b_at": now})
+        _TOUCH_STUDY.run(conn, {"b_id": study_id, "b_at": now}).close()
 
     series_table = _SERIES
     if known.series is None:
@@ -171,8 +178,8 @@ def record_instance(
               "size": size, "sha256": sha256, "calling_ae": calling_ae, "received_at": now}
     instance_table = _INSTANCE
     if known.instance is None:
-        conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid,
-                                                        "series_id": series_id, **values})
+        _INSERT_INSTANCE.run(conn, {"sop_instance_uid": meta.sop_instance_uid, "series_id": series_id,
+                                    **values}).close()
     else:
         session.execute(update(instance_table).where(instance_table.c.id == known.instance[0]).values(**values))
     return True

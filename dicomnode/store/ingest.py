@@ -18,9 +18,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,7 +102,18 @@ def disk_guard(settings: Settings) -> str:
     return ""
 
 
-def read_meta(ds: Dataset, transfer_syntax_uid: str) -> InstanceMeta:
+# every attribute read_meta reads: the early header parse keeps these, and only these (receive/early.py)
+META_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "SeriesNumber",
+                 "Modality", "SeriesDescription", "PatientID", "PatientName")
+
+
+class Attributes(Protocol):
+    """What :func:`read_meta` reads from: a pydicom Dataset, or the early header's values."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+def read_meta(ds: Attributes, transfer_syntax_uid: str) -> InstanceMeta:
     """Read and validate what the node keeps; raises ValueError naming the bad attribute."""
     uids = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
