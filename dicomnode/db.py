@@ -118,5 +118,5 @@ class Prepared:
         except conn.dialect.loaded_dbapi.Error as exc:
             cursor.close()
             raise DBAPIError.instance(compiled.string, args, exc, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect) from exc
+                                      hide_parameters=True, dialect=conn.dialect) from exc  # UIDs stay out of logs
         return cursor
