@@ -1,16 +1,24 @@
 """A C-STORE dataset's header, parsed while the rest of the dataset still arrives.
 
-The node parses every received dataset with pydicom before it keeps it (:func:`dicomnode.store.ingest.
-read_meta`); for a 0.5 MB CT slice that is most of a millisecond, and on one association it used to
-start only once the last fragment was in. The node's data phase (:mod:`dicomnode.receive.native`)
+The node parses every received dataset before it keeps it (:func:`dicomnode.store.ingest.read_meta`);
+with pydicom's reader, for a 0.5 MB CT slice, that was most of a millisecond, and on one association
+it started only once the last fragment was in. The node's data phase (:mod:`dicomnode.receive.native`)
 instead parses the first :data:`PREFIX_BYTES` of the dataset, from memory, as soon as they have
-arrived and while the peer sends the rest. The parse counts only when it stops exactly at a pixel data
-element inside that prefix (``stop_before_pixels``): it then holds every element before the pixel
-data, as the parse of the whole file would. Once the file is complete, :func:`finish` parses the rest
-of it, from the pixel data element to its end, with the same reader and options, so that a dataset
-that would not decode as a whole is refused just the same. A prefix that ends before the pixel data,
-a deflated dataset (compressed as a whole) or a big endian one: no early parse, the whole file is
-parsed at the end as before.
+arrived and while the peer sends the rest:
+
+- the header's elements are walked without decoding them (:func:`dicomnode.receive.elements.walk`,
+  which reads the structure exactly as pydicom's reader does, or gives up), and only the ten values
+  that :func:`read_meta` reads are decoded: printable ASCII ones here, any other by pydicom with the
+  dataset's character set (:class:`_Values`). About 0.1 ms instead of 0.5;
+- where the walk gives up, pydicom's reader parses the prefix, as before.
+
+The parse counts only when it stops exactly at a pixel data element inside that prefix: it then holds
+every element before the pixel data, as the parse of the whole file would. Once the file is complete,
+:func:`finish` parses the rest of it, from the pixel data element to its end, with pydicom's reader,
+so that a dataset that would not decode as a whole is refused just the same; a file that ends where
+its pixel data element ends has nothing left to parse. A prefix that ends before the pixel data, a
+deflated dataset (compressed as a whole) or a big endian one: no early parse, the whole file is parsed
+at the end as before.
 """
 
 from __future__ import annotations
