@@ -12,7 +12,8 @@ dataset that pydicom would refuse is never taken. It gives up on
 
 - a VR that is not a standard one (pydicom switches to implicit VR, or guesses a 2-byte length);
 - an element or item that runs past the bytes given, or past the item that holds it;
-- an undefined length on anything but a sequence (SQ in explicit VR, a dictionary SQ in implicit VR);
+- an undefined length on anything but a sequence (SQ in explicit VR, a dictionary SQ in implicit VR),
+  or on an element the caller keeps;
 - a sequence whose items are not items, or a delimiter with a length;
 - a first element whose VR bytes say the other VR encoding (pydicom would switch to it);
 - an item or delimiter tag outside a sequence, or the bytes ending before a pixel data element.
@@ -89,6 +90,8 @@ class _Walk:
             if tag >> 16 == 0xFFFE:
                 raise _GiveUp
             if length == UNDEFINED:
+                if tag in self.kept:
+                    raise _GiveUp  # pydicom would keep a parsed sequence under it
                 pos = self._sequence(tag, vr, start)
                 continue
             end = self._end(start, length, size)

@@ -123,6 +123,11 @@ def test_the_walk_gives_up_where_pydicom_would_guess() -> None:
     assert walk(data[:200], False, META_TAGS) is None  # ends before the pixel data
     unknown_vr = data.replace(b"UI", b"QQ", 1)
     assert walk(unknown_vr, False, META_TAGS) is None
+    # a kept element sent as a sequence of undefined length: pydicom would hand read_meta the sequence
+    name_as_sequence = (b"\x10\x00\x10\x00SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+                        + b"\xe0\x7f\x10\x00OW\x00\x00\x02\x00\x00\x00\x00\x00")
+    assert walk(name_as_sequence, False, META_TAGS) is None
+    assert walk(name_as_sequence.replace(b"\x10\x00\x10\x00SQ", b"\x10\x00\x11\x00SQ"), False, META_TAGS) is not None
 
 
 def test_read_meta_reads_only_the_keywords_the_walk_keeps() -> None:
