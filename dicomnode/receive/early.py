@@ -24,6 +24,7 @@ at the end as before.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -42,13 +43,13 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
 )
 
-from dicomnode.receive.elements import walk
+from dicomnode.receive.elements import PIXEL_TAGS, walk
 from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import META_KEYWORDS, Attributes, read_meta
 
 PREFIX_BYTES = 64 * 1024
 DEFER_BYTES = 64 * 1024  # values longer than this (pixel data) are skipped by a seek, never read
-_PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")  # little endian (7FE0,0010/8/9)
+_TAG = struct.Struct("<HH")  # little endian group, element
 _KEYWORD_TAGS = {keyword: BaseTag(tag_for_keyword(keyword) or 0) for keyword in META_KEYWORDS}
 _META_TAGS = frozenset(int(tag) for tag in _KEYWORD_TAGS.values())
 _DICTIONARY_VRS = {tag: dictionary_VR(tag) for tag in _KEYWORD_TAGS.values()}  # implicit VR: pydicom's
@@ -139,7 +140,8 @@ def _parse(data: bytes | bytearray, transfer_syntax: str) -> EarlyHeader | None:
     except Exception:  # the parse of the whole file at the end decides, and refuses
         return None
     offset = buffer.tell()
-    if bytes(data[offset:offset + 4]) not in _PIXEL_TAGS:
+    group, element = _TAG.unpack_from(data, offset) if len(data) >= offset + 4 else (0, 0)
+    if (group << 16 | element) not in PIXEL_TAGS:
         return None  # the prefix ended first: the header read so far may be cut short
     return _header(offset, transfer_syntax == ImplicitVRLittleEndian, ds, transfer_syntax)
 
