@@ -61,12 +61,14 @@ _INTEGER = re.compile(r" *[+-]?[0-9]+\Z")
 @dataclass(frozen=True)
 class EarlyHeader:
     """What the parse of a prefix found: the pixel data element's offset in the file, and the header's
-    :class:`InstanceMeta`, or the ValueError that reading it raised (raised again by :func:`finish`)."""
+    :class:`InstanceMeta`, or what reading it raised (raised again by :func:`finish`, as the parse of
+    the whole file would raise it: a ValueError for a bad UID, anything else for a value that does
+    not decode)."""
 
     offset: int
     implicit_vr: bool
     meta: InstanceMeta | None
-    error: ValueError | None
+    error: Exception | None
     end: int | None = None  # where the pixel data element ends in the file, where the walk found it
 
 
@@ -128,7 +130,7 @@ def _plain(raw: RawDataElement) -> str | None:
 def _header(offset: int, implicit: bool, ds: Attributes, transfer_syntax: str, end: int | None = None) -> EarlyHeader:
     try:
         return EarlyHeader(offset, implicit, read_meta(ds, transfer_syntax), None, end)
-    except ValueError as exc:
+    except Exception as exc:  # a bad UID (ValueError), or a value pydicom cannot decode: raised by finish
         return EarlyHeader(offset, implicit, None, exc, end)
 
 
@@ -148,7 +150,7 @@ def _parse(data: bytes | bytearray, transfer_syntax: str) -> EarlyHeader | None:
 
 def finish(path: Path, early: EarlyHeader, size: int | None = None) -> InstanceMeta:
     """The instance's meta, once the rest of the file (pixel data element onwards) parses as the whole
-    file would; raises what that parse raises, or the header's ValueError.
+    file would; raises what that parse raises, or what reading the header raised.
 
     A file of ``size`` bytes that ends where its pixel data element ends needs no parse: pydicom reads
     that element's header (walked already) and skips its value, and nothing follows."""

@@ -175,6 +175,23 @@ def test_the_answer_fits_the_peers_maximum_pdu_size(scp: RunningScp, taken: Take
     assert taken == [uid]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of the unknown VR as it reads on
+def test_a_header_pydicom_cannot_decode_is_answered_0xc210_as_a_whole_file_would_be(
+    scp: RunningScp, taken: Taken
+) -> None:
+    """A kept attribute with an unknown VR: the walk gives up, pydicom reads the prefix, and decoding
+    the value fails (not with a ValueError); the instance is refused 0xC210 and the association serves on."""
+    uid, data = _instance(rows=256)  # past the early parse's 64 KiB
+    data = data.replace(b"\x08\x00\x16\x00UI", b"\x08\x00\x16\x00QQ", 1)  # SOP Class UID's VR
+    assoc = RawAssociation(scp.port, MR)
+    assoc.send(p_data([pdv(1, COMMAND | LAST, c_store_rq(MR, uid))]) + p_data(fragments(1, data, 16000)))
+    assert status(assoc.read_response()) == 0xC210
+    assert assoc.release()
+    assert taken == [uid] and taken.early == [uid]
+    assert _rows(scp) == {}
+    wait_for(lambda: _incoming_empty(scp), timeout=10, msg="no incoming file left")
+
+
 def _pdu_of(body: bytes) -> bytes:
     return struct.pack(">BBI", 0x04, 0, len(body)) + body
 

@@ -75,3 +75,18 @@ def test_deflated_and_big_endian_datasets_are_parsed_whole_at_the_end() -> None:
     assert not early.eligible("1.2.840.10008.1.2.1.99")
     assert not early.eligible("1.2.840.10008.1.2.2")
     assert early.eligible(EXPLICIT) and early.eligible("1.2.840.10008.1.2.4.50")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_value_that_does_not_decode_is_raised_once_the_rest_parsed(tmp_path: Path) -> None:
+    """Not a ValueError: pydicom cannot decode the value at all; raised by finish, as by the whole file."""
+    ds = make_series(n_slices=1, rows=256, columns=256)[0]
+    meta, data, path = _file(tmp_path, ds)
+    data = data.replace(b"\x08\x00\x16\x00UI", b"\x08\x00\x16\x00QQ", 1)  # SOP Class UID: an unknown VR
+    path.write_bytes(meta + data)
+    parsed = early.parse_prefix(meta, data[:early.PREFIX_BYTES], EXPLICIT)
+    assert parsed is not None and parsed.meta is None
+    with pytest.raises(NotImplementedError, match="QQ"):
+        read_meta(dcmread(path, defer_size=early.DEFER_BYTES), EXPLICIT)
+    with pytest.raises(NotImplementedError, match="QQ"):
+        early.finish(path, parsed, len(meta) + len(data))
