@@ -192,14 +192,10 @@ def test_a_header_pydicom_cannot_decode_is_answered_0xc210_as_a_whole_file_would
     wait_for(lambda: _incoming_empty(scp), timeout=10, msg="no incoming file left")
 
 
-def _pdu_of(body: bytes) -> bytes:
-    return struct.pack(">BBI", 0x04, 0, len(body)) + body
-
-
 BROKEN: dict[str, Callable[[bytes], bytes]] = {
     "a command fragment inside the dataset": lambda rest: p_data([pdv(1, COMMAND | LAST, rest[:40])]),
     "a fragment on another presentation context": lambda rest: p_data([pdv(3, LAST, rest)]),
-    "a PDV longer than its PDU": lambda rest: _pdu_of(struct.pack(">IBB", len(rest) + 102, 1, LAST) + rest),
+    "a PDV longer than its PDU": lambda rest: p_data([struct.pack(">IBB", len(rest) + 102, 1, LAST) + rest]),
 }
 
 
