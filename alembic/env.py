@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dicomnode.jobs.models  # noqa: F401 (registers every table on Base.metadata)
 from alembic import context
-from dicomnode.db import make_engine
-from dicomnode.jobs.models import Base
+from dicomnode.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,3 +1,3 @@
-from dicomnode.cli import main
+from dicomnode.cli.main import main
 
 raise SystemExit(main())

@@ -24,28 +24,28 @@ from prometheus_client import CollectorRegistry
 
 import dicomnode
 from dicomnode.admin.api import AdminContext, start_admin
-from dicomnode.admin.config_store import runtime_rules
 from dicomnode.admin.server import AdminServer
 from dicomnode.audit.anchor import write_checkpoint
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
+from dicomnode.config_store import runtime_rules
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.evaluation.metrics import EvaluationCollector
 from dicomnode.evaluation.references import evaluate_pending
-from dicomnode.inference.monitoring import ModelMetrics, recent_outputs
 from dicomnode.inference.registry import Registry, RuntimeOptions
-from dicomnode.jobs.completion import HeaderCache, sweep
 from dicomnode.jobs.notify import Listener, announce, is_postgres
 from dicomnode.jobs.repository import release_held, requeue_expired
-from dicomnode.jobs.retention import purge
 from dicomnode.jobs.routing import effective_rules
 from dicomnode.log import extra
 from dicomnode.migrate import upgrade
+from dicomnode.monitoring.evaluation import EvaluationCollector
+from dicomnode.monitoring.models import ModelMetrics, recent_outputs
 from dicomnode.pipeline import PipelineContext
 from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Settings
+from dicomnode.store.completion import HeaderCache, sweep
+from dicomnode.store.retention import purge
 from dicomnode.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -21,19 +21,19 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin.config_store import runtime_destinations
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
+from dicomnode.config_store import runtime_destinations
 from dicomnode.db import session_scope
-from dicomnode.dicomweb.client import stow_files
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
-from dicomnode.inference.monitoring import ModelMetrics
+from dicomnode.files import fsync_dirs, write_atomic
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.result import ClassificationResult, InferenceResult, ModelInput, SegmentationResult
 from dicomnode.inference.volume import Image, Volume, build_image, build_volume
 from dicomnode.jobs.models import Delivery, Instance, Job, Study, StudySender
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
+from dicomnode.monitoring.models import ModelMetrics
 from dicomnode.remote.backend import goes_remote, remote_backend
 from dicomnode.remote.roundtrip import run_remote
 from dicomnode.results.classification import build_classification_sr
@@ -44,8 +44,8 @@ from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.scu import StoreOutcome, send_files
+from dicomnode.send.stow import stow_files
 from dicomnode.settings import Destination, Settings
-from dicomnode.store.spool import fsync_dirs, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
 
 def _write_dataset(path: Path, ds: Dataset, *, sync_dir: bool = True) -> None:
     """A Part-10 file of ``ds``, written atomically (owner-only: results carry PHI); with ``sync_dir``
-    False the caller makes the name durable (:func:`~dicomnode.store.spool.fsync_dirs`)."""
+    False the caller makes the name durable (:func:`~dicomnode.files.fsync_dirs`)."""
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     write_atomic(path, buffer.getvalue(), sync_dir=sync_dir)

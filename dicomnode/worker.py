@@ -17,9 +17,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from dicomnode.db import session_scope
+from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import DicomNodeError, IllegalTransition, SeriesNotUsable
-from dicomnode.jobs.models import utcnow
 from dicomnode.jobs.repository import ClaimedJob, claim, heartbeat, transition
 from dicomnode.jobs.retry import RetryPolicy
 from dicomnode.jobs.status import JobStatus

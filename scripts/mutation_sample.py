@@ -22,7 +22,7 @@ KILLED = {"killed", "timeout"}
 
 
 def package(name: str) -> str:
-    """``dicomnode.receive.handlers.x__store__mutmut_3`` -> ``receive/``; ``dicomnode.tls...`` -> ``tls.py``."""
+    """``dicomnode.receive.handlers.x__store__mutmut_3`` -> ``receive/``; ``dicomnode.net.tls...`` -> ``tls.py``."""
     part = name.split(".")[1]
     return "tls.py" if part == "tls" else part + "/"
 

@@ -21,9 +21,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin import auth, config_store, jobs
+from dicomnode import config_store
+from dicomnode.admin import auth
+from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.health import Readiness, readiness
-from dicomnode.admin.metrics import AdminMetrics, node_registry
 from dicomnode.admin.rule_tester import SeriesVerdict, judge, study_headers
 from dicomnode.admin.schemas import (
     DestinationBody,
@@ -38,13 +39,14 @@ from dicomnode.admin.schemas import (
     Token,
 )
 from dicomnode.admin.server import AdminServer, start_server
-from dicomnode.admin.status import disk_status, study_rows, study_timeline
+from dicomnode.admin.studies import disk_status, study_rows, study_timeline
 from dicomnode.admin.throttle import LoginThrottle
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.errors import IllegalTransition
 from dicomnode.jobs.status import JobStatus, StudyState
+from dicomnode.monitoring.node import AdminMetrics, node_registry
 from dicomnode.send.scu import echo
 from dicomnode.settings import AdminUser, Destination, Peer, Rule, Settings
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from dicomnode.jobs.models import AdminSession, utcnow
+from dicomnode.db import utcnow
+from dicomnode.jobs.models import AdminSession
 from dicomnode.settings import AdminUser
 
 ITERATIONS = 310_000  # OWASP's figure for PBKDF2-HMAC-SHA256

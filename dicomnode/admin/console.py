@@ -21,16 +21,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile
 from starlette.templating import Jinja2Templates
 
-from dicomnode.admin import api, auth, config_store, jobs
+from dicomnode import config_store
+from dicomnode.admin import api, auth
+from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.health import readiness
 from dicomnode.admin.rule_tester import file_headers, judge, study_headers
 from dicomnode.admin.schemas import LoginRequest
-from dicomnode.admin.status import disk_status, study_rows, study_timeline
+from dicomnode.admin.studies import disk_status, study_rows, study_timeline
 from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import record, verify
-from dicomnode.db import session_scope
+from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
-from dicomnode.jobs.models import AuditRecord, Instance, Job, Study, utcnow
+from dicomnode.jobs.models import Instance, Job, Study
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.settings import AdminUser, Destination, Peer, Rule
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin.status import disk_status
+from dicomnode.admin.studies import disk_status
 from dicomnode.settings import Settings
 
 

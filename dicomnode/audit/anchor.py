@@ -27,8 +27,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.jobs.models import AuditRecord
-from dicomnode.store.spool import make_private_dirs
+from dicomnode.audit.models import AuditRecord
+from dicomnode.files import make_private_dirs
 
 CHECKPOINT_DETAIL = "dicomnode-audit-checkpoint"  # ParticipantObjectDetail type: base64 of the JSON line
 _AUDIT_MESSAGE = re.compile(r"<AuditMessage\b.*?</AuditMessage>", re.DOTALL)

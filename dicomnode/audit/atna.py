@@ -17,7 +17,7 @@ from typing import Any
 
 from dicomnode.audit.anchor import CHECKPOINT_DETAIL, Checkpoint, checkpoint_line
 from dicomnode.audit.events import AuditEvent
-from dicomnode.jobs.models import AuditRecord
+from dicomnode.audit.models import AuditRecord
 
 Code = tuple[str, str]  # (csd-code, originalText), codeSystemName DCM
 

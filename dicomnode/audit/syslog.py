@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.anchor import Checkpoint
 from dicomnode.audit.atna import Source, audit_message, checkpoint_message, event_datetime
-from dicomnode.db import session_scope
-from dicomnode.jobs.models import AuditCursor, AuditRecord, utcnow
+from dicomnode.audit.models import AuditCursor, AuditRecord
+from dicomnode.db import session_scope, utcnow
 from dicomnode.log import extra
+from dicomnode.net.tls import client_context
 from dicomnode.settings import Settings
-from dicomnode.tls import client_context
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.anchor import Checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
-from dicomnode.jobs.models import AuditRecord, utcnow
+from dicomnode.audit.models import AuditRecord
+from dicomnode.db import utcnow
 
 GENESIS = "0" * 64
 _CHAIN_LOCK = 0x64636D6E  # "dcmn": the PostgreSQL advisory lock key of the audit chain

@@ -1,42 +1,29 @@
-"""ORM models (SQLAlchemy 2.0). State lives here, never in folders or lock files."""
+"""ORM models of the node's state (SQLAlchemy 2.0): studies, jobs, deliveries, configuration, evaluation.
+
+State lives here, never in folders or lock files. The audit trail's own tables are :mod:`dicomnode.audit.models`;
+both share :class:`dicomnode.db.Base`.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
 from sqlalchemy import (
-    DateTime,
     Enum,
     Float,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+import dicomnode.audit.models  # noqa: F401 (the audit tables share Base.metadata: importing the job tables brings the whole schema)
 from dicomnode.audit.events import Subject
+from dicomnode.db import Base, utcnow
 from dicomnode.jobs.status import JobStatus, StudyState
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dt.datetime: DateTime(timezone=True)}  # noqa: RUF012 (SQLAlchemy API)
 
 
 def _enum(cls: type, name: str) -> Enum:
@@ -162,29 +149,6 @@ class Delivery(Base):
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class AuditRecord(Base):
-    """Append-only, hash-chained audit trail, written in the same transaction as the change it records.
-
-    ``hash`` is SHA-256 over the row's content and ``prev_hash``, the hash of the row before it, so that
-    editing, deleting or reordering rows breaks the chain (``dicomnode audit verify``). Database triggers
-    refuse UPDATE and DELETE. Only this table (and the study rows) hold PHI.
-    """
-
-    __tablename__ = "audit"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
-    event: Mapped[str] = mapped_column(String(48), index=True)
-    outcome: Mapped[str] = mapped_column(String(16))
-    actor: Mapped[str] = mapped_column(String(128), default="")
-    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
-    patient_id: Mapped[str | None] = mapped_column(String(64))
-    patient_name: Mapped[str | None] = mapped_column(String(324))
-    detail: Mapped[str] = mapped_column(Text, default="{}")
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
-
-
 class PeerConfig(Base):
     """A peer added at run time through the admin API (the configuration file's peers stay in force)."""
 
@@ -263,16 +227,6 @@ class DeidUid(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
     original_uid: Mapped[str] = mapped_column(String(64))
     deid_uid: Mapped[str] = mapped_column(String(64), index=True)
-
-
-class AuditCursor(Base):
-    """How far the ATNA sender got: the id of the last audit row delivered to the repository."""
-
-    __tablename__ = "audit_cursor"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    last_audit_id: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ReferenceObject(Base):

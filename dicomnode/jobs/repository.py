@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome, Subject
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
+from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
-from dicomnode.jobs.models import Job, JobEvent, Series, Study, utcnow
+from dicomnode.jobs.models import Job, JobEvent, Series, Study
 from dicomnode.jobs.status import JobStatus, check_transition
 
 _AUDIT_FOR = {

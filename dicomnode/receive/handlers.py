@@ -9,7 +9,7 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
 - ``0x0122`` refused, SOP class not supported: the request's SOP class is not its presentation
-  context's (the node's own data phase, :mod:`dicomnode.receive.native`; pynetdicom's aborts the
+  context's (the node's own data phase, :mod:`dicomnode.receive.dataphase.native`; pynetdicom's aborts the
   association instead)
 - ``0xA700`` refused, out of resources: free disk space is below ``min_free_disk_mb`` (the disk
   guard), or the spool file could not be written (disk full, I/O error)
@@ -40,12 +40,12 @@ from pynetdicom.dsutils import split_dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin.config_store import runtime_peers
 from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.config_store import runtime_peers
 from dicomnode.errors import StoreError
 from dicomnode.log import extra
 from dicomnode.receive.accept import decide
-from dicomnode.receive.early import DEFER_BYTES
+from dicomnode.receive.dataphase.early import DEFER_BYTES
 from dicomnode.receive.incoming import discard_partial
 from dicomnode.receive.limits import InflationLimit, inflate_bounded
 from dicomnode.receive.tally import Tally
@@ -96,7 +96,7 @@ class Received:
     """A C-STORE dataset that has arrived, whole, into ``path`` (preamble and file meta, then the dataset
     as sent), on ``assoc``, under the accepted ``transfer_syntax``; the UIDs are the command's.
     ``written``: the file's digest and fsync, where its writer took care of them; ``header``: the header
-    parse, where its writer began it while the dataset arrived (:mod:`dicomnode.receive.early`)."""
+    parse, where its writer began it while the dataset arrived (:mod:`dicomnode.receive.dataphase.early`)."""
 
     assoc: Any
     path: Path

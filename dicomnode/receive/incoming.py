@@ -24,9 +24,9 @@ from typing import IO, Any
 
 from pynetdicom import _config, dimse_messages
 
+from dicomnode.files import make_private_dirs
 from dicomnode.log import extra
 from dicomnode.settings import Settings
-from dicomnode.store.spool import make_private_dirs
 
 log = logging.getLogger(__name__)
 

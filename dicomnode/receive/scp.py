@@ -9,7 +9,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode import reactor
+from dicomnode.net import reactor
+from dicomnode.net.tls import server_context
+from dicomnode.receive.dataphase.native import DataPhase
 from dicomnode.receive.handlers import (
     ReceiveContext,
     handle_accepted,
@@ -23,9 +25,7 @@ from dicomnode.receive.handlers import (
 )
 from dicomnode.receive.incoming import receive_into_files
 from dicomnode.receive.limits import SizeGuard
-from dicomnode.receive.native import DataPhase
 from dicomnode.receive.server import start_guarded_server
-from dicomnode.tls import server_context
 
 # Stored as received: uncompressed, deflate, JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE, ...
 # Where a proposed context offers several, the first of this list that it offers wins: explicit VR

@@ -18,11 +18,11 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode import reactor
 from dicomnode.errors import SendError
 from dicomnode.log import extra
+from dicomnode.net import reactor
+from dicomnode.net.tls import client_context
 from dicomnode.settings import Peer, Settings
-from dicomnode.tls import client_context
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db import session_scope
 from dicomnode.errors import UidCollision
+from dicomnode.files import fsync_dirs
 from dicomnode.log import extra
 from dicomnode.store.index import InstanceMeta, record_instance
-from dicomnode.store.spool import fsync_dirs
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
-from dicomnode.db import Prepared
+from dicomnode.db import Prepared, utcnow
 from dicomnode.errors import UidCollision
-from dicomnode.jobs.models import Instance, Series, Study, utcnow
+from dicomnode.jobs.models import Instance, Series, Study
 from dicomnode.jobs.status import StudyState
 
 

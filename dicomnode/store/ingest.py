@@ -28,11 +28,12 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import read_scope, session_scope
 from dicomnode.errors import StoreError, UidCollision
+from dicomnode.files import free_bytes, write_atomic
 from dicomnode.jobs.models import Instance, Study, StudySender
 from dicomnode.log import extra
 from dicomnode.settings import Settings
 from dicomnode.store.index import InstanceMeta, find_collision, record_instance
-from dicomnode.store.spool import clean_uid, free_bytes, spool_path, write_atomic
+from dicomnode.store.spool import clean_uid, spool_path
 
 log = logging.getLogger(__name__)
 

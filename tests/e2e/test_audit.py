@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from dicomnode.jobs.models import AuditRecord
+from dicomnode.audit.models import AuditRecord
 from tests.e2e.test_reliability import results_in, start_node
 from tests.support.audit_schema import check, codes
 from tests.support.net import free_port, wait_for

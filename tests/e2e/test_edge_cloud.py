@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from dicomnode.admin.auth import hash_password
-from dicomnode.jobs.models import AuditRecord
+from dicomnode.audit.models import AuditRecord
 from dicomnode.jobs.status import JobStatus
 from tests.e2e.test_reliability import jobs
 from tests.support.models import write_threshold_model

@@ -14,7 +14,8 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from dicomnode.jobs.models import AuditRecord, Job, Series, Study
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import Job, Series, Study
 from tests.e2e.test_reliability import results_in, send_series, start_node
 from tests.support.net import free_port, holds_for, wait_for
 from tests.support.peers import NodeProcess, Orthanc, dciodvfy, sr_validator, storescu

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from dicomnode.jobs.models import AuditRecord, Job, JobEvent
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import Job, JobEvent
 from tests.support.models import write_threshold_model
 from tests.support.net import holds_for, wait_for
 from tests.support.peers import NodeProcess, Orthanc, dciodvfy, sr_validator, storescu

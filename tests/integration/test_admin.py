@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.api import AdminContext, start_admin
 from dicomnode.admin.auth import hash_password
+from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import verify
-from dicomnode.jobs.models import AuditRecord
 from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp

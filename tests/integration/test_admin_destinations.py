@@ -14,10 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
+from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
 from dicomnode.inference.registry import load_manifests
 from dicomnode.inference.volume import build_volume
-from dicomnode.jobs.models import AuditRecord, Delivery, Series, Study
+from dicomnode.jobs.models import Delivery, Series, Study
 from dicomnode.jobs.repository import ClaimedJob, enqueue
 from dicomnode.pipeline import PipelineContext, deliver
 from dicomnode.results.equipment import ResultIdentity

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.admin import api
 from dicomnode.admin.auth import Accounts, hash_password
 from dicomnode.admin.throttle import LoginThrottle
-from dicomnode.jobs.models import AuditRecord, PeerConfig, RuleConfig
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import PeerConfig, RuleConfig
 from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.support.admin import admin_server, call, login

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
+from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
-from dicomnode.jobs.models import AuditRecord, Job, Series, Study
+from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, transition
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import AdminUser, Settings

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.anchor import read_checkpoints, write_checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import record, verify
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.jobs.models import AuditRecord
 from dicomnode.node import start_node
 from dicomnode.settings import Settings
 from tests.conftest import make_settings

@@ -15,8 +15,9 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
-from dicomnode.jobs.models import AuditRecord, Job, Series, Study
+from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, transition
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import Settings

@@ -12,7 +12,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from dicomnode.jobs.models import AuditRecord, Instance, Series
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import Instance, Series
 from tests.integration.conftest import RunningScp
 from tests.support.peers import storescu
 from tests.support.synthetic import make_series, write_series

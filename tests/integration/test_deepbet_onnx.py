@@ -59,7 +59,7 @@ import sys
 from pathlib import Path
 import dicomnode.node, dicomnode.pipeline, dicomnode.worker
 from dicomnode.inference.registry import Registry
-from dicomnode.tryout import synthetic_input
+from dicomnode.cli.models import synthetic_input
 registry = Registry(Path({str(exported.directory.parent)!r}), "cpu")
 model = registry.get("deepbet")
 result = registry.run("deepbet", synthetic_input(registry.manifests["deepbet"]))

@@ -15,9 +15,10 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
 from dicomnode.inference.registry import Registry
-from dicomnode.jobs.models import AuditRecord, Job
+from dicomnode.jobs.models import Job
 from dicomnode.jobs.repository import claim, requeue_expired
 from dicomnode.jobs.status import JobStatus
 from dicomnode.pipeline import PipelineContext, run_job

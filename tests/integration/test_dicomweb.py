@@ -20,11 +20,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
+from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
 from dicomnode.dicomweb.multipart import encode_related
 from dicomnode.inference.registry import load_manifests
 from dicomnode.inference.volume import build_volume
-from dicomnode.jobs.models import AuditRecord, Instance, Series
+from dicomnode.jobs.models import Instance, Series
 from dicomnode.jobs.repository import enqueue
 from dicomnode.pipeline import write_results
 from dicomnode.results.equipment import ResultIdentity

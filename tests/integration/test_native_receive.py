@@ -1,4 +1,4 @@
-"""The node's own C-STORE data phase (:mod:`dicomnode.receive.native`) over real loopback sockets.
+"""The node's own C-STORE data phase (:mod:`dicomnode.receive.dataphase.native`) over real loopback sockets.
 
 The rest of the receive suites run against it too, as the default engine; these tests cover what is
 its own: it stores what pynetdicom's engine stores, byte for byte; it leaves to pynetdicom what it does
@@ -33,8 +33,9 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from dicomnode.jobs.models import AuditRecord, Instance
-from dicomnode.receive import native
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import Instance
+from dicomnode.receive.dataphase import native
 from dicomnode.receive.incoming import incoming_dir
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.net import wait_for

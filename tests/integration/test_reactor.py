@@ -1,4 +1,4 @@
-"""pynetdicom's reactors woken by events (dicomnode.reactor), over real sockets."""
+"""pynetdicom's reactors woken by events (dicomnode.net.reactor), over real sockets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
-from dicomnode import reactor
+from dicomnode.net import reactor
 from tests.support.net import free_port, wait_for
 
 SLOW_WAKE = 3.0  # a wait that polled instead of waking would cost this much each time

@@ -20,7 +20,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select, text
 
-from dicomnode.jobs.models import AuditRecord, Instance, Study
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import Instance, Study
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.net import wait_for
 from tests.support.peers import echoscu, storescp, storescu

@@ -14,14 +14,14 @@ from pydicom.dataset import Dataset
 from rich.console import Console
 from sqlalchemy import select, update
 
-from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.evaluation.metrics import EvaluationCollector
+from dicomnode.db import make_engine, make_sessionmaker, session_scope, utcnow
 from dicomnode.evaluation.references import evaluate_pending
 from dicomnode.evaluation.report import print_evaluation
 from dicomnode.inference.registry import Registry
-from dicomnode.jobs.models import ReferenceObject, Study, utcnow
+from dicomnode.jobs.models import ReferenceObject, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.migrate import upgrade
+from dicomnode.monitoring.evaluation import EvaluationCollector
 from tests.conftest import make_settings
 from tests.support.models import write_classifier
 from tests.support.spooled import run_jobs, spool

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.db import session_scope
+from dicomnode.audit.models import AuditRecord
+from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
-from dicomnode.jobs.models import AuditRecord, Job, JobEvent, Series, Study, utcnow
+from dicomnode.jobs.models import Job, JobEvent, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, release_held, requeue_expired, transition
 from dicomnode.jobs.status import JobStatus
 

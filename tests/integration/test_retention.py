@@ -9,17 +9,19 @@ import shutil
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import verify
-from dicomnode.db import session_scope
+from dicomnode.db import session_scope, utcnow
+from dicomnode.files import write_atomic
 from dicomnode.inference.registry import load_manifests
-from dicomnode.jobs.completion import SeriesPlan, _apply
-from dicomnode.jobs.models import AuditRecord, Instance, Job, Series, Study, utcnow
+from dicomnode.jobs.models import Instance, Job, Series, Study
 from dicomnode.jobs.repository import claim, transition
-from dicomnode.jobs.retention import purge
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.settings import Rule, Settings
+from dicomnode.store.completion import SeriesPlan, _apply
 from dicomnode.store.index import InstanceMeta, record_instance
-from dicomnode.store.spool import spool_path, write_atomic
+from dicomnode.store.retention import purge
+from dicomnode.store.spool import spool_path
 from tests.conftest import make_settings
 from tests.support.peers import REPO
 

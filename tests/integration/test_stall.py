@@ -24,7 +24,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from dicomnode.jobs.models import AuditRecord, Instance
+from dicomnode.audit.models import AuditRecord
+from dicomnode.jobs.models import Instance
 from dicomnode.receive.incoming import INCOMING
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert

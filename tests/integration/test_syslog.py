@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.anchor import CHECKPOINT_DETAIL, Checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.jobs.models import AuditRecord
 from dicomnode.migrate import upgrade
 from dicomnode.node import start_node
 from dicomnode.settings import Settings

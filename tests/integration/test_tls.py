@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicomnode.jobs.models import AuditRecord
+from dicomnode.audit.models import AuditRecord
+from dicomnode.net.tls import server_context
 from dicomnode.send.scu import echo, send_files
 from dicomnode.settings import Peer, Settings
-from dicomnode.tls import server_context
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert

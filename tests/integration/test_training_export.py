@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import update
 
-from dicomnode.cli import main
+from dicomnode.cli.main import main
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.evaluation.compare import segment_masks
 from dicomnode.evaluation.references import evaluate_pending, node_seg_path

@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from dicomnode.db import make_engine
-from dicomnode.jobs.models import Base
+import dicomnode.jobs.models  # noqa: F401 (registers every table on Base.metadata)
+from dicomnode.db import Base, make_engine
 from dicomnode.migrate import upgrade
 
 

@@ -1,7 +1,7 @@
 """A DICOM upper-layer client written byte by byte (PS3.8), for the PDUs no toolkit would send.
 
 pynetdicom and DCMTK always fragment messages the same well-formed way; the node's own data phase
-(:mod:`dicomnode.receive.native`) must also answer commands split over several PDVs, PDUs holding
+(:mod:`dicomnode.receive.dataphase.native`) must also answer commands split over several PDVs, PDUs holding
 the end of one message and the start of the next, tiny maximum PDU sizes, and P-DATA that breaks
 the rules. This client sends exactly the PDUs a test builds.
 """

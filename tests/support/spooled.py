@@ -10,12 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db import session_scope
+from dicomnode.files import write_atomic
 from dicomnode.jobs.models import Series
 from dicomnode.jobs.repository import enqueue
 from dicomnode.receive.incoming import INCOMING
 from dicomnode.settings import Peer, Settings
 from dicomnode.store.index import InstanceMeta, record_instance
-from dicomnode.store.spool import spool_path, write_atomic
+from dicomnode.store.spool import spool_path
 
 
 def spool(settings: Settings, sessions: sessionmaker[Session], datasets: list[Dataset]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from dicomnode.audit.anchor import Checkpoint, read_checkpoints
 from dicomnode.audit.atna import EVENTS, Source, audit_message, checkpoint_message
 from dicomnode.audit.events import AuditEvent
-from dicomnode.jobs.models import AuditRecord
+from dicomnode.audit.models import AuditRecord
 from tests.support.audit_schema import check, codes
 
 SOURCE = Source(ae_title="DICOMNODE", host="node1", pid=4242, site_id="HOSPITAL")

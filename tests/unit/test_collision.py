@@ -12,13 +12,15 @@ from pydicom.dataelem import DataElement
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.models import AuditRecord
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.errors import UidCollision
-from dicomnode.jobs.models import AuditRecord, Instance, Series, Study
+from dicomnode.files import free_bytes
+from dicomnode.jobs.models import Instance, Series, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.store.index import InstanceMeta, record_instance
 from dicomnode.store.ingest import drop_orphan, read_meta
-from dicomnode.store.spool import clean_uid, free_bytes
+from dicomnode.store.spool import clean_uid
 from tests.support.synthetic import make_series
 
 A = InstanceMeta(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.1",

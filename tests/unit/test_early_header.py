@@ -1,4 +1,4 @@
-"""A dataset's header parsed from its first bytes (dicomnode.receive.early): the same instance meta as
+"""A dataset's header parsed from its first bytes (dicomnode.receive.dataphase.early): the same instance meta as
 the parse of the whole file, or no early parse at all; the rest of the file still judged."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from pydicom import config, dcmread, dcmwrite
 from pydicom.dataset import Dataset
 
-from dicomnode.receive import early
-from dicomnode.receive.native import _file_meta
+from dicomnode.receive.dataphase import early
+from dicomnode.receive.dataphase.native import _file_meta
 from dicomnode.store.ingest import read_meta
 from tests.support.synthetic import make_series
 

@@ -1,4 +1,4 @@
-"""The header walk (dicomnode.receive.elements) reads a header's structure exactly as pydicom reads it,
+"""The header walk (dicomnode.receive.dataphase.elements) reads a header's structure exactly as pydicom reads it,
 or gives up: on clean headers with sequences, character sets and both VR encodings, and on a seeded
 sample of damaged ones, every header it reads gives the meta (or the error) of pydicom's whole-file parse."""
 
@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from dicomnode.receive import early
-from dicomnode.receive.elements import walk
-from dicomnode.receive.native import _file_meta
+from dicomnode.receive.dataphase import early
+from dicomnode.receive.dataphase.elements import walk
+from dicomnode.receive.dataphase.native import _file_meta
 from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import META_KEYWORDS, read_meta
 from tests.support.synthetic import make_series

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.inference.manifest import Manifest
-from dicomnode.inference.monitoring import ModelMetrics, drift_check
+from dicomnode.monitoring.models import ModelMetrics, drift_check
 from tests.support.models import write_classifier
 
 

@@ -7,10 +7,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db import session_scope
 from dicomnode.inference.registry import load_manifests
-from dicomnode.jobs.completion import SeriesPlan, _apply
 from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.settings import Rule
+from dicomnode.store.completion import SeriesPlan, _apply
 from dicomnode.store.index import InstanceMeta, record_instance
 from tests.support.peers import REPO
 

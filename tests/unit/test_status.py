@@ -60,7 +60,8 @@ def test_the_models_own_schema_checks_the_state_enums(tmp_path: Path) -> None:
     """The ORM model declares the same CHECK as the migrations: a schema made from it refuses an unknown state."""
     from sqlalchemy import create_engine
 
-    from dicomnode.jobs.models import Base, Study
+    from dicomnode.db import Base
+    from dicomnode.jobs.models import Study
 
     engine = create_engine(f"sqlite:///{tmp_path / 'model.sqlite'}")
     Base.metadata.create_all(engine)

@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.db import session_scope
+from dicomnode.audit.models import AuditRecord
+from dicomnode.db import session_scope, utcnow
 from dicomnode.inference.registry import Manifest, load_manifests
-from dicomnode.jobs.completion import HeaderCache, sweep
-from dicomnode.jobs.models import AuditRecord, Instance, Study, utcnow
+from dicomnode.jobs.models import Instance, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.settings import Rule
+from dicomnode.store.completion import HeaderCache, sweep
 from dicomnode.store.index import InstanceMeta, record_instance
 from tests.support.peers import REPO
 from tests.support.synthetic import make_series, write_series

@@ -14,11 +14,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.jobs.models import AuditRecord, Instance, Job, Study
+from dicomnode.audit.models import AuditRecord
+from dicomnode.files import free_bytes
+from dicomnode.jobs.models import Instance, Job, Study
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.settings import Settings
 from dicomnode.store.ingest import disk_guard
-from dicomnode.store.spool import free_bytes
 
 
 class NodeCollector(Collector):

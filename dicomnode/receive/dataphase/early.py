@@ -2,11 +2,11 @@
 
 The node parses every received dataset before it keeps it (:func:`dicomnode.store.ingest.read_meta`);
 with pydicom's reader, for a 0.5 MB CT slice, that was most of a millisecond, and on one association
-it started only once the last fragment was in. The node's data phase (:mod:`dicomnode.receive.native`)
+it started only once the last fragment was in. The node's data phase (:mod:`dicomnode.receive.dataphase.native`)
 instead parses the first :data:`PREFIX_BYTES` of the dataset, from memory, as soon as they have
 arrived and while the peer sends the rest:
 
-- the header's elements are walked without decoding them (:func:`dicomnode.receive.elements.walk`,
+- the header's elements are walked without decoding them (:func:`dicomnode.receive.dataphase.elements.walk`,
   which reads the structure exactly as pydicom's reader does, or gives up), and only the ten values
   that :func:`read_meta` reads are decoded: printable ASCII ones here, any other by pydicom with the
   dataset's character set (:class:`_Values`). About 0.1 ms instead of 0.5;
@@ -43,7 +43,7 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
 )
 
-from dicomnode.receive.elements import PIXEL_TAGS, walk
+from dicomnode.receive.dataphase.elements import PIXEL_TAGS, walk
 from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import META_KEYWORDS, Attributes, read_meta
 
@@ -82,7 +82,7 @@ def parse_prefix(file_meta: bytes, prefix: bytes | bytearray, transfer_syntax: s
     """Parse the file's first bytes (``file_meta``: preamble and file meta; ``prefix``: the dataset so
     far); None unless the parse stopped at a pixel data element within them.
 
-    The header's elements are walked (:func:`dicomnode.receive.elements.walk`) and only those that
+    The header's elements are walked (:func:`dicomnode.receive.dataphase.elements.walk`) and only those that
     :func:`read_meta` reads are decoded, by pydicom; where the walk gives up, pydicom's reader parses
     the prefix, as it would the whole file."""
     implicit = transfer_syntax == ImplicitVRLittleEndian

@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.jobs.models import AuditRecord, Job, Series, Study
+from dicomnode.audit.models import AuditRecord
+from dicomnode.files import free_bytes
+from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.settings import Settings
 from dicomnode.store.ingest import disk_guard
-from dicomnode.store.spool import free_bytes
 
 MASKED = "***"
 

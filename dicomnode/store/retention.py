@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
-from dicomnode.jobs.models import Instance, Job, Series, Study, utcnow
+from dicomnode.db import session_scope, utcnow
+from dicomnode.jobs.models import Instance, Job, Series, Study
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.log import extra
 from dicomnode.settings import Settings

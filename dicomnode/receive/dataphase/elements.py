@@ -1,6 +1,6 @@
 """A little endian dataset's element structure, walked up to its pixel data without decoding it.
 
-The node parses the header of every received dataset (:mod:`dicomnode.receive.early`). pydicom's reader
+The node parses the header of every received dataset (:mod:`dicomnode.receive.dataphase.early`). pydicom's reader
 builds an element for each of the header's elements and parses every sequence of undefined length
 into datasets; the node keeps ten values. :func:`walk` steps over the same elements, in the same order
 and under the same rules, and keeps only the raw elements asked for, which pydicom then decodes

@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
+from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import SeriesNotUsable
 from dicomnode.inference.registry import Manifest
 from dicomnode.inference.volume import check_usable
-from dicomnode.jobs.models import Instance, Job, Series, Study, utcnow
+from dicomnode.jobs.models import Instance, Job, Series, Study
 from dicomnode.jobs.repository import enqueue
 from dicomnode.jobs.routing import route
 from dicomnode.jobs.status import StudyState

@@ -22,7 +22,8 @@ from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin import config_store, jobs
+from dicomnode import config_store
+from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.rule_tester import file_headers, judge
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record

@@ -15,13 +15,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from dicomnode.admin.auth import hash_password
-from dicomnode.admin.status import disk_status, study_rows
+from dicomnode.admin.studies import disk_status, study_rows
 from dicomnode.audit.anchor import read_checkpoints
 from dicomnode.audit.atna import Source, audit_message
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import as_dict, export_rows, record, verify
+from dicomnode.cli.fl import add_parsers as add_fl_parsers
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.fl.commands import add_parsers as add_fl_parsers
 from dicomnode.log import setup_logging
 from dicomnode.settings import Settings
 
@@ -95,9 +95,9 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dicomnode.cli.models import list_models, run_model, verify_model
     from dicomnode.errors import DicomNodeError
     from dicomnode.inference.registry import Registry, RuntimeOptions
-    from dicomnode.tryout import list_models, run_model, verify_model
 
     registry = Registry(settings.models_dir, options=RuntimeOptions(
         device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
@@ -186,7 +186,7 @@ def _audit_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
     from dicomnode.inference.manifest import scan
-    from dicomnode.inference.monitoring import drift_warnings
+    from dicomnode.monitoring.models import drift_warnings
 
     sessions = make_sessionmaker(make_engine(settings.db_url))
     rows = study_rows(sessions, study_uid)
@@ -233,7 +233,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     os.umask(0o077)  # the database, spool, results and exports hold PHI: owner-only
-    from dicomnode.admin.commands import COMMANDS, run
+    from dicomnode.cli.operator import COMMANDS, run
 
     if _command_word(argv) in COMMANDS:  # the operator's commands (typer): init, peers, ..., send
         setup_logging("WARNING")
@@ -269,11 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export":
         return _export_command(settings, args)
     if args.command == "fl":
-        from dicomnode.fl.commands import run as run_fl
+        from dicomnode.cli.fl import run as run_fl
 
         return run_fl(args, settings.models_dir)
     if args.command == "purge":
-        from dicomnode.jobs.retention import purge
+        from dicomnode.store.retention import purge
 
         print(f"purged {purge(settings, make_sessionmaker(make_engine(settings.db_url)))} studies")
         return 0

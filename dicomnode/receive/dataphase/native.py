@@ -7,14 +7,14 @@ PDV objects, a DIMSE message and primitive, two hand-overs between threads, and 
 through pydicom; with one message at a time, that is most of an instance's time.
 
 With ``receive_engine = "native"`` (the default), the DUL thread offers each P-DATA-TF PDU of an
-established association to :class:`DataPhase` first (:func:`dicomnode.reactor.set_p_data_hook`). It
+established association to :class:`DataPhase` first (:func:`dicomnode.net.reactor.set_p_data_hook`). It
 takes a C-STORE-RQ whose command arrives whole in one PDV, on an accepted presentation context, when
 pynetdicom holds no message half-received. It then
 
 1. writes the preamble and the file meta that pynetdicom would write, and each dataset fragment as it
    arrives, into a file in ``spool_dir/.incoming`` (:mod:`dicomnode.receive.incoming`), while a helper
    thread hashes the fragments in order and the header is parsed from the first 64 KiB
-   (:mod:`dicomnode.receive.early`);
+   (:mod:`dicomnode.receive.dataphase.early`);
 2. counts the dataset bytes, and aborts the association (audited) once they pass twice
    ``max_instance_mb``, as :class:`~dicomnode.receive.limits.SizeGuard` does;
 3. on the last fragment, starts the file's fsync and runs the node's one store path
@@ -52,8 +52,8 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from dicomnode.log import extra
-from dicomnode.receive import early
-from dicomnode.receive.early import EarlyHeader
+from dicomnode.receive.dataphase import early
+from dicomnode.receive.dataphase.early import EarlyHeader
 from dicomnode.receive.handlers import ReceiveContext, Received, refuse_request, refuse_too_large, store_received
 from dicomnode.receive.incoming import incoming_dir
 from dicomnode.store.ingest import OUT_OF_RESOURCES_DISK, SOP_CLASS_NOT_SUPPORTED
@@ -226,7 +226,7 @@ class DataPhase:
         return True
 
     def _parse_early(self, incoming: _Incoming, fragment: memoryview, *, last: bool) -> None:
-        """Parse the header once :data:`~dicomnode.receive.early.PREFIX_BYTES` of the dataset are in,
+        """Parse the header once :data:`~dicomnode.receive.dataphase.early.PREFIX_BYTES` of the dataset are in,
         while the rest still arrives; a dataset complete before that is parsed at the end, whole."""
         if last:
             incoming.prefix = None

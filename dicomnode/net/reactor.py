@@ -20,7 +20,7 @@ before, only sooner. Socket reads fill one buffer with ``recv_into``. It patches
 release its copies follow (:data:`FOLLOWS`); under any other it changes nothing and says so.
 
 :func:`set_p_data_hook` gives an acceptor AE a first look at each P-DATA-TF PDU its established
-associations receive (the node's own C-STORE data phase, :mod:`dicomnode.receive.native`); a PDU the
+associations receive (the node's own C-STORE data phase, :mod:`dicomnode.receive.dataphase.native`); a PDU the
 hook does not take goes on to pynetdicom's state machine as before.
 """
 

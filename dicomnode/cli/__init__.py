@@ -1,0 +1,1 @@
+"""The ``dicomnode`` command: one typer app."""

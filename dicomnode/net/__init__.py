@@ -1,0 +1,1 @@
+"""What both DICOM directions share: TLS contexts and pynetdicom's reactor."""
