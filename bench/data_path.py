@@ -12,7 +12,7 @@ Orthanc and the node's real SCP receive the same instances in the same invocatio
 
 It answers one question for issue 11: how much of the gap to Orthanc is pynetdicom's per-message
 work, and how much the durable landing. Its answer led to the node's own data phase
-(``dicomnode/receive/native.py``, ``receive_engine = "native"``), which has every check the probe lacks.
+(``dicomnode/receive/dataphase/native.py``, ``receive_engine = "native"``), which has every check the probe lacks.
 """
 
 from __future__ import annotations

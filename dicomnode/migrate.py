@@ -1,4 +1,4 @@
-"""Apply the Alembic migrations in ``alembic/`` to the configured database."""
+"""Apply the Alembic migrations (``alembic/``, in a wheel ``dicomnode/_data/alembic/``) to the configured database."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from pathlib import Path
 from alembic.config import Config
 
 from alembic import command
-
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+from dicomnode.resources import alembic_dir
 
 
 def alembic_config(url: str) -> Config:
-    if not (ALEMBIC_DIR / "env.py").is_file():
-        raise FileNotFoundError(f"Alembic scripts not found at {ALEMBIC_DIR}; install dicomnode from its "
-                                "source tree (pip install -e .)")
+    scripts = alembic_dir()
+    if not (scripts / "env.py").is_file():
+        raise FileNotFoundError(f"Alembic scripts not found at {scripts}: this installation of dicomnode is "
+                                "incomplete (a wheel carries them in dicomnode/_data/alembic)")
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(scripts))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

@@ -23,7 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 from prometheus_client import CollectorRegistry
 
 import dicomnode
-from dicomnode.admin.api import AdminContext, start_admin
+from dicomnode.admin.app import start_admin
+from dicomnode.admin.deps import AdminContext
 from dicomnode.admin.server import AdminServer
 from dicomnode.audit.anchor import write_checkpoint
 from dicomnode.audit.events import AuditEvent
@@ -33,6 +34,7 @@ from dicomnode.config_store import runtime_rules
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.evaluation.references import evaluate_pending
 from dicomnode.inference.registry import Registry, RuntimeOptions
+from dicomnode.inference.volume import check_usable
 from dicomnode.jobs.notify import Listener, announce, is_postgres
 from dicomnode.jobs.repository import release_held, requeue_expired
 from dicomnode.jobs.routing import effective_rules
@@ -44,7 +46,7 @@ from dicomnode.pipeline import PipelineContext
 from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Settings
-from dicomnode.store.completion import HeaderCache, sweep
+from dicomnode.store.completion import HeaderCache, InstalledModels, sweep
 from dicomnode.store.retention import purge
 from dicomnode.worker import Worker
 
@@ -107,7 +109,8 @@ def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Ev
         if "receive" in roles:
             defaults = [m.default for m in ctx.registry.manifests.values()]
             rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
-            sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, ctx.registry.manifests, headers,
+            models = InstalledModels({m.id: m.version for m in ctx.registry.manifests.values()}, check_usable)
+            sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, models, headers,
                   wait_seconds=ctx.settings.sweep_interval_seconds, on_routed=lambda: announce(ctx.sessions, wake))
             if ctx.settings.reference.enabled:
                 evaluate_pending(ctx.settings, ctx.sessions, ctx.registry.manifests)

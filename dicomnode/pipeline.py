@@ -1,20 +1,19 @@
 """The data flow of one job, top to bottom: load -> volume or image -> infer -> build results -> write -> send.
 
-Each stage is one function with typed input and output. :func:`run_job` raises
+Each stage is one function with typed input and output; the results are written into their folder by
+:mod:`dicomnode.results.files` and sent through the delivery ledger, :mod:`dicomnode.send.deliver`.
+:func:`run_job` raises
 :class:`~dicomnode.errors.SeriesNotUsable` when the model cannot take the series (the job is skipped)
 and other :class:`~dicomnode.errors.DicomNodeError` subclasses when it fails.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -26,11 +25,10 @@ from dicomnode.audit.trail import record
 from dicomnode.config_store import runtime_destinations
 from dicomnode.db import session_scope
 from dicomnode.errors import ModelError, SendError, SeriesNotUsable, SourceMismatch
-from dicomnode.files import fsync_dirs, write_atomic
 from dicomnode.inference.registry import Manifest, Registry
 from dicomnode.inference.result import ClassificationResult, InferenceResult, ModelInput, SegmentationResult
 from dicomnode.inference.volume import Image, Volume, build_image, build_volume
-from dicomnode.jobs.models import Delivery, Instance, Job, Study, StudySender
+from dicomnode.jobs.models import Instance, Job
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.monitoring.models import ModelMetrics
@@ -38,19 +36,17 @@ from dicomnode.remote.backend import goes_remote, remote_backend
 from dicomnode.remote.roundtrip import run_remote
 from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.files import JobResult, notice_path, write_dataset, write_results, written_results
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.overlay import build_overlays
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
-from dicomnode.send.scu import StoreOutcome, send_files
-from dicomnode.send.stow import stow_files
-from dicomnode.settings import Destination, Settings
+from dicomnode.send.deliver import deliver_results
+from dicomnode.send.scu import send_files
+from dicomnode.settings import Settings
 
 log = logging.getLogger(__name__)
-
-RESULTS_SUMMARY = "results.json"
-
 
 @dataclass(frozen=True)
 class PipelineContext:
@@ -58,16 +54,6 @@ class PipelineContext:
     sessions: sessionmaker[Session]
     registry: Registry
     metrics: ModelMetrics | None = None
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """The written result files, the model's outputs (segment ml or class probability by name), a summary."""
-
-    paths: tuple[Path, ...]
-    outputs: dict[str, float]
-    inference_seconds: float
-    summary: str
 
 
 def _instance_rows(sessions: sessionmaker[Session], job: ClaimedJob) -> list[tuple[str, str]]:
@@ -177,149 +163,20 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
     return [seg, sr] if seg is not None else [sr], outputs, text
 
 
-def _write_dataset(path: Path, ds: Dataset, *, sync_dir: bool = True) -> None:
-    """A Part-10 file of ``ds``, written atomically (owner-only: results carry PHI); with ``sync_dir``
-    False the caller makes the name durable (:func:`~dicomnode.files.fsync_dirs`)."""
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    write_atomic(path, buffer.getvalue(), sync_dir=sync_dir)
-
-
-def write_results(results_dir: Path, job_id: int, objects: list[Dataset], outputs: dict[str, float],
-                  inference_seconds: float, summary: str) -> JobResult:
-    """Stage 5: the result files, written atomically under ``results/job-<id>/``, then ``results.json``.
-
-    ``results.json`` is written last: when it exists, every result file is complete, and a retried job
-    goes straight to delivery instead of running the model again. The result files' names are made
-    durable by one fsync of the folder, before ``results.json`` is written.
-    """
-    folder = results_dir / f"job-{job_id}"
-    paths = []
-    for ds in objects:
-        path = folder / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm"
-        _write_dataset(path, ds, sync_dir=False)
-        paths.append(path)
-    if paths:
-        fsync_dirs([folder])
-    result = JobResult(paths=tuple(paths), outputs=outputs, inference_seconds=inference_seconds, summary=summary)
-    document = {"paths": [p.name for p in paths], "outputs": outputs, "inference_seconds": inference_seconds,
-                "summary": summary}
-    write_atomic(folder / RESULTS_SUMMARY, json.dumps(document).encode())
-    return result
-
-
-def written_results(results_dir: Path, job_id: int) -> JobResult | None:
-    """The results an earlier attempt of this job wrote completely, if any."""
-    folder = results_dir / f"job-{job_id}"
-    try:
-        document = json.loads((folder / RESULTS_SUMMARY).read_text())
-        paths = tuple(folder / name for name in document["paths"])
-        if not all(p.is_file() for p in paths):
-            return None
-        outputs = {str(k): float(v) for k, v in document["outputs"].items()}
-        return JobResult(paths=paths, outputs=outputs, inference_seconds=float(document["inference_seconds"]),
-                         summary=str(document["summary"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _already_stored(sessions: sessionmaker[Session], job_id: int, destination: str) -> set[str]:
-    with sessions() as session:
-        return set(session.scalars(select(Delivery.sop_instance_uid).where(
-            Delivery.job_id == job_id, Delivery.destination == destination, Delivery.outcome == "stored")))
-
-
-def _classify(failed: list[StoreOutcome]) -> bool:
-    """Retryable when every failure is 'out of resources' (0xA7xx) or no answer at all."""
-    return all(o.status is None or 0xA700 <= o.status <= 0xA7FF for o in failed)
-
-
-def result_kind(ds: Dataset) -> str:
-    """What a destination's ``send`` names a result by: "SR" for reports; "SEG" for the image results,
-    segmentations and explanation maps alike (SC overlays carry their source's modality)."""
-    return "SR" if str(ds.get("Modality", "")) == "SR" else "SEG"
-
-
 def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> None:
-    """Stage 6: C-STORE each result not yet stored to each destination (the PACS, and any configured or
-    added at run time, each taking the kinds of result it asks for); record each answer; raise unless all
-    stored. Destinations are read afresh for every job, so that one added at run time gets the next results.
+    """Stage 6: the results to each destination (the PACS, and any configured or added at run time), through
+    the delivery ledger (:func:`~dicomnode.send.deliver.deliver_results`). Destinations are read afresh for
+    every job, so that one added at run time gets the next results.
 
     Raises
     ------
     SendError
-        ``retryable`` when a destination could not be reached or answered 0xA7xx (or not at all);
-        permanent when every failing one rejected the association or answered another failure status.
+        As :func:`~dicomnode.send.deliver.deliver_results` raises it.
     """
     with ctx.sessions() as session:
         rule = session.scalar(select(Job.rule).where(Job.id == job.id))
     destinations = runtime_destinations(ctx.settings, ctx.sessions, rule)
-    if not destinations and _sent_by_dicomweb(ctx.sessions, job):
-        return  # a cloud node: the sender fetches the results by WADO-RS
-    if not destinations:
-        raise SendError(f"no destination for rule {rule} (set DICOMNODE_PACS, or check the rule's destinations)",
-                        retryable=False)
-    headers = {p: dcmread(p, stop_before_pixels=True) for p in paths}
-    errors: list[SendError] = []
-    for destination in destinations:
-        wanted = tuple(p for p in paths if result_kind(headers[p]) in destination.send)
-        try:
-            _deliver_to(ctx, job, destination, wanted, {p: str(headers[p].SOPInstanceUID) for p in wanted})
-        except SendError as exc:
-            errors.append(exc)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:  # each destination's deliveries are recorded: a retry resends only what is missing
-        raise SendError("; ".join(map(str, errors)), retryable=any(e.retryable for e in errors))
-
-
-def _send(settings: Settings, destination: Destination, paths: tuple[Path, ...]) -> list[StoreOutcome]:
-    """C-STORE to a DIMSE destination, STOW-RS to a ``dicomweb`` one: the same outcomes either way."""
-    if destination.kind == "dicomweb":
-        return stow_files(settings, destination, paths)
-    return send_files(settings, destination.peer, paths)
-
-
-def _sent_by_dicomweb(sessions: sessionmaker[Session], job: ClaimedJob) -> bool:
-    with sessions() as session:
-        return session.scalar(select(StudySender.user).join(Study, StudySender.study_id == Study.id)
-                              .where(Study.study_uid == job.study_uid).limit(1)) is not None
-
-
-def _deliver_to(ctx: PipelineContext, job: ClaimedJob, destination: Destination, paths: tuple[Path, ...],
-                uids: dict[Path, str]) -> None:
-    target = str(destination)  # AE@host:port, or the DICOMweb URL
-    actor = destination.ae_title or destination.name
-    address = urlsplit(destination.url).hostname or "" if destination.kind == "dicomweb" else destination.host
-    done = _already_stored(ctx.sessions, job.id, target)
-    pending = tuple(p for p in paths if uids[p] not in done)
-    if not pending:
-        return
-    with session_scope(ctx.sessions) as session:
-        record(session, AuditEvent.BEGIN_TRANSFER_OUT, actor=ctx.settings.ae_title, **job.subject(), job_id=job.id,
-               destination=target, instances=len(pending))
-    try:
-        outcomes = _send(ctx.settings, destination, pending)
-    except SendError as exc:
-        with session_scope(ctx.sessions) as session:
-            record(session, AuditEvent.RESULT_SEND_FAILED, Outcome.SERIOUS_FAILURE, actor=actor,
-                   **job.subject(), job_id=job.id, reason=str(exc))
-        raise
-    with session_scope(ctx.sessions) as session:
-        for outcome in outcomes:
-            status = f"0x{outcome.status:04X}" if outcome.status is not None else "none"
-            session.add(Delivery(job_id=job.id, destination=target, sop_class_uid=outcome.sop_class_uid,
-                                 sop_instance_uid=outcome.sop_instance_uid, path=str(outcome.path),
-                                 status=outcome.status, outcome="stored" if outcome.stored else "failed"))
-            record(session, AuditEvent.RESULT_SENT if outcome.stored else AuditEvent.RESULT_SEND_FAILED,
-                   Outcome.SUCCESS if outcome.stored else Outcome.SERIOUS_FAILURE, actor=actor,
-                   **job.subject(), job_id=job.id, address=address,
-                   sop_instance_uid=outcome.sop_instance_uid, sop_classes={outcome.sop_class_uid: 1}, status=status)
-    failed = [o for o in outcomes if not o.stored]
-    if failed:
-        codes = ", ".join("no answer" if o.status is None else f"0x{o.status:04X}" for o in failed)
-        raise SendError(f"{len(failed)} of {len(outcomes)} result(s) not stored by {target}: {codes}",
-                        retryable=_classify(failed))
+    deliver_results(ctx.settings, ctx.sessions, job, destinations, paths, rule)
 
 
 def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
@@ -397,10 +254,9 @@ def send_failure_notice(ctx: PipelineContext, job: ClaimedJob, reason: str) -> b
             raise SendError("no model manifest or no destination for the notice", retryable=False)
         source = sanitise_headers([_notice_source(ctx, job)])
         notice = build_failure_notice(source, manifest, reason, job.series_number, job.revision)
-        folder = ctx.settings.results_dir / f"job-{job.id}"
-        notice_path = folder / f"notice-{notice.SOPInstanceUID}.dcm"
-        _write_dataset(notice_path, notice)
-        (outcome,) = send_files(ctx.settings, peer, [notice_path])
+        path = notice_path(ctx.settings.results_dir, job.id, notice)
+        write_dataset(path, notice)
+        (outcome,) = send_files(ctx.settings, peer, [path])
         stored = outcome.stored
         detail = f"0x{outcome.status:04X}" if outcome.status is not None else "no answer"
     except Exception as exc:  # a notice must never take the worker down

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing (mutmut 3) over receive/, store/, jobs/, send/, audit/, results/ and tls.py, killed by
+# Mutation testing (mutmut 3) over receive/, store/, jobs/, send/, audit/, results/ and net/, killed by
 # the unit and integration tests ([tool.mutmut] in pyproject.toml). Outside CI: a full run takes hours.
 #
 #   bash scripts/mutation.sh                          # every mutant (about 4,700; hours)
@@ -37,7 +37,7 @@ for line in sys.stdin:
         continue
     module, status = match.groups()
     parts = module.split(".")
-    package = "tls.py" if parts[1] == "tls" else parts[1] + "/"
+    package = parts[1] + "/"
     score[package][status.strip()] += 1
 print(f"{\"package\":<10} {\"mutants\":>8} {\"killed\":>8} {\"survived\":>9} {\"other\":>6} {\"score\":>7}")
 for package, counts in sorted(score.items()):

@@ -22,9 +22,8 @@ KILLED = {"killed", "timeout"}
 
 
 def package(name: str) -> str:
-    """``dicomnode.receive.handlers.x__store__mutmut_3`` -> ``receive/``; ``dicomnode.net.tls...`` -> ``tls.py``."""
-    part = name.split(".")[1]
-    return "tls.py" if part == "tls" else part + "/"
+    """``dicomnode.receive.handlers.x__store__mutmut_3`` -> ``receive/``; ``dicomnode.net.tls...`` -> ``net/``."""
+    return name.split(".")[1] + "/"
 
 
 def all_names() -> list[str]:

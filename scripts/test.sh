@@ -7,4 +7,5 @@ bash scripts/setup.sh --dev
 bash scripts/peers.sh
 .venv/bin/ruff check dicomnode tests alembic bench training
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache --no-logo  # the import contracts in pyproject.toml (docs/architecture.md)
 exec .venv/bin/pytest "$@"

@@ -1,4 +1,8 @@
-"""What the training scripts share: seeding, ONNX export, metrics, SHA-256 and the manifest text."""
+"""What the training scripts share: arguments, metrics, SHA-256, versions and the disclaimer.
+
+Seeding, ONNX export and the ONNX Runtime session come from :mod:`dicomnode.fl.network`, which the
+federated rounds share; nothing in ``dicomnode/`` imports ``training/``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
-import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +27,6 @@ def arguments(description: str, default_out: str) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on tiny data (CI)")
     return parser.parse_args()
-
-
-def seed_everything(seed: int, threads: int) -> None:
-    import torch
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-
-
-def export_onnx(model: Any, example: Any, path: Path, input_name: str, output_name: str,
-                dynamic: dict[int, str]) -> None:
-    """Export with the TorchScript-based exporter (opset 17), as one file without external data."""
-    import onnx
-    import torch
-
-    model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), opset_version=17, input_names=[input_name],
-                          output_names=[output_name], dynamo=False,
-                          dynamic_axes={input_name: dynamic, output_name: dynamic})
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise RuntimeError(f"{path} has external data")
-    if path.with_suffix(".onnx.data").exists():
-        raise RuntimeError(f"{path} wrote an external .onnx.data file")
 
 
 def sha256(path: Path) -> str:
@@ -91,20 +61,3 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def ort_session(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A batch -> first output function on an ONNX Runtime CPU session with ``threads`` threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        out: np.ndarray = session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return out
-
-    return run

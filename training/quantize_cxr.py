@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import REPO, auc, ort_session, sha256, versions, write_json
+from dicomnode.fl.network import ort_session
+from training.common import REPO, auc, sha256, versions, write_json
 from training.phantoms import VALIDATION_SEED_BASE
 from training.train_cxr import THRESHOLD, batch
 

@@ -8,7 +8,8 @@ any spatial size divisible by 8), ``manifest.toml`` (version 2) and ``metrics.js
 "nodule present" finding (a connected component of at least ``min_component_mm3`` at the voxel
 threshold) on fresh-seed phantoms (0-3 nodules in turn), evaluated with ONNX Runtime on the exported
 file; the threshold and the minimum volume are chosen on those validation seeds and written into the
-manifest, where the node's engine applies the same rule.
+manifest, where the node's engine applies the same rule. The network, its normalisation, seeding and
+ONNX export are :mod:`dicomnode.fl.network`'s, shared with the federated rounds (``dicomnode fl``).
 """
 
 from __future__ import annotations
@@ -19,24 +20,25 @@ from typing import Any
 
 import numpy as np
 
-from training.common import (
-    DISCLAIMER,
-    arguments,
-    dice,
-    export_onnx,
+from dicomnode.fl.network import (
+    CLIP,
+    MEAN,
+    NETWORK,
+    PATCH,
+    SPACING,
+    STD,
+    export_network,
+    loss,
+    mirror,
+    network,
+    normalise,
     ort_session,
     seed_everything,
-    sha256,
-    versions,
-    write_json,
 )
+from training.common import DISCLAIMER, arguments, dice, sha256, versions, write_json
 from training.phantoms import VALIDATION_SEED_BASE, ct_chest
 
-SPACING = 2.0
-PATCH = (32, 32, 32)
 VALIDATION_SHAPE = (64, 64, 64)
-CLIP = (-1000.0, 400.0)
-MEAN, STD = -500.0, 500.0
 JITTER = 40.0  # mm: training patches also cover the surroundings that 64^3 grids show
 # a quarter of the training patches are centred anywhere in the chest (ribs, spine, heart, chest wall):
 # the hard negatives; a first 64^3 validation showed ribs and spine (HU clipped to 400) called nodules
@@ -45,35 +47,17 @@ BODY_FRACTION = 0.25
 # then the smallest component volume (mm^3) with the best "nodule present" accuracy
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_VOLUMES = (0.0, 50.0, 100.0, 200.0, 300.0, 400.0)
-# batch norm, not MONAI's default instance norm: instance statistics change with the field of view, and a
-# first run trained on 32^3 patches had Dice 0.42 on 32^3 but 0.12 on 64^3 volumes
-NETWORK: dict[str, Any] = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 1, "norm": "batch"}
 FULL: dict[str, Any] = {"steps": 3500, "batch": 4, "lr": 2e-3, "validation": 48}
 SMOKE: dict[str, Any] = {"steps": 2, "batch": 1, "lr": 1e-3, "validation": 2}
 
 
-def normalise(hu: np.ndarray) -> np.ndarray:
-    """The manifest's ``clip`` then ``normalise = "fixed"``."""
-    out: np.ndarray = ((np.clip(hu, *CLIP) - MEAN) / STD).astype(np.float32)
-    return out
-
-
-def network() -> Any:
-    from monai.networks.nets.unet import UNet
-
-    return UNet(spatial_dims=3, in_channels=1, out_channels=1, **NETWORK)
-
-
 def train(seed: int, steps: int, batch_size: int, lr: float, patch: tuple[int, int, int]) -> Any:
     import torch
-    from monai.losses.dice import DiceCELoss
 
     model = network()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
-    # smooth 1 (not 1e-5): a batch without nodules must not drive every probability to zero (a collapse
-    # to "all background" seen with the default smoothing)
-    loss_fn = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    loss_fn = loss()  # DiceCE, smoothing 1
     rng = np.random.default_rng(seed)
     model.train()
     overlap = [0, 0]
@@ -88,25 +72,22 @@ def train(seed: int, steps: int, batch_size: int, lr: float, patch: tuple[int, i
                 centre = (rng.uniform(-170, 170), rng.uniform(-120, 120), rng.uniform(-60, 60))
             phantom = ct_chest(seed * 1_000_000 + step * batch_size + i, patch, SPACING, nodules=count,
                                centre=centre, jitter=JITTER)
-            x, y = normalise(phantom.hu), phantom.nodules.astype(np.float32)
-            for axis in range(3):  # mirror: orientation-robust
-                if rng.random() < 0.5:
-                    x, y = np.flip(x, axis), np.flip(y, axis)
+            x, y = mirror(normalise(phantom.hu), phantom.nodules.astype(np.float32), rng)  # orientation-robust
             xs.append(x)
             ys.append(y)
         x_t = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
         y_t = torch.from_numpy(np.ascontiguousarray(np.stack(ys)[:, None]))
         logits = model(x_t)
-        loss = loss_fn(logits, y_t)
+        batch_loss = loss_fn(logits, y_t)
         optimiser.zero_grad()
-        loss.backward()
+        batch_loss.backward()
         optimiser.step()
         schedule.step()
         predicted, truth = logits.detach().numpy() > 0, y_t.numpy() > 0
         overlap[0] += 2 * int((predicted & truth).sum())
         overlap[1] += int(predicted.sum()) + int(truth.sum())
         if step % 25 == 0 or step == steps - 1:
-            print(f"step {step:4d}/{steps}  loss {loss.item():.4f}  batch Dice (last 25) "
+            print(f"step {step:4d}/{steps}  loss {batch_loss.item():.4f}  batch Dice (last 25) "
                   f"{overlap[0] / max(1, overlap[1]):.3f}  {time.perf_counter() - started:7.1f} s", flush=True)
             overlap = [0, 0]
     model.eval()
@@ -245,12 +226,9 @@ def main() -> None:
     started = time.perf_counter()
     model = train(args.seed, settings["steps"], settings["batch"], settings["lr"], patch)
     train_s = time.perf_counter() - started
-    import torch
-
     out: Path = args.out
     onnx_path = out / "model.onnx"
-    export_onnx(model, torch.zeros(1, 1, *PATCH), onnx_path, "volume", "logits",
-                {0: "batch", 2: "x", 3: "y", 4: "z"})
+    export_network(model, onnx_path)
     predicted = predict(onnx_path, [VALIDATION_SEED_BASE + i for i in range(settings["validation"])],
                         args.threads, shape, balanced=True)
     threshold, min_mm3 = tune(predicted)

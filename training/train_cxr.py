@@ -15,17 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from training.common import (
-    DISCLAIMER,
-    arguments,
-    auc,
-    export_onnx,
-    ort_session,
-    seed_everything,
-    sha256,
-    versions,
-    write_json,
-)
+from dicomnode.fl.network import export_onnx, ort_session, seed_everything
+from training.common import DISCLAIMER, arguments, auc, sha256, versions, write_json
 from training.phantoms import VALIDATION_SEED_BASE, radiograph
 
 SIZE = (64, 64)

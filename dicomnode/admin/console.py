@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -22,15 +21,16 @@ from starlette.datastructures import UploadFile
 from starlette.templating import Jinja2Templates
 
 from dicomnode import config_store
-from dicomnode.admin import api, auth
+from dicomnode.admin import configuration, deps
 from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.health import readiness
+from dicomnode.admin.login import log_in, log_out
 from dicomnode.admin.rule_tester import file_headers, judge, study_headers
 from dicomnode.admin.schemas import LoginRequest
 from dicomnode.admin.studies import disk_status, study_rows, study_timeline
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.models import AuditRecord
-from dicomnode.audit.trail import record, verify
+from dicomnode.audit.trail import verify
 from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
 from dicomnode.jobs.models import Instance, Job, Study
@@ -40,34 +40,31 @@ from dicomnode.settings import AdminUser, Destination, Peer, Rule
 COOKIE = "dicomnode_session"
 MAX_UPLOAD_FILES = 2000
 
-
-def _user(request: Request) -> AdminUser | None:
-    state = api._state(request)
-    token = request.cookies.get(COOKIE, "")
-    with state.ctx.sessions() as session:
-        name = auth.session_user(session, token) if token else None
-    return state.accounts.find(name) if name is not None else None
+router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+_templates = Jinja2Templates(directory=str(FsPath(__file__).parent / "templates"))
 
 
-class _LoginRedirect(Exception):
-    pass
+class LoginRedirect(Exception):
+    """Raised for a page asked for without a live session cookie: the app answers with the login page."""
+
+
+async def to_login(_request: Request, _exc: Exception) -> Response:
+    """The answer to :class:`LoginRedirect`: 303 to the login page."""
+    return RedirectResponse("/ui/login", status_code=303)
 
 
 def _need(request: Request, admin: bool = False) -> AdminUser:
-    user = _user(request)
+    """The user of the session cookie, when the role may read (``admin``: may change); see
+    :func:`dicomnode.admin.deps.permitted`."""
+    user = deps.session_owner(request, request.cookies.get(COOKIE, ""))
     if user is None:
-        raise _LoginRedirect
-    if user.role == "sender":
-        raise HTTPException(403, "the sender role may use only /dicomweb")
-    if admin and user.role != "admin":
-        raise HTTPException(403, "the viewer role may not change anything")
-    return user
+        raise LoginRedirect
+    return deps.permitted(user, change=admin)
 
 
 def _page(request: Request, name: str, title: str, user: AdminUser | None, status: int = 200,
           **values: Any) -> HTMLResponse:
-    templates: Jinja2Templates = request.app.state.templates
-    return templates.TemplateResponse(request, name, {"title": title, "user": user, "is_admin": bool(
+    return _templates.TemplateResponse(request, name, {"title": title, "user": user, "is_admin": bool(
         user and user.role == "admin"), **values}, status_code=status)
 
 
@@ -100,9 +97,15 @@ def _oldest_waiting(sessions: sessionmaker[Session]) -> dict[str, str] | None:
     return None
 
 
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/ui/")
 def dashboard(request: Request) -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     now = utcnow()
     since = now - dt.timedelta(hours=24)
     with ctx.sessions() as session:
@@ -118,14 +121,16 @@ def dashboard(request: Request) -> Response:
                  total_jobs=total_jobs)
 
 
+@router.get("/ui/login")
 def login_page(request: Request) -> Response:
     return _page(request, "login.html", "Log in", None)
 
 
+@router.post("/ui/login")
 def login(request: Request, user: Annotated[str, Form(max_length=128)] = "",
           password: Annotated[str, Form(max_length=1024)] = "") -> Response:
     try:
-        token = api._login(request, LoginRequest(user=user, password=password), Response())
+        token = log_in(request, LoginRequest(user=user, password=password))
     except ValidationError:
         return _page(request, "login.html", "Log in", None, 422, error="enter a user name and a password")
     except HTTPException as exc:
@@ -136,21 +141,18 @@ def login(request: Request, user: Annotated[str, Form(max_length=128)] = "",
     return response
 
 
+@router.post("/ui/logout")
 def logout(request: Request) -> Response:
-    ctx = api._state(request).ctx
-    token = request.cookies.get(COOKIE, "")
-    with session_scope(ctx.sessions) as session:
-        name = auth.close_session(session, token) if token else None
-        if name is not None:
-            record(session, AuditEvent.USER_LOGOUT, actor=name, address=api._address(request))
+    log_out(request, request.cookies.get(COOKIE, ""))
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
 
 
+@router.get("/ui/studies")
 def studies(request: Request, state: str = "", ae: str = "", since: str = "") -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     states = [s.value for s in StudyState]
     if state and state not in states:
         return _page(request, "studies.html", "Studies", user, 422, error=f"no study state {state[:16]!r}",
@@ -164,29 +166,31 @@ def studies(request: Request, state: str = "", ae: str = "", since: str = "") ->
             return _page(request, "studies.html", "Studies", user, 422, error="since must be a date (YYYY-MM-DD)",
                          studies=[], states=[s.value for s in StudyState], state=state, ae=ae, since="")
         rows = [r for r in rows if r["last_received_at"] >= floor]
-    api._phi_viewed(request, user, rows, "study list")
+    deps.phi_viewed(request, user, rows, "study list")
     return _page(request, "studies.html", "Studies", user, studies=rows, states=[s.value for s in StudyState],
                  state=state, ae=ae, since=since)
 
 
+@router.get("/ui/studies/{study_uid}")
 def study(request: Request, study_uid: str) -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     rows = study_rows(ctx.sessions, study_uid[:64], phi=user.role == "admin")
     if not rows:
         return _page(request, "base.html", "No such study", user, 404, error="no such study on the node")
-    api._phi_viewed(request, user, rows, "study")
+    deps.phi_viewed(request, user, rows, "study")
     return _page(request, "study.html", f"Study {study_uid}", user, study=rows[0],
                  timeline=study_timeline(ctx.sessions, study_uid))
 
 
+@router.get("/ui/jobs")
 def jobs_page(request: Request, state: str = "") -> Response:
     return _jobs_view(request, state)
 
 
 def _jobs_view(request: Request, state: str = "", notice: str = "", error: str = "", status: int = 200) -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     try:
         wanted = JobStatus(state) if state else None
     except ValueError:
@@ -197,7 +201,7 @@ def _jobs_view(request: Request, state: str = "", notice: str = "", error: str =
 
 def job_action(request: Request, job_id: int, action: str) -> Response:
     user = _need(request, admin=True)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     try:
         with session_scope(ctx.sessions) as session:
             (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, user.name)
@@ -206,21 +210,24 @@ def job_action(request: Request, job_id: int, action: str) -> Response:
     return _jobs_view(request, notice=f"job {job_id} {'queued again' if action == 'retry' else 'cancelled'}")
 
 
+@router.post("/ui/jobs/{job_id}/retry")
 def retry_job(request: Request, job_id: int) -> Response:
     return job_action(request, job_id, "retry")
 
 
+@router.post("/ui/jobs/{job_id}/cancel")
 def cancel_job(request: Request, job_id: int) -> Response:
     return job_action(request, job_id, "cancel")
 
 
+@router.get("/ui/peers")
 def peers_page(request: Request) -> Response:
     return _peers_view(request)
 
 
 def _peers_view(request: Request, echo: Any = None, error: str = "", notice: str = "", status: int = 200) -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     with ctx.sessions() as session:
         added_peers = config_store.list_peers(session)
         added_destinations = config_store.list_destinations(session)
@@ -232,11 +239,7 @@ def _peers_view(request: Request, echo: Any = None, error: str = "", notice: str
                  destinations=destinations, echo=echo, error=error, notice=notice)
 
 
-def _address(request: Request) -> str:
-    address: str = api._address(request)
-    return address
-
-
+@router.post("/ui/peers")
 def save_peer(request: Request, ae_title: Annotated[str, Form()], host: Annotated[str, Form()] = "127.0.0.1",
               port: Annotated[str, Form()] = "104", tls: Annotated[str, Form()] = "") -> Response:
     user = _need(request, admin=True)
@@ -244,19 +247,19 @@ def save_peer(request: Request, ae_title: Annotated[str, Form()], host: Annotate
         peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls == "true")  # type: ignore[arg-type]
     except ValidationError as exc:
         return _peers_view(request, error=_first_error(exc), status=422)
-    with session_scope(api._state(request).ctx.sessions) as session:
-        config_store.put_peer(session, peer, user=user.name, address=_address(request))
+    configuration.save_peer(request, user, peer)
     return _peers_view(request, notice=f"peer {peer.ae_title} saved: it may call in now")
 
 
+@router.post("/ui/peers/{ae_title}/delete")
 def delete_peer(request: Request, ae_title: str) -> Response:
     user = _need(request, admin=True)
-    with session_scope(api._state(request).ctx.sessions) as session:
-        found = config_store.delete_peer(session, ae_title, user=user.name, address=_address(request))
+    found = configuration.remove_peer(request, user, ae_title)
     return _peers_view(request, notice=f"peer {ae_title} removed" if found else "",
                        error="" if found else "no such peer")
 
 
+@router.post("/ui/destinations")
 def save_destination(request: Request, name: Annotated[str, Form()], ae_title: Annotated[str, Form()],
                      host: Annotated[str, Form()] = "127.0.0.1", port: Annotated[str, Form()] = "104",
                      tls: Annotated[str, Form()] = "", send: Annotated[list[str] | None, Form()] = None) -> Response:
@@ -268,37 +271,39 @@ def save_destination(request: Request, name: Annotated[str, Form()], ae_title: A
                                                   "tls": tls == "true", "send": send or []})
     except ValidationError as exc:
         return _peers_view(request, error=_first_error(exc), status=422)
-    with session_scope(api._state(request).ctx.sessions) as session:
-        config_store.put_destination(session, destination, user=user.name, address=_address(request))
+    configuration.save_destination(request, user, destination)
     return _peers_view(request, notice=f"destination {name} saved: it gets the next results")
 
 
+@router.post("/ui/destinations/{name}/delete")
 def delete_destination(request: Request, name: str) -> Response:
     user = _need(request, admin=True)
-    with session_scope(api._state(request).ctx.sessions) as session:
-        found = config_store.delete_destination(session, name, user=user.name, address=_address(request))
+    found = configuration.remove_destination(request, user, name)
     return _peers_view(request, notice=f"destination {name} removed" if found else "",
                       error="" if found else "no such destination")
 
 
+@router.post("/ui/peers/{ae_title}/echo")
 def echo_peer(request: Request, ae_title: str) -> Response:
     _need(request)
-    ctx = api._state(request).ctx
-    found = [p for p in config_store.runtime_peers(ctx.settings, ctx.sessions) if p.ae_title == ae_title]
-    if not found:
+    ctx = deps.state(request).ctx
+    peer = configuration.find_peer(ctx, ae_title)
+    if peer is None:
         return _peers_view(request, error="no such peer", status=404)
-    return _peers_view(request, echo=api.echo_peer(ctx.settings, found[0]))
+    return _peers_view(request, echo=configuration.echo_peer(ctx.settings, peer))
 
 
+@router.post("/ui/destinations/{name}/echo")
 def echo_destination(request: Request, name: str) -> Response:
     _need(request)
-    ctx = api._state(request).ctx
-    found = [d for d in config_store.runtime_destinations(ctx.settings, ctx.sessions) if d.name == name]
-    if not found:
+    ctx = deps.state(request).ctx
+    destination = configuration.find_destination(ctx, name)
+    if destination is None:
         return _peers_view(request, error="no such destination", status=404)
-    return _peers_view(request, echo=api.echo_peer(ctx.settings, found[0].peer))
+    return _peers_view(request, echo=configuration.echo_peer(ctx.settings, destination.peer))
 
 
+@router.get("/ui/rules")
 def rules_page(request: Request, study_uid: str = "") -> Response:
     return _rules_view(request, study_uid)
 
@@ -306,7 +311,7 @@ def rules_page(request: Request, study_uid: str = "") -> Response:
 def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, error: str = "", notice: str = "",
                 status: int = 200) -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     with ctx.sessions() as session:
         added = {r.name for r in config_store.list_rules(session)}
     configured = {r.name for r in ctx.settings.rules}
@@ -322,6 +327,7 @@ def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, err
                  error=error, notice=notice)
 
 
+@router.post("/ui/rules")
 def save_rule(request: Request, name: Annotated[str, Form()], model: Annotated[str, Form()],
               match: Annotated[str, Form(max_length=4096)] = "",
               destinations: Annotated[str, Form(max_length=1024)] = "") -> Response:
@@ -333,22 +339,22 @@ def save_rule(request: Request, name: Annotated[str, Form()], model: Annotated[s
     except ValueError as exc:  # a line without "=", or a pattern refused (ValidationError is a ValueError)
         text = _first_error(exc) if isinstance(exc, ValidationError) else "each match line is Keyword=regex"
         return _rules_view(request, error=text, status=422)
-    with session_scope(api._state(request).ctx.sessions) as session:
-        config_store.put_rule(session, rule, user=user.name, address=_address(request))
+    configuration.save_rule(request, user, rule)
     return _rules_view(request, notice=f"rule {name} saved: the next sweep uses it")
 
 
+@router.post("/ui/rules/{name}/delete")
 def delete_rule(request: Request, name: str) -> Response:
     user = _need(request, admin=True)
-    with session_scope(api._state(request).ctx.sessions) as session:
-        found = config_store.delete_rule(session, name, user=user.name, address=_address(request))
+    found = configuration.remove_rule(request, user, name)
     return _rules_view(request, notice=f"rule {name} removed" if found else "", error="" if found else "no such rule")
 
 
+@router.post("/ui/rules/test")
 async def test_upload(request: Request) -> Response:
     """The rule tester on uploaded files (multipart), read into a temporary folder and deleted after."""
     _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     async with request.form(max_files=MAX_UPLOAD_FILES) as form:
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         with tempfile.TemporaryDirectory(dir=ctx.settings.data_dir) as folder:
@@ -359,10 +365,11 @@ async def test_upload(request: Request) -> Response:
     return _rules_view(request, verdicts=judge(ctx.rules(), headers), error=error)
 
 
+@router.get("/ui/audit")
 def audit_page(request: Request, since: str = "", until: str = "", event: str = "", actor: str = "",
                study_uid: str = "") -> Response:
     user = _need(request)
-    ctx = api._state(request).ctx
+    ctx = deps.state(request).ctx
     query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(200)
     try:
         if since:
@@ -406,30 +413,3 @@ def _first_error(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in error.get("loc", ()))
     return f"{where}: {error['msg']}" if where else str(error["msg"])
 
-
-def mount(app: FastAPI) -> None:
-    """Add the console's pages to ``app`` (outside the OpenAPI document)."""
-    app.state.templates = Jinja2Templates(directory=str(FsPath(__file__).parent / "templates"))
-
-    async def to_login(_request: Request, _exc: Exception) -> Response:
-        return RedirectResponse("/ui/login", status_code=303)
-
-    app.add_exception_handler(_LoginRedirect, to_login)
-    add = app.add_api_route
-    routes: list[tuple[str, Callable[..., Any], list[str]]] = [
-        ("/ui/", dashboard, ["GET"]), ("/ui/login", login_page, ["GET"]), ("/ui/login", login, ["POST"]),
-        ("/ui/logout", logout, ["POST"]), ("/ui/studies", studies, ["GET"]),
-        ("/ui/studies/{study_uid}", study, ["GET"]),
-        ("/ui/jobs", jobs_page, ["GET"]),
-        ("/ui/jobs/{job_id}/retry", retry_job, ["POST"]), ("/ui/jobs/{job_id}/cancel", cancel_job, ["POST"]),
-        ("/ui/peers", peers_page, ["GET"]), ("/ui/peers", save_peer, ["POST"]),
-        ("/ui/peers/{ae_title}/delete", delete_peer, ["POST"]), ("/ui/peers/{ae_title}/echo", echo_peer, ["POST"]),
-        ("/ui/destinations", save_destination, ["POST"]),
-        ("/ui/destinations/{name}/delete", delete_destination, ["POST"]),
-        ("/ui/destinations/{name}/echo", echo_destination, ["POST"]),
-        ("/ui/rules", rules_page, ["GET"]), ("/ui/rules", save_rule, ["POST"]),
-        ("/ui/rules/{name}/delete", delete_rule, ["POST"]), ("/ui/rules/test", test_upload, ["POST"]),
-        ("/ui/audit", audit_page, ["GET"]),
-    ]
-    for path, endpoint, methods in routes:
-        add(path, endpoint, methods=methods, include_in_schema=False, response_class=HTMLResponse)

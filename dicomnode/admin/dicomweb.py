@@ -18,38 +18,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from dicomnode.admin.api import _address, _state, token_user
+from dicomnode.admin.deps import WebUser, client_address, state
+from dicomnode.admin.schemas import UID_PATTERN
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.dicomweb.multipart import DICOM, MultipartError, encode_related, parse_related
 from dicomnode.dicomweb.results import ResultFile, instance_attributes, result_files, series_attributes
 from dicomnode.dicomweb.stow import PartOutcome, store_part, store_response
 from dicomnode.jobs.models import Study, StudySender
+from dicomnode.net.multipart import DICOM, MultipartError, encode_related, parse_related
 from dicomnode.settings import AdminUser
 from dicomnode.store.ingest import Client, audit
 
-_UID = r"^[0-9.]{1,64}$"
 DICOM_JSON = "application/dicom+json"
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 
-def dicomweb_user(request: Request, authorization: Annotated[str, Header()] = "") -> AdminUser:
-    """An admin or sender with a live token (401 without one, 403 for the viewer role)."""
-    user = token_user(request, authorization)
-    if user.role not in ("admin", "sender"):
-        raise HTTPException(403, "the viewer role may not use DICOMweb")
-    return user
-
-
-WebUser = Annotated[AdminUser, Depends(dicomweb_user)]
-StudyUid = Annotated[str, Path(pattern=_UID)]
+StudyUid = Annotated[str, Path(pattern=UID_PATTERN)]
+SeriesUid = Annotated[str, Path(pattern=UID_PATTERN)]
 
 
 def _base(request: Request) -> str:
@@ -57,12 +49,12 @@ def _base(request: Request) -> str:
 
 
 def _client(request: Request, user: AdminUser) -> Client:
-    return Client(actor=user.name, address=_address(request), calling_ae=user.name[:16],
+    return Client(actor=user.name, address=client_address(request), calling_ae=user.name[:16],
                   sender=user.name, transport="STOW-RS")
 
 
 def _store_all(request: Request, user: AdminUser, parts: list[bytes], study_uid: str | None) -> list[PartOutcome]:
-    ctx = _state(request).ctx
+    ctx = state(request).ctx
     client = _client(request, user)
     return [store_part(ctx.settings, ctx.sessions, client, part, study_uid) for part in parts]
 
@@ -72,9 +64,9 @@ async def _stow(request: Request, user: AdminUser, study_uid: str | None) -> Res
     try:
         parts = parse_related(body, request.headers.get("content-type", ""))
     except MultipartError as exc:
-        sessions = _state(request).ctx.sessions
+        sessions = state(request).ctx.sessions
         await run_in_threadpool(audit, sessions, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE,
-                                actor=user.name, address=_address(request), status=f"HTTP {exc.status}",
+                                actor=user.name, address=client_address(request), status=f"HTTP {exc.status}",
                                 reason=f"STOW-RS request refused: {exc}", transport="STOW-RS")
         raise HTTPException(exc.status, f"{exc}; nothing was stored") from None
     outcomes = await run_in_threadpool(_store_all, request, user, parts, study_uid)
@@ -82,17 +74,19 @@ async def _stow(request: Request, user: AdminUser, study_uid: str | None) -> Res
     return JSONResponse(response.to_json_dict(), status_code=status, media_type=DICOM_JSON)
 
 
+@router.post("/studies", response_class=Response)
 async def _stow_any(request: Request, user: WebUser) -> Response:
     return await _stow(request, user, None)
 
 
+@router.post("/studies/{study_uid}", response_class=Response)
 async def _stow_study(request: Request, study_uid: StudyUid, user: WebUser) -> Response:
     return await _stow(request, user, study_uid)
 
 
 def _readable(request: Request, user: AdminUser, study_uid: str) -> Study:
     """The study, when ``user`` may read its results (404 otherwise: nobody learns what others sent)."""
-    with _state(request).ctx.sessions() as session:
+    with state(request).ctx.sessions() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         allowed = study is not None and (user.role == "admin" or session.get(StudySender, (study.id, user.name))
                                          is not None)
@@ -104,10 +98,11 @@ def _readable(request: Request, user: AdminUser, study_uid: str) -> Study:
 
 def _results(request: Request, user: AdminUser, study_uid: str) -> list[ResultFile]:
     _readable(request, user, study_uid)
-    ctx = _state(request).ctx
+    ctx = state(request).ctx
     return result_files(ctx.settings, ctx.sessions, study_uid)
 
 
+@router.get("/studies/{study_uid}/series", response_class=Response)
 def _search_series(request: Request, study_uid: StudyUid, user: WebUser,
                    modality: Annotated[str | None, Query(alias="Modality", pattern=r"^[A-Z]{1,16}$")] = None
                    ) -> Response:
@@ -116,8 +111,8 @@ def _search_series(request: Request, study_uid: StudyUid, user: WebUser,
     return JSONResponse(answers, media_type=DICOM_JSON) if answers else Response(status_code=204)
 
 
-def _search_instances(request: Request, study_uid: StudyUid, series_uid: Annotated[str, Path(pattern=_UID)],
-                      user: WebUser) -> Response:
+@router.get("/studies/{study_uid}/series/{series_uid}/instances", response_class=Response)
+def _search_instances(request: Request, study_uid: StudyUid, series_uid: SeriesUid, user: WebUser) -> Response:
     files = [f for f in _results(request, user, study_uid) if f.series_uid == series_uid]
     answers = [ds.to_json_dict() for ds in instance_attributes(files, _base(request))]
     return JSONResponse(answers, media_type=DICOM_JSON) if answers else Response(status_code=204)
@@ -132,36 +127,28 @@ def _retrieve(request: Request, user: AdminUser, study_uid: str, series_uid: str
     if not _accepts_dicom(accept):
         raise HTTPException(406, f"results are served as multipart/related; type=\"{DICOM}\"")
     study = _readable(request, user, study_uid)
-    ctx = _state(request).ctx
+    ctx = state(request).ctx
     files = [f for f in result_files(ctx.settings, ctx.sessions, study_uid)
              if f.series_uid == series_uid and (sop is None or f.sop_instance_uid == sop)]
     if not files:
         raise HTTPException(404, "no such result")
     body, content_type = encode_related([f.path.read_bytes() for f in files])
     with session_scope(ctx.sessions) as session:
-        record(session, AuditEvent.RESULT_SENT, actor=user.name, **study.subject(), address=_address(request),
+        record(session, AuditEvent.RESULT_SENT, actor=user.name, **study.subject(), address=client_address(request),
                transport="WADO-RS", instances=len(files),
                sop_classes={str(f.header.SOPClassUID): 1 for f in files})
     return Response(body, media_type=content_type)
 
 
-def _retrieve_series(request: Request, study_uid: StudyUid, series_uid: Annotated[str, Path(pattern=_UID)],
+@router.get("/studies/{study_uid}/series/{series_uid}", response_class=Response)
+def _retrieve_series(request: Request, study_uid: StudyUid, series_uid: SeriesUid,
                      user: WebUser, accept: Annotated[str, Header()] = "") -> Response:
     return _retrieve(request, user, study_uid, series_uid, None, accept)
 
 
-def _retrieve_instance(request: Request, study_uid: StudyUid, series_uid: Annotated[str, Path(pattern=_UID)],
-                       sop_uid: Annotated[str, Path(pattern=_UID)], user: WebUser,
+@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}", response_class=Response)
+def _retrieve_instance(request: Request, study_uid: StudyUid, series_uid: SeriesUid,
+                       sop_uid: Annotated[str, Path(pattern=UID_PATTERN)], user: WebUser,
                        accept: Annotated[str, Header()] = "") -> Response:
     return _retrieve(request, user, study_uid, series_uid, sop_uid, accept)
 
-
-router.add_api_route("/studies", _stow_any, methods=["POST"], response_class=Response)
-router.add_api_route("/studies/{study_uid}", _stow_study, methods=["POST"], response_class=Response)
-router.add_api_route("/studies/{study_uid}/series", _search_series, methods=["GET"], response_class=Response)
-router.add_api_route("/studies/{study_uid}/series/{series_uid}/instances", _search_instances, methods=["GET"],
-                     response_class=Response)
-router.add_api_route("/studies/{study_uid}/series/{series_uid}", _retrieve_series, methods=["GET"],
-                     response_class=Response)
-router.add_api_route("/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}", _retrieve_instance,
-                     methods=["GET"], response_class=Response)

@@ -7,6 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+NAME_PATTERN = r"^[A-Za-z0-9 _.\-]{1,64}$"
+"""A peer's AE title or a destination's or rule's name, as a URL path segment."""
+UID_PATTERN = r"^[0-9.]{1,64}$"
+"""A DICOM UID, as a URL path segment."""
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -1,195 +1,122 @@
-"""The ``dicomnode`` command: parse, load settings and logging, call one function per subcommand."""
+"""The ``dicomnode`` command: one typer app, one function per subcommand.
+
+The root app holds the global ``--config`` option and the node's own commands (serve, receive, work, web, db,
+status, echo, purge, admin, audit); the operator's commands come from ``operator.py``, the ``models``, ``fl``
+and ``export`` groups from their modules. :func:`main` runs one command line: every failure is one sentence on
+standard error, ``dicomnode: ...``, and a non-zero exit status, never a traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import getpass
 import json
+import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
+import typer
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
 from dicomnode.admin.studies import disk_status, study_rows
 from dicomnode.audit.anchor import read_checkpoints
 from dicomnode.audit.atna import Source, audit_message
 from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import as_dict, export_rows, record, verify
-from dicomnode.cli.fl import add_parsers as add_fl_parsers
+from dicomnode.cli import context, operator
+from dicomnode.cli.context import Failure, Invocation, first_error
+from dicomnode.cli.export import export_app
+from dicomnode.cli.fl import fl_app
+from dicomnode.cli.models import models_app
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
+from dicomnode.errors import DicomNodeError
 from dicomnode.log import setup_logging
 from dicomnode.settings import Settings
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__, epilog=(
-        "operator commands (each with --help): init, peers, destinations, rules, jobs, job, retry, cancel, send"))
-    parser.add_argument("--config", help="TOML configuration file (default: $DICOMNODE_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run receiver, completeness sweep and worker until SIGTERM")
-    sub.add_parser("receive", help="only the receiver role: SCP, completeness sweep, audit anchor and forwarder")
-    sub.add_parser("work", help="only the worker role: run jobs (several processes and hosts may share a queue)")
-    sub.add_parser("web", help="only the admin API and web console (admin_host:admin_port) until SIGTERM")
-    db = sub.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade"])
-    status = sub.add_parser("status", help="studies and jobs, and why each is waiting")
-    status.add_argument("--study", help="only this StudyInstanceUID")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("echo", help="C-ECHO the configured PACS")
-    sub.add_parser("purge", help="apply the retention policy now")
-    admin = sub.add_parser("admin", help="admin API users")
-    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
-    admin_sub.add_parser("hash-password", help="read a password (prompt or stdin), print its hash for admin_users")
-    audit = sub.add_parser("audit", help="the tamper-evident audit trail")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify_cmd = audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
-    verify_cmd.add_argument("--anchor", type=Path,
-                            help="anchor file (audit_anchor_file) or a capture of the ATNA stream: "
-                                 "also detect removed newest rows")
-    export = audit_sub.add_parser("export", help="export the trail (PHI: written owner-only)")
-    export.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
-    export.add_argument("--until", type=_timestamp, help="ISO date/time, exclusive")
-    export.add_argument("--format", choices=["json", "xml"], default="json",
-                        help="json: every row with its hashes; xml: the DICOM audit messages (PS3.15 A.5)")
-    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
-    models = sub.add_parser("models", help="the installed models: list, verify, try one on a series")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    listing = models_sub.add_parser("list", help="id, version, task, backend, device, warm or not")
-    listing.add_argument("--load", action="store_true", help="load each model (shows its device)")
-    verify_cmd = models_sub.add_parser("verify", help="checksums, a load test, a run on a synthetic input")
-    verify_cmd.add_argument("model", nargs="?", help="one model id (default: every model)")
-    run = models_sub.add_parser("run", help="run a model on a series on disk and write the results it would send")
-    run.add_argument("model")
-    run.add_argument("path", type=Path, help="a DICOM file or a folder of one or more series")
-    run.add_argument("--output", type=Path, default=Path("dicomnode-run"), help="folder for the SEG/SR/SC files")
-    evaluate = models_sub.add_parser("evaluate", help="the model's results against readers' corrected SEGs")
-    evaluate.add_argument("model")
-    evaluate.add_argument("--since", type=_timestamp, help="ISO date/time, inclusive (UTC unless given)")
-    outgoing = sub.add_parser("export", help="data that leaves the site, de-identified")
-    outgoing_sub = outgoing.add_subparsers(dest="export_command", required=True)
-    training = outgoing_sub.add_parser("training", help="NIfTI volumes and labels of a model's cases, datalist.json")
-    training.add_argument("--model", required=True)
-    training.add_argument("--since", type=_timestamp, help="jobs finished since (ISO date/time, UTC unless given)")
-    training.add_argument("out", type=Path, help="folder to write")
-    add_fl_parsers(sub)
-    return parser
+app = typer.Typer(
+    name="dicomnode", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="The ``dicomnode`` command: parse, load settings and logging, call one function per subcommand.")
+admin_app = typer.Typer(no_args_is_help=True, help="admin API users")
+audit_app = typer.Typer(no_args_is_help=True, help="the tamper-evident audit trail")
 
 
-def _export_command(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomnode.errors import DicomNodeError
-    from dicomnode.export.training import export_training
-
-    try:
-        n = export_training(make_sessionmaker(make_engine(settings.db_url)), settings.results_dir, args.model,
-                            args.out, args.since)
-    except (DicomNodeError, OSError) as exc:
-        print(f"dicomnode: {exc}", file=sys.stderr)
-        return 1
-    print(f"{n} case(s) written to {args.out} (datalist.json)")
-    return 0
+@app.callback()
+def _root(ctx: typer.Context, config: Annotated[str | None, typer.Option(
+        help="TOML configuration file (default: $DICOMNODE_CONFIG)")] = None) -> None:
+    quiet = ctx.invoked_subcommand in operator.COMMANDS  # the operator's commands: warnings only
+    ctx.obj = Invocation(config, own_logging=not quiet)
+    if quiet:
+        setup_logging("WARNING")
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its failures are reported as one sentence
 
 
-def _models_command(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomnode.cli.models import list_models, run_model, verify_model
-    from dicomnode.errors import DicomNodeError
-    from dicomnode.inference.registry import Registry, RuntimeOptions
-
-    registry = Registry(settings.models_dir, options=RuntimeOptions(
-        device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
-    try:
-        if args.models_command == "evaluate":
-            from dicomnode.evaluation.report import print_evaluation
-
-            print_evaluation(make_sessionmaker(make_engine(settings.db_url)), args.model, args.since)
-            return 0
-        if args.models_command == "list":
-            print(f"{'id':24} {'version':10} {'task':15} {'backend':8} {'device':6} warm")
-            rows = list_models(registry, args.load)
-            for row in rows:
-                print(f"{row.id:24} {row.version:10} {row.task:15} {row.backend:8} {row.device:6} "
-                      f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else ""))
-            from dicomnode.fl.candidate import candidates
-
-            for candidate in candidates(settings.models_dir):
-                gate = "passed the gate" if candidate.passes_gate else "not promoted: worse at a site"
-                print(f"  candidate {candidate.name} of {candidate.model} {candidate.base_version} "
-                      f"({len(candidate.rounds)} rounds, {gate})")
-            return 1 if any(r.error for r in rows) else 0
-        if args.models_command == "verify":
-            ids = [args.model] if args.model else sorted({*registry.manifests, *registry.errors})
-            failed = 0
-            for model_id in ids:
-                try:
-                    print(f"{model_id}: {verify_model(registry, model_id)}")
-                except DicomNodeError as exc:
-                    failed += 1
-                    print(f"{model_id}: FAILED: {exc}", file=sys.stderr)
-            return 1 if failed else 0
-        for line in run_model(registry, args.model, args.path, args.output):
-            print(line)
-        print(f"results written to {args.output}")
-        return 0
-    except (DicomNodeError, OSError) as exc:
-        print(f"dicomnode: {exc}", file=sys.stderr)
-        return 1
+def _sessions(ctx: typer.Context) -> sessionmaker[Session]:
+    return make_sessionmaker(make_engine(context.settings(ctx).db_url))
 
 
-def _timestamp(value: str) -> dt.datetime:
-    parsed = dt.datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+# -- the node's roles -------------------------------------------------------------------------------
+def _serve(ctx: typer.Context, role: str | None) -> None:
+    from dicomnode import node
+
+    raise typer.Exit(node.serve(context.settings(ctx), node.ROLES if role is None else frozenset({role})))
 
 
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """run receiver, completeness sweep and worker until SIGTERM"""
+    _serve(ctx, None)
 
 
-def _audit_command(settings: Settings, args: argparse.Namespace) -> int:
-    sessions = make_sessionmaker(make_engine(settings.db_url))
-    if args.audit_command == "verify":
-        anchors = read_checkpoints(args.anchor) if args.anchor is not None else []
-        result = verify(sessions, anchors)
-        if result.ok:
-            against = f", matching {len(anchors)} checkpoint(s)" if anchors else ""
-            print(f"audit trail intact: {result.rows} rows{against}")
-            return 0
-        print(f"audit trail BROKEN at row {result.first_bad_id}: {result.reason} "
-              f"({result.rows} rows before it verified)", file=sys.stderr)
-        return 1
-    rows = export_rows(sessions, args.since, args.until)
-    if args.format == "json":
-        payload = json.dumps([as_dict(r) for r in rows], indent=1).encode()
-    else:
-        source = Source(ae_title=settings.audit_source_id or settings.ae_title, host=socket.gethostname(),
-                        pid=os.getpid(), site_id=settings.audit_enterprise_site_id)
-        messages = [m for m in (audit_message(r, source) for r in rows) if m is not None]
-        payload = b"<?xml version='1.0' encoding='utf-8'?>\n<AuditMessages>\n" + b"\n".join(
-            m.split(b"?>", 1)[1].strip() for m in messages) + b"\n</AuditMessages>\n"
-    with session_scope(sessions) as session:
-        record(session, AuditEvent.AUDIT_EXPORTED, actor=_operator(), rows=len(rows), format=args.format,
-               since=args.since, until=args.until, output=str(args.output or "stdout"))
-    if args.output is None:
-        sys.stdout.buffer.write(payload)
-    else:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
-    return 0
+@app.command()
+def receive(ctx: typer.Context) -> None:
+    """only the receiver role: SCP, completeness sweep, audit anchor and forwarder"""
+    _serve(ctx, "receive")
 
 
-def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
+@app.command()
+def work(ctx: typer.Context) -> None:
+    """only the worker role: run jobs (several processes and hosts may share a queue)"""
+    _serve(ctx, "work")
+
+
+@app.command()
+def web(ctx: typer.Context) -> None:
+    """only the admin API and web console (admin_host:admin_port) until SIGTERM"""
+    if not context.settings(ctx).admin_port:
+        raise Failure("web needs admin_port (DICOMNODE_ADMIN_PORT)", code=2)
+    _serve(ctx, "web")
+
+
+# -- the database, the studies, the PACS, retention -------------------------------------------------
+@app.command()
+def db(ctx: typer.Context, action: Literal["upgrade"]) -> None:
+    """database schema"""
+    from dicomnode.migrate import upgrade
+
+    settings = context.settings(ctx)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    upgrade(settings.db_url)  # the one action
+
+
+@app.command()
+def status(ctx: typer.Context,
+           study: Annotated[str | None, typer.Option(help="only this StudyInstanceUID")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """studies and jobs, and why each is waiting"""
     from dicomnode.inference.manifest import scan
     from dicomnode.monitoring.models import drift_warnings
 
-    sessions = make_sessionmaker(make_engine(settings.db_url))
-    rows = study_rows(sessions, study_uid)
+    settings, sessions = context.settings(ctx), _sessions(ctx)
+    rows = study_rows(sessions, study)
     disk = disk_status(settings)
     drift = drift_warnings(sessions, settings.results_dir, scan(settings.models_dir)[0].values())
     if as_json:
@@ -207,83 +134,180 @@ def _status(settings: Settings, study_uid: str | None, as_json: bool) -> int:
                 retry = f" (next try {job['run_after']})" if job["run_after"] else ""
                 print(f"  job {job['id']} {job['model']}: {job['status']} after {job['attempts']} attempt(s): "
                       f"{job['reason']}{retry}")
-    if study_uid and not rows:
-        print(f"no study {study_uid}", file=sys.stderr)
-        return 1
-    return 0
+    if study and not rows:
+        raise Failure(f"no study {study}")
 
 
-def _admin_command(args: argparse.Namespace) -> int:
+@app.command()
+def echo(ctx: typer.Context) -> None:
+    """C-ECHO the configured PACS"""
+    from dicomnode.send.scu import echo as c_echo
+
+    settings = context.settings(ctx)
+    if settings.pacs is None:
+        raise Failure("no PACS configured (DICOMNODE_PACS)", code=2)
+    result = c_echo(settings, settings.pacs)
+    if result != 0:
+        raise Failure(f"C-ECHO {settings.pacs}: " + ("no association" if result is None else f"0x{result:04X}"))
+    print(f"C-ECHO {settings.pacs}: 0x{result:04X}")
+
+
+@app.command()
+def purge(ctx: typer.Context) -> None:
+    """apply the retention policy now"""
+    from dicomnode.store.retention import purge as apply_retention
+
+    print(f"purged {apply_retention(context.settings(ctx), _sessions(ctx))} studies")
+
+
+@admin_app.command("hash-password")
+def hash_password_command() -> None:
+    """read a password (prompt or stdin), print its hash for admin_users"""
     password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if len(password) < 12:
-        print("dicomnode: use a password of at least 12 characters", file=sys.stderr)
-        return 2
+        raise Failure("use a password of at least 12 characters", code=2)
     print(hash_password(password))
-    return 0
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The subcommand in ``argv`` (after an optional ``--config FILE``)."""
-    rest = list(argv)
-    while rest and rest[0].startswith("--config"):
-        rest = rest[1:] if "=" in rest[0] else rest[2:]
-    return rest[0] if rest else None
+# -- the audit trail --------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(ctx: typer.Context, anchor: Annotated[Path | None, typer.Option(
+        help="anchor file (audit_anchor_file) or a capture of the ATNA stream: also detect removed newest rows"
+        )] = None) -> None:
+    """check the hash chain; exit 1 naming the first bad row"""
+    anchors = read_checkpoints(anchor) if anchor is not None else []
+    result = verify(_sessions(ctx), anchors)
+    if not result.ok:
+        raise Failure(f"audit trail BROKEN at row {result.first_bad_id}: {result.reason} "
+                      f"({result.rows} rows before it verified)")
+    against = f", matching {len(anchors)} checkpoint(s)" if anchors else ""
+    print(f"audit trail intact: {result.rows} rows{against}")
+
+
+def _audit_xml(settings: Settings, rows: Sequence[AuditRecord]) -> bytes:
+    source = Source(ae_title=settings.audit_source_id or settings.ae_title, host=socket.gethostname(),
+                    pid=os.getpid(), site_id=settings.audit_enterprise_site_id)
+    messages = [m for m in (audit_message(r, source) for r in rows) if m is not None]
+    return b"<?xml version='1.0' encoding='utf-8'?>\n<AuditMessages>\n" + b"\n".join(
+        m.split(b"?>", 1)[1].strip() for m in messages) + b"\n</AuditMessages>\n"
+
+
+@audit_app.command("export")
+def audit_export(
+        ctx: typer.Context,
+        since: Annotated[dt.datetime | None, typer.Option(
+            parser=context.timestamp, help="ISO date/time, inclusive (UTC unless given)")] = None,
+        until: Annotated[dt.datetime | None, typer.Option(
+            parser=context.timestamp, help="ISO date/time, exclusive")] = None,
+        fmt: Annotated[Literal["json", "xml"], typer.Option(
+            "--format", help="json: every row with its hashes; xml: the DICOM audit messages (PS3.15 A.5)")] = "json",
+        output: Annotated[Path | None, typer.Option(help="file to write (default: standard output)")] = None,
+) -> None:
+    """export the trail (PHI: written owner-only)"""
+    sessions = _sessions(ctx)
+    rows = export_rows(sessions, since, until)
+    if fmt == "json":
+        payload = json.dumps([as_dict(r) for r in rows], indent=1).encode()
+    else:
+        payload = _audit_xml(context.settings(ctx), rows)
+    with session_scope(sessions) as session:
+        record(session, AuditEvent.AUDIT_EXPORTED, actor=context.operator(), rows=len(rows), format=fmt,
+               since=since, until=until, output=str(output or "stdout"))
+    if output is None:
+        sys.stdout.buffer.write(payload)
+    else:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(payload)
+
+
+app.add_typer(operator.app)  # init, peers, destinations, rules, jobs, job, retry, cancel, send
+app.add_typer(admin_app, name="admin")
+app.add_typer(audit_app, name="audit")
+app.add_typer(models_app, name="models")
+app.add_typer(export_app, name="export")
+app.add_typer(fl_app, name="fl")
+
+
+# -- one sentence per failure -----------------------------------------------------------------------
+def _install(extra: str) -> str:
+    return f"install the {extra} extra (`pip install 'dicomnode[{extra}]'`, or `pip install -e '.[{extra}]'`)"
+
+
+_POSTGRES = ("DICOMNODE_DATABASE_URL=postgresql+psycopg://... needs the postgres extra: "
+             "`.venv/bin/pip install 'dicomnode[postgres]'` or `pip install -e '.[postgres]'`")
+MISSING = {  # a top-level module a command imports lazily -> how to install it
+    "flwr": "`scripts/setup.sh --dev` installs it (`pip install --no-deps flwr==1.42.0`), and its dependencies "
+            "are the fl extra (`pip install -e '.[fl]'`)",
+    **dict.fromkeys(("grpc", "grpc_health", "monai", "onnx"), _install("fl")),
+    "torch": _install("torch"),
+    **dict.fromkeys(("onnxruntime", "cc3d", "fill_voids"), _install("onnx")),
+    "psycopg": _POSTGRES,
+    "psycopg2": f"write the URL as postgresql+psycopg://...; {_POSTGRES}",
+}
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str:
+    """The sentence for a module that is not installed: which extra or set-up step brings it."""
+    module = (exc.name or "").partition(".")[0]
+    if module in MISSING:
+        return f"{module} is not installed: {MISSING[module]}"
+    if module and module != "dicomnode":
+        return f"the Python package {module} is not installed"
+    return f"this installation of dicomnode is incomplete ({exc})"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _usage(exc: typer.TyperException) -> tuple[int, str]:
+    command = getattr(getattr(exc, "ctx", None), "command_path", "dicomnode")
+    return getattr(exc, "exit_code", 2), f"{_one_line(exc.format_message()).rstrip('.')} (see `{command} --help`)"
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit status and the one sentence for ``exc``."""
+    if isinstance(exc, Failure):
+        return exc.code, str(exc)
+    if isinstance(exc, typer.Abort):
+        return 130, "aborted"
+    if isinstance(exc, typer.TyperException):
+        return _usage(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        return 1, missing_dependency(exc)
+    if isinstance(exc, ValidationError):
+        return 2, first_error(exc)
+    if isinstance(exc, (DicomNodeError, LookupError, OSError)):
+        return 1, _one_line(str(exc))
+    if isinstance(exc, SQLAlchemyError):
+        return 1, f"database error: {_one_line(str(getattr(exc, 'orig', None) or exc))}"
+    logging.getLogger("dicomnode").debug("unexpected error", exc_info=exc)  # the frames, at log_level DEBUG
+    return 1, f"unexpected error ({type(exc).__name__}): {_one_line(str(exc))}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The ``dicomnode`` console script: run one command line and return its exit status.
+
+    Parameters
+    ----------
+    argv
+        The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success; 1 for a failure, 2 for a usage or configuration error, each with one sentence,
+        ``dicomnode: ...``, on standard error.
+    """
     os.umask(0o077)  # the database, spool, results and exports hold PHI: owner-only
-    from dicomnode.cli.operator import COMMANDS, run
-
-    if _command_word(argv) in COMMANDS:  # the operator's commands (typer): init, peers, ..., send
-        setup_logging("WARNING")
-        return run(argv)
-    args = _parser().parse_args(argv)
     try:
-        settings = Settings.load(args.config)
-    except (ValidationError, FileNotFoundError) as exc:
-        print(f"dicomnode: configuration error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.log_level)
-    if args.command in ("serve", "receive", "work", "web"):
-        from dicomnode.node import ROLES, serve
-
-        if args.command == "web" and not settings.admin_port:
-            print("dicomnode: web needs admin_port (DICOMNODE_ADMIN_PORT)", file=sys.stderr)
+        result = app(sys.argv[1:] if argv is None else list(argv), prog_name="dicomnode", standalone_mode=False)
+    except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without its subcommand: its help, as usage
+            exc.show()  # type: ignore[attr-defined]
             return 2
-        return serve(settings, ROLES if args.command == "serve" else frozenset({args.command}))
-    if args.command == "db":
-        from dicomnode.migrate import upgrade
-
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        upgrade(settings.db_url)
-        return 0
-    if args.command == "status":
-        return _status(settings, args.study, args.json)
-    if args.command == "admin":
-        return _admin_command(args)
-    if args.command == "audit":
-        return _audit_command(settings, args)
-    if args.command == "models":
-        return _models_command(settings, args)
-    if args.command == "export":
-        return _export_command(settings, args)
-    if args.command == "fl":
-        from dicomnode.cli.fl import run as run_fl
-
-        return run_fl(args, settings.models_dir)
-    if args.command == "purge":
-        from dicomnode.store.retention import purge
-
-        print(f"purged {purge(settings, make_sessionmaker(make_engine(settings.db_url)))} studies")
-        return 0
-    if args.command == "echo":
-        from dicomnode.send.scu import echo
-
-        if settings.pacs is None:
-            print("dicomnode: no PACS configured (DICOMNODE_PACS)", file=sys.stderr)
-            return 2
-        result = echo(settings, settings.pacs)
-        print(f"C-ECHO {settings.pacs}: " + ("no association" if result is None else f"0x{result:04X}"))
-        return 0 if result == 0 else 1
-    return 2
+        code, sentence = _failure(exc)
+        print(f"dicomnode: {sentence}", file=sys.stderr)
+        return code
+    return result if isinstance(result, int) else 0

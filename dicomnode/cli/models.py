@@ -7,22 +7,32 @@ to it. Every failure is a :class:`~dicomnode.errors.DicomNodeError` with a one-s
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from dicomnode.cli import context
+from dicomnode.cli.context import Failure
+from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.errors import DicomNodeError, ModelError
 from dicomnode.inference.manifest import Manifest
-from dicomnode.inference.registry import Registry
+from dicomnode.inference.registry import Registry, RuntimeOptions
 from dicomnode.inference.result import ClassificationResult, ModelInput
 from dicomnode.inference.volume import Image, Volume
 from dicomnode.jobs.repository import ClaimedJob
-from dicomnode.pipeline import _write_dataset, build_input, build_results
+from dicomnode.pipeline import build_input, build_results
+from dicomnode.results.files import result_file_name, write_dataset
+
+models_app = typer.Typer(no_args_is_help=True, help="the installed models: list, verify, try one on a series")
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,70 @@ def run_model(registry: Registry, model_id: str, path: Path, output: Path) -> li
                          revision=1, attempts=1)
         objects, _, summary = build_results(manifest, image, result, job)
         for ds in objects:
-            _write_dataset(output / f"{ds.Modality.lower()}-{ds.SOPInstanceUID}.dcm", ds)
+            write_dataset(output / result_file_name(ds), ds)
         findings.append(f"series {job.series_number}: {summary} ({len(objects)} object(s) written)")
     return findings
+
+
+# -- the commands -----------------------------------------------------------------------------------
+def _registry(ctx: typer.Context) -> Registry:
+    settings = context.settings(ctx)
+    return Registry(settings.models_dir, options=RuntimeOptions(
+        device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
+
+
+@models_app.command("list")
+def list_command(ctx: typer.Context, load: Annotated[bool, typer.Option(
+        "--load", help="load each model (shows its device)")] = False) -> None:
+    """id, version, task, backend, device, warm or not"""
+    from dicomnode.fl.candidate import candidates
+
+    print(f"{'id':24} {'version':10} {'task':15} {'backend':8} {'device':6} warm")
+    rows = list_models(_registry(ctx), load)
+    for row in rows:
+        print(f"{row.id:24} {row.version:10} {row.task:15} {row.backend:8} {row.device:6} "
+              f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else ""))
+    for candidate in candidates(context.settings(ctx).models_dir):
+        gate = "passed the gate" if candidate.passes_gate else "not promoted: worse at a site"
+        print(f"  candidate {candidate.name} of {candidate.model} {candidate.base_version} "
+              f"({len(candidate.rounds)} rounds, {gate})")
+    failed = sum(1 for row in rows if row.error)
+    if failed:
+        raise Failure(f"{failed} of {len(rows)} model(s) could not be read or loaded (ERROR above)")
+
+
+@models_app.command("verify")
+def verify_command(ctx: typer.Context, model: Annotated[str | None, typer.Argument(
+        help="one model id (default: every model)")] = None) -> None:
+    """checksums, a load test, a run on a synthetic input"""
+    registry = _registry(ctx)
+    ids = [model] if model else sorted({*registry.manifests, *registry.errors})
+    failed = 0
+    for model_id in ids:
+        try:
+            print(f"{model_id}: {verify_model(registry, model_id)}")
+        except DicomNodeError as exc:
+            failed += 1
+            print(f"{model_id}: FAILED: {exc}", file=sys.stderr)
+    if failed:
+        raise Failure(f"{failed} of {len(ids)} model(s) did not pass verification")
+
+
+@models_app.command("run")
+def run_command(ctx: typer.Context, model: str,
+                path: Annotated[Path, typer.Argument(help="a DICOM file or a folder of one or more series")],
+                output: Annotated[Path, typer.Option(help="folder for the SEG/SR/SC files")] = Path("dicomnode-run")
+                ) -> None:
+    """run a model on a series on disk and write the results it would send"""
+    for line in run_model(_registry(ctx), model, path, output):
+        print(line)
+    print(f"results written to {output}")
+
+
+@models_app.command("evaluate")
+def evaluate_command(ctx: typer.Context, model: str, since: Annotated[dt.datetime | None, typer.Option(
+        parser=context.timestamp, help="ISO date/time, inclusive (UTC unless given)")] = None) -> None:
+    """the model's results against readers' corrected SEGs"""
+    from dicomnode.evaluation.report import print_evaluation
+
+    print_evaluation(make_sessionmaker(make_engine(context.settings(ctx).db_url)), model, since)

@@ -7,16 +7,12 @@ never a traceback.
 
 from __future__ import annotations
 
-import getpass
-import logging
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -27,16 +23,17 @@ from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.rule_tester import file_headers, judge
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
+from dicomnode.cli import context
+from dicomnode.cli.context import Failure
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
-from dicomnode.errors import DicomNodeError
 from dicomnode.jobs.status import JobStatus
+from dicomnode.resources import example_config
 from dicomnode.settings import Destination, Peer, Rule, Settings
 
 COMMANDS = frozenset({"init", "peers", "destinations", "rules", "jobs", "job", "retry", "cancel", "send"})
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "dicomnode.example.toml"
+EXAMPLE = example_config()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="dicomnode: a DICOM AI node beside the PACS.")
+app = typer.Typer()  # its commands join the root app of cli/main.py
 peers_app = typer.Typer(no_args_is_help=True, help="peers allowed to call in")
 destinations_app = typer.Typer(no_args_is_help=True, help="where results go")
 rules_app = typer.Typer(no_args_is_help=True, help="routing rules")
@@ -47,40 +44,16 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(job_app, name="job")
 
 
-class Failure(Exception):
-    """An operator error: its message is the one sentence shown."""
-
-
 def _out() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
-
-
 def _sessions(ctx: typer.Context) -> sessionmaker[Session]:
-    settings = _settings(ctx)
+    settings = context.settings(ctx)
     if not settings.database_url and not (settings.data_dir / "dicomnode.db").exists():
         raise Failure(f"no database at {settings.data_dir / 'dicomnode.db'}: run `dicomnode init` or "
                       "`dicomnode db upgrade` first")
     return make_sessionmaker(make_engine(settings.db_url))
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
-
-
-@app.callback()
-def _root(ctx: typer.Context, config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None
-          ) -> None:
-    if ctx.resilient_parsing:
-        return
-    ctx.obj = Settings.load(config)
 
 
 @app.command()
@@ -109,7 +82,8 @@ def peers_list(ctx: typer.Context) -> None:
     with _sessions(ctx)() as session:
         added = config_store.list_peers(session)
     table = Table("AE title", "host", "port", "TLS", "source")
-    for peer, source in [(p, "configuration") for p in _settings(ctx).known_peers] + [(p, "added") for p in added]:
+    configured = [(p, "configuration") for p in context.settings(ctx).known_peers]
+    for peer, source in configured + [(p, "added") for p in added]:
         table.add_row(peer.ae_title, peer.host, str(peer.port), "yes" if peer.tls else "no", source)
     _out().print(table)
 
@@ -120,7 +94,7 @@ def peers_add(ctx: typer.Context, ae_title: str, host: str, port: int,
     """Allow AE_TITLE at HOST (address, network or name) to call in, at once."""
     peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls)
     with session_scope(_sessions(ctx)) as session:
-        config_store.put_peer(session, peer, user=_operator(), address="cli")
+        config_store.put_peer(session, peer, user=context.operator(), address="cli")
     _out().print(f"peer {peer} saved: it may call in now")
 
 
@@ -128,7 +102,7 @@ def peers_add(ctx: typer.Context, ae_title: str, host: str, port: int,
 def peers_remove(ctx: typer.Context, ae_title: str) -> None:
     """Refuse AE_TITLE from now on (a peer added at run time)."""
     with session_scope(_sessions(ctx)) as session:
-        if not config_store.delete_peer(session, ae_title, user=_operator(), address="cli"):
+        if not config_store.delete_peer(session, ae_title, user=context.operator(), address="cli"):
             raise Failure(f"no peer {ae_title} was added at run time (configured peers live in the configuration)")
     _out().print(f"peer {ae_title} removed")
 
@@ -138,7 +112,7 @@ def peers_remove(ctx: typer.Context, ae_title: str) -> None:
 def destinations_list(ctx: typer.Context) -> None:
     """Where results go: the PACS, configured destinations and those added at run time."""
     table = Table("name", "AE title", "host", "port", "TLS", "sends")
-    for d in config_store.runtime_destinations(_settings(ctx), _sessions(ctx)):
+    for d in config_store.runtime_destinations(context.settings(ctx), _sessions(ctx)):
         table.add_row(d.name, d.ae_title, d.host, str(d.port), "yes" if d.tls else "no", ", ".join(d.send))
     _out().print(table)
 
@@ -154,7 +128,7 @@ def destinations_add(ctx: typer.Context, name: str, ae_title: str, host: str, po
     destination = Destination.model_validate({"name": name, "ae_title": ae_title, "host": host, "port": port,
                                               "tls": tls, "send": [k.strip().upper() for k in send.split(",")]})
     with session_scope(_sessions(ctx)) as session:
-        config_store.put_destination(session, destination, user=_operator(), address="cli")
+        config_store.put_destination(session, destination, user=context.operator(), address="cli")
     _out().print(f"destination {name} saved: it gets the next results")
 
 
@@ -162,13 +136,13 @@ def destinations_add(ctx: typer.Context, name: str, ae_title: str, host: str, po
 def destinations_remove(ctx: typer.Context, name: str) -> None:
     """Stop sending results to NAME (a destination added at run time)."""
     with session_scope(_sessions(ctx)) as session:
-        if not config_store.delete_destination(session, name, user=_operator(), address="cli"):
+        if not config_store.delete_destination(session, name, user=context.operator(), address="cli"):
             raise Failure(f"no destination {name} was added at run time")
     _out().print(f"destination {name} removed")
 
 
 def _destination(ctx: typer.Context, name: str) -> Destination:
-    found = [d for d in config_store.runtime_destinations(_settings(ctx), _sessions(ctx)) if d.name == name]
+    found = [d for d in config_store.runtime_destinations(context.settings(ctx), _sessions(ctx)) if d.name == name]
     if found:
         return found[0]
     try:
@@ -186,7 +160,7 @@ def destinations_echo(ctx: typer.Context, name: str) -> None:
 
     peer = _destination(ctx, name).peer
     started = time.perf_counter()
-    status = echo(_settings(ctx), peer)
+    status = echo(context.settings(ctx), peer)
     rtt = (time.perf_counter() - started) * 1000
     if status is None:
         raise Failure(f"C-ECHO {peer}: no association after {rtt:.0f} ms")
@@ -199,8 +173,8 @@ def destinations_echo(ctx: typer.Context, name: str) -> None:
 def _rules(ctx: typer.Context) -> list[Rule]:
     from dicomnode.inference.registry import load_manifests
 
-    defaults = [m.default for m in load_manifests(_settings(ctx).models_dir).values()]
-    return config_store.runtime_rules(_settings(ctx), _sessions(ctx), defaults)
+    defaults = [m.default for m in load_manifests(context.settings(ctx).models_dir).values()]
+    return config_store.runtime_rules(context.settings(ctx), _sessions(ctx), defaults)
 
 
 @rules_app.command("list")
@@ -261,7 +235,7 @@ def job_show(ctx: typer.Context, job_id: int) -> None:
 def _move(ctx: typer.Context, job_id: int, action: str) -> None:
     _one_job(ctx, job_id)
     with session_scope(_sessions(ctx)) as session:
-        (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, _operator())
+        (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, context.operator())
     _out().print(f"job {job_id} {'queued again' if action == 'retry' else 'cancelled'}")
 
 
@@ -284,7 +258,7 @@ def send(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(help="D
     """C-STORE the DICOM files under PATHS to a destination, with progress."""
     from dicomnode.send.scu import send_files
 
-    settings = _settings(ctx)
+    settings = context.settings(ctx)
     destination = _destination(ctx, to)
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -302,36 +276,10 @@ def send(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(help="D
                 stored, failed = stored + outcome.stored, failed + (not outcome.stored)
             progress.advance(task, len(dicom[start:start + 50]))
     with session_scope(make_sessionmaker(make_engine(settings.db_url))) as session:
-        record(session, AuditEvent.BEGIN_TRANSFER_OUT, actor=_operator(), destination=str(destination.peer),
+        record(session, AuditEvent.BEGIN_TRANSFER_OUT, actor=context.operator(), destination=str(destination.peer),
                instances=len(dicom), stored=stored, reason="sent with `dicomnode send`")
     _out().print(f"{stored} of {len(dicom)} instance(s) stored by {destination.peer}"
                  + (f"; {len(skipped)} non-DICOM file(s) skipped" if skipped else ""))
     if failed:
         raise Failure(f"{failed} instance(s) were not stored by {destination.peer}")
 
-
-def run(argv: Sequence[str]) -> int:
-    """Run one command; every error is one sentence and a non-zero exit code."""
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its failures are reported as one sentence
-    try:
-        app(list(argv), prog_name="dicomnode", standalone_mode=False)
-    except typer.Exit as done:
-        return int(getattr(done, "exit_code", 1))
-    except typer.Abort:
-        return 130
-    except typer.TyperException as exc:  # a usage error: typer's own one-line message and usage
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            typer.echo(f"dicomnode: {exc}", err=True)
-        return int(getattr(exc, "exit_code", 2))
-    except (Failure, DicomNodeError, LookupError, OSError) as exc:
-        typer.echo(f"dicomnode: {exc}", err=True)
-        return 1
-    except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in error.get("loc", ()))
-        typer.echo(f"dicomnode: {where + ': ' if where else ''}{error['msg']}", err=True)
-        return 2
-    return 0

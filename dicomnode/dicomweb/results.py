@@ -1,6 +1,6 @@
 """The result objects of a study, as QIDO-RS and WADO-RS serve them: headers read from the result files.
 
-Results are the files the pipeline wrote completely (``results/job-<id>/``, listed by its summary), and
+Results are the files the pipeline wrote completely (listed by their summary, :mod:`dicomnode.results.files`), and
 any failure notice: a client that uploaded a study finds its SEG and SR, or the notice that says why
 there is none, without DIMSE.
 """
@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.jobs.models import Job, Series, Study
-from dicomnode.pipeline import written_results
+from dicomnode.results.files import notice_paths, written_results
 from dicomnode.settings import Settings
 
 
@@ -44,7 +44,7 @@ def _job_ids(sessions: sessionmaker[Session], study_uid: str) -> list[int]:
 def _paths(settings: Settings, job_id: int) -> list[Path]:
     written = written_results(settings.results_dir, job_id)
     paths = list(written.paths) if written is not None else []
-    return paths + sorted((settings.results_dir / f"job-{job_id}").glob("notice-*.dcm"))
+    return paths + notice_paths(settings.results_dir, job_id)
 
 
 def result_files(settings: Settings, sessions: sessionmaker[Session], study_uid: str) -> list[ResultFile]:

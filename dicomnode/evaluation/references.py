@@ -19,12 +19,10 @@ whether every class the model outputs was called as the model called it (probabi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -37,6 +35,7 @@ from dicomnode.inference.manifest import Manifest
 from dicomnode.jobs.models import Delivery, Instance, Job, ReferenceObject, ReferenceSegment, Series, Study
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.log import extra
+from dicomnode.results.files import node_seg_path, written_outputs
 from dicomnode.settings import ReferenceRules, Settings
 
 log = logging.getLogger(__name__)
@@ -89,14 +88,6 @@ def source_series_uid(ds: Dataset) -> str:
     return ""
 
 
-def node_seg_path(results_dir: Path, job_id: int) -> Path | None:
-    """The node's BINARY SEG among a job's written results (explanation maps are fractional)."""
-    for path in sorted((results_dir / f"job-{job_id}").glob("seg-*.dcm")):
-        if str(dcmread(path, stop_before_pixels=True).get("SegmentationType", "")) == "BINARY":
-            return path
-    return None
-
-
 def _own(session: Session, ds: Dataset) -> bool:
     uid = str(ds.get("SOPInstanceUID", ""))
     return session.scalar(select(Delivery.id).where(Delivery.sop_instance_uid == uid).limit(1)) is not None
@@ -141,9 +132,8 @@ def judge_report(settings: Settings, session: Session, manifests: dict[str, Mani
         row.reason = "no classification of the node on its evidence series"
         return row
     job = done[0]
-    try:
-        outputs = json.loads((settings.results_dir / f"job-{job.id}" / "results.json").read_text())["outputs"]
-    except (OSError, ValueError, KeyError):
+    outputs = written_outputs(settings.results_dir, job.id)
+    if outputs is None:
         row.reason = "the node's classification result is not on disk"
         return row
     called = coded_values(ds.get("ContentSequence", []))

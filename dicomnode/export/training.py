@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import DicomNodeError
 from dicomnode.evaluation.compare import segment_masks
-from dicomnode.evaluation.references import node_seg_path
 from dicomnode.inference.volume import Volume, build_volume
 from dicomnode.jobs.models import Instance, Job, ReferenceObject
 from dicomnode.jobs.status import JobStatus
 from dicomnode.remote.deid import deidentify
+from dicomnode.results.files import node_seg_path
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NOTICE = "de-identified training export of dicomnode; labels may be the model's own (pseudo_label)"

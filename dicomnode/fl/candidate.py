@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dicomnode.errors import ModelError
+from dicomnode.fl.network import export_network, network
 
 NOTICE = "research demonstration model trained on synthetic phantoms; not for clinical use"
 
@@ -57,9 +58,6 @@ def write_candidate(model_dir: Path, weights: list[np.ndarray], rounds: list[dic
     """Export ``weights`` to ONNX under ``model_dir/candidates/<name>/`` with ``candidate.json``."""
     import torch
 
-    from training.common import export_onnx, sha256
-    from training.train_ct import PATCH, network
-
     manifest = (model_dir / "manifest.toml").read_text()
     model_id, version = _manifest_field(manifest, "id"), _manifest_field(manifest, "version")
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in weights)).hexdigest()
@@ -70,10 +68,9 @@ def write_candidate(model_dir: Path, weights: list[np.ndarray], rounds: list[dic
     state = net.state_dict()
     net.load_state_dict({k: torch.from_numpy(np.asarray(w)).to(state[k].dtype)
                          for k, w in zip(state, weights, strict=True)})
-    export_onnx(net, torch.zeros(1, 1, *PATCH), folder / "model.onnx", "volume", "logits",
-                {0: "batch", 2: "x", 3: "y", 4: "z"})
+    export_network(net, folder / "model.onnx")
     candidate = Candidate(folder, model_id, version, passes_gate(rounds, sites), rounds,
-                          sha256(folder / "model.onnx"))
+                          hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest())
     (folder / "candidate.json").write_text(json.dumps({
         "model": model_id, "base_version": version, "notice": NOTICE, "sites": sites,
         "passes_gate": candidate.passes_gate, "onnx_sha256": candidate.onnx_sha256, "rounds": rounds,

@@ -18,6 +18,7 @@ import numpy as np
 from flwr.client import NumPyClient, start_client
 
 from dicomnode.fl.data import Case, load_cases, padded, pooled_dice, split
+from dicomnode.fl.network import loss, network, ort_session, sample_patch, seed_everything
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,12 @@ class LocalTraining:
     seed: int = 0
 
 
-def _crop(case: Case, patch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    start = [int(rng.integers(0, max(1, n - patch + 1))) for n in case.image.shape]
-    box = tuple(slice(s, s + patch) for s in start)
-    x, y = case.image[box], case.label[box].astype(np.float32)
-    for axis in range(3):
-        if rng.random() < 0.5:
-            x, y = np.flip(x, axis), np.flip(y, axis)
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
-
-
 class SiteClient(NumPyClient):
     """Flower's NumPy client for one site (module docstring)."""
 
     def __init__(self, name: str, cases: list[Case], training: LocalTraining,
                  current: Callable[[np.ndarray], np.ndarray] | None) -> None:
         import torch
-
-        from training.common import seed_everything
-        from training.train_ct import network
 
         seed_everything(training.seed, 1)
         self.torch = torch
@@ -70,12 +58,10 @@ class SiteClient(NumPyClient):
                                                for k, p in zip(state, parameters, strict=True)))
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        from monai.losses.dice import DiceCELoss
-
         self._set(parameters)
         torch, training = self.torch, self.training
         optimiser = torch.optim.AdamW(self.model.parameters(), lr=training.lr, weight_decay=1e-5)
-        loss_fn = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+        loss_fn = loss()
         self.model.train()
         losses = []
         for _ in range(training.epochs):
@@ -83,12 +69,13 @@ class SiteClient(NumPyClient):
             for step, index in enumerate(order):
                 if training.steps and step >= training.steps:
                     break
-                x, y = _crop(self.train_cases[int(index)], training.patch, self.rng)
-                loss = loss_fn(self.model(torch.from_numpy(x)[None, None]), torch.from_numpy(y)[None, None])
+                case = self.train_cases[int(index)]
+                x, y = sample_patch(case.image, case.label, training.patch, self.rng)
+                step_loss = loss_fn(self.model(torch.from_numpy(x)[None, None]), torch.from_numpy(y)[None, None])
                 optimiser.zero_grad()
-                loss.backward()
+                step_loss.backward()
                 optimiser.step()
-                losses.append(float(loss.item()))
+                losses.append(float(step_loss.item()))
         self.model.eval()
         return self.get_parameters({}), len(self.train_cases), {"loss": float(np.mean(losses)) if losses else 0.0}
 
@@ -107,8 +94,6 @@ class SiteClient(NumPyClient):
 
 def onnx_predict(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The model the site runs now (its ONNX file), as image -> logits."""
-    from training.common import ort_session
-
     run = ort_session(path, 1)
     return lambda image: run(image[None, None])[0, 0]
 

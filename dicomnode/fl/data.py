@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dicomnode.fl.network import normalise
+
 
 @dataclass(frozen=True)
 class Case:
@@ -19,8 +21,6 @@ class Case:
 def load_cases(datalist: Path) -> list[Case]:
     """Every case of a ``datalist.json`` ("training" key), reoriented to RAS and normalised."""
     import nibabel as nib
-
-    from training.train_ct import normalise
 
     root = datalist.parent
     cases = []

@@ -23,6 +23,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from dicomnode.fl.candidate import Candidate, write_candidate
+from dicomnode.fl.network import network, seed_everything
 
 
 @dataclass
@@ -63,9 +64,6 @@ def initial_weights(seed: int, weights: Path | None) -> list[np.ndarray]:
     if weights is not None:
         with np.load(weights) as saved:
             return [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    from training.common import seed_everything
-    from training.train_ct import network
-
     seed_everything(seed, 1)
     return [v.detach().numpy() for v in network().state_dict().values()]
 

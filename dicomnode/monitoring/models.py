@@ -9,7 +9,6 @@ The last outputs are read back from the results of succeeded jobs, so that the c
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.inference.manifest import Manifest
 from dicomnode.jobs.models import Job
 from dicomnode.jobs.status import JobStatus
+from dicomnode.results.files import written_outputs
 
 SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 PROBABILITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -58,15 +58,14 @@ def drift_check(manifest: Manifest, recent: dict[str, list[float]]) -> list[Drif
 
 
 def recent_outputs(sessions: sessionmaker[Session], results_dir: Path, manifest: Manifest) -> dict[str, list[float]]:
-    """The outputs of the model's last ``drift_window`` succeeded jobs, oldest first, from their results.json."""
+    """The outputs of the model's last ``drift_window`` succeeded jobs, oldest first, from their written results."""
     with sessions() as session:
         ids = session.scalars(select(Job.id).where(Job.model_id == manifest.id, Job.status == JobStatus.SUCCEEDED)
                               .order_by(Job.id.desc()).limit(manifest.output.drift_window)).all()
     recent: dict[str, list[float]] = {}
     for job_id in reversed(ids):
-        try:
-            outputs = json.loads((results_dir / f"job-{job_id}" / "results.json").read_text())["outputs"]
-        except (OSError, ValueError, KeyError):
+        outputs = written_outputs(results_dir, job_id)
+        if outputs is None:
             continue
         for name, value in outputs.items():
             recent.setdefault(name, []).append(float(value))

@@ -27,12 +27,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.dicomweb.multipart import MultipartError, encode_related, parse_related
 from dicomnode.errors import SendError
 from dicomnode.inference.manifest import RemoteBackend
 from dicomnode.jobs.models import DeidUid, RemoteRun
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
+from dicomnode.net.multipart import MultipartError, encode_related, parse_related
 from dicomnode.remote.deid import deidentify, reidentify
 from dicomnode.send.stow import answers, request
 from dicomnode.settings import Settings

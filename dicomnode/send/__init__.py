@@ -1,1 +1,2 @@
-"""DICOM out: C-STORE of result objects to the PACS."""
+"""DICOM out: C-STORE (``scu``) and STOW-RS (``stow``) of result objects, and the per-destination
+delivery ledger (``deliver``)."""

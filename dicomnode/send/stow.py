@@ -19,9 +19,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomnode.dicomweb.multipart import encode_related
 from dicomnode.errors import SendError
 from dicomnode.log import extra
+from dicomnode.net.multipart import encode_related
 from dicomnode.send.scu import StoreOutcome
 from dicomnode.settings import Destination, Settings
 

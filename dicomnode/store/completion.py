@@ -4,6 +4,9 @@ Headers are read outside any transaction; the routing decision is then written i
 first checks the study did not receive anything meanwhile (else the next sweep judges it again). With a
 :class:`HeaderCache`, a study's headers are read ahead once it has been quiet for half the idle time, so
 that the sweep that finds it complete only decides (reading 189 headers took 0.06 s of CPU).
+
+The sweep knows the installed models only as :class:`InstalledModels` (ids, versions and the series
+check), handed in by the node: ``store/`` never imports ``inference/``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -23,8 +26,6 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import SeriesNotUsable
-from dicomnode.inference.registry import Manifest
-from dicomnode.inference.volume import check_usable
 from dicomnode.jobs.models import Instance, Job, Series, Study
 from dicomnode.jobs.repository import enqueue
 from dicomnode.jobs.routing import route
@@ -34,6 +35,23 @@ from dicomnode.settings import Rule
 from dicomnode.store.index import sop_class_counts
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstalledModels:
+    """What routing needs of the installed models, passed in by the node.
+
+    Parameters
+    ----------
+    versions
+        Model id -> version of every model that can take a job.
+    check_usable
+        Raises :class:`~dicomnode.errors.SeriesNotUsable` for a series no model can read
+        (:func:`dicomnode.inference.volume.check_usable`).
+    """
+
+    versions: Mapping[str, str]
+    check_usable: Callable[[Sequence[Dataset]], None]
 
 
 @dataclass
@@ -89,10 +107,12 @@ class HeaderCache:
 
 
 def plan_series(series_id: int, paths: Sequence[str], rules: Sequence[Rule],
+                check_usable: Callable[[Sequence[Dataset]], None],
                 read: Callable[[Sequence[str]], list[Dataset]] = _read_headers) -> SeriesPlan:
     """Decide what happens to one series: which rules match, or why it is skipped.
 
-    ``read`` gives the headers of ``paths`` (from a :class:`HeaderCache`, or read now).
+    ``read`` gives the headers of ``paths`` (from a :class:`HeaderCache`, or read now); ``check_usable``
+    raises SeriesNotUsable for a series that no model can read.
     """
     plan = SeriesPlan(series_id)
     try:
@@ -142,7 +162,7 @@ def _candidates(sessions: sessionmaker[Session], quiet_since: dt.datetime) -> li
 
 
 def sweep(
-    sessions: sessionmaker[Session], idle_seconds: float, rules: Sequence[Rule], manifests: dict[str, Manifest],
+    sessions: sessionmaker[Session], idle_seconds: float, rules: Sequence[Rule], models: InstalledModels,
     cache: HeaderCache | None = None, wait_seconds: float = 0.0, on_routed: Callable[[], None] | None = None,
 ) -> int:
     """Route every study that has been quiet for ``idle_seconds``; returns how many were routed.
@@ -166,7 +186,7 @@ def sweep(
         if candidate.complete_at(idle_seconds) - now > wait_seconds:
             continue  # judged by a later sweep
         time.sleep(max(0.0, candidate.complete_at(idle_seconds) - time.time()))
-        if _judge(sessions, candidate, rules, manifests, cache):
+        if _judge(sessions, candidate, rules, models, cache):
             routed += 1
             if on_routed is not None:
                 on_routed()
@@ -174,21 +194,22 @@ def sweep(
 
 
 def _judge(sessions: sessionmaker[Session], candidate: _Candidate, rules: Sequence[Rule],
-           manifests: dict[str, Manifest], cache: HeaderCache | None) -> bool:
+           models: InstalledModels, cache: HeaderCache | None) -> bool:
     """Plan and route one complete study; False when more arrived meanwhile (judged again on a later sweep)."""
     read = cache.reader(candidate.study_id, candidate.all_files) if cache is not None else _read_headers
-    plans = [plan_series(sid, [p for p, _ in files], rules, read) for sid, files in candidate.files.items()]
+    plans = [plan_series(sid, [p for p, _ in files], rules, models.check_usable, read)
+             for sid, files in candidate.files.items()]
     with session_scope(sessions) as session:
         study = session.get(Study, candidate.study_id, with_for_update=True)  # one sweeper per study, across processes
         if study is None or study.state != StudyState.RECEIVING or study.last_received_at != candidate.last:
             return False
-        _apply(session, study, plans, manifests, len(candidate.all_files))
+        _apply(session, study, plans, models.versions, len(candidate.all_files))
     if cache is not None:
         cache.drop(candidate.study_id)
     return True
 
 
-def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: dict[str, Manifest],
+def _apply(session: Session, study: Study, plans: list[SeriesPlan], versions: Mapping[str, str],
            n_instances: int) -> None:
     study.completed_at = utcnow()
     sop_classes = sop_class_counts(session, study.id)
@@ -204,11 +225,11 @@ def _apply(session: Session, study: Study, plans: list[SeriesPlan], manifests: d
                    **study.subject(), series_uid=series.series_uid,
                    reason=plan.reason)
         for rule in plan.rules:
-            manifest = manifests.get(rule.model)
-            if manifest is None:
+            version = versions.get(rule.model)
+            if version is None:
                 series.route_reason += f"; rule {rule.name} names unknown model {rule.model!r}"
                 continue
-            enqueue(session, series, rule.name, manifest.id, manifest.version)
+            enqueue(session, series, rule.name, rule.model, version)
         series.routed_revision = series.revision
     session.flush()
     n_jobs = len(session.scalars(select(Job.id).join(Job.series).where(Series.study_id == study.id)).all())

@@ -103,7 +103,7 @@ def disk_guard(settings: Settings) -> str:
     return ""
 
 
-# every attribute read_meta reads: the early header parse keeps these, and only these (receive/early.py)
+# every attribute read_meta reads: the early header parse keeps these, and only these (receive/dataphase/early.py)
 META_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "SeriesNumber",
                  "Modality", "SeriesDescription", "PatientID", "PatientName")
 

@@ -22,6 +22,7 @@ from dicomnode.db import session_scope, utcnow
 from dicomnode.jobs.models import Instance, Job, Series, Study
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.log import extra
+from dicomnode.results.files import job_folder
 from dicomnode.settings import Settings
 from dicomnode.store.index import sop_class_counts
 
@@ -78,5 +79,5 @@ def _purge_study(settings: Settings, sessions: sessionmaker[Session], study_id: 
         Path(path).unlink(missing_ok=True)
     shutil.rmtree(settings.spool_dir / study.study_uid, ignore_errors=True)
     for job_id in job_ids:
-        shutil.rmtree(settings.results_dir / f"job-{job_id}", ignore_errors=True)
+        shutil.rmtree(job_folder(settings.results_dir, job_id), ignore_errors=True)
     log.info("study purged", extra=extra(stage="retention", study_uid=study.study_uid, instances=len(paths)))

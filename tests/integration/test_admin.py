@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin.api import AdminContext, start_admin
+from dicomnode.admin.app import start_admin
 from dicomnode.admin.auth import hash_password
+from dicomnode.admin.deps import AdminContext
 from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import verify
 from dicomnode.settings import AdminUser, Settings

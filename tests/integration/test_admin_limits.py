@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin import api
+from dicomnode.admin import app
 from dicomnode.admin.auth import Accounts, hash_password
 from dicomnode.admin.throttle import LoginThrottle
 from dicomnode.audit.models import AuditRecord
@@ -49,7 +49,7 @@ def stopped_clock(settings: Settings, sessions: sessionmaker[Session], monkeypat
                   ) -> Iterator[str]:
     """The admin server with its login throttle's clock stopped: no throttle delay (1 s after the free
     failures) runs out while a flood is being answered, however slowly a loaded machine answers it."""
-    monkeypatch.setattr(api, "LoginThrottle", partial(LoginThrottle, clock=lambda: 1000.0))
+    monkeypatch.setattr(app, "LoginThrottle", partial(LoginThrottle, clock=lambda: 1000.0))
     yield from _server(settings, sessions)
 
 

@@ -22,13 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.admin.auth import hash_password
 from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
-from dicomnode.dicomweb.multipart import encode_related
 from dicomnode.inference.registry import load_manifests
 from dicomnode.inference.volume import build_volume
 from dicomnode.jobs.models import Instance, Series
 from dicomnode.jobs.repository import enqueue
-from dicomnode.pipeline import write_results
+from dicomnode.net.multipart import encode_related
 from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.files import write_results
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml

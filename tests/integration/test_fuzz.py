@@ -140,7 +140,7 @@ HEADER = b"\0" * 128 + b"DICM" + _file_meta(BASE)
 def _in_package(filename: str) -> bool:
     """Whether a traceback frame is dicomnode's own code. A path test such as "/dicomnode/" in the name
     would also match pynetdicom's frames in a checkout folder called dicomnode (.../dicomnode/.venv/...).
-    dicomnode/reactor.py holds pynetdicom's own reactor loops (woken instead of polling): a frame there is
+    dicomnode/net/reactor.py holds pynetdicom's own reactor loops (woken instead of polling): a frame there is
     pynetdicom's loop calling its state machine, not the node's code."""
     path = Path(filename).resolve()
     return path.is_relative_to(PACKAGE) and path != PACKAGE / "reactor.py"

@@ -41,7 +41,7 @@ def ingest_and_finish(settings: Settings, sessions: sessionmaker[Session], study
         row = session.scalars(select(Study).where(Study.study_uid == study)).one()
         series = session.scalars(select(Series).where(Series.study_id == row.id)).one()
         _apply(session, row, [SeriesPlan(series.id, [Rule(name="r", model="deepbet")], "matched")],
-               load_manifests(REPO / "models"), 3)
+               {m.id: m.version for m in load_manifests(REPO / "models").values()}, 3)
     job = claim(sessions, "w", 60)
     assert job is not None
     results = settings.results_dir / f"job-{job.id}"

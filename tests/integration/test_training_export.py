@@ -21,11 +21,12 @@ from sqlalchemy import update
 from dicomnode.cli.main import main
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.evaluation.compare import segment_masks
-from dicomnode.evaluation.references import evaluate_pending, node_seg_path
+from dicomnode.evaluation.references import evaluate_pending
 from dicomnode.inference.registry import Registry
 from dicomnode.jobs.models import Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.migrate import upgrade
+from dicomnode.results.files import node_seg_path
 from tests.conftest import make_settings
 from tests.support.models import write_threshold_model
 from tests.support.segs import reader_seg

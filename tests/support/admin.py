@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.admin.api import AdminContext, start_admin
+from dicomnode.admin.app import start_admin
+from dicomnode.admin.deps import AdminContext
 from dicomnode.settings import Settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomnode.dicomweb.multipart import MultipartError, encode_related, parse_related
+from dicomnode.net.multipart import MultipartError, encode_related, parse_related
 
 PARTS = [b"first\r\n--not-a-boundary", b"\x00" * 10, b"third"]
 

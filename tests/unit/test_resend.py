@@ -33,7 +33,8 @@ def route(sessions: sessionmaker[Session]) -> list[tuple[int, int]]:
     with session_scope(sessions) as session:
         study = session.scalars(select(Study)).one()
         series = session.scalars(select(Series)).one()
-        _apply(session, study, [SeriesPlan(series.id, [rule], "matched")], manifests, 1)
+        _apply(session, study, [SeriesPlan(series.id, [rule], "matched")],
+               {m.id: m.version for m in manifests.values()}, 1)
     with sessions() as session:
         return [(j.id, j.revision) for j in session.scalars(select(Job).order_by(Job.id))]
 

@@ -5,7 +5,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicomnode.errors import BuildError, ModelError, SendError, StoreError
 from dicomnode.jobs.retry import RetryPolicy, is_transient
-from dicomnode.pipeline import _classify
+from dicomnode.send.deliver import _classify
 from dicomnode.send.scu import StoreOutcome
 
 POLICY = RetryPolicy(max_attempts=5, base_seconds=2, factor=2, max_delay_seconds=10, jitter=0.25)

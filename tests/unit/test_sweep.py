@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope, utcnow
-from dicomnode.inference.registry import Manifest, load_manifests
+from dicomnode.inference.registry import load_manifests
+from dicomnode.inference.volume import check_usable
 from dicomnode.jobs.models import Instance, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.settings import Rule
-from dicomnode.store.completion import HeaderCache, sweep
+from dicomnode.store.completion import HeaderCache, InstalledModels, sweep
 from dicomnode.store.index import InstanceMeta, record_instance
 from tests.support.peers import REPO
 from tests.support.synthetic import make_series, write_series
@@ -27,8 +28,8 @@ RULES = [Rule(name="mr", model="deepbet", match={"Modality": "^MR$"})]
 
 
 @pytest.fixture
-def manifests() -> dict[str, Manifest]:
-    return load_manifests(REPO / "models")
+def manifests() -> InstalledModels:
+    return InstalledModels({m.id: m.version for m in load_manifests(REPO / "models").values()}, check_usable)
 
 
 def _sha(path: Path) -> str:
@@ -67,7 +68,7 @@ def rewrite_as_ct(path: Path) -> None:
 
 
 def test_headers_are_read_ahead_and_used_when_the_study_is_complete(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     paths = receive_series(sessions, tmp_path / "spool")
     cache = HeaderCache()
     quiet_for(sessions, IDLE * 0.6)  # quiet for more than half the idle time: read ahead, not judged
@@ -81,7 +82,7 @@ def test_headers_are_read_ahead_and_used_when_the_study_is_complete(
     assert cache.studies == {}  # routed: nothing kept
 
 
-def test_a_replaced_file_is_read_again(sessions: sessionmaker[Session], manifests: dict[str, Manifest],
+def test_a_replaced_file_is_read_again(sessions: sessionmaker[Session], manifests: InstalledModels,
                                        tmp_path: Path) -> None:
     paths = receive_series(sessions, tmp_path / "spool")
     cache = HeaderCache()
@@ -96,7 +97,7 @@ def test_a_replaced_file_is_read_again(sessions: sessionmaker[Session], manifest
 
 
 def test_without_a_cache_nothing_is_read_before_the_study_is_complete(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     paths = receive_series(sessions, tmp_path / "spool")
     quiet_for(sessions, IDLE * 0.6)
     assert sweep(sessions, IDLE, RULES, manifests) == 0
@@ -107,7 +108,7 @@ def test_without_a_cache_nothing_is_read_before_the_study_is_complete(
 
 
 def test_a_study_complete_before_the_next_sweep_is_judged_when_complete_and_not_before(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     receive_series(sessions, tmp_path / "spool")
     quiet_for(sessions, IDLE - 1.0)  # complete in a second
     assert sweep(sessions, IDLE, RULES, manifests, HeaderCache(), wait_seconds=0.1) == 0  # not before the next
@@ -120,7 +121,7 @@ def test_a_study_complete_before_the_next_sweep_is_judged_when_complete_and_not_
 
 
 def test_headers_read_ahead_are_kept_while_the_study_receives_more(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     receive_series(sessions, tmp_path / "spool")
     cache = HeaderCache()
     quiet_for(sessions, IDLE * 0.6)
@@ -131,7 +132,7 @@ def test_headers_read_ahead_are_kept_while_the_study_receives_more(
 
 
 def test_workers_are_woken_for_each_study_before_the_sweep_waits_for_the_next(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     receive_series(sessions, tmp_path / "a")
     receive_series(sessions, tmp_path / "b")
     with session_scope(sessions) as session:
@@ -151,7 +152,7 @@ def test_workers_are_woken_for_each_study_before_the_sweep_waits_for_the_next(
 
 
 def test_a_study_nothing_matches_is_audited_as_not_routed_by_the_router(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     receive_series(sessions, tmp_path / "spool")
     quiet_for(sessions, IDLE + 1)
     ct_only = [Rule(name="ct", model="deepbet", match={"Modality": "^CT$"})]
@@ -165,7 +166,7 @@ def test_a_study_nothing_matches_is_audited_as_not_routed_by_the_router(
 
 
 def test_the_sweep_counts_every_study_it_routes(
-        sessions: sessionmaker[Session], manifests: dict[str, Manifest], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
     for name in ("a", "b", "c"):
         receive_series(sessions, tmp_path / name)
     quiet_for(sessions, IDLE + 1)
