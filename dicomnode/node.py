@@ -27,6 +27,7 @@ from dicomnode.admin.app import start_admin
 from dicomnode.admin.deps import AdminContext
 from dicomnode.admin.server import AdminServer
 from dicomnode.audit.anchor import write_checkpoint
+from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
@@ -63,6 +64,7 @@ class Node:
     forwarder: Forwarder | None
     admin: AdminServer | None
     listener: Listener | None = None
+    bursts: BurstAuditor | None = None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -76,6 +78,8 @@ class Node:
         if self.worker is not None:
             self.worker.stop()
             release_held(self.ctx.sessions, self.worker.worker_id)
+        if self.bursts is not None:
+            self.bursts.flush(everything=True)  # each open burst's count, before the stop row
         with session_scope(self.ctx.sessions) as session:
             record(session, AuditEvent.APPLICATION_STOP, actor=self.settings.ae_title)
         _anchor(self.ctx, self.forwarder)  # the head at shutdown: the stop row is the last one anchored
@@ -102,8 +106,9 @@ def _anchor(ctx: PipelineContext, forwarder: Forwarder | None) -> None:
 
 
 def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None,
-                 headers: HeaderCache) -> None:
+                 headers: HeaderCache, bursts: BurstAuditor) -> None:
     try:
+        bursts.flush()  # the closing row, with its count, of each burst of refusals that has ended
         if "work" in roles and requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts):
             announce(ctx.sessions, wake)
         if "receive" in roles:
@@ -145,11 +150,11 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     _anchor(ctx, forwarder)
     worker = Worker(ctx) if "work" in roles and settings.start_worker else None
     wake = worker.wake if worker is not None else None
-    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions)) if receive else []
+    bursts = BurstAuditor(sessions, settings.audit_burst_seconds)
+    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions, bursts=bursts)) if receive else []
     scheduler = BackgroundScheduler()
-    if receive or worker is not None:
-        scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
-                          args=[ctx, roles, wake, HeaderCache()], max_instances=1, coalesce=True, id="sweep")
+    scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
+                      args=[ctx, roles, wake, HeaderCache(), bursts], max_instances=1, coalesce=True, id="sweep")
     if receive:
         scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx, forwarder],
                           max_instances=1, coalesce=True, id="audit-anchor")
@@ -162,7 +167,8 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
         admin = start_admin(AdminContext(settings, sessions,
                                          models=tuple(sorted(registry.manifests)) if worker is not None else None,
                                          registry=metrics.registry,
-                                         default_rules=tuple(m.default for m in registry.manifests.values())))
+                                         default_rules=tuple(m.default for m in registry.manifests.values()),
+                                         bursts=bursts))
     if forwarder is not None:
         forwarder.start()
     listener = None
@@ -180,7 +186,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
                                          tls_port=(settings.tls_port if receive else None) or "off",
                                          models=",".join(sorted(registry.manifests))))
     return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx,
-                forwarder=forwarder, admin=admin, listener=listener)
+                forwarder=forwarder, admin=admin, listener=listener, bursts=bursts)
 
 
 def _stop_on_signal() -> threading.Event:

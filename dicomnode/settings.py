@@ -266,6 +266,7 @@ class Settings(BaseSettings):
     audit_retry_seconds: float = Field(default=2.0, gt=0)
     audit_anchor_file: Path | None = None
     audit_anchor_seconds: float = Field(default=60.0, gt=0)
+    audit_burst_seconds: float = Field(default=60.0, gt=0)  # repeated refusals: one row per burst, with the count
     retention_days: float = Field(default=0.0, ge=0)
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     admin_host: str = "127.0.0.1"

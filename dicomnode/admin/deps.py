@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import config_store
 from dicomnode.admin import auth
 from dicomnode.admin.throttle import LoginThrottle
+from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
@@ -35,6 +36,11 @@ class AdminContext:
     models: tuple[str, ...] | None = None
     registry: CollectorRegistry | None = None
     default_rules: tuple[Rule, ...] = ()
+    bursts: BurstAuditor | None = None  # refusals audited per burst (the node shares one; else made here)
+
+    def __post_init__(self) -> None:
+        if self.bursts is None:
+            object.__setattr__(self, "bursts", BurstAuditor(self.sessions, self.settings.audit_burst_seconds))
 
     def rules(self) -> list[Rule]:
         """The routing rules in force now (configured, stored, then the models' defaults)."""

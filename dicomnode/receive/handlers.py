@@ -40,6 +40,7 @@ from pynetdicom.dsutils import split_dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.config_store import runtime_peers
 from dicomnode.errors import StoreError
@@ -80,11 +81,14 @@ log = logging.getLogger(__name__)
 class ReceiveContext:
     settings: Settings
     sessions: sessionmaker[Session]
+    bursts: BurstAuditor | None = None  # refusals audited per burst (the node shares one; else made here)
     committer: GroupCommitter = field(init=False)
     tally: Tally = field(init=False, default_factory=Tally)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "committer", GroupCommitter(self.sessions))
+        if self.bursts is None:
+            object.__setattr__(self, "bursts", BurstAuditor(self.sessions, self.settings.audit_burst_seconds))
 
 
 def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
