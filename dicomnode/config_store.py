@@ -10,9 +10,11 @@ replaces a configured one of the same name).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+import logging
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,11 +22,17 @@ from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
 from dicomnode.jobs.models import DestinationConfig, PeerConfig, RuleConfig
 from dicomnode.jobs.routing import effective_rules
+from dicomnode.log import extra
 from dicomnode.settings import Destination, Peer, Rule, Settings
+
+log = logging.getLogger(__name__)
+Row = TypeVar("Row", PeerConfig, RuleConfig, DestinationConfig)
+Item = TypeVar("Item", Peer, Rule, Destination)
 
 
 def _peer(row: PeerConfig) -> Peer:
-    return Peer(ae_title=row.ae_title, host=row.host, port=row.port, tls=row.tls)
+    return Peer(ae_title=row.ae_title, host=row.host, port=row.port, tls=row.tls, tls_subject_cn=row.tls_subject_cn,
+                tls_sha256=row.tls_sha256)
 
 
 def _rule(row: RuleConfig) -> Rule:
@@ -37,13 +45,55 @@ def _destination(row: DestinationConfig) -> Destination:
                                        "tls": row.tls, "send": [k for k in row.send.split(",") if k]})
 
 
+def _valid(rows: Iterable[Row], build: Callable[[Row], Item]) -> list[Item]:
+    """The stored rows that still validate. A row stored before a check existed (a peer host ``a\\nb``, a
+    rule named ``x/../y``) is left out, with a warning, so that it is not in force and stops nothing."""
+    found: list[Item] = []
+    for row in rows:
+        try:
+            found.append(build(row))
+        except ValueError as exc:  # pydantic's ValidationError is one
+            why = exc.errors(include_url=False, include_input=False)[0]["msg"] if isinstance(
+                exc, ValidationError) else str(exc)
+            log.warning("a stored %s is not valid and is ignored: %s", type(row).__name__, why,
+                        extra=extra(stage="config", key=_key(row)[:80]))
+    return found
+
+
+def _key(row: PeerConfig | RuleConfig | DestinationConfig) -> str:
+    return row.ae_title if isinstance(row, PeerConfig) else row.name
+
+
+def _snapshot(row: Row | None, build: Callable[[Row], Item]) -> dict[str, Any] | None:
+    """What the audit trail records of ``row`` before a change: the item, or its key if it is not valid."""
+    if row is None:
+        return None
+    try:
+        return build(row).model_dump()
+    except ValueError:
+        return {"invalid": True, "key": _key(row)}
+
+
+def check_rule_model(rule: Rule, installed: Collection[str]) -> None:
+    """Refuse ``rule`` when the model it names is not among ``installed`` (the installed models' ids).
+
+    Raises
+    ------
+    ValueError
+        One sentence naming the model and the installed ones.
+    """
+    if rule.model not in installed:
+        raise ValueError(f"rule {rule.name} names model {rule.model}, which is not installed (installed: "
+                         f"{', '.join(sorted(installed)) or 'none'})")
+
+
 def list_destinations(session: Session) -> list[Destination]:
-    return [_destination(r) for r in session.scalars(select(DestinationConfig).order_by(DestinationConfig.name))]
+    return _valid(session.scalars(select(DestinationConfig).order_by(DestinationConfig.name)), _destination)
 
 
 def put_destination(session: Session, destination: Destination, *, user: str, address: str) -> None:
     row = session.get(DestinationConfig, destination.name)
-    before = _destination(row).model_dump() if row else None
+    before = _snapshot(row, _destination)
     if row is None:
         row = DestinationConfig(name=destination.name)
         session.add(row)
@@ -56,26 +106,27 @@ def delete_destination(session: Session, name: str, *, user: str, address: str) 
     row = session.get(DestinationConfig, name)
     if row is None:
         return False
-    _audit(session, "destination", name, _destination(row).model_dump(), None, user, address)
+    _audit(session, "destination", name, _snapshot(row, _destination), None, user, address)
     session.delete(row)
     return True
 
 
 def list_peers(session: Session) -> list[Peer]:
-    return [_peer(r) for r in session.scalars(select(PeerConfig).order_by(PeerConfig.ae_title))]
+    return _valid(session.scalars(select(PeerConfig).order_by(PeerConfig.ae_title)), _peer)
 
 
 def list_rules(session: Session) -> list[Rule]:
-    return [_rule(r) for r in session.scalars(select(RuleConfig).order_by(RuleConfig.name))]
+    return _valid(session.scalars(select(RuleConfig).order_by(RuleConfig.name)), _rule)
 
 
 def put_peer(session: Session, peer: Peer, *, user: str, address: str) -> None:
     row = session.get(PeerConfig, peer.ae_title)
-    before = _peer(row).model_dump() if row else None
+    before = _snapshot(row, _peer)
     if row is None:
         row = PeerConfig(ae_title=peer.ae_title)
         session.add(row)
     row.host, row.port, row.tls = peer.host, peer.port, peer.tls
+    row.tls_subject_cn, row.tls_sha256 = peer.tls_subject_cn, peer.tls_sha256
     _audit(session, "peer", peer.ae_title, before, peer.model_dump(), user, address)
 
 
@@ -83,14 +134,14 @@ def delete_peer(session: Session, ae_title: str, *, user: str, address: str) -> 
     row = session.get(PeerConfig, ae_title)
     if row is None:
         return False
-    _audit(session, "peer", ae_title, _peer(row).model_dump(), None, user, address)
+    _audit(session, "peer", ae_title, _snapshot(row, _peer), None, user, address)
     session.delete(row)
     return True
 
 
 def put_rule(session: Session, rule: Rule, *, user: str, address: str) -> None:
     row = session.get(RuleConfig, rule.name)
-    before = _rule(row).model_dump() if row else None
+    before = _snapshot(row, _rule)
     if row is None:
         row = RuleConfig(name=rule.name)
         session.add(row)
@@ -103,7 +154,7 @@ def delete_rule(session: Session, name: str, *, user: str, address: str) -> bool
     row = session.get(RuleConfig, name)
     if row is None:
         return False
-    _audit(session, "rule", name, _rule(row).model_dump(), None, user, address)
+    _audit(session, "rule", name, _snapshot(row, _rule), None, user, address)
     session.delete(row)
     return True
 

@@ -2,18 +2,38 @@
 
 Application logs carry job ids, stage names and *hashed* UIDs only. Patient names, IDs, birth dates and
 accession numbers belong in the audit trail alone.
+
+Every record, the node's and every library's, is written as one line: control characters in it (in the
+message, its arguments, the exception text and the extras alike) are escaped (:func:`escape_controls`),
+so that nothing a peer sends (an AE title, a UID that pynetdicom quotes in a warning) can start a line
+that reads as another record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sys
 import traceback
 import warnings
 from typing import Any
 
 from pydicom import config as pydicom_config
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1, Unicode line/paragraph separators
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\n":
+        return "\\n"
+    return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: a line feed as ``\\n``, other control characters as ``\\xNN`` (``\\uNNNN``)."""
+    return _CONTROLS.sub(_escaped, text)
 
 
 def uid_hash(uid: str | None) -> str:
@@ -35,8 +55,9 @@ def extra(**fields: Any) -> dict[str, Any]:
 
 
 class _ContextFormatter(logging.Formatter):
-    """One line per record plus ``ctx``; tracebacks keep their frames but drop exception messages,
-    which can quote patient data (SQL parameters, attribute values)."""
+    """One line per record plus ``ctx``, control characters escaped; tracebacks keep their frames (on the
+    same line, ``\\n`` between them) but drop exception messages, which can quote patient data (SQL
+    parameters, attribute values)."""
 
     def formatException(self, ei: Any) -> str:
         _, exc, tb = ei
@@ -53,7 +74,7 @@ class _ContextFormatter(logging.Formatter):
         ctx = getattr(record, "ctx", None)
         if ctx:
             base += " " + " ".join(f"{k}={v}" for k, v in ctx.items())
-        return base
+        return escape_controls(base)
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -32,7 +32,7 @@ from dicomnode.jobs.models import Instance, Job
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.monitoring.models import ModelMetrics
-from dicomnode.remote.backend import goes_remote, remote_backend
+from dicomnode.remote.backend import remote_backend, runs_remote
 from dicomnode.remote.roundtrip import run_remote
 from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
@@ -192,7 +192,7 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
             raise ModelError(f"model {job.model_id} {job.model_version} is not installed")
         datasets = load_series(ctx.sessions, job)
         backend = remote_backend(manifest)
-        if goes_remote(manifest, backend, ctx.sessions) and backend is not None:  # edge -> cloud
+        if runs_remote(manifest, backend, ctx.sessions, datasets, job.id) and backend is not None:  # edge -> cloud
             started = time.perf_counter()
             objects = run_remote(ctx.settings, ctx.sessions, job, backend, datasets)
             clock.lap("remote")

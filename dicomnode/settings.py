@@ -7,12 +7,14 @@ in ``config/dicomnode.example.toml``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import re2
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -32,6 +34,52 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+_SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PEER_AE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,15}")  # an AE title that is also a URL path segment
+# RFC 1123 2.1, plus "_" inside a label: names such as Docker Compose services and Windows hosts carry it
+_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+
+
+def check_slug(value: str, what: str = "name") -> str:
+    """``value`` when it is a name that is safe as a URL path segment and a file name, else ValueError."""
+    if not _SLUG_RE.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must be 1 to 64 letters, digits, '_', '.' or '-', starting with a "
+                         "letter or digit, without '..'")
+    return value
+
+
+def _is_host_name(value: str) -> bool:
+    labels = value.split(".")
+    return (len(value) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())  # 999.1.1.1 is neither an address nor a name
+
+
+def _dialable(host: str) -> bool:
+    return host != "*" and "/" not in host
+
+
+def check_host(value: str, *, dialled: bool) -> str:
+    """``value`` when it is an IP address or an RFC 1123 host name; also ``*`` (any address) or a network
+    in CIDR form (``10.0.0.0/8``) when the host is only matched against callers (``dialled`` False)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if _is_host_name(value):
+        return value
+    if not dialled and value == "*":
+        return value
+    if not dialled and "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+            return value
+        except ValueError:
+            pass
+    allowed = "an IP address or a host name" if dialled else 'an IP address, a network (10.0.0.0/8), a host name or "*"'
+    raise ValueError(f"host {value!r} must be {allowed}")
+
+
 class Peer(BaseModel):
     """A remote application entity: the PACS, or any other node that may call in."""
 
@@ -42,11 +90,39 @@ class Peer(BaseModel):
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False  # connect to this peer with DICOM TLS (as SCU)
     explanation: Literal["seg", "sc"] = "seg"  # a classifier's evidence map: fractional SEG, or SC colour overlay
+    # mutual TLS bound to identity: a peer naming either may call in only over TLS with that client
+    # certificate (subject CN, exactly; SHA-256 of the DER certificate, hex, colons optional)
+    tls_subject_cn: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,64}$")
+    tls_sha256: str | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
-        return _check_ae_title(value)
+        stripped = _check_ae_title(value)
+        if not _PEER_AE_RE.fullmatch(stripped):
+            raise ValueError(f"peer AE title {value!r} must be letters, digits, spaces, '_', '.' or '-', starting "
+                             "with a letter or digit (it names the peer in the admin API's URLs)")
+        return stripped
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        return check_host(value, dialled=False)
+
+    @property
+    def dialable(self) -> bool:
+        """Whether the node can call this peer: its host is one address or name, not ``*`` or a network."""
+        return _dialable(self.host)
+
+    @field_validator("tls_sha256")
+    @classmethod
+    def _check_sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = value.replace(":", "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digits):
+            raise ValueError(f"tls_sha256 {value!r} must be a SHA-256 fingerprint: 64 hex digits, colons optional")
+        return digits
 
     @classmethod
     def parse(cls, value: Any) -> Any:
@@ -75,7 +151,7 @@ class Destination(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    name: Annotated[str, AfterValidator(check_slug)]
     kind: Literal["dimse", "dicomweb"] = "dimse"
     ae_title: str = ""
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
@@ -90,6 +166,11 @@ class Destination(BaseModel):
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return _check_ae_title(value) if value else value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        return check_host(value, dialled=True)
 
     @model_validator(mode="after")
     def _check_kind(self) -> Destination:
@@ -122,46 +203,46 @@ class AdminUser(BaseModel):
 _MAX_PATTERN = 256
 
 
-def _backtracking_risk(items: Any, inside_repeat: bool = False) -> str | None:
-    """Why a parsed pattern may backtrack catastrophically: a quantifier, an alternation or a
-    back-reference inside a repeated group (``^(a+)+$``, ``(a|aa)*``); None when it cannot."""
-    for op, arg in items:
-        name = str(op)
-        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            _low, high, body = arg
-            repeats = high is re._constants.MAXREPEAT or high > 1  # type: ignore[attr-defined]
-            if inside_repeat and repeats:
-                return "a quantifier inside a repeated group (nested quantifiers)"
-            found = _backtracking_risk(body, inside_repeat or repeats)
-        elif name == "SUBPATTERN":
-            found = _backtracking_risk(arg[-1], inside_repeat)
-        elif name == "BRANCH":
-            if inside_repeat:
-                return "an alternation inside a repeated group"
-            found = next((r for branch in arg[1] if (r := _backtracking_risk(branch, inside_repeat))), None)
-        elif name in ("GROUPREF", "GROUPREF_EXISTS"):
-            return "a back-reference"
-        elif name in ("ASSERT", "ASSERT_NOT"):
-            found = _backtracking_risk(arg[1], inside_repeat)
-        else:
-            found = None
-        if found:
-            return found
-    return None
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.case_sensitive = False  # searched case-insensitively, as re.IGNORECASE did
+_RE2_OPTIONS.log_errors = False
+# what RE2 refuses because no linear-time matcher can do it, recognised by its error text
+_NOT_LINEAR = (
+    (re.compile(r"invalid escape sequence: \\[1-9]"), "a back-reference"),
+    (re.compile(r"invalid perl operator: \(\?P$"), "a named back-reference"),
+    (re.compile(r"invalid perl operator: \(\?<?[=!]"), "a lookaround assertion"),
+    (re.compile(r"invalid perl operator: \(\?>|bad repetition operator: [*+?}]\+"),
+     "an atomic group or a possessive quantifier"),
+)
 
 
-def check_rule_pattern(keyword: str, pattern: str) -> str:
-    """Compile ``pattern`` and refuse one that could stall routing by catastrophic backtracking."""
+def compile_rule_pattern(keyword: str, pattern: str) -> Any:
+    """``pattern`` compiled with RE2, which matches in time linear in the value's length whatever the
+    pattern (no backtracking); case-insensitive. Python ``re`` syntax but for what only backtracking can
+    do (back-references, lookaround, atomic groups, possessive quantifiers) and ``\\Z`` (RE2 spells it
+    ``\\z``); ``\\d``, ``\\w`` and ``\\s`` are ASCII only.
+
+    Raises
+    ------
+    ValueError
+        The pattern is longer than 256 characters, or RE2 refuses it: the sentence names ``keyword`` and why.
+    """
     if len(pattern) > _MAX_PATTERN:
         raise ValueError(f"rule pattern for {keyword} is longer than {_MAX_PATTERN} characters")
     try:
-        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"rule pattern for {keyword} is not a regular expression: {exc}") from exc
-    risk = _backtracking_risk(parsed.data)
-    if risk:
-        raise ValueError(f"rule pattern for {keyword} may backtrack catastrophically: it has {risk}")
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        why = next((what for found, what in _NOT_LINEAR if found.search(detail)), None)
+        if why is not None:
+            raise ValueError(f"rule pattern for {keyword} uses {why}, which cannot be matched in linear time "
+                             "(RE2); rules may not use it") from None
+        raise ValueError(f"rule pattern for {keyword} is not a regular expression RE2 accepts: {detail}") from None
+
+
+def check_rule_pattern(keyword: str, pattern: str) -> str:
+    """``pattern`` when :func:`compile_rule_pattern` accepts it; else ValueError naming ``keyword`` and why."""
+    compile_rule_pattern(keyword, pattern)
     return pattern
 
 
@@ -176,11 +257,12 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    model: str
+    name: Annotated[str, AfterValidator(check_slug)]
+    model: Annotated[str, AfterValidator(lambda value: check_slug(value, "model"))]
     match: dict[str, str] = Field(default_factory=dict)
     # where this rule's results go, by destination name ("pacs" for the PACS); empty: every destination
-    destinations: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]] = Field(default_factory=list)
+    destinations: list[Annotated[str, AfterValidator(lambda value: check_slug(value, "destination"))]] = Field(
+        default_factory=list)
 
     @field_validator("match")
     @classmethod
@@ -280,6 +362,9 @@ class Settings(BaseSettings):
     admin_login_free_failures: int = Field(default=3, ge=1)
     admin_login_max_delay_seconds: float = Field(default=60.0, gt=0)
     admin_login_burst_seconds: float = Field(default=300.0, gt=0)
+    admin_public_origin: str = ""  # the console's origin in the admins' browsers; "": http://admin_host:admin_port
+    admin_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # addresses or networks
+    admin_docs: bool = False  # /docs and /redoc (assets served by the node itself)
     dicomweb_max_body_bytes: int = Field(default=2 * 2**30, ge=1024)
     dicomweb_request_timeout_seconds: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -297,12 +382,39 @@ class Settings(BaseSettings):
             raise ValueError(f"audit_repository {value!r} must look like udp://, tcp:// or tls://host:port")
         return value
 
+    @field_validator("admin_public_origin")
+    @classmethod
+    def _check_origin(cls, value: str) -> str:
+        origin = value.strip().rstrip("/").lower()
+        if origin and not re.fullmatch(r"https?://([a-z0-9.\-]+|\[[0-9a-f:.]+\])(:\d{1,5})?", origin):
+            raise ValueError(f"admin_public_origin {value[:80]!r} must look like https://host or https://host:port, "
+                             "without a path")
+        return origin
+
+    @field_validator("admin_trusted_proxies", mode="before")
+    @classmethod
+    def _check_proxies(cls, value: Any) -> Any:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        for item in items:
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise ValueError(f"admin_trusted_proxies: {str(item)[:60]!r} is not an IP address or network") from None
+        return items
+
     @field_validator("pacs", mode="before")
     @classmethod
     def _parse_pacs(cls, value: Any) -> Any:
         if value in ("", None):
             return None
         return Peer.parse(value)
+
+    @field_validator("pacs")
+    @classmethod
+    def _check_pacs(cls, value: Peer | None) -> Peer | None:
+        if value is not None and not value.dialable:
+            raise ValueError(f"pacs host {value.host!r} must be an IP address or a host name: the node calls it")
+        return value
 
     @field_validator("peers", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from dicomnode.admin.health import Readiness, readiness
 from dicomnode.admin.login import log_in, log_out
 from dicomnode.admin.rule_tester import SeriesVerdict, judge, study_headers
 from dicomnode.admin.schemas import (
+    JOB_ID_MAX,
     NAME_PATTERN,
     UID_PATTERN,
     DestinationBody,
@@ -39,6 +40,7 @@ from dicomnode.admin.schemas import (
 from dicomnode.admin.studies import disk_status, study_rows, study_timeline
 from dicomnode.db import session_scope
 from dicomnode.errors import IllegalTransition
+from dicomnode.inference.registry import load_manifests
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.settings import AdminUser, Destination, Peer, Rule
 
@@ -116,13 +118,15 @@ def _jobs(request: Request, _user: User, state: JobStatus | None = None,
 
 @router.get("/api/jobs/{job_id}", tags=["jobs"])
 def _job(request: Request, job_id: int, _user: User) -> JobView:
-    rows = jobs.job_rows(deps.state(request).ctx.sessions, job_id=job_id)
+    rows = jobs.job_rows(deps.state(request).ctx.sessions, job_id=job_id) if 1 <= job_id <= JOB_ID_MAX else []
     if not rows:
         raise HTTPException(404, "no such job")
     return JobView(**rows[0])
 
 
 def _change_job(request: Request, job_id: int, user: AdminUser, action: str) -> JobView:
+    if not 1 <= job_id <= JOB_ID_MAX:
+        raise HTTPException(404, "no such job")
     try:
         with session_scope(deps.state(request).ctx.sessions) as session:
             (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, user.name)
@@ -171,6 +175,8 @@ def _echo_peer(request: Request, ae_title: Name, _user: User) -> EchoResult:
     peer = configuration.find_peer(ctx, ae_title)
     if peer is None:
         raise HTTPException(404, "no such peer")
+    if not peer.dialable:
+        raise HTTPException(409, f"peer {ae_title} may call in from {peer.host}, not one host: it cannot be called")
     return configuration.echo_peer(ctx.settings, peer)
 
 
@@ -223,7 +229,14 @@ def _rules(request: Request, _user: User) -> Listing:
 
 @router.put("/api/rules/{name}", tags=["rules"])
 def _put_rule(request: Request, name: Name, body: RuleBody, user: Admin) -> dict[str, Any]:
-    rule = Rule(name=name, **body.model_dump())
+    """Add or replace rule ``name``. Its model must be installed, unless ``model_not_installed_ok`` says the
+    rule waits for a model not installed yet (422 otherwise, naming the model and the installed ones)."""
+    rule = Rule(name=name, **body.model_dump(exclude={"model_not_installed_ok"}))
+    if not body.model_not_installed_ok:
+        try:
+            config_store.check_rule_model(rule, load_manifests(deps.state(request).ctx.settings.models_dir))
+        except ValueError as exc:
+            raise HTTPException(422, f"{exc}; set model_not_installed_ok to save it anyway") from None
     configuration.save_rule(request, user, rule)
     return _rule_view(rule)
 

@@ -1,8 +1,11 @@
 """The web console: server-rendered pages (Jinja2) on the same functions as the API and the CLI.
 
 Usable without JavaScript: every action is a form. The login sets an HttpOnly, SameSite=Strict cookie
-holding the same kind of token as the API's (stored hashed, expiring). The viewer role sees masked
-identifiers and no change buttons; the server refuses changes from it whatever the page shows.
+holding the same kind of token as the API's (stored hashed, expiring; Secure when the console is served
+over https). Every POST, login and logout included, must come from the console's own origin with its
+form's token (:mod:`dicomnode.admin.csrf`); any other is refused with 403 and audited. Redirects are
+relative, never built from the Host header. The viewer role sees masked identifiers and no change
+buttons; the server refuses changes from it whatever the page shows.
 """
 
 from __future__ import annotations
@@ -12,45 +15,81 @@ import tempfile
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.templating import Jinja2Templates
 
 from dicomnode import config_store
-from dicomnode.admin import configuration, deps
+from dicomnode.admin import configuration, csrf, deps
 from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.health import readiness
 from dicomnode.admin.login import log_in, log_out
 from dicomnode.admin.rule_tester import file_headers, judge, study_headers
-from dicomnode.admin.schemas import LoginRequest
+from dicomnode.admin.schemas import JOB_ID_MAX, LoginRequest
 from dicomnode.admin.studies import disk_status, study_rows, study_timeline
+from dicomnode.audit.anchor import read_checkpoints
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import verify
 from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
+from dicomnode.inference.registry import load_manifests
 from dicomnode.jobs.models import Instance, Job, Study
 from dicomnode.jobs.status import JobStatus, StudyState
-from dicomnode.settings import AdminUser, Destination, Peer, Rule
+from dicomnode.settings import AdminUser, Destination, Peer, Rule, Settings
 
 COOKIE = "dicomnode_session"
 MAX_UPLOAD_FILES = 2000
-
-router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
-_templates = Jinja2Templates(directory=str(FsPath(__file__).parent / "templates"))
 
 
 class LoginRedirect(Exception):
     """Raised for a page asked for without a live session cookie: the app answers with the login page."""
 
 
+async def _same_origin(request: Request) -> None:
+    """Every request but GET/HEAD/OPTIONS: from the console's own origin, with its form's token
+    (:mod:`dicomnode.admin.csrf`); raises :class:`~dicomnode.admin.csrf.Refused` otherwise."""
+    if request.method in csrf.SAFE_METHODS:
+        return
+    csrf.check_origin(request)  # before the body is read, when the route has no form fields
+    if request.url.path == "/ui/login":
+        expected = request.cookies.get(csrf.LOGIN_COOKIE, "")
+    elif session := request.cookies.get(COOKIE, ""):
+        expected = csrf.session_form_token(session)
+    else:
+        raise LoginRedirect
+    form = await request.form(max_files=MAX_UPLOAD_FILES)  # the rule tester's limit; parsed once, then cached
+    sent = form.get(csrf.FIELD)
+    csrf.check_token(sent if isinstance(sent, str) else "", expected)
+
+
+router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse,
+                   dependencies=[Depends(_same_origin)])
+_templates = Jinja2Templates(directory=str(FsPath(__file__).parent / "templates"))
+
+
 async def to_login(_request: Request, _exc: Exception) -> Response:
     """The answer to :class:`LoginRedirect`: 303 to the login page."""
     return RedirectResponse("/ui/login", status_code=303)
+
+
+async def refused(request: Request, exc: Exception) -> Response:
+    """The answer to :class:`~dicomnode.admin.csrf.Refused`: 403, nothing changed, and a security alert
+    in the audit trail (one row per burst from an address, with the count)."""
+    ctx, address = deps.state(request).ctx, deps.client_address(request)
+    owner = await run_in_threadpool(deps.session_owner, request, request.cookies.get(COOKIE, ""))
+    reason = f"{request.method} {request.url.path[:120]} refused: {exc}"
+    await run_in_threadpool(ctx.bursts.refused, AuditEvent.REQUEST_REFUSED,  # type: ignore[union-attr]
+                            f"console request refused from {address}", actor=owner.name if owner else "",
+                            address=address, reason=reason, security_alert=True)
+    return _page(request, "base.html", "Request refused", None, 403,
+                 error="This request did not come from this console's own page, so nothing was changed. "
+                       "Open the console again and repeat it there.")
 
 
 def _need(request: Request, admin: bool = False) -> AdminUser:
@@ -64,6 +103,9 @@ def _need(request: Request, admin: bool = False) -> AdminUser:
 
 def _page(request: Request, name: str, title: str, user: AdminUser | None, status: int = 200,
           **values: Any) -> HTMLResponse:
+    """``name`` rendered; its forms carry the session's token (the login form's: ``values["csrf_token"]``)."""
+    values.setdefault("csrf_token", csrf.session_form_token(request.cookies[COOKIE])
+                      if user is not None and request.cookies.get(COOKIE) else "")
     return _templates.TemplateResponse(request, name, {"title": title, "user": user, "is_admin": bool(
         user and user.role == "admin"), **values}, status_code=status)
 
@@ -98,6 +140,7 @@ def _oldest_waiting(sessions: sessionmaker[Session]) -> dict[str, str] | None:
 
 
 @router.get("/")
+@router.get("/ui")
 def home() -> Response:
     return RedirectResponse("/ui/", status_code=307)
 
@@ -123,7 +166,16 @@ def dashboard(request: Request) -> Response:
 
 @router.get("/ui/login")
 def login_page(request: Request) -> Response:
-    return _page(request, "login.html", "Log in", None)
+    return _login_view(request)
+
+
+def _login_view(request: Request, status: int = 200, error: str = "") -> Response:
+    """The login form, with its token (double submit: the same value in a cookie only /ui/login gets)."""
+    token = csrf.login_form_token(request.cookies.get(csrf.LOGIN_COOKIE))
+    response = _page(request, "login.html", "Log in", None, status, error=error, csrf_token=token)
+    response.set_cookie(csrf.LOGIN_COOKIE, token, httponly=True, samesite="strict",
+                        secure=csrf.secure_cookies(request), path="/ui/login")
+    return response
 
 
 @router.post("/ui/login")
@@ -132,12 +184,13 @@ def login(request: Request, user: Annotated[str, Form(max_length=128)] = "",
     try:
         token = log_in(request, LoginRequest(user=user, password=password))
     except ValidationError:
-        return _page(request, "login.html", "Log in", None, 422, error="enter a user name and a password")
+        return _login_view(request, 422, "enter a user name and a password")
     except HTTPException as exc:
-        return _page(request, "login.html", "Log in", None, exc.status_code, error=str(exc.detail))
+        return _login_view(request, exc.status_code, str(exc.detail))
     response = RedirectResponse("/ui/", status_code=303)
     response.set_cookie(COOKIE, token.token, max_age=token.expires_in, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+                        secure=csrf.secure_cookies(request), path="/")
+    response.delete_cookie(csrf.LOGIN_COOKIE, path="/ui/login")
     return response
 
 
@@ -145,7 +198,7 @@ def login(request: Request, user: Annotated[str, Form(max_length=128)] = "",
 def logout(request: Request) -> Response:
     log_out(request, request.cookies.get(COOKIE, ""))
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
+    response.delete_cookie(COOKIE, path="/", secure=csrf.secure_cookies(request), httponly=True, samesite="strict")
     return response
 
 
@@ -202,6 +255,8 @@ def _jobs_view(request: Request, state: str = "", notice: str = "", error: str =
 def job_action(request: Request, job_id: int, action: str) -> Response:
     user = _need(request, admin=True)
     ctx = deps.state(request).ctx
+    if not 1 <= job_id <= JOB_ID_MAX:
+        return _jobs_view(request, error="no such job", status=404)
     try:
         with session_scope(ctx.sessions) as session:
             (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, user.name)
@@ -241,10 +296,13 @@ def _peers_view(request: Request, echo: Any = None, error: str = "", notice: str
 
 @router.post("/ui/peers")
 def save_peer(request: Request, ae_title: Annotated[str, Form()], host: Annotated[str, Form()] = "127.0.0.1",
-              port: Annotated[str, Form()] = "104", tls: Annotated[str, Form()] = "") -> Response:
+              port: Annotated[str, Form()] = "104", tls: Annotated[str, Form()] = "",
+              tls_subject_cn: Annotated[str, Form(max_length=64)] = "",
+              tls_sha256: Annotated[str, Form(max_length=95)] = "") -> Response:
     user = _need(request, admin=True)
     try:
-        peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls == "true")  # type: ignore[arg-type]
+        peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls == "true",  # type: ignore[arg-type]
+                    tls_subject_cn=tls_subject_cn or None, tls_sha256=tls_sha256 or None)
     except ValidationError as exc:
         return _peers_view(request, error=_first_error(exc), status=422)
     configuration.save_peer(request, user, peer)
@@ -290,6 +348,9 @@ def echo_peer(request: Request, ae_title: str) -> Response:
     peer = configuration.find_peer(ctx, ae_title)
     if peer is None:
         return _peers_view(request, error="no such peer", status=404)
+    if not peer.dialable:
+        return _peers_view(request, error=f"peer {ae_title} may call in from {peer.host}, not one host: it cannot "
+                                          "be called", status=409)
     return _peers_view(request, echo=configuration.echo_peer(ctx.settings, peer))
 
 
@@ -330,7 +391,8 @@ def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, err
 @router.post("/ui/rules")
 def save_rule(request: Request, name: Annotated[str, Form()], model: Annotated[str, Form()],
               match: Annotated[str, Form(max_length=4096)] = "",
-              destinations: Annotated[str, Form(max_length=1024)] = "") -> Response:
+              destinations: Annotated[str, Form(max_length=1024)] = "",
+              model_not_installed_ok: Annotated[str, Form(max_length=8)] = "") -> Response:
     user = _need(request, admin=True)
     try:
         pairs = dict(line.split("=", 1) for line in match.splitlines() if line.strip())
@@ -339,6 +401,12 @@ def save_rule(request: Request, name: Annotated[str, Form()], model: Annotated[s
     except ValueError as exc:  # a line without "=", or a pattern refused (ValidationError is a ValueError)
         text = _first_error(exc) if isinstance(exc, ValidationError) else "each match line is Keyword=regex"
         return _rules_view(request, error=text, status=422)
+    if model_not_installed_ok != "true":
+        try:
+            config_store.check_rule_model(rule, load_manifests(deps.state(request).ctx.settings.models_dir))
+        except ValueError as exc:
+            return _rules_view(request, error=f"{exc}; tick 'Model not installed yet' to save it anyway",
+                               status=422)
     configuration.save_rule(request, user, rule)
     return _rules_view(request, notice=f"rule {name} saved: the next sweep uses it")
 
@@ -378,7 +446,8 @@ def audit_page(request: Request, since: str = "", until: str = "", event: str = 
             query = query.where(AuditRecord.at < _when(until))
     except ValueError:
         return _page(request, "audit.html", "Audit", user, 422, error="times must be ISO dates and times",
-                     rows=[], verification=verify(ctx.sessions), events=[e.value for e in AuditEvent], q={})
+                     rows=[], verification=_verification(ctx.settings, ctx.sessions),
+                     events=[e.value for e in AuditEvent], q={})
     if event:
         query = query.where(AuditRecord.event == event[:48])
     if actor:
@@ -389,9 +458,30 @@ def audit_page(request: Request, since: str = "", until: str = "", event: str = 
         rows = [{"id": r.id, "at": r.at.isoformat(timespec="seconds"), "event": r.event, "outcome": r.outcome,
                  "actor": r.actor, "study_uid": r.study_uid, "reason": _reason(r.detail)}
                 for r in session.scalars(query)]
-    return _page(request, "audit.html", "Audit", user, rows=rows, verification=verify(ctx.sessions),
-                 events=[e.value for e in AuditEvent],
+    return _page(request, "audit.html", "Audit", user, rows=rows,
+                 verification=_verification(ctx.settings, ctx.sessions), events=[e.value for e in AuditEvent],
                  q={"since": since, "until": until, "event": event, "actor": actor, "study_uid": study_uid})
+
+
+def _verification(settings: Settings, sessions: sessionmaker[Session]) -> dict[str, Any]:
+    """The trail's verification against the anchor (as ``dicomnode audit verify --anchor`` does), for the
+    page: ``state`` is intact, truncated (the newest rows removed: ``missing`` rows) or broken."""
+    path = settings.anchor_path
+    try:
+        anchors = read_checkpoints(path)
+    except FileNotFoundError:
+        anchors = []
+    except (OSError, ValueError) as exc:
+        return {"state": "broken", "rows": 0, "anchors": 0, "at": None,
+                "reason": f"the anchor file {path.name} cannot be read: {exc}"}
+    with sessions() as session:
+        total = int(session.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+    result = verify(sessions, anchors)
+    anchored = max((a.rows for a in anchors), default=0)
+    state = ("intact" if result.ok else
+             "truncated" if result.rows >= total and anchored > result.rows else "broken")
+    return {"state": state, "rows": result.rows, "anchors": len(anchors), "at": result.first_bad_id,
+            "missing": anchored - result.rows, "reason": result.reason, "anchor_file": path.name}
 
 
 def _when(value: str) -> dt.datetime:

@@ -9,31 +9,44 @@
   over the study's results. ``GET .../series/{series}`` and ``.../instances/{sop}``: WADO-RS, the result
   files as ``multipart/related; type="application/dicom"``.
 
-Bearer tokens come from ``POST /api/login``. The ``admin`` and ``sender`` roles may store; a sender
-reads only the results of studies it sent (others are 404), an admin every study's; the ``viewer``
-role gets 403. Each store names the user and address in the audit trail; each retrieval is audited.
+Bearer tokens come from ``POST /api/login``. The ``admin`` and ``sender`` roles may store; the
+``viewer`` role gets 403. A study belongs to the sender that first stored it: a sender stores into and
+reads the results of its own studies only. Its store into another sender's study, or into one the PACS
+sent, is refused with the answer it gets for an instance whose UIDs another study holds (0xC213, HTTP 409
+when it is the only part), and audited as a ``study_not_owned`` security alert (per burst); its QIDO-RS
+and WADO-RS of such a study are 404, as for a study that does not exist. An admin stores into and reads
+every study. See :mod:`dicomnode.store.ingest` ("Ownership") for why both refusals are one answer.
+Each request names the user and address in the audit trail: its receipts in one row per study, its
+refusals per burst (:mod:`dicomnode.dicomweb.stow`); each retrieval is audited.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from dicomnode.admin.csrf import public_origin
 from dicomnode.admin.deps import WebUser, client_address, state
 from dicomnode.admin.schemas import UID_PATTERN
+from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.dicomweb.results import ResultFile, instance_attributes, result_files, series_attributes
-from dicomnode.dicomweb.stow import PartOutcome, store_part, store_response
-from dicomnode.jobs.models import Study, StudySender
+from dicomnode.dicomweb.stow import PartOutcome, audit_request, store_part, store_response
+from dicomnode.jobs.models import Study
+from dicomnode.log import extra
 from dicomnode.net.multipart import DICOM, MultipartError, encode_related, parse_related
 from dicomnode.settings import AdminUser
-from dicomnode.store.ingest import Client, audit
+from dicomnode.store.ingest import Client, study_owner
+
+log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 
@@ -45,18 +58,39 @@ SeriesUid = Annotated[str, Path(pattern=UID_PATTERN)]
 
 
 def _base(request: Request) -> str:
-    return f"{str(request.base_url).rstrip('/')}/dicomweb"
+    """The RetrieveURL base: the node's public origin, never the request's Host header."""
+    return f"{public_origin(request).rstrip('/')}/dicomweb"
 
 
 def _client(request: Request, user: AdminUser) -> Client:
     return Client(actor=user.name, address=client_address(request), calling_ae=user.name[:16],
-                  sender=user.name, transport="STOW-RS")
+                  sender=user.name, transport="STOW-RS", admin=user.role == "admin")
+
+
+def _bursts(request: Request) -> BurstAuditor:
+    bursts = state(request).ctx.bursts
+    assert bursts is not None  # AdminContext makes one when none is given
+    return bursts
 
 
 def _store_all(request: Request, user: AdminUser, parts: list[bytes], study_uid: str | None) -> list[PartOutcome]:
     ctx = state(request).ctx
     client = _client(request, user)
-    return [store_part(ctx.settings, ctx.sessions, client, part, study_uid) for part in parts]
+    outcomes = [store_part(ctx.settings, ctx.sessions, client, part, study_uid) for part in parts]
+    audit_request(ctx.sessions, _bursts(request), client, outcomes)
+    return outcomes
+
+
+def _refuse_body(request: Request, user: AdminUser, exc: MultipartError) -> None:
+    """A malformed request: audited per burst (one key per HTTP status, user and address)."""
+    address = client_address(request)
+    try:
+        _bursts(request).refused(AuditEvent.INSTANCE_REFUSED, repr(("stow", f"HTTP {exc.status}", user.name, address)),
+                                 actor=user.name, outcome=Outcome.MINOR_FAILURE, address=address,
+                                 status=f"HTTP {exc.status}", reason=f"STOW-RS request refused: {exc}",
+                                 transport="STOW-RS")
+    except SQLAlchemyError:
+        log.exception("could not audit a refused STOW-RS request", extra=extra(stage="receive"))
 
 
 async def _stow(request: Request, user: AdminUser, study_uid: str | None) -> Response:
@@ -64,10 +98,7 @@ async def _stow(request: Request, user: AdminUser, study_uid: str | None) -> Res
     try:
         parts = parse_related(body, request.headers.get("content-type", ""))
     except MultipartError as exc:
-        sessions = state(request).ctx.sessions
-        await run_in_threadpool(audit, sessions, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE,
-                                actor=user.name, address=client_address(request), status=f"HTTP {exc.status}",
-                                reason=f"STOW-RS request refused: {exc}", transport="STOW-RS")
+        await run_in_threadpool(_refuse_body, request, user, exc)
         raise HTTPException(exc.status, f"{exc}; nothing was stored") from None
     outcomes = await run_in_threadpool(_store_all, request, user, parts, study_uid)
     status, response = store_response(outcomes, _base(request))
@@ -85,11 +116,11 @@ async def _stow_study(request: Request, study_uid: StudyUid, user: WebUser) -> R
 
 
 def _readable(request: Request, user: AdminUser, study_uid: str) -> Study:
-    """The study, when ``user`` may read its results (404 otherwise: nobody learns what others sent)."""
+    """The study, when ``user`` may read its results: an admin any, a sender its own (404 otherwise, as for
+    a study that does not exist: nobody learns what others sent)."""
     with state(request).ctx.sessions() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
-        allowed = study is not None and (user.role == "admin" or session.get(StudySender, (study.id, user.name))
-                                         is not None)
+        allowed = study is not None and (user.role == "admin" or study_owner(session, study_uid) == user.name)
         if study is None or not allowed:
             raise HTTPException(404, "no such study")
         session.expunge(study)

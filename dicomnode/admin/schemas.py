@@ -11,6 +11,8 @@ NAME_PATTERN = r"^[A-Za-z0-9 _.\-]{1,64}$"
 """A peer's AE title or a destination's or rule's name, as a URL path segment."""
 UID_PATTERN = r"^[0-9.]{1,64}$"
 """A DICOM UID, as a URL path segment."""
+JOB_ID_MAX = 2**63 - 1
+"""The largest job id (a signed 64-bit column): a larger one in a URL is no such job (404)."""
 
 
 class Body(BaseModel):
@@ -32,6 +34,8 @@ class PeerBody(Body):
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False
+    tls_subject_cn: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,64}$")  # as Peer's
+    tls_sha256: str | None = Field(default=None, pattern=r"^(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$")
 
 
 class DestinationBody(Body):
@@ -53,6 +57,7 @@ class RuleBody(Body):
     model: str = Field(min_length=1, max_length=64)
     match: dict[str, str] = Field(default_factory=dict)
     destinations: list[str] = Field(default_factory=list, max_length=32)
+    model_not_installed_ok: bool = False  # save a rule for a model not installed yet (refused otherwise)
 
 
 class Listing(BaseModel):

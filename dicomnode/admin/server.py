@@ -10,6 +10,9 @@
 - At most ``admin_max_connections`` connections are served at once; more get 503.
 - DICOMweb (``/dicomweb/``) takes larger bodies and longer: ``dicomweb_max_body_bytes`` and
   ``dicomweb_request_timeout_seconds``, counted from the arrival of the request's headers.
+- ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from ``admin_trusted_proxies``
+  (uvicorn's proxy headers, which would otherwise trust loopback): with none, the client is the socket's
+  peer, whatever it says, so that the login throttle and the audit trail see real addresses.
 """
 
 from __future__ import annotations
@@ -158,6 +161,8 @@ def start_server(app: Any, settings: Settings) -> AdminServer:
     config = uvicorn.Config(BodyLimit(app, settings.admin_max_body_bytes, uploads), http=protocol, lifespan="off",
                             log_config=None, access_log=False, server_header=False,
                             limit_concurrency=settings.admin_max_connections,
+                            proxy_headers=bool(settings.admin_trusted_proxies),
+                            forwarded_allow_ips=list(settings.admin_trusted_proxies) or None,
                             timeout_keep_alive=5, timeout_graceful_shutdown=5)
     family = socket.AF_INET6 if ":" in settings.admin_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -59,6 +59,8 @@ EVENTS: dict[str, EventSpec] = {
     AuditEvent.ASSOCIATION_REJECTED: EventSpec(SECURITY_ALERT, NODE_AUTHENTICATION, "E"),
     AuditEvent.USER_LOGIN_FAILED: EventSpec(SECURITY_ALERT, RESTRICTED_FUNCTION, "E"),
     AuditEvent.CONFIG_CHANGED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, "U"),
+    AuditEvent.REQUEST_REFUSED: EventSpec(SECURITY_ALERT, RESTRICTED_FUNCTION, "E"),
+    AuditEvent.STUDY_NOT_OWNED: EventSpec(SECURITY_ALERT, RESTRICTED_FUNCTION, "E"),
     AuditEvent.BEGIN_TRANSFER_IN: EventSpec(BEGIN_TRANSFERRING, None, "E"),
     AuditEvent.STUDY_RECEIVED: EventSpec(INSTANCES_TRANSFERRED, None, "C"),
     AuditEvent.BEGIN_TRANSFER_OUT: EventSpec(BEGIN_TRANSFERRING, None, "E"),
@@ -120,7 +122,8 @@ def _participants(root: ET.Element, row: AuditRecord, detail: dict[str, Any], so
         _participant(root, row.actor or str(detail.get("destination", "")), False, ROLE_DESTINATION,
                      address=str(detail.get("address", "")))
     elif event in (AuditEvent.USER_LOGIN, AuditEvent.USER_LOGOUT, AuditEvent.USER_LOGIN_FAILED,
-                   AuditEvent.CONFIG_CHANGED, AuditEvent.AUDIT_EXPORTED):
+                   AuditEvent.CONFIG_CHANGED, AuditEvent.AUDIT_EXPORTED, AuditEvent.REQUEST_REFUSED,
+                   AuditEvent.STUDY_NOT_OWNED):
         _participant(root, row.actor, True, None, address=str(detail.get("address", "")))
         _participant(root, source.ae_title, False, ROLE_APPLICATION, **node)
     elif event == AuditEvent.INSTANCES_ACCESSED and detail.get("address"):  # a person, through the admin API

@@ -23,6 +23,7 @@ class AuditEvent(enum.StrEnum):
     INSTANCE_RECEIVED = "instance_received"      # one per instance: rows written before the group commit
     INSTANCES_RECEIVED = "instances_received"    # one per association and study: count, re-sends, SOP classes
     INSTANCE_REFUSED = "instance_refused"
+    STUDY_NOT_OWNED = "study_not_owned"          # a sender stored into a study it does not own: refused
     STUDY_RECEIVED = "study_received"
     SERIES_SKIPPED = "series_skipped"
     STUDY_NOT_ROUTED = "study_not_routed"
@@ -41,6 +42,7 @@ class AuditEvent(enum.StrEnum):
     USER_LOGIN_FAILED = "user_login_failed"
     USER_LOGOUT = "user_logout"
     CONFIG_CHANGED = "config_changed"
+    REQUEST_REFUSED = "request_refused"          # a console change from another origin or without its token
     AUDIT_EXPORTED = "audit_exported"
 
 

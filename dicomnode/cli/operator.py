@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import config_store
 from dicomnode.admin import job_actions as jobs
 from dicomnode.admin.rule_tester import file_headers, judge
+from dicomnode.admin.schemas import JOB_ID_MAX
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
 from dicomnode.cli import context
@@ -90,9 +91,14 @@ def peers_list(ctx: typer.Context) -> None:
 
 @peers_app.command("add")
 def peers_add(ctx: typer.Context, ae_title: str, host: str, port: int,
-              tls: Annotated[bool, typer.Option(help="connect with DICOM TLS")] = False) -> None:
+              tls: Annotated[bool, typer.Option(help="connect with DICOM TLS")] = False,
+              tls_subject_cn: Annotated[str | None, typer.Option(
+                  help="mTLS: the subject CN the peer's client certificate must carry")] = None,
+              tls_sha256: Annotated[str | None, typer.Option(
+                  help="mTLS: the SHA-256 fingerprint its client certificate must have")] = None) -> None:
     """Allow AE_TITLE at HOST (address, network or name) to call in, at once."""
-    peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls)
+    peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls, tls_subject_cn=tls_subject_cn,
+                tls_sha256=tls_sha256)
     with session_scope(_sessions(ctx)) as session:
         config_store.put_peer(session, peer, user=context.operator(), address="cli")
     _out().print(f"peer {peer} saved: it may call in now")
@@ -187,6 +193,40 @@ def rules_list(ctx: typer.Context) -> None:
     _out().print(table)
 
 
+@rules_app.command("add")
+def rules_add(ctx: typer.Context, name: str, model: str,
+              match: Annotated[list[str] | None, typer.Option(
+                  help="KEYWORD=REGEX, searched case-insensitively in the attribute (repeatable)")] = None,
+              to: Annotated[list[str] | None, typer.Option(
+                  "--to", help="a destination's name, or pacs (repeatable; none: every destination)")] = None,
+              allow_missing_model: Annotated[bool, typer.Option(
+                  help="save the rule although MODEL is not installed (yet)")] = False) -> None:
+    """Run MODEL on the series that every --match finds, from the next sweep on."""
+    from dicomnode.inference.registry import load_manifests
+
+    pairs = [item.partition("=") for item in match or []]
+    if any(not sep or not key.strip() for key, sep, _ in pairs):
+        raise Failure("each --match is KEYWORD=REGEX", code=2)
+    rule = Rule(name=name, model=model, match={k.strip(): v.strip() for k, _, v in pairs}, destinations=to or [])
+    if not allow_missing_model:
+        try:
+            config_store.check_rule_model(rule, load_manifests(context.settings(ctx).models_dir))
+        except ValueError as exc:
+            raise Failure(f"{exc}; pass --allow-missing-model to save it anyway", code=2) from None
+    with session_scope(_sessions(ctx)) as session:
+        config_store.put_rule(session, rule, user=context.operator(), address="cli")
+    _out().print(f"rule {name} saved: the next sweep uses it")
+
+
+@rules_app.command("remove")
+def rules_remove(ctx: typer.Context, name: str) -> None:
+    """Stop routing by rule NAME (a rule added at run time)."""
+    with session_scope(_sessions(ctx)) as session:
+        if not config_store.delete_rule(session, name, user=context.operator(), address="cli"):
+            raise Failure(f"no rule {name} was added at run time (configured rules live in the configuration)")
+    _out().print(f"rule {name} removed")
+
+
 @rules_app.command("test")
 def rules_test(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders")]
                ) -> None:
@@ -219,7 +259,7 @@ def jobs_list(ctx: typer.Context, state: Annotated[JobStatus | None, typer.Optio
 
 
 def _one_job(ctx: typer.Context, job_id: int) -> dict[str, object]:
-    rows = jobs.job_rows(_sessions(ctx), job_id=job_id)
+    rows = jobs.job_rows(_sessions(ctx), job_id=job_id) if 1 <= job_id <= JOB_ID_MAX else []
     if not rows:
         raise Failure(f"no job {job_id}")
     return rows[0]

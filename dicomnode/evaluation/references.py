@@ -20,7 +20,6 @@ whether every class the model outputs was called as the model called it (probabi
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from dicomnode.db import session_scope
 from dicomnode.evaluation.compare import compare
 from dicomnode.inference.manifest import Manifest
 from dicomnode.jobs.models import Delivery, Instance, Job, ReferenceObject, ReferenceSegment, Series, Study
+from dicomnode.jobs.routing import search
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.log import extra
 from dicomnode.results.files import node_seg_path, written_outputs
@@ -72,9 +72,9 @@ def candidates(session: Session, limit: int = 50) -> list[Candidate]:
 
 def rule_matches(rules: ReferenceRules, description: str, manufacturer: str, calling_ae: str) -> str:
     """Which reference rule the object matches ("" when none does)."""
-    if rules.series_description and re.search(rules.series_description, description, re.IGNORECASE):
+    if rules.series_description and search(rules.series_description, description):
         return "series_description"
-    if rules.manufacturer and re.search(rules.manufacturer, manufacturer, re.IGNORECASE):
+    if rules.manufacturer and search(rules.manufacturer, manufacturer):
         return "manufacturer"
     if calling_ae in rules.calling_aes:
         return "calling_aes"

@@ -1,12 +1,12 @@
 """``dicomnode export training --model M [--since DATE] OUT/``: de-identified volumes and labels.
 
-For each succeeded job of the model (the latest revision of each series), the source series goes
-through the edge-cloud de-identification (:func:`dicomnode.remote.deid.deidentify`, PS3.15 Annex E via
-dicognito), and only its voxels and geometry are written, as NIfTI: ``imagesTr/case-NNNN.nii.gz``. The
-label is the readers' reference SEG when one was evaluated for that job, otherwise the node's own SEG,
-marked as a pseudo-label: ``labelsTr/case-NNNN.nii.gz``, on the image's grid, with segment numbers as
-values. ``datalist.json`` lists the cases as MONAI's ``load_decathlon_datalist`` reads them. Case
-names are counters: no UID, name, ID, date or accession number is written anywhere.
+For each succeeded job of the model (the latest revision of each series), the source series goes through
+the edge-cloud de-identification (:func:`dicomnode.remote.deid.deidentify`, PS3.15 Annex E Table E.1-1,
+the Basic profile), and only its voxels and geometry are written, as NIfTI:
+``imagesTr/case-NNNN.nii.gz``. The label is the readers' reference SEG when one was evaluated for that job, otherwise
+the node's own SEG, marked as a pseudo-label: ``labelsTr/case-NNNN.nii.gz``, on the image's grid, with
+segment numbers as values. ``datalist.json`` lists the cases as MONAI's ``load_decathlon_datalist``
+reads them. Case names are counters: no UID, name, ID, date or accession number is written anywhere.
 """
 
 from __future__ import annotations

@@ -162,6 +162,9 @@ class RemoteBackend(_Strict):
     max_local_queue: int = Field(default=4, ge=0)
     poll_seconds: float = Field(default=2.0, gt=0)
     timeout_seconds: float = Field(default=900.0, gt=0)
+    # PS3.15 Annex E options applied on top of the Basic profile (dicomnode.remote.options); none: Basic only
+    deid_options: tuple[Literal["retain-longitudinal-temporal-modified-dates", "retain-patient-characteristics",
+                                "clean-descriptors"], ...] = ()
 
 
 class Manifest(_Strict):

@@ -158,6 +158,8 @@ class PeerConfig(Base):
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int]
     tls: Mapped[bool] = mapped_column(default=False)
+    tls_subject_cn: Mapped[str | None] = mapped_column(String(64))  # the client certificate it must present
+    tls_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class DestinationConfig(Base):

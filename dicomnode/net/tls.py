@@ -2,14 +2,18 @@
 
 TLS 1.2 or newer only. With ``tls_ca_file`` the SCP requires and verifies client certificates (mutual
 TLS); the SCU always verifies the PACS' certificate against ``tls_ca_file`` (or the system store).
+:func:`client_certificate` tells who a verified client is (subject CN, SHA-256 fingerprint), for the
+peers bound to a certificate (``tls_subject_cn``, ``tls_sha256``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dicomnode.settings import Settings
@@ -45,6 +49,42 @@ class AuditingServerContext(ssl.SSLContext):
             raise
         wrapped.settimeout(previous)
         return wrapped
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """The certificate a TLS client presented (and the handshake verified): the subject's common name
+    (None unless it has exactly one) and the SHA-256 fingerprint of the DER certificate (lower-case hex)."""
+
+    subject_cn: str | None
+    sha256: str
+
+    @classmethod
+    def from_der(cls, der: bytes) -> ClientCertificate:
+        """Read a DER certificate (parsed by ``cryptography``).
+
+        Raises
+        ------
+        ValueError
+            ``der`` is not a certificate.
+        """
+        from cryptography import x509  # only where a client certificate is read
+        from cryptography.x509.oid import NameOID
+
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = names[0].value if len(names) == 1 else None  # two CNs name nobody exactly
+        return cls(cn if isinstance(cn, str) else None, hashlib.sha256(der).hexdigest())
+
+
+def client_certificate(sock: Any) -> ClientCertificate | None:
+    """The certificate the client presented on ``sock``; None on a plain socket, or where it presented none."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        der = sock.getpeercert(binary_form=True)
+    except (OSError, ValueError):  # closed meanwhile, or the handshake never finished
+        return None
+    return ClientCertificate.from_der(der) if der else None
 
 
 def _base(context: ssl.SSLContext) -> ssl.SSLContext:

@@ -27,6 +27,7 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.config_store import runtime_peers
 from dicomnode.errors import StoreError
 from dicomnode.log import extra
+from dicomnode.net.tls import client_certificate
 from dicomnode.receive.accept import decide
 from dicomnode.receive.dataphase.early import DEFER_BYTES
 from dicomnode.receive.incoming import discard_partial
@@ -76,7 +78,6 @@ from dicomnode.store.spool import Written, adopt_file, remove_new_file, spool_pa
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ReceiveContext:
     settings: Settings
@@ -93,6 +94,22 @@ class ReceiveContext:
 
 def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
     audit(ctx.sessions, event, outcome, **fields)
+
+
+def _refused(ctx: ReceiveContext, event: AuditEvent, kind: str, *, calling_ae: str, address: str,
+             **detail: Any) -> None:
+    """A refusal at the DICOM door, audited per burst of (event, ``kind``, address): the first of a burst is
+    a row at once, the rest are counted (:mod:`dicomnode.audit.bursts`); never raises. The calling AE is not
+    part of the key (a caller that claims a new AE title on every try is still one burst); the first row
+    names the first AE title, the closing row the last."""
+    bursts = ctx.bursts
+    assert bursts is not None  # made in __post_init__ when not given
+    key = json.dumps([event.value, kind, address])
+    try:
+        bursts.refused(event, key, actor=calling_ae, outcome=Outcome.MINOR_FAILURE, address=address,
+                       calling_ae=calling_ae, **detail)
+    except SQLAlchemyError:
+        log.exception("could not write audit row", extra=extra(event=event.value))
 
 
 @dataclass(frozen=True)
@@ -120,19 +137,21 @@ def requestor(assoc: Any) -> tuple[str, str]:
 
 
 def handle_requested(event: Any, ctx: ReceiveContext) -> None:
-    """EVT_REQUESTED: reject unknown callers with A-ASSOCIATE-RJ and a security-alert audit row."""
+    """EVT_REQUESTED: reject unknown callers, and callers without the client certificate their peer names
+    (:func:`~dicomnode.receive.accept.decide`), with A-ASSOCIATE-RJ; audited as security alerts, per burst."""
     try:
         calling_ae, address = requestor(event.assoc)
         primitive = event.assoc.requestor.primitive
         called_ae = primitive.called_ae_title if primitive is not None else ""
         decision = decide(own_ae=ctx.settings.ae_title, called_ae=str(called_ae), calling_ae=calling_ae,
                           address=address, peers=runtime_peers(ctx.settings, ctx.sessions),
-                          require_known=ctx.settings.require_known_callers)
+                          require_known=ctx.settings.require_known_callers,
+                          certificate=client_certificate(event.assoc.dul.socket.socket))
         if decision.accepted:
             return
         log.warning("association rejected: %s", decision.reason, extra=extra(stage="receive"))
-        _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor=calling_ae,
-               address=address, reason=decision.reason, security_alert=True)
+        _refused(ctx, AuditEvent.ASSOCIATION_REJECTED, decision.kind, calling_ae=calling_ae, address=address,
+                 reason=decision.reason, security_alert=True)
         event.assoc.acse.send_reject(0x01, 0x01, decision.diagnostic)
         event.assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the A-ASSOCIATE-RJ first
     except Exception:
@@ -150,14 +169,20 @@ def handle_rejected(event: Any, ctx: ReceiveContext) -> None:
     """EVT_REJECTED: pynetdicom's own rejections (too many associations: local limit exceeded)."""
     calling_ae, address = requestor(event.assoc)
     log.warning("association rejected by the association limit", extra=extra(stage="receive"))
-    _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
-           reason=f"local limit exceeded (max_associations={ctx.settings.max_associations})")
+    _refused(ctx, AuditEvent.ASSOCIATION_REJECTED, "association_limit", calling_ae=calling_ae, address=address,
+             reason=f"local limit exceeded (max_associations={ctx.settings.max_associations})")
 
 
 def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
     """A TLS handshake failed (plain peer on the TLS port, untrusted or missing certificate)."""
-    _audit(ctx, AuditEvent.ASSOCIATION_REJECTED, Outcome.MINOR_FAILURE, actor="", address=address,
-           reason=f"TLS handshake failed: {reason}", security_alert=True)
+    _refused(ctx, AuditEvent.ASSOCIATION_REJECTED, "tls_handshake", calling_ae="", address=address,
+             reason=f"TLS handshake failed: {reason}", security_alert=True)
+
+
+def handle_silent(address: str, ctx: ReceiveContext) -> None:
+    """A connection closed because no A-ASSOCIATE-RQ arrived within ``first_pdu_timeout_seconds``."""
+    _refused(ctx, AuditEvent.ASSOCIATION_REJECTED, "first_pdu_timeout", calling_ae="", address=address,
+             reason=f"no A-ASSOCIATE-RQ within first_pdu_timeout_seconds={ctx.settings.first_pdu_timeout_seconds:g}")
 
 
 def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
@@ -170,9 +195,9 @@ def refuse_too_large(assoc: Any, size: int, ctx: ReceiveContext) -> None:
     logged (no values) and audited, whichever engine read the data."""
     log.warning("association aborted: instance larger than max_instance_mb", extra=extra(stage="receive"))
     calling_ae, address = requestor(assoc)
-    _audit(ctx, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, actor=calling_ae, address=address,
-           status="A-ABORT", reason=f"instance larger than twice max_instance_mb={ctx.settings.max_instance_mb:g} "
-                                    f"({size // 2**20} MiB received so far)")
+    _refused(ctx, AuditEvent.INSTANCE_REFUSED, "too_large", calling_ae=calling_ae, address=address,
+             status="A-ABORT", reason=f"instance larger than twice max_instance_mb={ctx.settings.max_instance_mb:g} "
+                                      f"({size // 2**20} MiB received so far)")
 
 
 def handle_accepted(event: Any, ctx: ReceiveContext) -> None:

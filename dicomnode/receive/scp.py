@@ -19,6 +19,7 @@ from dicomnode.receive.handlers import (
     handle_echo,
     handle_rejected,
     handle_requested,
+    handle_silent,
     handle_store,
     handle_tls_failure,
     handle_too_large,
@@ -75,7 +76,7 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
         if reactor.set_p_data_hook(ae, phase):
             handlers.append((evt.EVT_CONN_CLOSE, phase.on_closed))
     start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds,
-                    share_port=settings.share_port)
+                    share_port=settings.share_port, on_silent=partial(handle_silent, ctx=ctx))
     servers = []
     if settings.plain_port_enabled:
         servers.append(start((settings.host, settings.port)))

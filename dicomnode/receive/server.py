@@ -5,7 +5,8 @@ pynetdicom's server wraps TLS sockets in its accept loop and counts a connection
 handshake (bounded by ``tls_handshake_timeout_seconds``) and the wait for the peer's first PDU (bounded
 by ``first_pdu_timeout_seconds``) run in the connection's own thread, and the association, which is
 what takes a slot, is created only once a whole A-ASSOCIATE-RQ PDU has arrived. A connection that sends
-nothing is closed without ever holding a slot a known peer needs.
+nothing is closed without ever holding a slot a known peer needs, and reported to ``on_silent`` (audited,
+per burst).
 
 With ``share_port`` (the ``share_port`` setting), several receiving processes bind the same address
 (SO_REUSEPORT) and the kernel hands each new connection to one of them.
@@ -19,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -60,9 +62,11 @@ def _whole_request_arrived(sock: socket.socket, deadline: float) -> bool | None:
 class GuardedServer(ThreadedAssociationServer):
     """A :class:`ThreadedAssociationServer` whose accept loop never waits on a client."""
 
-    def __init__(self, *args: Any, first_pdu_timeout: float, share_port: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, first_pdu_timeout: float, share_port: bool = False,
+                 on_silent: Callable[[str], None] = lambda address: None, **kwargs: Any) -> None:
         self.first_pdu_timeout = first_pdu_timeout
         self.share_port = share_port
+        self.on_silent = on_silent
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -91,6 +95,7 @@ class GuardedServer(ThreadedAssociationServer):
                 if arrived is False:
                     log.warning("connection closed: no A-ASSOCIATE-RQ within first_pdu_timeout_seconds",
                                 extra=extra(stage="receive"))
+                    self.on_silent(str(client_address[0]))
                 self.shutdown_request(sock)
                 return
             sock.settimeout(previous)
@@ -101,10 +106,12 @@ class GuardedServer(ThreadedAssociationServer):
 
 
 def start_guarded_server(ae: AE, address: tuple[str, int], *, handlers: list[Any], first_pdu_timeout: float,
-                         ssl_context: ssl.SSLContext | None = None, share_port: bool = False) -> GuardedServer:
-    """Start a :class:`GuardedServer` for ``ae`` in a daemon thread, as ``AE.start_server(block=False)`` does."""
+                         ssl_context: ssl.SSLContext | None = None, share_port: bool = False,
+                         on_silent: Callable[[str], None] = lambda address: None) -> GuardedServer:
+    """Start a :class:`GuardedServer` for ``ae`` in a daemon thread, as ``AE.start_server(block=False)`` does;
+    ``on_silent(address)`` hears of each connection closed for sending no A-ASSOCIATE-RQ in time."""
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers, server_class=GuardedServer,
-                            first_pdu_timeout=first_pdu_timeout, share_port=share_port)
+                            first_pdu_timeout=first_pdu_timeout, share_port=share_port, on_silent=on_silent)
     assert isinstance(server, GuardedServer)
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)

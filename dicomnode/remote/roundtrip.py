@@ -1,8 +1,9 @@
 """The edge's side of remote inference, one stage per function, top to bottom:
 
-de-identify (UID map into the database) -> log in to the cloud (sender role) -> STOW-RS the series
-(audited as an export under the de-identified study UID) -> poll QIDO-RS until the cloud's SEG and SR
-for the series are there -> WADO-RS them -> re-identify. The pipeline then writes and delivers them as
+de-identify (PS3.15 Annex E with the manifest's ``deid_options``, :mod:`dicomnode.remote.deid`; UID map
+into the database) -> log in to the cloud (sender role) -> STOW-RS the series (audited as an export under
+the de-identified study UID) -> poll QIDO-RS until the cloud's SEG and SR for the series are there ->
+WADO-RS them -> re-identify. The pipeline then writes and delivers them as
 if they had been computed here.
 
 Failures raise :class:`~dicomnode.errors.SendError`: retryable when the cloud did not answer, answered
@@ -169,7 +170,7 @@ def run_remote(settings: Settings, sessions: sessionmaker[Session], job: Claimed
     """The SEG and SR for ``job``'s series, computed by the remote backend, re-identified (module docstring)."""
     timings = timings or Timings()
     started = time.perf_counter()
-    copies, uid_map = deidentify(datasets, _seed(sessions, job.id))
+    copies, uid_map = deidentify(datasets, _seed(sessions, job.id), backend.deid_options)
     _keep_map(sessions, job, uid_map)
     deid_study, deid_series = uid_map[job.study_uid], uid_map[job.series_uid]
     started = timings.mark("deidentify", started)

@@ -7,10 +7,27 @@
   or the spool file could not be written
 - ``0xA701`` refused, out of resources: the database could not record the instance
 - ``0xC213`` cannot understand: a UID collision (the SOP Instance UID or the series already belongs to
-  another study or series, or the study to another patient); never merged, audited as a security alert
+  another study or series, or the study to another patient); never merged, a security alert. Also: the
+  study is not the STOW-RS sender's (below)
 
-Both transports call it with the same checks in the same order, so that dedupe, the collision check,
-completeness, routing and the audit trail cannot differ between them.
+:func:`ingest` lands a STOW-RS instance; C-STORE lands through the group commit
+(:mod:`dicomnode.store.committer`) with the same checks, statuses and refusal helpers of this module.
+:func:`ingest` audits nothing of the instance itself: its caller audits the receipts per request and the
+refusals per burst (:mod:`dicomnode.dicomweb.stow`).
+
+Ownership (STOW-RS). A study belongs to the sender that first stored it: its first ``StudySender`` row,
+written in the transaction that made the study. The ``sender`` role may add to its own studies only.
+Storing into any other existing study (another sender's, or one the PACS sent by C-STORE, which no sender
+owns) is refused with ``0xC213``: the answer (so the same failure entry, Store Instances Response and HTTP
+status) that a sender gets for a study UID that nobody has when the instance's Series or SOP Instance UID
+is already taken by another study. The answer says no more than
+"a UID of this instance is taken": not by whom, not for which patient, and not whether the Patient ID
+matched (ownership is checked before the patient). Both refusals read the same rows with the same
+statements before anything is written, write nothing (no spool file, no row), and are audited alike (a
+security alert, per burst). That a study UID is taken cannot be hidden from a store that would otherwise
+create it; what it holds can. Admins may store into any study (without becoming its owner). C-STORE
+ignores ownership: the PACS sending into a study that a sender created is the hospital's normal flow, and
+the study stays that sender's.
 """
 
 from __future__ import annotations
@@ -29,10 +46,10 @@ from dicomnode.audit.trail import record
 from dicomnode.db import read_scope, session_scope
 from dicomnode.errors import StoreError, UidCollision
 from dicomnode.files import free_bytes, write_atomic
-from dicomnode.jobs.models import Instance, Study, StudySender
+from dicomnode.jobs.models import Instance, Series, Study, StudySender
 from dicomnode.log import extra
 from dicomnode.settings import Settings
-from dicomnode.store.index import InstanceMeta, find_collision, record_instance
+from dicomnode.store.index import InstanceMeta, find_collision, lookup, record_instance
 from dicomnode.store.spool import clean_uid, spool_path
 
 log = logging.getLogger(__name__)
@@ -52,14 +69,31 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4: the request's SOP class is not it
 @dataclass(frozen=True)
 class Client:
     """Who sent an instance: ``actor`` names them in the audit trail (calling AE title, or STOW-RS user),
-    ``calling_ae`` is what the study and instance rows keep (16 characters), ``sender`` the STOW-RS user
-    who may read the study's results (None for C-STORE)."""
+    ``calling_ae`` is what the study and instance rows keep (16 characters), ``sender`` the STOW-RS user,
+    who owns the studies it makes and may store into and read only those (None for C-STORE), ``admin``
+    when that user may store into any study (module docstring: ownership)."""
 
     actor: str
     address: str
     calling_ae: str
     sender: str | None = None
     transport: str = "C-STORE"
+    admin: bool = False
+
+
+NOT_OWNED = "the study is not the sender's (another sender's, or received by C-STORE)"
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What :func:`ingest` did with an instance: its DICOM ``status``; for a refusal, the ``reason`` (for
+    the audit trail, never for the client) and whether the study was not the sender's (``not_owned``);
+    for a success, whether anything ``changed`` (False: a re-send of the same content)."""
+
+    status: int
+    reason: str = ""
+    not_owned: bool = False
+    changed: bool = False
 
 
 def audit(sessions: sessionmaker[Session], event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
@@ -158,50 +192,83 @@ def collision_before_write(sessions: sessionmaker[Session], meta: InstanceMeta) 
         return find_collision(session, meta)
 
 
-def _own(session: Session, study_uid: str, sender: str) -> None:
-    """Record that ``sender`` sent (part of) the study: it may then read the study's results."""
-    study_id = session.scalar(select(Study.id).where(Study.study_uid == study_uid))
-    if study_id is not None and session.get(StudySender, (study_id, sender)) is None:
-        session.add(StudySender(study_id=study_id, user=sender))
+def study_owner(session: Session, study_uid: str) -> str | None:
+    """The sender that owns the study: the first that stored it by STOW-RS (None: no sender, e.g. the PACS)."""
+    return session.scalar(select(StudySender.user).join(Study, StudySender.study_id == Study.id)
+                          .where(Study.study_uid == study_uid)
+                          .order_by(StudySender.at, StudySender.user).limit(1))
+
+
+def _may_add(client: Client, owner: str | None) -> bool:
+    """Whether ``client`` may add to an existing study that ``owner`` owns (module docstring: ownership)."""
+    return client.sender is None or client.admin or owner == client.sender
+
+
+def check_before_write(sessions: sessionmaker[Session], meta: InstanceMeta, client: Client) -> Landed | None:
+    """The refusal of ``meta`` for what the database holds (None: it may be written), read without a write
+    lock: a study that is not ``client``'s first, then a UID collision. The same two statements run
+    whether the study exists or not, and both refusals are 0xC213 (module docstring)."""
+    with read_scope(sessions) as session:  # never waits on the group commit's write lock
+        known = lookup(session, meta)
+        owner = study_owner(session, meta.study_uid)
+        if known.study is not None and not _may_add(client, owner):
+            return Landed(UID_COLLISION, NOT_OWNED, not_owned=True)
+        collision = find_collision(session, meta, known)
+    return Landed(UID_COLLISION, collision) if collision else None
+
+
+def _claim(session: Session, meta: InstanceMeta, client: Client) -> bool:
+    """With the instance recorded in ``session``: whether ``client`` may keep it. The sender that made the
+    study becomes its owner. Catches what raced in since :func:`check_before_write` (another sender's study
+    made meanwhile: its owner row commits with it; the PACS's: it holds other instances)."""
+    if client.sender is None:
+        return True
+    owner = study_owner(session, meta.study_uid)
+    if owner is None:
+        study_id = session.scalar(select(Study.id).where(Study.study_uid == meta.study_uid))
+        others = session.scalar(select(Instance.id).join(Series, Instance.series_id == Series.id)
+                                .where(Series.study_id == study_id, Instance.sop_instance_uid != meta.sop_instance_uid)
+                                .limit(1))
+        if others is None:  # made by this instance
+            session.add(StudySender(study_id=study_id, user=client.sender))
+            return True
+    return _may_add(client, owner)
 
 
 def ingest(settings: Settings, sessions: sessionmaker[Session], client: Client, meta: InstanceMeta,
-           data: bytes) -> int:
-    """Land one decoded, validated instance: disk guard, collision check, spool write, database row.
+           data: bytes) -> Landed:
+    """Land one decoded, validated instance: disk guard, ownership and collision check, spool write, rows.
 
-    ``data`` is what goes into the spool byte for byte (a Part-10 file). Returns a DICOM status
-    (module docstring); a refusal is audited with ``client`` as the actor.
+    ``data`` is what goes into the spool byte for byte (a Part-10 file). Returns the DICOM status (module
+    docstring) and, for a refusal, its reason; the caller audits both (nothing is audited here but the
+    start of a new study's transfer, with the study's row).
     """
     guard = disk_guard(settings)
     if guard:
-        return refuse(sessions, client, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
+        return Landed(OUT_OF_RESOURCES_DISK, guard)
     try:
-        collision = collision_before_write(sessions, meta)  # before the spool write, which could replace another's file
+        refused = check_before_write(sessions, meta, client)  # before the spool write, which could replace a file
     except SQLAlchemyError as exc:
-        return refuse(sessions, client, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
-    if collision:
-        return refuse_collision(sessions, client, meta, collision)
+        return Landed(OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}")
+    if refused is not None:
+        return refused
     path = spool_path(settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
     try:
         sha256 = write_atomic(path, data)
     except StoreError as exc:
-        return refuse(sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
+        return Landed(OUT_OF_RESOURCES_DISK, str(exc))
+    not_owned = False
     try:
         with session_scope(sessions) as session:
             changed = record_instance(session, meta, path=str(path), sha256=sha256, size=len(data),
                                       calling_ae=client.calling_ae, calling_address=client.address,
                                       actor=client.actor)
-            study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-            assert study is not None  # record_instance made it or found it
-            # one receipt row per instance: C-STORE audits its receipts per association instead (tally)
-            record(session, AuditEvent.INSTANCE_RECEIVED, actor=client.actor, **study.subject(),
-                   sop_instance_uid=meta.sop_instance_uid, sop_class_uid=meta.sop_class_uid, size=len(data),
-                   unchanged=not changed, transport=client.transport)
-            if client.sender is not None:
-                _own(session, meta.study_uid, client.sender)
+            not_owned = not _claim(session, meta, client)
+            if not_owned:  # rolls the instance back with the rest of the transaction
+                raise UidCollision(NOT_OWNED)
     except UidCollision as exc:  # raced in since the check above
         drop_orphan(sessions, path)
-        return refuse_collision(sessions, client, meta, str(exc))
+        return Landed(UID_COLLISION, str(exc), not_owned=not_owned)
     except SQLAlchemyError as exc:
-        return refuse(sessions, client, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}", meta.study_uid)
-    return SUCCESS
+        return Landed(OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}")
+    return Landed(SUCCESS, changed=changed)

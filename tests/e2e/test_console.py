@@ -12,11 +12,11 @@ import pytest
 
 from dicomnode.admin.auth import hash_password
 from tests.e2e.test_reliability import start_node
+from tests.support.admin import chromium
 from tests.support.net import free_port, port_open, wait_for
 from tests.support.peers import REPO, NodeProcess, Orthanc, storescp, storescu
 from tests.support.synthetic import make_series, write_series
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / ".artifacts" / "console"
 PATIENT_NAME, PATIENT_ID = "CONSOLE^PATIENT", "CONSOLE-4711"
 USERS = json.dumps([
@@ -27,17 +27,8 @@ USERS = json.dumps([
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        raise AssertionError("Debian chromium is not installed at /usr/bin/chromium: run scripts/test.sh, which "
-                             "installs it with the other real peers")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"])
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

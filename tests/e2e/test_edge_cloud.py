@@ -1,11 +1,15 @@
 """Edge to cloud on loopback: Orthanc routes a study to an edge node without the model; the edge
-de-identifies it, sends it by STOW-RS to a cloud node that has the model, fetches the SEG and SR by
-WADO-RS, re-identifies them and sends them into the original study on Orthanc. The cloud never holds
-the patient's name, ID, birth date, accession number or original UIDs."""
+de-identifies it (PS3.15 Annex E Basic profile), sends it by STOW-RS to a cloud node that has the model,
+fetches the SEG and SR by WADO-RS, re-identifies them and sends them into the original study on Orthanc.
+The cloud never holds the patient's name (typed into descriptions, comments and staff names too), ID,
+birth date, accession number, institution, study date or original UIDs, in any file, packed or not. A
+study with burned-in annotation is never sent: its job fails with that reason and a failure notice."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,16 +30,32 @@ from tests.support.synthetic import make_series, write_series
 
 pytestmark = pytest.mark.e2e
 
-NAME, PID, BIRTH, ACCESSION = "EDGECLOUD^PATIENT", "EDGE-PID-4242", "19610203", "ACC-778899"
+NAME, PID, BIRTH, ACCESSION = "QUIXOTE^ZEBULON", "EDGE-PID-4242", "19610203", "ACC-778899"
+INSTITUTION, STUDY_DATE = "ST WENDELIN INFIRMARY", "20230405"
 PASSWORD = "cloud-sender-pass"
 
 
-def _series() -> list[Dataset]:
-    series = make_series(n_slices=8, rows=16, columns=16, series_description="CRASHTEST T1",
-                         patient_name=NAME, patient_id=PID)
+def _series(burned_in: str | None = None) -> list[Dataset]:
+    """An MR series whose descriptions, comments, staff names and other text carry the patient's name and
+    identifiers, as a busy technologist or a RIS leaves them."""
+    family, given = NAME.split("^")
+    series = make_series(n_slices=8, rows=16, columns=16, patient_name=NAME, patient_id=PID,
+                         series_description=f"CRASHTEST T1 {given.lower()} {family}")  # the edge's rule: ^CRASHTEST
     for ds in series:
-        ds.PatientBirthDate = BIRTH
-        ds.AccessionNumber = ACCESSION
+        ds.PatientBirthDate, ds.AccessionNumber, ds.InstitutionName = BIRTH, ACCESSION, INSTITUTION
+        ds.StudyDescription = f"MR BRAIN {family} {PID}"
+        ds.ReferringPhysicianName = ds.OperatorsName = ds.PerformingPhysicianName = f"{family}^{given}"
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = STUDY_DATE
+        ds.ImageComments = f"patient {NAME} born {BIRTH} acc {ACCESSION}"
+        ds.ProtocolName = f"T1 {family}"
+        ds.StationName = family[:16]
+        ds.InstitutionAddress = f"{INSTITUTION}, 1 {family} Road"
+        ds.RequestedProcedureDescription = f"{family} {ACCESSION}"
+        ds.PerformedProcedureStepDescription = f"{given} {PID}"
+        ds.AdditionalPatientHistory = f"{NAME} {BIRTH}"
+        ds.OtherPatientIDs = PID
+        if burned_in is not None:
+            ds.BurnedInAnnotation = burned_in
     return series
 
 
@@ -78,8 +98,8 @@ def pacs(tmp_path: Path) -> Iterator[Orthanc]:
     server.stop()
 
 
-def route_to_edge(pacs: Orthanc, edge: NodeProcess, folder: Path) -> list[Dataset]:
-    series = _series()
+def route_to_edge(pacs: Orthanc, edge: NodeProcess, folder: Path, burned_in: str | None = None) -> list[Dataset]:
+    series = _series(burned_in)
     write_series(series, folder)
     assert storescu(pacs.dicom_port, folder, called=pacs.aet).returncode == 0
     pacs.add_modality("EDGE", edge.ae_title, edge.port)
@@ -105,9 +125,30 @@ def audit_rows(node: NodeProcess, event: str) -> list[AuditRecord]:
 
 
 def _secrets(series: list[Dataset]) -> list[str]:
+    """What must not reach the cloud, lower case (the search is case-blind)."""
     uids = {str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID), str(series[0].FrameOfReferenceUID)}
     uids |= {str(ds.SOPInstanceUID) for ds in series}
-    return [NAME, NAME.replace("^", " "), PID, BIRTH, ACCESSION, *sorted(uids)]
+    words = [NAME, NAME.replace("^", " "), *NAME.split("^"), PID, BIRTH, "1961-02-03", ACCESSION, INSTITUTION,
+             STUDY_DATE]
+    return [w.lower() for w in words] + sorted(uids)
+
+
+def _contents(path: Path) -> Iterator[tuple[str, bytes]]:
+    """A file's bytes, lower case; a gzip or zip file's unpacked contents too."""
+    data = path.read_bytes()
+    yield str(path), data.lower()
+    if data[:2] == b"\x1f\x8b":
+        yield f"{path} (gunzipped)", gzip.decompress(data).lower()
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                yield f"{path}!{member}", archive.read(member).lower()
+
+
+def leaks(folder: Path, secrets: list[str]) -> list[tuple[str, str]]:
+    """(file, secret) for every secret found in any file under ``folder``."""
+    return [(name, secret) for path in sorted(folder.rglob("*")) if path.is_file()
+            for name, data in _contents(path) for secret in secrets if secret.encode() in data]
 
 
 def test_a_study_comes_back_from_the_cloud_into_its_own_study(pacs: Orthanc, tmp_path: Path) -> None:
@@ -137,12 +178,19 @@ def test_a_study_comes_back_from_the_cloud_into_its_own_study(pacs: Orthanc, tmp
             assert evidence.StudyInstanceUID == study_uid
     exports = [r for r in audit_rows(edge, "begin_transfer_out") if "remote inference" in r.detail]
     assert exports and all(r.study_uid != study_uid and r.patient_id is None for r in exports)  # de-identified UID
-    imports = audit_rows(cloud, "instance_received")
-    assert len(imports) == len(series) and {r.actor for r in imports} == {"edge"}
-    assert len(list((cloud.data_dir / "spool").rglob("*.dcm"))) == len(series)  # the search below has data
-    leaked = [(str(p), secret) for p in (tmp_path / "cloud").rglob("*") if p.is_file()
-              for secret in _secrets(series) if secret.encode() in p.read_bytes()]
-    assert leaked == []
+    imports = audit_rows(cloud, "instances_received")  # one row per request and study, with the count
+    assert sum(json.loads(r.detail)["instances"] for r in imports) == len(series)
+    assert {r.actor for r in imports} == {"edge"}
+    spooled = list((cloud.data_dir / "spool").rglob("*.dcm"))
+    assert len(spooled) == len(series)  # the search below has data: the cloud's copies, results, database, log
+    assert (cloud.data_dir / "dicomnode.db").is_file() and cloud.log_path.stat().st_size > 0
+    assert len([p for p in (cloud.data_dir / "results").rglob("*.dcm")]) >= 2
+    received = dcmread(spooled[0])
+    assert received.PatientIdentityRemoved == "YES" and received.DeidentificationMethodCodeSequence[0].CodeValue \
+        == "113100"
+    assert received.PixelData and "StudyDescription" not in received and "SeriesDescription" not in received
+    assert leaks(tmp_path / "cloud", _secrets(series)) == []
+    assert len({secret for _, secret in leaks(edge.data_dir / "spool", _secrets(series))}) > 10  # the search works
 
 
 def test_a_cloud_outage_is_retried_then_noticed_never_lost(pacs: Orthanc, tmp_path: Path) -> None:
@@ -162,3 +210,20 @@ def test_a_cloud_outage_is_retried_then_noticed_never_lost(pacs: Orthanc, tmp_pa
         "AI result not available")
     spooled = [p for p in (edge.data_dir / "spool").rglob("*.dcm")]
     assert len(spooled) == len(series)  # the study is still on the edge
+
+
+def test_a_study_with_burned_in_annotation_is_not_sent(pacs: Orthanc, tmp_path: Path) -> None:
+    edge = start_edge(tmp_path / "edge", pacs, f"http://127.0.0.1:{free_port()}")
+    try:
+        series = route_to_edge(pacs, edge, tmp_path / "series", burned_in="YES")
+        study_uid = str(series[0].StudyInstanceUID)
+        wait_for(lambda: [j for j in jobs(edge) if j.status is JobStatus.DEAD_LETTER], timeout=120,
+                 msg="the job dead-lettered")
+        notice = wait_for(lambda: _results(pacs, study_uid).get("SR"), timeout=60, msg="the failure notice")
+    finally:
+        edge.stop()
+    (job,) = jobs(edge)
+    assert job.attempts == 1 and job.reason.endswith("not sent to the remote model: burned-in annotation")
+    text = dcmread(pacs.download(notice[0], tmp_path / "notice.dcm")).ContentSequence[0].TextValue
+    assert "not sent to the remote model: burned-in annotation" in text
+    assert [r for r in audit_rows(edge, "begin_transfer_out") if "remote inference" in r.detail] == []

@@ -15,6 +15,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import config_store
 from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import Job, Series, Study
@@ -69,6 +70,18 @@ def test_peers_add_list_remove(settings: Settings, sessions: sessionmaker[Sessio
     one_sentence(cli(settings, "peers", "add", "WAY-TOO-LONG-AE-TITLE", "h", "104"), 2, "ae_title")
     bad_port = cli(settings, "peers", "add", "X", "h", "notaport")
     assert bad_port.returncode == 2 and "Traceback" not in bad_port.stderr and "port" in bad_port.stderr
+
+
+def test_peers_add_keeps_the_certificate_binding(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    fingerprint = ":".join(["AB"] * 32)
+    done = cli(settings, "peers", "add", "MTLS1", "10.1.2.3", "104", "--tls-subject-cn", "mtls1.example.org",
+               "--tls-sha256", fingerprint)
+    assert done.returncode == 0, done.stderr
+    with sessions() as session:
+        (peer,) = config_store.list_peers(session)
+    assert (peer.tls_subject_cn, peer.tls_sha256) == ("mtls1.example.org", "ab" * 32)
+    one_sentence(cli(settings, "peers", "add", "MTLS2", "10.1.2.3", "104", "--tls-sha256", "not-hex"), 2,
+                 "tls_sha256")
 
 
 def test_commands_need_a_database(settings: Settings) -> None:

@@ -119,11 +119,14 @@ def test_stow_search_and_retrieve_results(base: str, configured: Settings, sessi
     answer = client.store_instances(series)
     assert len(answer.ReferencedSOPSequence) == len(series) and "FailedSOPSequence" not in answer
     assert _instances(sessions) == len(series) and len(_spooled(configured)) == len(series)
-    with sessions() as session:
-        rows = list(session.scalars(select(AuditRecord).where(AuditRecord.event == "instance_received")))
-        assert {r.actor for r in rows} == {"edge-a"} and len(rows) == len(series)
     assert client.store_instances(series[:2]).ReferencedSOPSequence  # a re-send deduplicates
     assert _instances(sessions) == len(series)
+    with sessions() as session:  # one receipt row per request and study, as C-STORE's per association
+        rows = list(session.scalars(select(AuditRecord).where(AuditRecord.event.in_(
+            ("instance_received", "instances_received"))).order_by(AuditRecord.id)))
+    assert [(r.event, r.actor, r.study_uid) for r in rows] == [("instances_received", "edge-a", study_uid)] * 2
+    assert [(json.loads(r.detail)["instances"], json.loads(r.detail)["unchanged"]) for r in rows] == [
+        (len(series), 0), (2, 2)]
 
     _write_results(configured, sessions, series)
     found: dict[str, Path] = {}

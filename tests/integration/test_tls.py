@@ -11,12 +11,14 @@ import pytest
 from sqlalchemy import select
 
 from dicomnode.audit.models import AuditRecord
+from dicomnode.config_store import put_peer
+from dicomnode.db import session_scope
 from dicomnode.net.tls import server_context
 from dicomnode.send.scu import echo, send_files
 from dicomnode.settings import Peer, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
-from tests.support.certs import KeyPair, make_ca, make_cert
+from tests.support.certs import KeyPair, make_ca, make_cert, sha256_fingerprint
 from tests.support.net import free_port, wait_for
 from tests.support.peers import echoscu, storescp
 from tests.support.synthetic import make_series, write_series
@@ -27,7 +29,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
     folder = tmp_path_factory.mktemp("pki")
     ca, rogue = make_ca(folder, "hospital-ca"), make_ca(folder, "rogue-ca")
     return {"ca": ca, "node": make_cert(ca, folder, "node"), "pacs": make_cert(ca, folder, "pacs"),
-            "rogue": make_cert(rogue, folder, "rogue")}
+            "rogue": make_cert(rogue, folder, "rogue"), "MTLSPEER": make_cert(ca, folder, "MTLSPEER"),
+            "OTHERCN": make_cert(ca, folder, "OTHERCN"), "PEERA": make_cert(ca, folder, "PEERA")}
 
 
 def tls_args(pair: KeyPair, ca: KeyPair) -> tuple[str, ...]:
@@ -126,3 +129,75 @@ def test_the_tls_port_needs_both_certificate_and_key(pki: dict[str, KeyPair], tm
     settings = make_settings(tmp_path, **{**files, missing: None})
     with pytest.raises(ValueError, match=r"^tls_port needs tls_cert_file and tls_key_file$"):
         server_context(settings, lambda address, reason: None)
+
+
+# -- mutual TLS bound to identity: a peer names the client certificate it must present --------------------
+
+REFUSED = "Calling AE Title Not Recognized"
+
+
+@pytest.fixture
+def bound_scp(start_scp_with: StartScp, pki: dict[str, KeyPair]):  # type: ignore[no-untyped-def]
+    """MTLSPEER is bound by subject CN, PEERA by fingerprint (as openssl prints it); STORESCU is not bound."""
+    peers = [Peer(ae_title="STORESCU", host="127.0.0.1"),
+             Peer(ae_title="MTLSPEER", host="127.0.0.1", tls_subject_cn="MTLSPEER"),
+             Peer(ae_title="PEERA", host="127.0.0.1", tls_sha256=sha256_fingerprint(pki["PEERA"]))]
+    return start_scp_with(tls_port=free_port(), tls_cert_file=pki["node"].cert, tls_key_file=pki["node"].key,
+                          tls_ca_file=pki["ca"].cert, peers=peers)
+
+
+def echo_as(scp, calling: str, pair: KeyPair | None, ca: KeyPair):  # type: ignore[no-untyped-def]
+    """echoscu calling as ``calling``: over TLS with ``pair``'s certificate, or on the plain port (None)."""
+    if pair is None:
+        return echoscu(scp.port, called="DICOMNODE", calling=calling)
+    return echoscu(scp.settings.tls_port, called="DICOMNODE", calling=calling, extra_args=tls_args(pair, ca))
+
+
+def refused(result) -> bool:  # type: ignore[no-untyped-def]
+    return bool(result.returncode != 0 and REFUSED in result.stdout + result.stderr)
+
+
+def test_a_certificate_bound_by_common_name_speaks_for_its_peer_only(bound_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    right = echo_as(bound_scp, "MTLSPEER", pki["MTLSPEER"], pki["ca"])
+    assert right.returncode == 0, right.stderr
+    # a certificate the same CA signed for someone else speaks neither as MTLSPEER nor as PEERA
+    assert refused(echo_as(bound_scp, "MTLSPEER", pki["OTHERCN"], pki["ca"]))
+    assert refused(echo_as(bound_scp, "PEERA", pki["OTHERCN"], pki["ca"]))
+    # both from one address: one burst, whatever AE title each claimed; its first row names the first
+    (impostor,) = security_alerts(bound_scp)
+    assert (impostor["reason"], impostor["security_alert"], impostor["burst"], impostor["calling_ae"]) == (
+        "calling AE title 'MTLSPEER' is bound to a TLS client certificate; another client certificate was "
+        "presented", True, "first", "MTLSPEER")
+    # an unbound peer is served with any certificate the CA signed, as before
+    assert echo_as(bound_scp, "STORESCU", pki["OTHERCN"], pki["ca"]).returncode == 0
+
+
+def test_a_certificate_bound_by_fingerprint_speaks_for_its_peer_only(bound_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    right = echo_as(bound_scp, "PEERA", pki["PEERA"], pki["ca"])
+    assert right.returncode == 0, right.stderr
+    # another certificate of the same CA, even one that is itself bound (to MTLSPEER), is not PEERA's
+    assert refused(echo_as(bound_scp, "PEERA", pki["MTLSPEER"], pki["ca"]))
+    assert refused(echo_as(bound_scp, "PEERA", pki["OTHERCN"], pki["ca"]))
+    # two refusals of one kind from one address: one burst, its first row written at once
+    assert [(a["reason"], a["burst"]) for a in security_alerts(bound_scp)] == [
+        ("calling AE title 'PEERA' is bound to a TLS client certificate; another client certificate was presented",
+         "first")]
+
+
+def test_a_bound_peer_is_refused_without_tls(bound_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    assert refused(echo_as(bound_scp, "MTLSPEER", None, pki["ca"]))
+    (alert,) = security_alerts(bound_scp)
+    assert alert["reason"] == ("calling AE title 'MTLSPEER' is bound to a TLS client certificate; no client "
+                               "certificate was presented")
+    assert echo_as(bound_scp, "STORESCU", None, pki["ca"]).returncode == 0  # the plain port still serves
+
+
+def test_a_stored_peer_is_bound_to_its_certificate(bound_scp, pki: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    """Peers added at run time (admin API, console, CLI) name their certificate as configured ones do."""
+    with session_scope(bound_scp.sessions) as session:
+        put_peer(session, Peer(ae_title="RUNTIME", host="127.0.0.1",
+                               tls_sha256=sha256_fingerprint(pki["OTHERCN"]).replace(":", "").lower()),
+                 user="admin", address="127.0.0.1")
+    assert echo_as(bound_scp, "RUNTIME", pki["OTHERCN"], pki["ca"]).returncode == 0
+    assert refused(echo_as(bound_scp, "RUNTIME", pki["MTLSPEER"], pki["ca"]))
+    assert refused(echo_as(bound_scp, "RUNTIME", None, pki["ca"]))

@@ -46,6 +46,13 @@ def make_cert(ca: KeyPair, folder: Path, name: str) -> KeyPair:
     return pair
 
 
+def sha256_fingerprint(pair: KeyPair) -> str:
+    """The SHA-256 fingerprint of ``pair``'s certificate as openssl prints it (upper-case hex, colons)."""
+    done = subprocess.run([require("openssl"), "x509", "-in", str(pair.cert), "-noout", "-fingerprint", "-sha256"],
+                          check=True, capture_output=True, text=True, timeout=60)
+    return done.stdout.strip().split("=", 1)[1]
+
+
 @contextmanager
 def tls_proxy(target_port: int, pair: KeyPair) -> Iterator[int]:
     """A TLS-terminating proxy on loopback in front of ``127.0.0.1:target_port`` (as nginx would stand in

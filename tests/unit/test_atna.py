@@ -24,6 +24,8 @@ EXPECTED = {
     AuditEvent.ASSOCIATION_REJECTED: ("110113", "110126", {"110150"}),
     AuditEvent.USER_LOGIN_FAILED: ("110113", "110132", {"110150"}),
     AuditEvent.CONFIG_CHANGED: ("110113", "110128", {"110150"}),
+    AuditEvent.REQUEST_REFUSED: ("110113", "110132", {"110150"}),
+    AuditEvent.STUDY_NOT_OWNED: ("110113", "110132", {"110150"}),
     AuditEvent.BEGIN_TRANSFER_IN: ("110102", None, {"110153", "110152"}),
     AuditEvent.STUDY_RECEIVED: ("110104", None, {"110153", "110152"}),
     AuditEvent.BEGIN_TRANSFER_OUT: ("110102", None, {"110153", "110152"}),
@@ -138,7 +140,8 @@ def test_the_sending_peer_is_the_requestor_of_a_transfer_in(event: AuditEvent) -
     assert participants[0].get("NetworkAccessPointID") == "127.0.0.1"
 
 
-@pytest.mark.parametrize("event", [AuditEvent.USER_LOGIN, AuditEvent.USER_LOGIN_FAILED, AuditEvent.CONFIG_CHANGED])
+@pytest.mark.parametrize("event", [AuditEvent.USER_LOGIN, AuditEvent.USER_LOGIN_FAILED, AuditEvent.CONFIG_CHANGED,
+                                   AuditEvent.REQUEST_REFUSED])
 def test_a_person_is_named_with_the_address_they_came_from(event: AuditEvent) -> None:
     xml = audit_message(row(event), SOURCE)
     assert xml is not None

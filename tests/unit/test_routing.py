@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import time
+
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomnode.jobs.routing import effective_rules, evaluate, route
+from dicomnode.jobs.routing import effective_rules, evaluate, route, search
 from dicomnode.settings import Rule
 
 BRAIN = Rule(name="brain", model="deepbet",
@@ -57,3 +59,28 @@ def test_multi_valued_attribute_matches_on_any_of_its_values() -> None:
     assert evaluate(rule, header(ImageType=["ORIGINAL", "PRIMARY", "M"])).matched
     refused = evaluate(rule, header(ImageType=["DERIVED", "SECONDARY"]))
     assert refused.reason == r"rule orig: ImageType does not match /(^|\\)PRIMARY(\\|$)/"
+
+
+# the patterns of the example configuration and the shipped manifests, and the usual shapes of a rule
+SAME_AS_RE = ["^MR$", "BRAIN|HEAD", "T1|MPRAGE|MP-RAGE|SPGR|BRAVO|TFL", "^(CR|DX)$", "CHEST|THORAX|LUNG", r"^CT$",
+              r"(^|\\)PRIMARY(\\|$)", r"t1.*(sag|ax)", r"^\d+$", r"[0-9]{3}", "", "é", r"\bT2\b", "(?i)flair", "^$"]
+VALUES = ["MR", "mr", "BRAIN", "head neck", "t1 mprage", "ORIGINAL\\PRIMARY\\M", "DERIVED\\SECONDARY", "T1 SAG 3D",
+          "123", "12a", "", "É", "AX T2 FLAIR", "MRI", "CT\nMR"]
+
+
+def test_re2_finds_what_re_search_ignoring_case_found() -> None:
+    import re
+
+    for pattern in SAME_AS_RE:
+        for value in VALUES:
+            expected = re.search(pattern, value, re.IGNORECASE) is not None
+            assert search(pattern, value) is expected, (pattern, value)
+
+
+def test_a_polynomial_pattern_is_matched_in_linear_time() -> None:
+    """``a*a*...c`` takes Python's backtracking matcher seconds on 20 a's (and years on 10,000)."""
+    rule = Rule(name="slow", model="m", match={"SeriesDescription": "a*" * 12 + "c"})
+    for length in (20, 10_000):
+        started = time.perf_counter()
+        assert not evaluate(rule, header(SeriesDescription="a" * length)).matched
+        assert time.perf_counter() - started < 0.5, length
