@@ -15,8 +15,11 @@ import hashlib
 import logging
 import re
 import sys
+import threading
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -88,10 +91,42 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # pydicom's and highdicom's validation warnings quote attribute values, patient names among them:
-    # keep them out of the logs. Input is read leniently anyway; what the node writes is sanitised.
+    # keep them out of the logs. Dirty headers are read leniently where they are read (lenient_reading),
+    # never for the whole process; what the node writes is sanitised.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE  # lenient about what we read
     for module in ("pydicom", "highdicom"):
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # logs UIDs of source datasets
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class _LenientReading:
+    """pydicom's value validation off for reading (``reading_validation_mode = IGNORE``) while any thread
+    is inside: its settings are process-wide, so the mode the process had comes back only when the last
+    one leaves. What it leaves lenient is the values of the dirty headers real PACS send (PS3.5 value
+    rules): never the structure, which :mod:`dicomnode.store.validity` judges whatever this mode is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._before = pydicom_config.WARN
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not self._inside:
+                self._before = pydicom_config.settings.reading_validation_mode
+                pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if not self._inside:
+                    pydicom_config.settings.reading_validation_mode = self._before
+
+
+lenient_reading = _LenientReading()
+"""``with lenient_reading():`` around a read of a dirty header and the values taken from it (pydicom
+decodes a value when it is first asked for, and keeps the mode it was decoded under)."""

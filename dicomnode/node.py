@@ -43,6 +43,7 @@ from dicomnode.log import extra
 from dicomnode.migrate import upgrade
 from dicomnode.monitoring.evaluation import EvaluationCollector
 from dicomnode.monitoring.models import ModelMetrics, recent_outputs
+from dicomnode.net import reactor
 from dicomnode.pipeline import PipelineContext
 from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
@@ -128,6 +129,7 @@ ROLES = frozenset({"receive", "work", "web"})
 
 def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     """Migrate the database, then start the given roles (all: ``serve``); returns the running node."""
+    reactor.install()  # every role sends or receives DICOM: an unfollowed pynetdicom is refused at start
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))

@@ -333,6 +333,7 @@ class Settings(BaseSettings):
     receive_engine: Literal["native", "pynetdicom"] = "native"
     max_pdu_bytes: int = Field(default=131072, ge=0)
     first_pdu_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_associate_rq_bytes: int = Field(default=256 * 1024, ge=16 * 1024)
     tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
     max_instance_mb: float = Field(default=1024.0, gt=0)
     max_inflated_mb: float = Field(default=512.0, gt=0)
@@ -365,7 +366,7 @@ class Settings(BaseSettings):
     admin_public_origin: str = ""  # the console's origin in the admins' browsers; "": http://admin_host:admin_port
     admin_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # addresses or networks
     admin_docs: bool = False  # /docs and /redoc (assets served by the node itself)
-    dicomweb_max_body_bytes: int = Field(default=2 * 2**30, ge=1024)
+    dicomweb_max_body_bytes: int = Field(default=2 * 2**30, ge=1024)  # disk in spool_dir/.incoming, not memory
     dicomweb_request_timeout_seconds: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True

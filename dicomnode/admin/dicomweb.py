@@ -3,8 +3,9 @@
 - ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``: STOW-RS, a
   ``multipart/related; type="application/dicom"`` body; each part lands through
   :func:`dicomnode.store.ingest.ingest`, as a C-STORE does, and gets its own entry in the Store Instances
-  Response (``application/dicom+json``; :mod:`dicomnode.dicomweb.stow`). A malformed body (415 wrong
-  type, 400 truncated or malformed, 413 too large) stores nothing.
+  Response (``application/dicom+json``; :mod:`dicomnode.dicomweb.stow`). The body is read as it arrives,
+  each part into a file on the spool's file system, never into memory; the parts land once it has all
+  arrived. A malformed body (415 wrong type, 400 truncated or malformed, 413 too large) stores nothing.
 - ``GET /dicomweb/studies/{study}/series[?Modality=SEG|SR]`` and ``.../series/{series}/instances``: QIDO-RS
   over the study's results. ``GET .../series/{series}`` and ``.../instances/{sop}``: WADO-RS, the result
   files as ``multipart/related; type="application/dicom"``.
@@ -39,16 +40,17 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.dicomweb.results import ResultFile, instance_attributes, result_files, series_attributes
-from dicomnode.dicomweb.stow import PartOutcome, audit_request, store_part, store_response
+from dicomnode.dicomweb.stow import Arrived, PartFiles, PartOutcome, audit_request, store_part, store_response
 from dicomnode.jobs.models import Study
 from dicomnode.log import extra
-from dicomnode.net.multipart import DICOM, MultipartError, encode_related, parse_related
+from dicomnode.net.multipart import DICOM, MultipartError, RelatedReader, encode_related
 from dicomnode.settings import AdminUser
 from dicomnode.store.ingest import Client, study_owner
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
+FEED_BYTES = 2**20  # the body is handed to the parser's thread in pieces of about this size
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -73,7 +75,8 @@ def _bursts(request: Request) -> BurstAuditor:
     return bursts
 
 
-def _store_all(request: Request, user: AdminUser, parts: list[bytes], study_uid: str | None) -> list[PartOutcome]:
+def _store_all(request: Request, user: AdminUser, parts: list[Arrived], study_uid: str | None
+               ) -> list[PartOutcome]:
     ctx = state(request).ctx
     client = _client(request, user)
     outcomes = [store_part(ctx.settings, ctx.sessions, client, part, study_uid) for part in parts]
@@ -93,14 +96,34 @@ def _refuse_body(request: Request, user: AdminUser, exc: MultipartError) -> None
         log.exception("could not audit a refused STOW-RS request", extra=extra(stage="receive"))
 
 
+async def _receive(request: Request, files: PartFiles) -> None:
+    """The body, read as it arrives, its parts into ``files``: the event loop gathers about
+    :data:`FEED_BYTES` of it at a time and a worker thread parses and writes them. Raises
+    MultipartError, and whatever reading the body raises (413 past the limit, a client gone)."""
+    reader = RelatedReader(request.headers.get("content-type", ""), files)
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= FEED_BYTES:
+            await run_in_threadpool(reader.feed, b"".join(pending))
+            pending, size = [], 0
+    await run_in_threadpool(reader.feed, b"".join(pending))
+    reader.close()
+
+
 async def _stow(request: Request, user: AdminUser, study_uid: str | None) -> Response:
-    body = await request.body()
+    files = PartFiles(state(request).ctx.settings)
     try:
-        parts = parse_related(body, request.headers.get("content-type", ""))
-    except MultipartError as exc:
-        await run_in_threadpool(_refuse_body, request, user, exc)
-        raise HTTPException(exc.status, f"{exc}; nothing was stored") from None
-    outcomes = await run_in_threadpool(_store_all, request, user, parts, study_uid)
+        try:
+            await _receive(request, files)
+        except MultipartError as exc:
+            await run_in_threadpool(_refuse_body, request, user, exc)
+            raise HTTPException(exc.status, f"{exc}; nothing was stored") from None
+        outcomes = await run_in_threadpool(_store_all, request, user, files.arrived, study_uid)
+    finally:
+        files.discard()  # the parts' files that did not land
     status, response = store_response(outcomes, _base(request))
     return JSONResponse(response.to_json_dict(), status_code=status, media_type=DICOM_JSON)
 

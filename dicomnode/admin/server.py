@@ -7,7 +7,11 @@
   upload) is refused with 413: at once when ``Content-Length``
   says so, and as soon as it has grown past the limit when it is chunked. A malformed
   ``Content-Length`` (``-1``) is a 400 from the HTTP parser.
-- At most ``admin_max_connections`` connections are served at once; more get 503.
+- At most ``admin_max_connections`` requests are handled at once (from the arrival of their headers to
+  the end of their answer); more get 503. Connections that are idle or still sending their headers do
+  not count: they cost a socket until their deadline, and no work. Health, readiness and metrics
+  (:data:`HEALTH_PATHS`) have a budget of their own (:data:`HEALTH_BUDGET`), so that a monitor's probe
+  is answered while slow clients fill the rest.
 - DICOMweb (``/dicomweb/``) takes larger bodies and longer: ``dicomweb_max_body_bytes`` and
   ``dicomweb_request_timeout_seconds``, counted from the arrival of the request's headers.
 - ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from ``admin_trusted_proxies``
@@ -136,6 +140,43 @@ async def _too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+HEALTH_BUDGET = 8  # health, readiness and metrics requests handled at once, beside admin_max_connections
+
+
+class Capacity:
+    """ASGI middleware: at most ``max_requests`` requests in the app at once, and :data:`HEALTH_BUDGET`
+    more for :data:`HEALTH_PATHS`; beyond either, 503 at once. Only requests being handled count (uvicorn
+    calls the app once a request's headers have arrived). The counts are the event loop's own: no lock."""
+
+    def __init__(self, app: ASGIApp, max_requests: int) -> None:
+        self.app = app
+        self.budgets = {False: max_requests, True: HEALTH_BUDGET}
+        self.busy = {False: 0, True: 0}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        health = scope["path"] in HEALTH_PATHS
+        if self.busy[health] >= self.budgets[health]:
+            await _unavailable(send)
+            return
+        self.busy[health] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.busy[health] -= 1
+
+
+async def _unavailable(send: Send) -> None:
+    body = json.dumps({"detail": "too many requests being handled; try again shortly"}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class AdminServer:
     """A running uvicorn server; :meth:`shutdown` stops it and waits."""
 
@@ -158,9 +199,9 @@ def start_server(app: Any, settings: Settings) -> AdminServer:
     protocol = type("Protocol", (BoundedH11Protocol,), {"request_timeout": settings.admin_request_timeout_seconds,
                                                         "upload_timeout": settings.dicomweb_request_timeout_seconds})
     uploads = {"/ui/rules/test": settings.admin_max_upload_bytes, "/dicomweb/": settings.dicomweb_max_body_bytes}
-    config = uvicorn.Config(BodyLimit(app, settings.admin_max_body_bytes, uploads), http=protocol, lifespan="off",
-                            log_config=None, access_log=False, server_header=False,
-                            limit_concurrency=settings.admin_max_connections,
+    bounded = Capacity(BodyLimit(app, settings.admin_max_body_bytes, uploads), settings.admin_max_connections)
+    config = uvicorn.Config(bounded, http=protocol, lifespan="off", log_config=None, access_log=False,
+                            server_header=False,  # no limit_concurrency: it counts idle connections too
                             proxy_headers=bool(settings.admin_trusted_proxies),
                             forwarded_allow_ips=list(settings.admin_trusted_proxies) or None,
                             timeout_keep_alive=5, timeout_graceful_shutdown=5)

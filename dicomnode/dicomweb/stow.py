@@ -3,11 +3,18 @@
 Every part gets its own entry in the Store Instances Response (PS3.18 10.5.3): in
 ReferencedSOPSequence when stored, in FailedSOPSequence with a FailureReason otherwise. The statuses
 are the node's C-STORE statuses (:mod:`dicomnode.store.ingest`): 0xA700 size, inflation or disk
-guard; 0xA701 database; 0xC210 cannot decode (not Part 10, truncated); 0xC211 a UID missing or
+guard; 0xA701 database; 0xC210 cannot decode (not Part 10; not whole or not in its encoding, and 0xA900
+pixel data its attributes do not describe: :mod:`dicomnode.store.validity`); 0xC211 a UID missing or
 invalid; 0xC212 the instance is not of the study named in the URL; 0xC213 UID collision, or a study that
 is not the sender's (the same answer: :mod:`dicomnode.store.ingest`, "Ownership").
 HTTP: 200 when every instance was stored, 202 when some were, 409 when none was (never a silent
 partial accept).
+
+A request's body is read as it arrives (:class:`~dicomnode.net.multipart.RelatedReader`), each part into
+its own file on the spool's file system (:class:`PartFiles`), never into memory; each part is held to
+``max_instance_mb`` while it arrives. Once the whole body has arrived well-formed, each part is decoded
+from its file (values over 64 KiB left on disk; a deflated one inflated into a file, bounded by
+``max_inflated_mb``) and lands by a rename (:func:`~dicomnode.store.ingest.ingest`).
 
 The audit trail gets, per request, one ``instances_received`` row per study stored into (the count, the
 re-sends that changed nothing, the SOP classes: as C-STORE audits an association), and the refused parts
@@ -19,15 +26,14 @@ when it ends. A store into a study that is not the sender's is a ``study_not_own
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
 
-from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,25 +42,32 @@ from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent, Outcome, Subject
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
+from dicomnode.files import make_private_dirs
 from dicomnode.jobs.models import Study
-from dicomnode.log import extra
-from dicomnode.receive.limits import InflationLimit, inflate_bounded
+from dicomnode.log import extra, lenient_reading
+from dicomnode.receive.dataphase.early import DEFER_BYTES
+from dicomnode.receive.incoming import incoming_dir
+from dicomnode.receive.limits import InflationLimit, open_part10
 from dicomnode.settings import Settings
 from dicomnode.store.ingest import (
     BAD_UID,
     CANNOT_DECODE,
+    OUT_OF_RESOURCES_DISK,
     SUCCESS,
     TOO_LARGE,
     UID_COLLISION,
     UID_MISMATCH,
     Client,
+    disk_guard,
     ingest,
     read_meta,
 )
+from dicomnode.store.validity import file_refusal
 
 log = logging.getLogger(__name__)
 
-UNDEFINED = 0xFFFFFFFF
+PREFIX = 132  # a Part-10 file's preamble and "DICM" (PS3.10 7.1)
+GUARD_STEP = 64 * 2**20  # the disk guard is asked again each time a request's parts have grown by this much
 
 
 @dataclass(frozen=True)
@@ -75,73 +88,172 @@ class PartOutcome:
         return self.status == SUCCESS or 0xB000 <= self.status <= 0xBFFF
 
 
-def _truncation(ds: Dataset) -> str:
-    """Why ``ds`` was cut short, or "": a value shorter than its length, or pixel data missing bytes."""
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        if (isinstance(raw, RawDataElement) and raw.length != UNDEFINED and raw.value is not None
-                and len(raw.value) < raw.length):
-            return "truncated: an element's value is shorter than its length"
-    if "Rows" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
-        expected = (int(ds.Rows) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1))
-                    * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 8))) // 8
-        if len(ds.get("PixelData", b"") or b"") < expected:
-            return "truncated: pixel data shorter than Rows x Columns x frames"
-    return ""
+def _prefix(head: bytes | bytearray) -> bytes:
+    """The 128-byte preamble and ``DICM`` prefix (PS3.10 7.1) that a part starting with ``head`` lacks,
+    when it starts right at its File Meta Information, as some clients send it (pydicom's ``dcmwrite``
+    of a plain Dataset); else b""."""
+    if head[128:132] != b"DICM" and head[:2] == b"\x02\x00":
+        return bytes(128) + b"DICM"
+    return b""
 
 
-def part10(part: bytes) -> bytes:
-    """``part`` with the 128-byte preamble and ``DICM`` prefix (PS3.10 7.1) when it starts right at its
-    File Meta Information, as some clients send it (pydicom's ``dcmwrite`` of a plain Dataset)."""
-    if part[128:132] != b"DICM" and part[:2] == b"\x02\x00":
-        return bytes(128) + b"DICM" + part
-    return part
-
-
-def decode(part: bytes, settings: Settings) -> tuple[Dataset | None, int, str]:
-    """The part (as :func:`part10` made it) as a dataset, or None with the status and reason that refuse it."""
-    if len(part) > settings.max_instance_mb * 2**20:
-        return None, TOO_LARGE, (f"instance of {len(part) // 2**20} MiB larger than "
-                                 f"max_instance_mb={settings.max_instance_mb:g}")
+def decode(path: Path, settings: Settings) -> tuple[Dataset | None, int, str]:
+    """The part in the file at ``path`` as a dataset (its values over 64 KiB left on disk, not to be read),
+    or None with the status and reason that refuse it: first unless it is whole and strictly in the encoding
+    its file meta names (:func:`~dicomnode.store.validity.file_refusal`, C-STORE's check too)."""
+    limit = int(settings.max_inflated_mb * 2**20)
     try:
-        fp = BytesIO(part)
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-        if "TransferSyntaxUID" not in meta:
-            raise ValueError("no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
-        if UID(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
-            inflate_bounded(part[fp.tell():], int(settings.max_inflated_mb * 2**20))
-        ds = dcmread(BytesIO(part))
+        refused = file_refusal(path, inflated_limit=limit)
+        if refused is not None:
+            return None, refused.status, refused.reason
+        with open_part10(path, limit, DEFER_BYTES) as (ds, _):
+            if "TransferSyntaxUID" not in ds.file_meta:
+                raise ValueError("no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
     except InflationLimit as exc:
         return None, TOO_LARGE, str(exc)
     except Exception as exc:  # zlib.error, InvalidDicomError, anything pydicom raises on bad bytes
         return None, CANNOT_DECODE, f"not a readable DICOM Part-10 instance: {type(exc).__name__}"
-    try:
-        truncated = _truncation(ds)
-    except Exception as exc:
-        truncated = f"unreadable: {type(exc).__name__}"
-    if truncated:
-        return None, CANNOT_DECODE, truncated
     return ds, SUCCESS, ""
 
 
-def store_part(settings: Settings, sessions: sessionmaker[Session], client: Client, part: bytes,
+@dataclass(frozen=True)
+class Arrived:
+    """One part as it arrived: its file in ``spool_dir/.incoming``, or (``path`` None) the status and
+    reason that refused it while it arrived."""
+
+    path: Path | None
+    status: int = SUCCESS
+    reason: str = ""
+
+
+class PartFiles:
+    """The :class:`~dicomnode.net.multipart.PartSink` of a STOW-RS request: each part goes into its own
+    file in ``spool_dir/.incoming`` (the spool's file system, so that it lands by a rename) as it arrives,
+    never into memory, with the preamble it lacks (:func:`_prefix`). A part that grows past
+    ``max_instance_mb``, or arrives while the disk guard trips (asked at the first part and for every
+    64 MiB) or its file cannot be written, is refused with 0xA700 there and then: its file is removed and
+    the rest of it is not written. A part shorter than a preamble that does not start at its File Meta
+    Information is no Part-10 file (0xC210) and gets none. :meth:`discard` removes every file that did not
+    land, once the request has been answered (or has failed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limit = int(settings.max_instance_mb * 2**20)
+        self.arrived: list[Arrived] = []
+        self._paths: list[Path] = []
+        self._file: BinaryIO | None = None
+        self._current: Path | None = None  # the file of the part arriving now
+        self._head = bytearray()
+        self._size = 0
+        self._total = 0  # of every part's content so far
+        self._guarded: str | None = None  # the disk guard's last answer; None: not asked yet
+        self._refusal: tuple[int, str] | None = None
+
+    def begin(self) -> None:
+        self._head.clear()
+        self._size, self._refusal, self._current = 0, None, None
+        if self._guarded is None or self._guarded:
+            self._guard()
+
+    def write(self, data: memoryview) -> None:
+        self._size += len(data)
+        total, self._total = self._total, self._total + len(data)
+        if self._refusal is not None:
+            return
+        if self._size > self.limit:
+            self._refuse(TOO_LARGE, "")  # the reason names the whole size, once it is known
+        elif self._total // GUARD_STEP != total // GUARD_STEP and self._guard():
+            return
+        elif self._file is not None:
+            self._put(data)
+        else:
+            self._head += data
+            if len(self._head) >= PREFIX:
+                self._open()
+
+    def end(self) -> None:
+        if self._refusal is None and self._file is None:  # a part shorter than a preamble
+            if _prefix(self._head):
+                self._open()
+            else:
+                self._refusal = (CANNOT_DECODE, "not a readable DICOM Part-10 instance: shorter than its preamble")
+        self._close()
+        if self._refusal is not None:
+            status, reason = self._refusal
+            reason = reason or (f"instance of {self._size // 2**20} MiB larger than "
+                                f"max_instance_mb={self.settings.max_instance_mb:g}")
+            self.arrived.append(Arrived(None, status, reason))
+        else:
+            self.arrived.append(Arrived(self._current))
+
+    def discard(self) -> None:
+        """Remove every part's file that is still in ``.incoming`` (refused, or never landed)."""
+        self._close()
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+
+    def _guard(self) -> bool:
+        self._guarded = disk_guard(self.settings)
+        if self._guarded:
+            self._refuse(OUT_OF_RESOURCES_DISK, self._guarded)
+        return bool(self._guarded)
+
+    def _open(self) -> None:
+        try:
+            folder = incoming_dir(self.settings)
+            make_private_dirs(folder)
+            fd, name = tempfile.mkstemp(prefix="stow-", suffix=".dcm", dir=folder)  # owner-only
+        except OSError as exc:
+            self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
+            return
+        self._current = Path(name)
+        self._paths.append(self._current)
+        self._file = os.fdopen(fd, "wb")
+        self._put(_prefix(self._head) + self._head)
+        self._head.clear()
+
+    def _put(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refusal = (status, reason)
+        self._head.clear()
+        self._close()
+        if self._current is not None:
+            self._current.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as exc:  # the last buffered bytes could not be written
+                self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
+
+
+def store_part(settings: Settings, sessions: sessionmaker[Session], client: Client, part: Arrived,
                study_uid: str | None) -> PartOutcome:
     """One part: decode, check, :func:`~dicomnode.store.ingest.ingest`; never raises for the part's faults.
     Audits nothing: :func:`audit_request` audits the request's outcomes together."""
-    part = part10(part)
-    ds, status, reason = decode(part, settings)
-    if ds is None:
-        return PartOutcome("", "", status, reason=reason)
-    sop_class, sop_instance = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-    try:
-        meta = read_meta(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
-    except ValueError as exc:
-        return PartOutcome(sop_class[:64], sop_instance[:64], BAD_UID, reason=str(exc))
+    if part.path is None:
+        return PartOutcome("", "", part.status, reason=part.reason)
+    with lenient_reading():  # a dirty header's values, decoded leniently (dicomnode.log)
+        ds, status, reason = decode(part.path, settings)
+        if ds is None:
+            return PartOutcome("", "", status, reason=reason)
+        sop_class, sop_instance = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+        try:
+            meta = read_meta(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+        except ValueError as exc:
+            return PartOutcome(sop_class[:64], sop_instance[:64], BAD_UID, reason=str(exc))
     if study_uid is not None and meta.study_uid != study_uid:
         return PartOutcome(meta.sop_class_uid, meta.sop_instance_uid, UID_MISMATCH, meta.study_uid,
                            reason="the instance is not of the study named in the STOW-RS URL")
-    landed = ingest(settings, sessions, client, meta, part)
+    landed = ingest(settings, sessions, client, meta, part.path)
     return PartOutcome(meta.sop_class_uid, meta.sop_instance_uid, landed.status, meta.study_uid, meta.series_uid,
                        landed.reason, landed.not_owned, landed.changed)
 

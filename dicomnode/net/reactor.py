@@ -13,11 +13,20 @@ associations on two cores feel. The socket reads come 4 KiB at a time, 128 ``rec
 for a 0.5 MB slice.
 
 :func:`install` replaces those waits, and only those: the DUL thread waits in ``select`` on its socket
-and on a wake-up socket that :meth:`~pynetdicom.dul.DULServiceProvider.send_pdu` writes to; the
-association thread waits on the DIMSE message queue's own condition; both still wake at least every
-:data:`IDLE_WAKE` seconds for their timers and flags, so every check happens in the same order as
-before, only sooner. Socket reads fill one buffer with ``recv_into``. It patches only the pynetdicom
-release its copies follow (:data:`FOLLOWS`); under any other it changes nothing and says so.
+and on a wake-up socket that whatever gives it work or stops it writes to
+(:meth:`~pynetdicom.dul.DULServiceProvider.send_pdu`, ``kill_dul``, ``stop_dul``, a socket's close); the
+association thread waits on the DIMSE message queue's own condition, which whatever else it looks at
+notifies (:func:`_poke`: a primitive for the user, such as the peer's A-RELEASE-RQ or A-ABORT; a request
+pausing it; its kill); both still wake at least every :data:`IDLE_WAKE` seconds for their timers, so every
+check happens in the same order as before, only sooner. Socket reads fill one buffer with ``recv_into``.
+
+pynetdicom's pause handshake (a request clears ``_reactor_checkpoint``, then waits for ``_is_paused``) lets a
+reactor that one request's end released, but that has not run since, still read as paused to the next
+request, and then take that request's response as an unexpected message (pynetdicom's own loop does it
+too; pydicom/pynetdicom#875 reports the symptom): the copied loop closes it (:func:`_pause`).
+
+It patches only the pynetdicom releases its copies follow (:data:`FOLLOWS`, whose replaced code hashes to
+:data:`FOLLOWED_SOURCE`), and refuses any other (:class:`UnfollowedPynetdicom`) when the node starts.
 
 :func:`set_p_data_hook` gives an acceptor AE a first look at each P-DATA-TF PDU its established
 associations receive (the node's own C-STORE data phase, :mod:`dicomnode.receive.dataphase.native`); a PDU the
@@ -27,6 +36,8 @@ hook does not take goes on to pynetdicom's state machine as before.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import logging
 import queue
 import select
@@ -45,15 +56,26 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
-log = logging.getLogger(__name__)
+from dicomnode.errors import DicomNodeError
+
 # the copied loops log what pynetdicom's own did, on its own loggers (the node keeps those at WARNING)
 _dul_log = logging.getLogger("pynetdicom.dul")
 _assoc_log = logging.getLogger("pynetdicom.association")
 
-FOLLOWS = "3.0."  # the pynetdicom release line whose loops the functions below follow
-IDLE_WAKE = 0.02  # seconds between passes when nothing happens (timers, kill flags)
+FOLLOWS = ("3.0.1", "3.0.2", "3.0.3", "3.0.4")  # pynetdicom releases whose loops the functions below follow
+# sha256 of the source of _FOLLOWED as each of those releases ships it (the same in all four)
+FOLLOWED_SOURCE = "c227132af7afc736e983a60c8eb3226a00df13397bd45f4f5f62e5828cd5a171"
+IDLE_WAKE = 0.02  # seconds between passes when nothing happens (timers)
 RECV_CHUNK = 2**20
 P_DATA_TF = 0x04
+
+# pynetdicom's functions that install() replaces with copies or wraps, as imported (before any patch)
+_FOLLOWED: tuple[Callable[..., Any], ...] = (
+    DULServiceProvider.__init__, DULServiceProvider.run_reactor, DULServiceProvider._read_pdu_data,
+    DULServiceProvider.send_pdu, DULServiceProvider.kill_dul, DULServiceProvider.stop_dul,
+    Association.__init__, Association._run_reactor, Association.kill,
+    AssociationSocket.recv, AssociationSocket.close,
+)
 
 PDataHook = Callable[[DULServiceProvider, bytearray], bool]
 """Given the DUL and a whole P-DATA-TF PDU (header included): True when it took the PDU (and then owns
@@ -63,70 +85,143 @@ _lock = threading.Lock()
 _installed: list[bool] = []
 
 
-def install() -> bool:
-    """Patch pynetdicom's waits (idempotent, process-wide); False when its version is not :data:`FOLLOWS`."""
+class UnfollowedPynetdicom(DicomNodeError):
+    """This pynetdicom is not a release whose loops dicomnode.net.reactor follows."""
+
+
+def install() -> None:
+    """Patch pynetdicom's waits (idempotent, process-wide).
+
+    Raises
+    ------
+    UnfollowedPynetdicom
+        This pynetdicom is not one of :data:`FOLLOWS`, or its loops are not the code they ship.
+    """
     with _lock:
         if _installed:
-            return _installed[0]
-        ok = follows(pynetdicom.__version__)
-        if ok:
-            _dul_init = DULServiceProvider.__init__
-
-            def dul_init(self: DULServiceProvider, *args: Any, **kwargs: Any) -> None:
-                _dul_init(self, *args, **kwargs)
-                self._wake_r, self._wake_w = socket.socketpair()  # type: ignore[attr-defined]
-                self._wake_r.setblocking(False)  # type: ignore[attr-defined]
-                self._wake_w.setblocking(False)  # type: ignore[attr-defined]
-
-            _send_pdu = DULServiceProvider.send_pdu
-
-            def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
-                _send_pdu(self, primitive)
-                _wake(self)
-
-            _kill_dul = DULServiceProvider.kill_dul
-
-            def kill_dul(self: DULServiceProvider) -> None:
-                _kill_dul(self)
-                _wake(self)
-
-            _assoc_init = Association.__init__
-
-            def assoc_init(self: Association, *args: Any, **kwargs: Any) -> None:
-                _assoc_init(self, *args, **kwargs)
-                self._reactor_checkpoint = _Checkpoint(self)
-
-            Association.__init__ = assoc_init  # type: ignore[method-assign]
-            DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
-            DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
-            DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
-            DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
-            Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
-            AssociationSocket.recv = _recv  # type: ignore[method-assign]
-            DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
-        else:
-            log.info("pynetdicom %s is not %sx: its reactors keep polling", pynetdicom.__version__, FOLLOWS)
-        _installed.append(ok)
-        return ok
+            return
+        check_pynetdicom(pynetdicom.__version__)
+        _patch()
+        _installed.append(True)
 
 
-def set_p_data_hook(ae: AE, hook: PDataHook) -> bool:
-    """Offer each P-DATA-TF PDU of ``ae``'s established associations as acceptor to ``hook`` first;
-    False (and no hook) where :func:`install` could not patch this pynetdicom."""
-    if not install():
-        return False
-    ae._reactor_p_data_hook = hook  # type: ignore[attr-defined]
-    return True
+def check_pynetdicom(version: str) -> None:
+    """Raise :class:`UnfollowedPynetdicom`, with what to do, unless pynetdicom ``version`` is one of
+    :data:`FOLLOWS` and the functions the patch replaces are the code it was written from."""
+    if not follows(version):
+        raise UnfollowedPynetdicom(
+            f"pynetdicom {version} is not a release whose loops dicomnode.net.reactor follows "
+            f"({', '.join(FOLLOWS)}): install one of those (pyproject.toml pins pynetdicom>=3.0.1,<3.1), or "
+            "compare the reactor's copies with this release's loops and add it to FOLLOWS")
+    if followed_source_digest() != FOLLOWED_SOURCE:
+        raise UnfollowedPynetdicom(
+            f"pynetdicom {version}'s loops are not the code dicomnode.net.reactor was written from (changed "
+            f"after its release, or installed without source): reinstall pynetdicom {version} from PyPI")
 
 
 def follows(version: str) -> bool:
-    """Whether pynetdicom ``version`` runs the loops that the functions below copy."""
-    return version.startswith(FOLLOWS)
+    """Whether pynetdicom ``version`` is a release whose loops the functions below copy."""
+    return version in FOLLOWS
+
+
+def followed_source_digest() -> str:
+    """sha256 of the source of the pynetdicom functions the patch replaces or wraps ("" if unreadable)."""
+    digest = hashlib.sha256()
+    for function in _FOLLOWED:
+        try:
+            digest.update(inspect.getsource(function).encode())
+        except (OSError, TypeError):
+            return ""
+    return digest.hexdigest()
+
+
+def _patch() -> None:
+    _dul_init = DULServiceProvider.__init__
+
+    def dul_init(self: DULServiceProvider, *args: Any, **kwargs: Any) -> None:
+        _dul_init(self, *args, **kwargs)
+        self._wake_r, self._wake_w = socket.socketpair()  # type: ignore[attr-defined]
+        self._wake_r.setblocking(False)  # type: ignore[attr-defined]
+        self._wake_w.setblocking(False)  # type: ignore[attr-defined]
+        self.to_user_queue = _UserQueue(self)
+
+    _send_pdu = DULServiceProvider.send_pdu
+
+    def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
+        _send_pdu(self, primitive)
+        _wake(self)
+
+    _kill_dul = DULServiceProvider.kill_dul
+
+    def kill_dul(self: DULServiceProvider) -> None:
+        _kill_dul(self)
+        _wake(self)
+
+    _close = AssociationSocket.close
+
+    def close(self: AssociationSocket) -> None:
+        _close(self)  # queues Evt17 for the DUL, from whichever thread closes
+        _wake(self.assoc.dul)
+
+    _assoc_init = Association.__init__
+
+    def assoc_init(self: Association, *args: Any, **kwargs: Any) -> None:
+        _assoc_init(self, *args, **kwargs)
+        self._reactor_poked = False  # type: ignore[attr-defined]
+        self._reactor_checkpoint = _Checkpoint(self)
+
+    Association.__init__ = assoc_init  # type: ignore[method-assign]
+    Association.kill = _assoc_kill  # type: ignore[method-assign]
+    Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
+    DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
+    DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+    DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
+    DULServiceProvider.stop_dul = _stop_dul  # type: ignore[method-assign]
+    DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
+    DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+    AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    AssociationSocket.close = close  # type: ignore[method-assign]
+
+
+def set_p_data_hook(ae: AE, hook: PDataHook) -> None:
+    """Offer each P-DATA-TF PDU of ``ae``'s established associations as acceptor to ``hook`` first.
+
+    Raises
+    ------
+    UnfollowedPynetdicom
+        As :func:`install`.
+    """
+    install()
+    ae._reactor_p_data_hook = hook  # type: ignore[attr-defined]
 
 
 def _wake(dul: DULServiceProvider) -> None:
+    """Wake ``dul``'s thread from :func:`_idle_wait`; call after the change it is to see."""
+    wake = getattr(dul, "_wake_w", None)
     with contextlib.suppress(OSError):  # full (already awake) or closed (finished)
-        dul._wake_w.send(b"\0")  # type: ignore[attr-defined]
+        if wake is not None:
+            wake.send(b"\0")
+
+
+def _poke(assoc: Association) -> None:
+    """Wake ``assoc``'s thread from :func:`_await_message` for one pass; call after the change it is to see."""
+    messages = assoc.dimse.msg_queue
+    with messages.not_empty:
+        assoc._reactor_poked = True  # type: ignore[attr-defined]
+        messages.not_empty.notify_all()
+
+
+class _UserQueue(queue.Queue[Any]):
+    """``DULServiceProvider.to_user_queue``: each primitive put for the user (the peer's A-RELEASE-RQ or
+    A-ABORT, which the association thread looks for) wakes the association thread."""
+
+    def __init__(self, dul: DULServiceProvider) -> None:
+        super().__init__()
+        self._dul = dul
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        _poke(self._dul.assoc)
 
 
 def _idle_wait(dul: DULServiceProvider) -> None:
@@ -196,6 +291,7 @@ def _give_up(dul: DULServiceProvider, exc: Exception) -> None:
     dul.assoc.is_aborted = True
     dul.assoc.is_established = False
     dul.assoc._kill = True
+    _poke(dul.assoc)
     dul._kill_thread = True
     _close_after_exception(dul)
 
@@ -217,7 +313,7 @@ def _close_after_exception(dul: DULServiceProvider) -> None:
 class _Checkpoint(threading.Event):
     """``Association._reactor_checkpoint``: a thread that pauses the reactor (to send a request on the
     association itself: every ``send_c_*`` of a requestor) clears it and waits until the reactor has
-    stopped at it; clearing it wakes the reactor from :func:`_await_message` to do so."""
+    stopped at it (:func:`_pause`); clearing it wakes the reactor from :func:`_await_message` to do so."""
 
     def __init__(self, assoc: Association) -> None:
         super().__init__()
@@ -226,27 +322,47 @@ class _Checkpoint(threading.Event):
 
     def clear(self) -> None:
         super().clear()
-        messages = self._assoc.dimse.msg_queue
-        with messages.not_empty:
-            messages.not_empty.notify_all()
+        _poke(self._assoc)
 
 
 def _await_message(assoc: Association) -> None:
-    """Until a decoded DIMSE message is queued, or :data:`IDLE_WAKE` passes (the message stays queued)."""
+    """Until a decoded DIMSE message is queued, :func:`_poke` is called, or :data:`IDLE_WAKE` passes (what
+    woke it stays for the pass to find). The flag and the queue are read, and the wait begins, under the
+    lock that a put or a poke takes to change them: none is lost between the look and the wait."""
     messages = assoc.dimse.msg_queue
     with messages.not_empty:  # holds the queue's own lock: its qsize() would wait on it forever
-        if not messages.queue and assoc._reactor_checkpoint.is_set():
+        idle = not messages.queue and not assoc._reactor_poked  # type: ignore[attr-defined]
+        if idle and assoc._reactor_checkpoint.is_set():
             messages.not_empty.wait(IDLE_WAKE)
+        assoc._reactor_poked = False  # type: ignore[attr-defined]
+
+
+def _pause(assoc: Association) -> None:
+    """pynetdicom's checkpoint (``_is_paused``, then ``_reactor_checkpoint.wait()``), returning only while the
+    checkpoint is set after the reactor has said it runs.
+
+    A request clears the checkpoint, then reads ``_is_paused``; pynetdicom's reactor, released by the end
+    of the request before, set ``_is_paused = False`` only once it ran again: if the next request came
+    first, it read the stale True, went on, and the reactor then took its response off the DIMSE queue as
+    an unexpected message (the request waited out its DIMSE timeout). Here the reactor says it runs, then
+    reads the checkpoint: of the two that each write before they read, one sees the other's write, so
+    either the request waits for this pause or the reactor pauses again.
+    """
+    while True:
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        if assoc._reactor_checkpoint.is_set():
+            return
 
 
 def _assoc_run_reactor(self: Association) -> None:
-    """pynetdicom 3.0's ``Association._run_reactor``, with :func:`_await_message` for its 1 ms sleep."""
+    """pynetdicom 3.0's ``Association._run_reactor``, with :func:`_await_message` for its 1 ms sleep and
+    :func:`_pause` for its checkpoint."""
     self._is_paused = False
     while not self._kill:
         _await_message(self)
-        self._is_paused = True
-        self._reactor_checkpoint.wait()
-        self._is_paused = False
+        _pause(self)
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
             self._serve_request(msg, context_id)  # type: ignore[arg-type]
@@ -283,6 +399,31 @@ def _assoc_run_reactor(self: Association) -> None:
                 self.abort()
             self.kill()
             return
+
+
+def _stop_dul(self: DULServiceProvider) -> bool:
+    """pynetdicom 3.0's ``DULServiceProvider.stop_dul``, waking the reactor it stops: its flag alone
+    waited out an idle wake, for every association's end, on each side."""
+    if self.state_machine.current_state == "Sta1":
+        self._kill_thread = True
+        _wake(self)
+        while self.is_alive():
+            time.sleep(self._run_loop_delay)
+        return True
+    return False
+
+
+def _assoc_kill(self: Association) -> None:
+    """pynetdicom 3.0's ``Association.kill``, waking the association's thread to see ``_kill`` and waiting
+    for the DUL thread's end by joining it: pynetdicom's 10 ms sleeps held the association (and its slot
+    in ``maximum_associations``) up to 10 ms past its DUL's end, each time."""
+    self._reactor_checkpoint.set()
+    self._kill = True
+    self.is_established = False
+    self._is_paused = True
+    _poke(self)
+    while self.dul.is_alive() and not self.dul.stop_dul():
+        self.dul.join(0.01)
 
 
 def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:

@@ -17,7 +17,10 @@ Status codes (PS3.4 B.2.3 and PS3.7 C):
   ``max_inflated_mb`` (one growing past twice ``max_instance_mb`` while it arrives is cut off with an
   A-ABORT: see :mod:`dicomnode.receive.limits`)
 - ``0xA701`` refused, out of resources: the database could not record the instance
-- ``0xC210`` cannot understand: the dataset could not be decoded
+- ``0xA900`` refused, dataset does not match SOP class: pixel data its attributes do not describe
+- ``0xC210`` cannot understand: the dataset could not be decoded, or is not whole (cut short, pixel data
+  shorter than its attributes say, encapsulated pixel data missing a fragment or its delimiter), or is not
+  strictly in its transfer syntax's encoding (:mod:`dicomnode.store.validity`); audited per burst
 - ``0xC211`` cannot understand: a required UID is missing or invalid
 - ``0xC212`` cannot understand: SOP Class/Instance UID in the dataset differ from the command's
 - ``0xC213`` cannot understand: a UID collision; the SOP Instance UID or the series already belongs to
@@ -29,14 +32,11 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,12 +45,12 @@ from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.config_store import runtime_peers
 from dicomnode.errors import StoreError
-from dicomnode.log import extra
+from dicomnode.log import extra, lenient_reading
 from dicomnode.net.tls import client_certificate
 from dicomnode.receive.accept import decide
 from dicomnode.receive.dataphase.early import DEFER_BYTES
 from dicomnode.receive.incoming import discard_partial
-from dicomnode.receive.limits import InflationLimit, inflate_bounded
+from dicomnode.receive.limits import InflationLimit, open_part10
 from dicomnode.receive.tally import Tally
 from dicomnode.settings import Settings
 from dicomnode.store.committer import GroupCommitter, Receipt
@@ -74,6 +74,7 @@ from dicomnode.store.ingest import (
     refuse_collision,
 )
 from dicomnode.store.spool import Written, adopt_file, remove_new_file, spool_path
+from dicomnode.store.validity import Refusal, file_refusal
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Received:
     """A C-STORE dataset that has arrived, whole, into ``path`` (preamble and file meta, then the dataset
     as sent), on ``assoc``, under the accepted ``transfer_syntax``; the UIDs are the command's.
     ``written``: the file's digest and fsync, where its writer took care of them; ``header``: the header
-    parse, where its writer began it while the dataset arrived (:mod:`dicomnode.receive.dataphase.early`)."""
+    parse, and ``whole``: the whole-or-refused check (:mod:`dicomnode.store.validity`), where its writer
+    began them while the dataset arrived (:mod:`dicomnode.receive.dataphase.early`)."""
 
     assoc: Any
     path: Path
@@ -127,6 +129,7 @@ class Received:
     written: Written | None = None
     header: Callable[[], InstanceMeta] | None = None
     size: int | None = None  # the file's, where its writer counted it
+    whole: Callable[[], Refusal | None] | None = None
 
 
 def requestor(assoc: Any) -> tuple[str, str]:
@@ -180,9 +183,17 @@ def handle_tls_failure(address: str, reason: str, ctx: ReceiveContext) -> None:
 
 
 def handle_silent(address: str, ctx: ReceiveContext) -> None:
-    """A connection closed because no A-ASSOCIATE-RQ arrived within ``first_pdu_timeout_seconds``."""
+    """A connection closed because no whole A-ASSOCIATE-RQ arrived within ``first_pdu_timeout_seconds``."""
     _refused(ctx, AuditEvent.ASSOCIATION_REJECTED, "first_pdu_timeout", calling_ae="", address=address,
              reason=f"no A-ASSOCIATE-RQ within first_pdu_timeout_seconds={ctx.settings.first_pdu_timeout_seconds:g}")
+
+
+def handle_oversized_request(address: str, size: int, ctx: ReceiveContext) -> None:
+    """A connection refused (A-ASSOCIATE-RJ) because its A-ASSOCIATE-RQ claims more than
+    ``max_associate_rq_bytes``, before the rest of it was read."""
+    _refused(ctx, AuditEvent.ASSOCIATION_REJECTED, "request_too_large", calling_ae="", address=address,
+             reason=f"A-ASSOCIATE-RQ of {size} bytes is larger than "
+                    f"max_associate_rq_bytes={ctx.settings.max_associate_rq_bytes}", security_alert=True)
 
 
 def handle_too_large(event: Any, size: int, ctx: ReceiveContext) -> None:
@@ -256,7 +267,7 @@ def client_of(assoc: Any) -> Client:
 
 
 def _size_refusal(received: Received, settings: Settings) -> str:
-    """Why the received dataset is too large to decode, or "" (inflation is bounded, never unlimited)."""
+    """Why the received dataset is too large to decode, or "" (inflation is bounded where it is decoded)."""
     path = received.path
     # the file holds the dataset after the preamble and file meta that pynetdicom wrote: a file within
     # the limit holds a dataset within it, and only a larger one needs the dataset's own size
@@ -265,17 +276,14 @@ def _size_refusal(received: Received, settings: Settings) -> str:
         size -= split_dataset(path)[1]
         if size > settings.max_instance_mb * 2**20:
             return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
-    if received.transfer_syntax == DeflatedExplicitVRLittleEndian:
-        offset = split_dataset(path)[1]
-        with open(path, "rb") as deflated:
-            deflated.seek(offset)
-            try:
-                inflate_bounded(deflated, int(settings.max_inflated_mb * 2**20))
-            except InflationLimit as exc:
-                return str(exc)
-            except zlib.error:
-                return ""  # not deflate at all: decoding refuses it (0xC210)
     return ""
+
+
+def _read_header(received: Received, settings: Settings) -> InstanceMeta:
+    """Every element is parsed; values over 64 KiB (pixel data) are skipped by a seek, not read. A deflated
+    dataset is inflated into a file first, bounded by ``max_inflated_mb`` (InflationLimit), never in memory."""
+    with lenient_reading(), open_part10(received.path, int(settings.max_inflated_mb * 2**20), DEFER_BYTES) as (ds, _):
+        return read_meta(ds, received.transfer_syntax)  # a dirty header's values, decoded leniently (dicomnode.log)
 
 
 def _store(received: Received, ctx: ReceiveContext) -> int:
@@ -283,10 +291,15 @@ def _store(received: Received, ctx: ReceiveContext) -> int:
     too_large = _size_refusal(received, ctx.settings)
     if too_large:
         return refuse(ctx.sessions, client, TOO_LARGE, too_large)
+    refused = (received.whole() if received.whole is not None else file_refusal(
+        received.path, received.transfer_syntax, size=received.size,
+        inflated_limit=int(ctx.settings.max_inflated_mb * 2**20)))
+    if refused is not None:
+        return _refuse_not_whole(ctx, client, refused)
     try:
-        # every element is parsed; values over 64 KiB (pixel data) are skipped by a seek, not read
-        meta = (received.header() if received.header is not None
-                else read_meta(dcmread(received.path, defer_size=DEFER_BYTES), received.transfer_syntax))
+        meta = received.header() if received.header is not None else _read_header(received, ctx.settings)
+    except InflationLimit as exc:  # a ValueError: before the next
+        return refuse(ctx.sessions, client, TOO_LARGE, str(exc))
     except ValueError as exc:
         keyword = str(exc).split(":", 1)[0]
         return refuse(ctx.sessions, client, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
@@ -296,6 +309,17 @@ def _store(received: Received, ctx: ReceiveContext) -> int:
         return refuse(ctx.sessions, client, UID_MISMATCH,
                       "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
     return _land(received, ctx, client, meta)
+
+
+def _refuse_not_whole(ctx: ReceiveContext, client: Client, refused: Refusal) -> int:
+    """An instance not whole, or not in its transfer syntax's encoding (0xC210, 0xA900; 0xA700 inflated too
+    large): logged (the reason quotes no value) and audited per burst of its status from its address (a
+    modality that cuts every slice short is one burst, :mod:`dicomnode.audit.bursts`)."""
+    status = f"0x{refused.status:04X}"
+    log.warning("C-STORE refused with %s: %s", status, refused.reason, extra=extra(stage="receive"))
+    _refused(ctx, AuditEvent.INSTANCE_REFUSED, f"not_whole {status}", calling_ae=client.calling_ae,
+             address=client.address, status=status, reason=refused.reason, transport=client.transport)
+    return refused.status
 
 
 def _land(received: Received, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -> int:

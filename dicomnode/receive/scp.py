@@ -17,6 +17,7 @@ from dicomnode.receive.handlers import (
     handle_accepted,
     handle_closed,
     handle_echo,
+    handle_oversized_request,
     handle_rejected,
     handle_requested,
     handle_silent,
@@ -73,10 +74,11 @@ def start_scp(ctx: ReceiveContext) -> list[Any]:
     handlers.append((evt.EVT_PDU_RECV, guard))
     if settings.receive_engine == "native":
         phase = DataPhase(ctx)
-        if reactor.set_p_data_hook(ae, phase):
-            handlers.append((evt.EVT_CONN_CLOSE, phase.on_closed))
+        reactor.set_p_data_hook(ae, phase)
+        handlers.append((evt.EVT_CONN_CLOSE, phase.on_closed))
     start = partial(start_guarded_server, ae, handlers=handlers, first_pdu_timeout=settings.first_pdu_timeout_seconds,
-                    share_port=settings.share_port, on_silent=partial(handle_silent, ctx=ctx))
+                    max_request_bytes=settings.max_associate_rq_bytes, share_port=settings.share_port,
+                    on_silent=partial(handle_silent, ctx=ctx), on_oversized=partial(handle_oversized_request, ctx=ctx))
     servers = []
     if settings.plain_port_enabled:
         servers.append(start((settings.host, settings.port)))

@@ -45,12 +45,12 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import read_scope, session_scope
 from dicomnode.errors import StoreError, UidCollision
-from dicomnode.files import free_bytes, write_atomic
+from dicomnode.files import free_bytes, fsync_dir
 from dicomnode.jobs.models import Instance, Series, Study, StudySender
 from dicomnode.log import extra
 from dicomnode.settings import Settings
 from dicomnode.store.index import InstanceMeta, find_collision, lookup, record_instance
-from dicomnode.store.spool import clean_uid, spool_path
+from dicomnode.store.spool import adopt_file, clean_uid, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ BAD_UID = 0xC211
 UID_MISMATCH = 0xC212
 UID_COLLISION = 0xC213
 UNEXPECTED = 0xC2FF
+DOES_NOT_MATCH_SOP_CLASS = 0xA900  # PS3.4 B.2.3: pixel data its attributes do not describe (store/validity.py)
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4: the request's SOP class is not its presentation context's
 
 
@@ -236,12 +237,14 @@ def _claim(session: Session, meta: InstanceMeta, client: Client) -> bool:
 
 
 def ingest(settings: Settings, sessions: sessionmaker[Session], client: Client, meta: InstanceMeta,
-           data: bytes) -> Landed:
-    """Land one decoded, validated instance: disk guard, ownership and collision check, spool write, rows.
+           source: Path) -> Landed:
+    """Land one decoded, validated instance: disk guard, ownership and collision check, spool move, rows.
 
-    ``data`` is what goes into the spool byte for byte (a Part-10 file). Returns the DICOM status (module
-    docstring) and, for a refusal, its reason; the caller audits both (nothing is audited here but the
-    start of a new study's transfer, with the study's row).
+    ``source`` is the instance's file (a Part-10 file) on the spool's file system, as it arrived: the
+    way C-STORE lands its files, it goes into the spool byte for byte (fsynced, renamed, its folder
+    fsynced) before the rows are committed; refused, it is left where it is, for the caller to remove.
+    Returns the DICOM status (module docstring) and, for a refusal, its reason; the caller audits both
+    (nothing is audited here but the start of a new study's transfer, with the study's row).
     """
     guard = disk_guard(settings)
     if guard:
@@ -254,13 +257,16 @@ def ingest(settings: Settings, sessions: sessionmaker[Session], client: Client, 
         return refused
     path = spool_path(settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
     try:
-        sha256 = write_atomic(path, data)
+        sha256, size = adopt_file(source, path)
+        fsync_dir(path.parent)
     except StoreError as exc:
         return Landed(OUT_OF_RESOURCES_DISK, str(exc))
+    except OSError as exc:
+        return Landed(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
     not_owned = False
     try:
         with session_scope(sessions) as session:
-            changed = record_instance(session, meta, path=str(path), sha256=sha256, size=len(data),
+            changed = record_instance(session, meta, path=str(path), sha256=sha256, size=size,
                                       calling_ae=client.calling_ae, calling_address=client.address,
                                       actor=client.actor)
             not_owned = not _claim(session, meta, client)

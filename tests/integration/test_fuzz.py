@@ -40,8 +40,9 @@ CI_SAMPLE = int(os.environ.get("DICOMNODE_FUZZ_EXAMPLES", "300"))
 PACKAGE = Path(dicomnode.__file__).resolve().parent
 FULL = 10_000
 PDU_SLOTS = 40
-# 0xC213: a flipped byte in PatientID makes the same study another patient's (a UID collision)
-ALLOWED = {0x0000, 0xA700, 0xA701, 0xC210, 0xC211, 0xC212, 0xC213}
+# 0xC213: a flipped byte in PatientID makes the same study another patient's (a UID collision);
+# 0xA900: a flipped byte in Rows/Columns/BitsAllocated's tag leaves pixel data without its image attributes
+ALLOWED = {0x0000, 0xA700, 0xA701, 0xA900, 0xC210, 0xC211, 0xC212, 0xC213}
 BASE_UID = "1.2.826.0.1.3680043.10.1234.1"
 
 

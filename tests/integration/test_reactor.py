@@ -6,15 +6,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import pynetdicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from dicomnode.net import reactor
+from tests.integration.conftest import StartScp
 from tests.support.net import free_port, wait_for
 
 SLOW_WAKE = 3.0  # a wait that polled instead of waking would cost this much each time
@@ -22,7 +26,7 @@ SLOW_WAKE = 3.0  # a wait that polled instead of waking would cost this much eac
 
 @pytest.fixture
 def slow_idle(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    assert reactor.install()
+    reactor.install()
     monkeypatch.setattr(reactor, "IDLE_WAKE", SLOW_WAKE)
     yield
 
@@ -93,6 +97,33 @@ def test_peer_abort_ends_the_association(slow_idle: None) -> None:
         server.shutdown()
 
 
+@pytest.mark.parametrize("end", ["release", "abort"])
+def test_an_association_ends_on_both_sides_without_an_idle_wake(slow_idle: None, end: str) -> None:
+    """The peer's A-RELEASE-RQ or A-ABORT reaches the acceptor's association thread through its DUL's queue
+    for the user, not the DIMSE queue, and each side's DUL, once its connection is closed, is stopped by a
+    flag of its own: both wake their thread, so both associations end in far less than one idle wake."""
+    scp = AE("REACTOR")
+    scp.add_supported_context(Verification)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False)
+    try:
+        scu = AE("SCU")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", port, ae_title="REACTOR")
+        assert assoc.send_c_echo().Status == 0x0000
+        started = time.monotonic()
+        if end == "release":
+            assoc.release()
+        else:
+            assoc.abort()
+        wait_for(lambda: not assoc.is_alive() and server.active_associations == [], timeout=4 * SLOW_WAKE,
+                 interval=0.01, msg="both associations' threads ended")
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert elapsed < SLOW_WAKE / 2, f"the {end} took {elapsed:.1f} s to end both associations: a thread was not woken"
+
+
 class _Holder:
     """What AssociationSocket.recv reads from: a plain socket attribute."""
 
@@ -130,11 +161,96 @@ def test_recv_returns_what_arrived_before_the_peer_closed() -> None:
 
 
 def test_installed_in_place_of_polling() -> None:
-    assert reactor.install() and reactor.install()  # idempotent
+    reactor.install()
+    reactor.install()  # idempotent
     assert AssociationSocket.recv is reactor._recv
 
 
-@pytest.mark.parametrize(("version", "follows"), [("3.0.4", True), ("3.0.1", True), ("3.1.0", False),
-                                                  ("2.0.2", False)])
-def test_patches_only_the_release_it_follows(version: str, follows: bool) -> None:
+@pytest.mark.parametrize(("version", "follows"), [("3.0.4", True), ("3.0.1", True), ("3.0.0", False),
+                                                  ("3.0.5", False), ("3.1.0", False), ("2.0.2", False)])
+def test_follows_only_the_releases_it_was_written_from(version: str, follows: bool) -> None:
     assert reactor.follows(version) is follows
+
+
+def test_the_installed_pynetdicom_is_the_code_it_follows() -> None:
+    assert reactor.followed_source_digest() == reactor.FOLLOWED_SOURCE
+
+
+@pytest.fixture
+def not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process as at start, before the first install (the patch itself stays: it is process-wide)."""
+    monkeypatch.setattr(reactor, "_installed", [])
+
+
+@pytest.mark.usefixtures("not_installed")
+def test_the_node_refuses_to_start_on_a_release_it_does_not_follow(monkeypatch: pytest.MonkeyPatch,
+                                                                   start_scp_with: StartScp) -> None:
+    monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
+    with pytest.raises(reactor.UnfollowedPynetdicom, match=r"^pynetdicom 3\.1\.0 is not a release .* install one"):
+        start_scp_with()
+
+
+@pytest.mark.usefixtures("not_installed")
+def test_refuses_a_followed_version_whose_loops_were_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reactor, "_FOLLOWED", (*reactor._FOLLOWED[:-1], reactor._recv))  # one function not theirs
+    with pytest.raises(reactor.UnfollowedPynetdicom, match=r"^pynetdicom 3\.0\.\d's loops are not the code"):
+        reactor.install()
+
+
+def test_a_reactor_released_late_leaves_the_next_response_alone(slow_idle: None,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A requestor's ``send_c_*`` pauses its reactor (clears the checkpoint, then waits for ``_is_paused``) so
+    that the response is its own. A reactor that one request's end let go but that has not run since (a busy
+    machine) still reads as paused to the next request: here it is held in that window until the next
+    response is queued; it must leave that response to the request, not take it as an unexpected message."""
+    scp = AE("REACTOR")
+    scp.add_supported_context(Verification)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False)
+    try:
+        scu = AE("SCU")
+        scu.add_requested_context(Verification)
+        scu.dimse_timeout = 2  # a response taken by the reactor leaves its request waiting this long
+        assoc = scu.associate("127.0.0.1", port, ae_title="REACTOR")
+        assert assoc.is_established
+        _hold_in_the_window(assoc)
+        statuses = [assoc.send_c_echo().get("Status") if assoc.is_established else None for _ in range(3)]
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        server.shutdown()
+    assert statuses == [0x0000] * 3
+    assert "unexpected" not in caplog.text
+
+
+def _hold_in_the_window(assoc: Association) -> None:
+    """Hold ``assoc``'s reactor, once, just after its checkpoint lets it go, until the next request has
+    paused it again and that request's response is queued; that request reads the queue only after the
+    reactor's next step (its next read of the queue, or its next pause)."""
+    checkpoint, messages = assoc._reactor_checkpoint, assoc.dimse.msg_queue
+    real_wait, real_get = checkpoint.wait, assoc.dimse.get_msg
+    held, moved = threading.Event(), threading.Event()
+
+    def wait(timeout: float | None = None) -> bool:
+        in_reactor = threading.current_thread() is assoc
+        if in_reactor and held.is_set():
+            moved.set()  # paused again, the queue untouched
+        released = real_wait(timeout)
+        if in_reactor and not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 5
+            while (checkpoint.is_set() or not messages.qsize()) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return released
+
+    def get_msg(block: bool = False) -> Any:
+        in_reactor = threading.current_thread() is assoc
+        if not in_reactor and held.is_set():
+            moved.wait(5)
+        got = real_get(block)
+        if in_reactor and held.is_set():
+            moved.set()
+        return got
+
+    checkpoint.wait = wait  # type: ignore[method-assign]
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]

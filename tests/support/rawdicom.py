@@ -152,3 +152,24 @@ def _elements(data: bytes) -> dict[int, bytes]:
         out[number] = data[pos + 8:pos + 8 + length]
         pos += 8 + length
     return out
+
+
+def store(port: int, sop_class: str, sop_instance: str, dataset: bytes, *, transfer_syntax: str = EXPLICIT_LE,
+          fragment: int = 16000) -> int | None:
+    """One C-STORE of ``dataset`` exactly as given (a lie no toolkit would send: a cut-short value, a body
+    in another encoding than ``transfer_syntax``), on an association of its own: the status, or None when
+    the node aborted instead."""
+    assoc = RawAssociation(port, sop_class, transfer_syntax=transfer_syntax)
+    assert assoc.accepted
+    try:
+        assoc.send(p_data([pdv(1, COMMAND | LAST, c_store_rq(sop_class, sop_instance))])
+                   + b"".join(p_data([chunk]) for chunk in fragments(1, dataset, fragment)))
+        answered = status(assoc.read_response())
+    except BaseException:
+        assoc.close()
+        raise
+    if answered is None:
+        assoc.close()
+    else:
+        assoc.release()
+    return answered

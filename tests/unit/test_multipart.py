@@ -1,10 +1,14 @@
-"""multipart/related bodies: what encode_related writes, parse_related reads back; anything malformed is refused."""
+"""multipart/related bodies: what encode_related writes, parse_related reads back, and RelatedReader reads
+as it arrives, in pieces, never holding a part; anything malformed is refused."""
 
 from __future__ import annotations
 
+import random
+import tracemalloc
+
 import pytest
 
-from dicomnode.net.multipart import MultipartError, encode_related, parse_related
+from dicomnode.net.multipart import DICOM, MultipartError, RelatedReader, encode_related, parse_related
 
 PARTS = [b"first\r\n--not-a-boundary", b"\x00" * 10, b"third"]
 
@@ -43,3 +47,71 @@ def test_malformed_bodies_are_refused(body: bytes, status: int, match: str) -> N
     with pytest.raises(MultipartError, match=match) as caught:
         parse_related(body, "multipart/related; type=application/dicom; boundary=b")
     assert caught.value.status == status
+
+
+class Pieces:
+    """A PartSink that records what it was given, piece by piece."""
+
+    def __init__(self) -> None:
+        self.parts: list[list[bytes]] = []
+        self.ended = 0
+
+    def begin(self) -> None:
+        self.parts.append([])
+
+    def write(self, data: memoryview) -> None:
+        self.parts[-1].append(bytes(data))
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+def _read(body: bytes, content_type: str, size: int) -> Pieces:
+    sink = Pieces()
+    reader = RelatedReader(content_type, sink)
+    for start in range(0, len(body), size):
+        reader.feed(body[start:start + size])
+    assert reader.close() == len(sink.parts) == sink.ended
+    return sink
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 61, 4096])
+def test_a_body_fed_in_pieces_reads_as_the_whole(size: int) -> None:
+    """Delimiters, headers and the preamble split anywhere across pieces."""
+    body, content_type = encode_related(PARTS)
+    preamble = b"a preamble, --longer than the boundary's first bytes\r\n-- nearly\r\n"
+    sink = _read(preamble + body, content_type, size)
+    assert [b"".join(pieces) for pieces in sink.parts] == PARTS
+
+
+def test_parts_go_to_the_sink_as_they_arrive() -> None:
+    """A 4 MiB part fed in 64 KiB pieces reaches the sink in pieces no larger: nothing holds it whole."""
+    part = random.Random(3).randbytes(4 * 2**20)
+    body, content_type = encode_related([part, b"small"])
+    sink = _read(body, content_type, 64 * 1024)
+    assert b"".join(sink.parts[0]) == part and sink.parts[1] == [b"small"]
+    assert max(len(piece) for piece in sink.parts[0]) <= 64 * 1024
+    assert len(sink.parts[0]) >= 64
+
+
+def test_a_part_of_another_type_is_refused_before_the_body_ends() -> None:
+    body, content_type = encode_related([b"dicom", b"not dicom", b"more"], part_type="image/jpeg")
+    reader = RelatedReader(content_type.replace("image/jpeg", DICOM, 1), Pieces())
+    with pytest.raises(MultipartError, match="image/jpeg") as caught:
+        reader.feed(body[: body.index(b"not dicom")])
+    assert caught.value.status == 415
+
+
+def test_a_preamble_without_a_delimiter_is_not_kept() -> None:
+    reader = RelatedReader('multipart/related; boundary="b"', Pieces())
+    chunk = b"x" * 65536
+    tracemalloc.start()
+    try:
+        for _ in range(64):  # 4 MiB of preamble
+            reader.feed(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(chunk), f"peak {peak} bytes while reading a preamble"
+    with pytest.raises(MultipartError, match="boundary"):
+        reader.close()

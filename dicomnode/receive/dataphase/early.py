@@ -16,16 +16,18 @@ The parse counts only when it stops exactly at a pixel data element inside that 
 every element before the pixel data, as the parse of the whole file would. Once the file is complete,
 :func:`finish` parses the rest of it, from the pixel data element to its end, with pydicom's reader,
 so that a dataset that would not decode as a whole is refused just the same; a file that ends where
-its pixel data element ends has nothing left to parse. A prefix that ends before the pixel data, a
-deflated dataset (compressed as a whole) or a big endian one: no early parse, the whole file is parsed
-at the end as before.
+its pixel data element ends has nothing left to parse. Whether the file is whole and strictly in its
+encoding (:mod:`dicomnode.store.validity`) is then judged from the pixel data element on (:func:`refusal`):
+the walk read the elements before it as strictly, and kept the image attributes its length follows. A
+prefix that ends before the pixel data, a deflated dataset (compressed as a whole) or a big endian one:
+no early parse, the whole file is parsed (and judged) at the end as before.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -43,15 +45,18 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
 )
 
+from dicomnode.log import lenient_reading
 from dicomnode.receive.dataphase.elements import PIXEL_TAGS, walk
 from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import META_KEYWORDS, Attributes, read_meta
+from dicomnode.store.validity import IMAGE_TAGS, Refusal, file_refusal, rest_refusal
 
 PREFIX_BYTES = 64 * 1024
 DEFER_BYTES = 64 * 1024  # values longer than this (pixel data) are skipped by a seek, never read
 _TAG = struct.Struct("<HH")  # little endian group, element
 _KEYWORD_TAGS = {keyword: BaseTag(tag_for_keyword(keyword) or 0) for keyword in META_KEYWORDS}
 _META_TAGS = frozenset(int(tag) for tag in _KEYWORD_TAGS.values())
+_KEPT_TAGS = _META_TAGS | IMAGE_TAGS  # and those the pixel data's length follows (store/validity.py)
 _DICTIONARY_VRS = {tag: dictionary_VR(tag) for tag in _KEYWORD_TAGS.values()}  # implicit VR: pydicom's
 _PLAIN_VRS = frozenset({"UI", "CS", "SH", "LO", "PN", "IS"})
 _PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*\x00?\Z")  # printable ASCII, no backslash; a UI's NUL pad
@@ -70,6 +75,9 @@ class EarlyHeader:
     meta: InstanceMeta | None
     error: Exception | None
     end: int | None = None  # where the pixel data element ends in the file, where the walk found it
+    transfer_syntax: str = ""
+    image: dict[int, bytes] | None = None  # the walk's image attributes (raw); None: pydicom read the prefix
+    known: bytes = b""  # the prefix's bytes from the pixel data element on, where the walk found it
 
 
 def eligible(transfer_syntax: str) -> bool:
@@ -86,11 +94,14 @@ def parse_prefix(file_meta: bytes, prefix: bytes | bytearray, transfer_syntax: s
     :func:`read_meta` reads are decoded, by pydicom; where the walk gives up, pydicom's reader parses
     the prefix, as it would the whole file."""
     implicit = transfer_syntax == ImplicitVRLittleEndian
-    walked = walk(bytes(prefix), implicit, _META_TAGS)
+    walked = walk(bytes(prefix), implicit, _KEPT_TAGS)
     if walked is not None:
         start = len(file_meta)
         end = None if walked.end is None else start + walked.end
-        return _header(start + walked.pixels, implicit, _Values(walked.found), transfer_syntax, end)
+        header = _header(start + walked.pixels, implicit, _Values(walked.found), transfer_syntax, end)
+        image = {int(tag): raw.value for tag, raw in walked.found.items()
+                 if tag in IMAGE_TAGS and isinstance(raw, RawDataElement) and raw.value is not None}
+        return replace(header, image=image, known=bytes(prefix[walked.pixels:]))
     return _parse(file_meta + prefix, transfer_syntax)
 
 
@@ -129,9 +140,10 @@ def _plain(raw: RawDataElement) -> str | None:
 
 def _header(offset: int, implicit: bool, ds: Attributes, transfer_syntax: str, end: int | None = None) -> EarlyHeader:
     try:
-        return EarlyHeader(offset, implicit, read_meta(ds, transfer_syntax), None, end)
+        with lenient_reading():  # a dirty header's values are decoded here (dicomnode.log)
+            return EarlyHeader(offset, implicit, read_meta(ds, transfer_syntax), None, end, transfer_syntax)
     except Exception as exc:  # a bad UID (ValueError), or a value pydicom cannot decode: raised by finish
-        return EarlyHeader(offset, implicit, None, exc, end)
+        return EarlyHeader(offset, implicit, None, exc, end, transfer_syntax)
 
 
 def _parse(data: bytes | bytearray, transfer_syntax: str) -> EarlyHeader | None:
@@ -162,3 +174,12 @@ def finish(path: Path, early: EarlyHeader, size: int | None = None) -> InstanceM
         raise early.error
     assert early.meta is not None
     return early.meta
+
+
+def refusal(path: Path, early: EarlyHeader, size: int) -> Refusal | None:
+    """Whole or refused (:mod:`dicomnode.store.validity`), once the file of ``size`` bytes is complete: from
+    its pixel data on, where the walk read the header before it (as strictly); else the whole file, as
+    pydicom's parse of the prefix proves nothing about its encoding."""
+    if early.image is None:
+        return file_refusal(path, early.transfer_syntax, size=size, inflated_limit=0)  # never deflated (eligible)
+    return rest_refusal(path, size, early.transfer_syntax, early.offset, early.known, early.image)

@@ -264,11 +264,13 @@ class DataPhase:
         else:
             hashed: Future[tuple[str, int]] = self._hasher.submit(_hexdigest, incoming)  # after its fragments
             synced: Future[None] = self._fsyncs.submit(_fsync, incoming.fd)
-            header = None if incoming.early is None else partial(early.finish, incoming.path, incoming.early,
-                                                                   incoming.written)
+            header = whole = None
+            if incoming.early is not None:
+                header = partial(early.finish, incoming.path, incoming.early, incoming.written)
+                whole = partial(early.refusal, incoming.path, incoming.early, incoming.written)
             status = store_received(Received(assoc, incoming.path, incoming.transfer_syntax, incoming.sop_class_uid,
                                              incoming.sop_instance_uid, Written(hashed.result, synced.result),
-                                             header, incoming.written), self.ctx)
+                                             header, incoming.written, whole), self.ctx)
             wait([hashed])  # a refusal may not have waited for them: the descriptor closes only after
             wait([synced])
             _close_and_remove(incoming)  # a landed file was renamed into the spool: nothing to remove
