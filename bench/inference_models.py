@@ -75,7 +75,9 @@ def child(kind: str, runtime: str, threads: int, runs: int) -> dict[str, object]
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     if kind == "cxr":
-        x = rng.normal(size=(1, 1, 64, 64)).astype(np.float32)
+        from training.train_cxr import SIZE
+
+        x = rng.normal(size=(1, 1, *SIZE)).astype(np.float32)
     elif kind == "ct":
         x = rng.normal(size=(1, 1, 96, 96, 96)).astype(np.float32)
     else:  # window: a 512 x 512 x 200 CT-sized array, 64^3 windows, overlap 0.25

@@ -9,7 +9,11 @@ this process ("dicomnode"), and as deployed, a ``dicomnode receive`` process ("d
 node's ratios against Orthanc and against storescp from the same invocation. DCMTK runs with
 TCP_NODELAY=1 (tests/support/peers.py), as it must on loopback.
 
-    python bench/ingest.py [-n 500] [--rounds 3] [--associations 1 4] [--atna-down] [--processes N]
+    python bench/ingest.py [-n 500] [--rounds 3] [--associations 1 4] [--atna-down] [--processes N] [--serve]
+
+``--serve`` adds the node as a new user runs it, the README's first command: ``dicomnode serve`` (every
+role, the bundled models loaded, the embedded defaults; only the PACS made a known peer) as a process
+("dicomnode serve (process)"), beside the ``receive`` role alone.
 
 ``--atna-down`` adds a node run whose ATNA forwarder faces a repository that is down (audit transport
 never slows ingest). ``--processes N`` adds the node as N receiving processes sharing one port
@@ -40,7 +44,7 @@ from dicomnode.migrate import upgrade
 from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Peer, Settings
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
 from tests.support.peers import DCMTK_ENV, REPO, NodeProcess, Orthanc, require, storescp
 
 SOURCE = REPO.parent / "shared" / "data" / "ct_single_slice_tcia" / "CT01.dcm"
@@ -159,6 +163,24 @@ def node_process(root: Path) -> Iterator[tuple[int, str]]:
         process.stop()
 
 
+@contextmanager
+def node_serve(root: Path) -> Iterator[tuple[int, str]]:
+    """The README's first command: ``dicomnode serve`` on its embedded defaults (every role, the bundled
+    models loaded), the sender made a known peer as the README tells; ``--node-set`` applies too."""
+    env = {"DICOMNODE_PEERS": "STORESCU@127.0.0.1:104", "DICOMNODE_MIN_FREE_DISK_MB": "1",
+           **{f"DICOMNODE_{key.upper()}": value for key, value in NODE_SETTINGS.items()}}
+    process = NodeProcess(root, env=env, command="serve").start()
+    try:
+        process.wait_started()
+        # the worker's warm-up (models, highdicom's tables) done: ingest measured beside an idle worker, as
+        # studies arrive at a node that has been up for a while
+        wait_for(lambda: "worker warm" in process.log_path.read_text(errors="replace"), timeout=120,
+                 msg="worker warm")
+        yield process.port, process.ae_title
+    finally:
+        process.stop()
+
+
 PROCESSES = [1]  # --processes N
 
 
@@ -203,6 +225,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="receivers to run (default: all)")
     parser.add_argument("--processes", type=int, default=1,
                         help="also the node as this many receiving processes on one port (share_port)")
+    parser.add_argument("--serve", action="store_true",
+                        help="also the node as the README's first command runs it (dicomnode serve)")
     parser.add_argument("--serve-shared", nargs=2, metavar=("ROOT", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     NODE_SETTINGS.update(item.split("=", 1) for item in args.node_set)
@@ -212,6 +236,8 @@ def main() -> None:
     PROCESSES[0] = args.processes
     receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node,
                                       "dicomnode receive (process)": node_process}
+    if args.serve:
+        receivers["dicomnode serve (process)"] = node_serve
     if args.atna_down:
         receivers["dicomnode, ATNA down"] = node_atna_down
     if args.processes > 1:

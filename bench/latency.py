@@ -12,9 +12,17 @@ the split:
 - rest: the worker's time around the pipeline (claim commit, heartbeat thread, outcome commit);
 - total: from the end of the idle timer to the job's success (every result acknowledged).
 
-    PYTHONPATH=. python bench/latency.py [--studies 3] [--slices 189] [--deepbet]
+    PYTHONPATH=. python bench/latency.py [--studies 3] [--slices 189] [--deepbet] [--priors]
     PYTHONPATH=. python bench/latency.py --reference /tmp/ref [--rounds 3]
 
+Then, in the same run, "counts vs idle": Orthanc routes each study to the node (C-STORE from the
+PACS), once with Orthanc a query peer (``query = true``: the node asks it for NumberOf*RelatedInstances and
+routes a study as soon as its instances match) and once without (the idle timer, ``--idle`` seconds, the
+node's default), and the table gives last acknowledged instance -> routed, -> job running, -> every result
+acknowledged by the PACS.
+
+``--priors`` also fetches a 189-slice prior for a job (a threshold model that declares ``[input.priors]``) by
+C-GET and by C-MOVE and prints its size and the retrieval's time.
 ``--deepbet`` also runs the bundled deepbet model on the MNI152 template (../shared/data).
 ``--reference`` runs the threshold case of this bench in another checkout of the node (``git worktree add
 /tmp/ref <commit>``) and in this one, alternating, each in its own process, and prints each stage's median
@@ -31,12 +39,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from dicomnode.jobs.models import Job, JobEvent, Series, Study
+from dicomnode.jobs.models import Job, JobEvent, PriorStudy, Series, Study
 from dicomnode.jobs.status import JobStatus
 from dicomnode.node import start_node
 from dicomnode.settings import Peer, Rule, Settings
@@ -113,6 +122,111 @@ def run(label: str, settings: Settings, make: Any, studies: int, root: Path) -> 
     print("| " + " | ".join(f"{statistics.median(s.get(k, 0.0) for s in splits):.3f}" for k in STAGES) + " |")
 
 
+COUNTS_COLUMNS = ["routed", "job running", "result on the PACS"]
+
+
+def routed_study(node: Any, pacs: Orthanc, folder: Path, series: list[Any]) -> dict[str, float]:
+    """``series`` into Orthanc, then Orthanc sends it to the node; seconds from the node's last
+    acknowledged instance to routing, to the job running and to every result acknowledged by the PACS."""
+    write_series(series, folder)
+    assert storescu(pacs.dicom_port, folder, called=pacs.aet).returncode == 0
+    study_uid = str(series[0].StudyInstanceUID)
+    answer = pacs.request("POST", "/modalities/NODE/store", {"Resources": [pacs.study_id(study_uid)],
+                                                             "Synchronous": True})
+    assert answer["FailedInstancesCount"] == 0, answer
+
+    def finished() -> tuple[Study, list[JobEvent]] | None:
+        with node.ctx.sessions() as session:
+            study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+            job = session.scalar(select(Job).join(Job.series).join(Series.study).where(Study.study_uid == study_uid))
+            if study is None or job is None or job.status != JobStatus.SUCCEEDED:
+                return None
+            return study, list(session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)))
+
+    found = wait_for(finished, timeout=600, msg="job succeeded", interval=0.05)
+    assert found is not None
+    study, events = found
+    last = _utc(study.last_received_at)
+    assert study.completed_at is not None
+    running = next(e for e in events if e.to_status == JobStatus.RUNNING)
+    succeeded = next(e for e in events if e.to_status == JobStatus.SUCCEEDED)
+    return {"routed": _utc(study.completed_at) - last, "job running": _utc(running.at) - last,
+            "result on the PACS": _utc(succeeded.at) - last}
+
+
+def counts_vs_idle(root: Path, pacs: Orthanc, args: argparse.Namespace) -> None:
+    """Last ack -> result on the PACS, routed by Orthanc, with its counts and with the idle timer."""
+    rows: dict[str, dict[str, float]] = {}
+    models = write_threshold_model(root / "models-counts", 40.0).parent
+    for label, query in ((f"idle timer ({args.idle:g} s)", False), ("PACS counts (C-FIND)", True)):
+        settings = Settings.load(None, data_dir=root / f"counts-{query}", port=free_port(), host="127.0.0.1",
+                                 models_dir=models, min_free_disk_mb=1, study_idle_seconds=args.idle,
+                                 pacs=Peer(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port, query=query))
+        pacs.add_modality("NODE", settings.ae_title, settings.port)
+        node = start_node(settings)
+        try:
+            for model_id in node.ctx.registry.manifests:
+                node.ctx.registry.get(model_id)
+            splits = [routed_study(node, pacs, root / f"counts-{query}-in{i}", make_series(
+                n_slices=args.slices, rows=args.size, columns=args.size, series_description="CRASHTEST T1",
+                patient_id=f"BENCH-C{i}")) for i in range(args.studies)]
+        finally:
+            node.stop()
+        rows[label] = {k: statistics.median(s[k] for s in splits) for k in COUNTS_COLUMNS}
+    print(f"\ncounts vs idle: threshold model, {args.slices} slices routed by Orthanc, median of {args.studies} "
+          "studies (seconds from the node's last acknowledged instance)")
+    print("| completion | " + " | ".join(COUNTS_COLUMNS) + " |\n|---|" + "---|" * len(COUNTS_COLUMNS))
+    for label, row in rows.items():
+        print(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in COUNTS_COLUMNS) + " |")
+
+
+PRIORS_MANIFEST = "\n[input.priors]\ncount = 1\nmax_age_days = 3650\nsame_modality = true\n"
+
+
+def prior_retrieval(root: Path, pacs: Orthanc, args: argparse.Namespace) -> None:
+    """A 189-slice prior at Orthanc fetched for a job by C-GET and by C-MOVE: its size and time (the
+    ``prior_study`` row), and the job's time with the comparison (the pipeline's "priors" stage)."""
+    timings = Timings()
+    logging.getLogger("dicomnode.pipeline").addHandler(timings)
+    logging.getLogger("dicomnode.pipeline").setLevel(logging.INFO)
+    models = write_threshold_model(root / "models-priors", 40.0, input_extra=PRIORS_MANIFEST).parent
+    rows: list[tuple[str, str, int, float, float, float]] = []
+    try:
+        for how in ("get", "move"):
+            prior = make_series(n_slices=args.slices, rows=args.size, columns=args.size, patient_id=f"BENCH-P-{how}",
+                                series_description="CRASHTEST T1")
+            for ds in prior:
+                ds.StudyDate = "20240101"
+            write_series(prior, root / f"prior-{how}")
+            assert storescu(pacs.dicom_port, root / f"prior-{how}", called=pacs.aet).returncode == 0
+            settings = Settings.load(None, data_dir=root / f"priors-{how}", port=free_port(), host="127.0.0.1",
+                                     models_dir=models, min_free_disk_mb=1, study_idle_seconds=args.idle,
+                                     pacs=Peer(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port, query=True,
+                                               retrieve=how))  # type: ignore[arg-type]
+            pacs.add_modality("NODE", settings.ae_title, settings.port)
+            node = start_node(settings)
+            try:
+                for model_id in node.ctx.registry.manifests:
+                    node.ctx.registry.get(model_id)
+                routed_study(node, pacs, root / f"priors-{how}-in", make_series(
+                    n_slices=args.slices, rows=args.size, columns=args.size, series_description="CRASHTEST T1",
+                    patient_id=f"BENCH-P-{how}"))
+                with node.ctx.sessions() as session:
+                    row = session.scalars(select(PriorStudy)).one()
+                state, n, mib, seconds, job_id = row.state, row.instances, row.bytes / 2**20, row.seconds, row.job_id
+                lap = wait_for(partial(timings.by_job.get, job_id), timeout=30, msg="job timings") or {}
+                rows.append((how, state, n, mib, seconds, lap.get("priors", float("nan"))))
+            finally:
+                node.stop()
+    finally:
+        logging.getLogger("dicomnode.pipeline").removeHandler(timings)
+    print(f"\npriors: a {args.slices}-slice prior ({args.size}x{args.size}) fetched for a job, then segmented")
+    print("| retrieve | state | instances | MiB | retrieval s | priors stage s (find, fetch, segment) |\n"
+          "|---|---|---|---|---|---|")
+    for how, state, n, mib, seconds, stage in rows:
+        print(f"| C-{how.upper()} | {state} | {n} | {mib:.1f} | {seconds:.2f} | {stage:.2f} |")
+
+
 def _threshold_row(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
     """The threshold case's medians, by stage, from this bench run in ``checkout`` (its own code)."""
     command = [sys.executable, "bench/latency.py", "--studies", str(args.studies), "--slices", str(args.slices),
@@ -151,6 +265,10 @@ def main() -> None:
     parser.add_argument("--deepbet", action="store_true", help="also deepbet on the MNI152 template")
     parser.add_argument("--reference", type=Path, help="another checkout of the node to compare with")
     parser.add_argument("--rounds", type=int, default=3, help="with --reference: rounds of both")
+    parser.add_argument("--idle", type=float, default=5.0, help="study_idle_seconds of the counts vs idle table")
+    parser.add_argument("--no-counts", action="store_true", help="leave out the counts vs idle table")
+    parser.add_argument("--priors", action="store_true", help="also a prior's retrieval by C-GET and C-MOVE")
+    parser.add_argument("--no-threshold", action="store_true", help="leave out the threshold stage table")
     args = parser.parse_args()
     if args.reference is not None:
         compare(args.reference.resolve(), args)
@@ -165,10 +283,15 @@ def main() -> None:
                 "study_idle_seconds": 1.0, "sweep_interval_seconds": 0.1}
             models = write_threshold_model(root / "models", 40.0).parent
             settings = Settings.load(None, data_dir=root / "threshold", port=free_port(), models_dir=models, **common)
-            run("threshold model (ONNX), synthetic MR", settings,
-                lambda i: make_series(n_slices=args.slices, rows=args.size, columns=args.size,
-                                      series_description="CRASHTEST T1", patient_id=f"BENCH-{i}"),
-                args.studies, root)
+            if not args.no_threshold:
+                run("threshold model (ONNX), synthetic MR", settings,
+                    lambda i: make_series(n_slices=args.slices, rows=args.size, columns=args.size,
+                                          series_description="CRASHTEST T1", patient_id=f"BENCH-{i}"),
+                    args.studies, root)
+            if not args.no_counts:
+                counts_vs_idle(root, pacs, args)
+            if args.priors:
+                prior_retrieval(root, pacs, args)
             if args.deepbet and MNI.is_dir():
                 from pydicom import dcmread
                 from pydicom.uid import generate_uid

@@ -32,7 +32,7 @@ Item = TypeVar("Item", Peer, Rule, Destination)
 
 def _peer(row: PeerConfig) -> Peer:
     return Peer(ae_title=row.ae_title, host=row.host, port=row.port, tls=row.tls, tls_subject_cn=row.tls_subject_cn,
-                tls_sha256=row.tls_sha256)
+                tls_sha256=row.tls_sha256, query=row.query, retrieve=row.retrieve)  # type: ignore[arg-type]
 
 
 def _rule(row: RuleConfig) -> Rule:
@@ -127,6 +127,7 @@ def put_peer(session: Session, peer: Peer, *, user: str, address: str) -> None:
         session.add(row)
     row.host, row.port, row.tls = peer.host, peer.port, peer.tls
     row.tls_subject_cn, row.tls_sha256 = peer.tls_subject_cn, peer.tls_sha256
+    row.query, row.retrieve = peer.query, peer.retrieve
     _audit(session, "peer", peer.ae_title, before, peer.model_dump(), user, address)
 
 
@@ -169,6 +170,11 @@ def runtime_peers(settings: Settings, sessions: sessionmaker[Session]) -> tuple[
     """The peers allowed to call in now: the configuration's, then those added at run time."""
     with sessions() as session:
         return settings.known_peers + tuple(list_peers(session))
+
+
+def query_peers(settings: Settings, sessions: sessionmaker[Session]) -> tuple[Peer, ...]:
+    """The peers the node may ask (``query = true``) and call (a host, not a network), PACS first."""
+    return tuple(p for p in runtime_peers(settings, sessions) if p.query and p.dialable)
 
 
 def runtime_rules(settings: Settings, sessions: sessionmaker[Session], defaults: Iterable[Rule]) -> list[Rule]:

@@ -28,13 +28,13 @@ from dicomnode.admin.deps import AdminContext
 from dicomnode.admin.server import AdminServer
 from dicomnode.audit.anchor import write_checkpoint
 from dicomnode.audit.bursts import BurstAuditor
-from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.config_store import runtime_rules
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.evaluation.references import evaluate_pending
-from dicomnode.inference.registry import Registry, RuntimeOptions
+from dicomnode.inference.registry import Registry, RuntimeOptions, default_rules, suspended
 from dicomnode.inference.volume import check_usable
 from dicomnode.jobs.notify import Listener, announce, is_postgres
 from dicomnode.jobs.repository import release_held, requeue_expired
@@ -45,10 +45,12 @@ from dicomnode.monitoring.evaluation import EvaluationCollector
 from dicomnode.monitoring.models import ModelMetrics, recent_outputs
 from dicomnode.net import reactor
 from dicomnode.pipeline import PipelineContext
+from dicomnode.query.counts import PacsCounts
 from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Settings
 from dicomnode.store.completion import HeaderCache, InstalledModels, sweep
+from dicomnode.store.landing import Landing
 from dicomnode.store.retention import purge
 from dicomnode.worker import Worker
 
@@ -107,17 +109,21 @@ def _anchor(ctx: PipelineContext, forwarder: Forwarder | None) -> None:
 
 
 def _maintenance(ctx: PipelineContext, roles: frozenset[str], wake: threading.Event | None,
-                 headers: HeaderCache, bursts: BurstAuditor) -> None:
+                 headers: HeaderCache, bursts: BurstAuditor, counts: PacsCounts | None = None) -> None:
     try:
         bursts.flush()  # the closing row, with its count, of each burst of refusals that has ended
         if "work" in roles and requeue_expired(ctx.sessions, ctx.settings.retry_max_attempts):
             announce(ctx.sessions, wake)
         if "receive" in roles:
-            defaults = [m.default for m in ctx.registry.manifests.values()]
-            rules = runtime_rules(ctx.settings, ctx.sessions, defaults)  # admin API changes apply at once
-            models = InstalledModels({m.id: m.version for m in ctx.registry.manifests.values()}, check_usable)
+            rules = runtime_rules(ctx.settings, ctx.sessions, default_rules(ctx.registry.manifests,
+                                                                            ctx.settings.demo_models))
+            models = InstalledModels({m.id: m.version for m in ctx.registry.manifests.values()}, check_usable,
+                                     suspended(ctx.registry.manifests, ctx.registry.unavailable,
+                                               ctx.settings.demo_models))
             sweep(ctx.sessions, ctx.settings.study_idle_seconds, rules, models, headers,
-                  wait_seconds=ctx.settings.sweep_interval_seconds, on_routed=lambda: announce(ctx.sessions, wake))
+                  wait_seconds=ctx.settings.sweep_interval_seconds, on_routed=lambda: announce(ctx.sessions, wake),
+                  ask_counts=counts if counts is not None and counts.enabled() else None,  # query peers' counts
+                  quiet_seconds=ctx.settings.query_quiet_seconds)
             if ctx.settings.reference.enabled:
                 evaluate_pending(ctx.settings, ctx.sessions, ctx.registry.manifests)
     except Exception:
@@ -137,26 +143,43 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
         device=settings.device, threads=settings.inference_threads, concurrency=settings.inference_concurrency))
     for folder, error in registry.errors.items():
         log.error("model not loaded: %s", error, extra=extra(stage="serve", model=folder))
+    # a model that cannot run is unavailable from the start: its rules are suspended (no job, no notice);
+    # a process that runs models loads each one now (warm), one that only routes checks the files
+    unavailable = registry.check(load="work" in roles and settings.start_worker)
+    for model_id, reason in unavailable.items():
+        log.error("model unavailable, its rules are suspended: %s", reason, extra=extra(stage="serve", model=model_id))
     metrics = ModelMetrics(CollectorRegistry(auto_describe=True), registry.manifests)
     metrics.registry.register(EvaluationCollector(sessions))
     for manifest in registry.manifests.values():
         metrics.seed(manifest.id, recent_outputs(sessions, settings.results_dir, manifest))
     ctx = PipelineContext(settings=settings, sessions=sessions, registry=registry, metrics=metrics)
-    rules = effective_rules(settings.rules, (m.default for m in registry.manifests.values()))
+    defaults = default_rules(registry.manifests, settings.demo_models)
+    rules = effective_rules(settings.rules, defaults)
+    held = suspended(registry.manifests, unavailable, settings.demo_models)
+    for rule in rules:
+        if rule.model in held and rule in settings.rules:
+            log.warning("rule %s is suspended: %s", rule.name, held[rule.model], extra=extra(stage="serve"))
     requeue_expired(sessions, settings.retry_max_attempts)
     with session_scope(sessions) as session:
         record(session, AuditEvent.APPLICATION_START, actor=settings.ae_title, version=dicomnode.__version__,
-               models=sorted(registry.manifests), rules=[r.name for r in rules], roles=sorted(roles))
+               models=sorted(registry.manifests), rules=[r.name for r in rules], roles=sorted(roles),
+               unavailable=sorted(unavailable), demo_models=settings.demo_models)
+        for model_id, reason in unavailable.items():  # one row per model that cannot run
+            record(session, AuditEvent.MODEL_UNAVAILABLE, Outcome.SERIOUS_FAILURE, actor=settings.ae_title,
+                   model=model_id, reason=f"model {model_id} unavailable: {reason}")
     receive = "receive" in roles
     forwarder = Forwarder(settings, sessions) if receive and settings.audit_repository else None
     _anchor(ctx, forwarder)
     worker = Worker(ctx) if "work" in roles and settings.start_worker else None
     wake = worker.wake if worker is not None else None
     bursts = BurstAuditor(sessions, settings.audit_burst_seconds)
-    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions, bursts=bursts)) if receive else []
+    landing = Landing(settings, sessions, bursts)  # C-STORE and STOW-RS share one group commit
+    servers = start_scp(ReceiveContext(settings=settings, sessions=sessions, bursts=bursts,
+                                       landing=landing)) if receive else []
     scheduler = BackgroundScheduler()
     scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
-                      args=[ctx, roles, wake, HeaderCache(), bursts], max_instances=1, coalesce=True, id="sweep")
+                      args=[ctx, roles, wake, HeaderCache(), bursts, PacsCounts(settings, sessions)],
+                      max_instances=1, coalesce=True, id="sweep")
     if receive:
         scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx, forwarder],
                           max_instances=1, coalesce=True, id="audit-anchor")
@@ -169,8 +192,8 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
         admin = start_admin(AdminContext(settings, sessions,
                                          models=tuple(sorted(registry.manifests)) if worker is not None else None,
                                          registry=metrics.registry,
-                                         default_rules=tuple(m.default for m in registry.manifests.values()),
-                                         bursts=bursts))
+                                         default_rules=tuple(defaults), unavailable=registry.unavailable,
+                                         bursts=bursts, landing=landing))
     if forwarder is not None:
         forwarder.start()
     listener = None

@@ -32,11 +32,14 @@ from dicomnode.jobs.models import Instance, Job
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.monitoring.models import ModelMetrics
+from dicomnode.query.compare import compare_with_priors
 from dicomnode.remote.backend import remote_backend, runs_remote
 from dicomnode.remote.roundtrip import run_remote
+from dicomnode.results import longitudinal
 from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.files import JobResult, notice_path, write_dataset, write_results, written_results
+from dicomnode.results.longitudinal import Comparison
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.overlay import build_overlays
 from dicomnode.results.sanitise import sanitise_headers
@@ -124,12 +127,13 @@ def _voxel_volume_mm3(image: ModelInput) -> float:
 
 
 def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult, job: ClaimedJob,
-                  explanation: str = "seg") -> tuple[list[Dataset], dict[str, float], str]:
+                  explanation: str = "seg", comparison: Comparison | None = None
+                  ) -> tuple[list[Dataset], dict[str, float], str]:
     """Stage 4: the result objects in the source study, with deterministic UIDs; the outputs; a summary.
 
     A segmentation gives a SEG and a TID 1500 SR with each segment's volume; a classification gives a
-    TID 1500 SR and, for the positive classes, the explanation as a fractional SEG (``explanation =
-    "seg"``) or as secondary-capture overlays (``"sc"``).
+    TID 1500 SR and, for the positive classes, the explanation as a binary SEG of its evidence region
+    (``explanation = "seg"``) or as secondary-capture overlays (``"sc"``).
     """
     sources = sanitise_headers(image.datasets)
     identity = ResultIdentity.for_job(job.series_uid, job.series_number, manifest, job.revision)
@@ -142,7 +146,8 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
             evidence = list(build_overlays(sources[0], image.array, maps, manifest, identity))
         elif maps:
             evidence = [build_explanation_seg(sources, maps, manifest, identity)]
-        sr = build_classification_sr(sources, result, manifest, identity, evidence)
+        sr = build_classification_sr(sources, result, manifest, identity, evidence,
+                                     {spec.index: heat for spec, heat in maps.items()})
         outputs = {c.spec.label: c.probability for c in result.classes}
         text = "; ".join(f"{c.spec.label} {c.probability:.3f} ({'present' if c.positive else 'absent'})"
                          for c in result.classes)
@@ -153,7 +158,10 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
     if seg is not None and not isinstance(image, Volume):
         return [seg], {}, "segmentation of a 2D image"
     volumes = segment_volumes_ml(result.labels, _voxel_volume_mm3(image), manifest)
-    sr = build_sr(seg, sources, volumes, manifest, identity, result.components, result.finding)
+    amend = None if comparison is None else (  # the prior's volumes, or why there is no comparison
+        lambda groups: longitudinal.amend(comparison, volumes, sources, manifest, identity, groups))
+    sr = build_sr(seg, sources, volumes, manifest, identity, result.components, result.finding,
+                  image.frame_order if isinstance(image, Volume) else (), amend=amend)
     outputs = {lab.label: volumes[lab.number] for lab in manifest.labels}
     text = ", ".join(f"{k}: {v:.1f} ml" for k, v in outputs.items())
     if result.finding is not None:
@@ -161,6 +169,14 @@ def build_results(manifest: Manifest, image: ModelInput, result: InferenceResult
         text += (f"; {result.finding.spec.name} {result.finding.probability:.3f} "
                  f"({'present' if result.finding.positive else 'absent'}, {len(result.components)} component(s))")
     return [seg, sr] if seg is not None else [sr], outputs, text
+
+
+def _segment(ctx: PipelineContext, manifest: Manifest, volume: Volume) -> SegmentationResult:
+    """The job's model on a prior series (:mod:`dicomnode.query.compare`)."""
+    result, _ = infer(ctx, manifest, volume)
+    if not isinstance(result, SegmentationResult):
+        raise ModelError(f"model {manifest.id} gave no label map for the prior")
+    return result
 
 
 def deliver(ctx: PipelineContext, job: ClaimedJob, paths: tuple[Path, ...]) -> None:
@@ -206,11 +222,17 @@ def run_job(ctx: PipelineContext, job: ClaimedJob) -> JobResult:
             log.info("inference done", extra=extra(stage="infer", job_id=job.id, seconds=round(seconds, 2),
                                                    shape="x".join(map(str, image.array.shape))))
             explanation = ctx.settings.pacs.explanation if ctx.settings.pacs is not None else "seg"
-            objects, outputs, summary = build_results(manifest, image, inferred, job, explanation)
+            comparison = None
+            if manifest.input.priors is not None and isinstance(inferred, SegmentationResult) \
+                    and isinstance(image, Volume):  # [input.priors]: the prior's volumes, or why none
+                comparison = compare_with_priors(ctx.settings, ctx.sessions, manifest, job, image,
+                                                 lambda prior: _segment(ctx, manifest, prior))
+                clock.lap("priors")
+            objects, outputs, summary = build_results(manifest, image, inferred, job, explanation, comparison)
             clock.lap("build")
             result = write_results(ctx.settings.results_dir, job.id, objects, outputs, seconds, summary)
             if ctx.metrics is not None:
-                ctx.metrics.observe(manifest.id, seconds, outputs)
+                ctx.metrics.observe(manifest.id, seconds, outputs, inferred.distribution)
                 for warning in ctx.metrics.warnings():
                     log.warning("drift: %s", warning, extra=extra(stage="infer", job_id=job.id, model=manifest.id))
         clock.lap("write")

@@ -89,11 +89,15 @@ class Peer(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False  # connect to this peer with DICOM TLS (as SCU)
-    explanation: Literal["seg", "sc"] = "seg"  # a classifier's evidence map: fractional SEG, or SC colour overlay
+    explanation: Literal["seg", "sc"] = "seg"  # a classifier's evidence map: binary SEG of its region, or SC colour overlay
     # mutual TLS bound to identity: a peer naming either may call in only over TLS with that client
     # certificate (subject CN, exactly; SHA-256 of the DER certificate, hex, colons optional)
     tls_subject_cn: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,64}$")
     tls_sha256: str | None = None
+    # the node may ask this peer (a C-FIND SCP, such as the PACS): a study's instance counts
+    # (dicomnode.query.counts) and a patient's prior studies, retrieved by C-GET or by C-MOVE to the node
+    query: bool = False
+    retrieve: Literal["get", "move"] = "get"
 
     @field_validator("ae_title")
     @classmethod
@@ -311,9 +315,15 @@ class Settings(BaseSettings):
     require_known_callers: bool = True
     study_idle_seconds: float = Field(default=5.0, gt=0)
     sweep_interval_seconds: float = Field(default=0.25, gt=0)
+    query_timeout_seconds: float = Field(default=5.0, gt=0)  # one C-FIND to a query peer, all answers
+    query_max_answers: int = Field(default=200, ge=1)  # more pending answers than this: cancelled
+    query_quiet_seconds: float = Field(default=1.0, gt=0)  # counts asked again when a study is this quiet
+    prior_max_mb: float = Field(default=2048.0, gt=0)  # one prior study retrieved, at most
+    prior_timeout_seconds: float = Field(default=120.0, gt=0)  # one prior study's retrieval, at most
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     job_lease_seconds: float = Field(default=60.0, gt=0)
     models_dir: Path = Path(__file__).resolve().parent.parent / "models"
+    demo_models: bool = False  # route to demonstration models (manifest demonstration = true)
     rules: list[Rule] = Field(default_factory=list)
     reference: ReferenceRules = Field(default_factory=ReferenceRules)
     destinations: list[Destination] = Field(default_factory=list)

@@ -91,6 +91,7 @@ class Worker:
                 self.ctx.registry.get(model_id)
             except DicomNodeError as exc:
                 log.error("model not loaded: %s", exc, extra=extra(stage="worker", model=model_id))
+        log.info("worker warm", extra=extra(stage="worker"))
 
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue was empty."""

@@ -18,3 +18,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The web viewer the display tests open results in (tests/e2e/test_viewer.py): OHIF Viewer, its built app
+# (dist/) from the npm registry at a pinned version, unpacked once into a fixed folder.
+OHIF_VERSION=3.13.2
+OHIF_DIR=${DICOMNODE_OHIF_DIR:-/opt/dicomnode-peers/ohif}
+if [ ! -f "$OHIF_DIR/$OHIF_VERSION/dist/index.html" ]; then
+  command -v npm >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+  echo "installing @ohif/app@$OHIF_VERSION into $OHIF_DIR"
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null)
+  mkdir -p "$OHIF_DIR/$OHIF_VERSION.partial"
+  tar -xzf "$work"/ohif-app-"$OHIF_VERSION".tgz -C "$OHIF_DIR/$OHIF_VERSION.partial" --strip-components=1 package/dist
+  rm -rf "$work" "$OHIF_DIR/$OHIF_VERSION"
+  mv "$OHIF_DIR/$OHIF_VERSION.partial" "$OHIF_DIR/$OHIF_VERSION"
+fi

@@ -11,6 +11,8 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ def arguments(description: str, default_out: str) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on tiny data (CI)")
+    parser.add_argument("--retune", action="store_true",
+                        help="keep --out's model.onnx and training record; choose, validate and describe again")
     return parser.parse_args()
 
 
@@ -61,3 +65,36 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One phantom generator, its held-out seed ranges and its two drawing functions (same signatures)."""
+
+    name: str
+    radiograph: Callable[..., Any]  # (seed, shape, finding) -> Radiograph
+    ct_chest: Callable[..., Any]  # (seed, shape, spacing, nodules) -> ChestCT
+    validation: int  # first validation seed (thresholds and minimum volumes are chosen on these)
+    test: int  # first test seed (no choice is tuned on these)
+    trained_on: bool  # False: the independent family, never drawn from in training
+
+
+def families() -> list[Family]:
+    """training.phantoms, training.domain and, when present, training.independent (written without reading
+    phantoms.py; out-of-generator validation only: never trained on)."""
+    from training import domain, phantoms
+
+    out = [Family("phantoms", phantoms.radiograph, phantoms.ct_chest, phantoms.VALIDATION_SEED_BASE,
+                  phantoms.TEST_SEED_BASE, True),
+           Family("randomised", lambda s, shape=None, finding=None: domain.radiograph(s, None, finding),
+                  domain.ct_chest, phantoms.VALIDATION_SEED_BASE, phantoms.TEST_SEED_BASE, True)]
+    try:
+        independent = importlib.import_module("training.independent")
+    except ImportError:
+        return out
+    if not all(hasattr(independent, name) for name in ("radiograph", "ct_chest", "VALIDATION_SEED_BASE",
+                                                           "TEST_SEED_BASE")):
+        return out  # not written yet
+    out.append(Family("independent", independent.radiograph, independent.ct_chest,
+                      int(independent.VALIDATION_SEED_BASE), int(independent.TEST_SEED_BASE), False))
+    return out

@@ -21,18 +21,24 @@ import numpy as np
 
 from dicomnode.fl.network import ort_session
 from training.common import REPO, auc, sha256, versions, write_json
-from training.phantoms import VALIDATION_SEED_BASE
-from training.train_cxr import THRESHOLD, batch
+from training.phantoms import VALIDATION_SEED_BASE, radiograph
+from training.train_cxr import PHANTOM_SHAPE, prepare, shipped_threshold
 
 CALIBRATION_SEED_BASE = 30_000_000
 AGREEMENT = 0.98
+
+
+def phantom_batch(seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """training.phantoms radiographs prepared as the engine prepares them, and their truth."""
+    drawn = [radiograph(s, PHANTOM_SHAPE) for s in seeds]
+    return np.stack([prepare(p.image) for p in drawn])[:, None], np.asarray([p.finding for p in drawn], dtype=bool)
 
 
 class Phantoms:
     """onnxruntime's CalibrationDataReader protocol: one zscored phantom per call."""
 
     def __init__(self, seeds: list[int], input_name: str) -> None:
-        self._x, _ = batch(seeds)
+        self._x, _ = phantom_batch(seeds)
         self._name = input_name
         self._i = 0
 
@@ -76,7 +82,7 @@ def main() -> None:
         quantize(args.source / "model.onnx", int8_path, 64)
         fp32 = ort_session(args.source / "model.onnx", args.threads)
         int8 = ort_session(int8_path, args.threads)
-        x, truth = batch([VALIDATION_SEED_BASE + i for i in range(args.validation)])
+        x, truth = phantom_batch([VALIDATION_SEED_BASE + i for i in range(args.validation)])
         scores = {}
         for name, run in (("fp32", fp32), ("int8", int8)):
             logits = np.concatenate([run(x[i:i + 20]) for i in range(0, len(x), 20)])[:, 0]
@@ -92,7 +98,8 @@ def main() -> None:
                 run(image)
                 times[name].append(time.perf_counter() - t)
         ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-        agreement = float(((scores["fp32"] >= THRESHOLD) == (scores["int8"] >= THRESHOLD)).mean())
+        threshold = shipped_threshold()
+        agreement = float(((scores["fp32"] >= threshold) == (scores["int8"] >= threshold)).mean())
         faster = ms["int8"] < ms["fp32"]
         ship = faster and agreement >= AGREEMENT
         report = {

@@ -14,7 +14,9 @@ ONNX export are :mod:`dicomnode.fl.network`'s, shared with the federated rounds 
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +37,48 @@ from dicomnode.fl.network import (
     ort_session,
     seed_everything,
 )
-from training.common import DISCLAIMER, arguments, dice, sha256, versions, write_json
-from training.phantoms import VALIDATION_SEED_BASE, ct_chest
+from training import domain
+from training.common import DISCLAIMER, arguments, dice, families, sha256, versions, write_json
+from training.phantoms import ct_chest
+
+VERSION = "1.1.0"  # 1.1.0: the weights of 1.0.0 (see training/README.md), retuned with [reference]
+LABEL = "Nodule (synthetic-phantom demo; not clinical)"
+FINDING = "Nodule present"
 
 VALIDATION_SHAPE = (64, 64, 64)
 JITTER = 40.0  # mm: training patches also cover the surroundings that 64^3 grids show
-# a quarter of the training patches are centred anywhere in the chest (ribs, spine, heart, chest wall):
-# the hard negatives; a first 64^3 validation showed ribs and spine (HU clipped to 400) called nodules
+# a quarter of the training patches are centred anywhere in the chest (ribs, spine, heart, chest wall, the
+# liver under the domes): the hard negatives; a first 64^3 validation showed ribs and spine called nodules
 BODY_FRACTION = 0.25
-# chosen on the validation seeds (never the test seeds): the voxel threshold with the best mean Dice,
-# then the smallest component volume (mm^3) with the best "nodule present" accuracy
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_VOLUMES = (0.0, 50.0, 100.0, 200.0, 300.0, 400.0)
-FULL: dict[str, Any] = {"steps": 3500, "batch": 4, "lr": 2e-3, "validation": 48}
-SMOKE: dict[str, Any] = {"steps": 2, "batch": 1, "lr": 1e-3, "validation": 2}
+# a quarter of the training patches come from training.phantoms, the rest from training.domain (issue 26:
+# trained on phantoms.py alone, the model found nodules on another generator's clean chests)
+ORIGINAL_FRACTION = 0.25
+# chosen on the validation seeds of every family (never the test seeds): the voxel threshold with the best
+# mean Dice, then the smallest component volume (mm^3) with the best mean of "every nodule found" and
+# "clean study without a component"
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_VOLUMES = (0.0, 25.0, 50.0, 100.0, 150.0, 200.0, 300.0, 400.0)
+REFERENCE_SEEDS = 900_000  # seed * 1e6 + 900_000 + i: training-range draws at 64^3 for [reference]
+FULL: dict[str, Any] = {"steps": 2500, "batch": 4, "lr": 2e-3, "validation": 32, "test": 40, "reference": 96}
+SMOKE: dict[str, Any] = {"steps": 2, "batch": 1, "lr": 1e-3, "validation": 2, "test": 2, "reference": 4}
+
+
+def training_phantom(seed: int, shape: tuple[int, int, int], count: int | None, rng: np.random.Generator) -> Any:
+    """One training draw: training.phantoms or training.domain, a quarter of them anywhere in the chest."""
+    if rng.random() < ORIGINAL_FRACTION:
+        centre = None
+        if rng.random() < BODY_FRACTION:  # anywhere in the chest, nodules only where lungs are in view
+            centre = (rng.uniform(-170, 170), rng.uniform(-120, 120), rng.uniform(-60, 60))
+        return ct_chest(seed, shape, SPACING, nodules=count, centre=centre, jitter=JITTER)
+    return domain.ct_chest(seed, shape, SPACING, nodules=count, jitter=JITTER, anywhere=rng.random() < BODY_FRACTION)
+
+
+def study_phantom(seed: int, shape: tuple[int, int, int]) -> Any:
+    """A chest study as the training generators draw one (a quarter training.phantoms), with its own number of
+    nodules and field of view (the lungs in view, as in a chest CT; not the anywhere-patches)."""
+    if seed % 4 == 0:
+        return ct_chest(seed, shape, SPACING)
+    return domain.ct_chest(seed, shape, SPACING)
 
 
 def train(seed: int, steps: int, batch_size: int, lr: float, patch: tuple[int, int, int]) -> Any:
@@ -67,11 +97,7 @@ def train(seed: int, steps: int, batch_size: int, lr: float, patch: tuple[int, i
         for i in range(batch_size):
             # training phantoms: seed * 1e6 + step * batch + i, below the validation and test seed ranges
             count = int(rng.choice(4, p=[0.1, 0.4, 0.3, 0.2]))  # more nodules than in validation: more signal
-            centre = None
-            if rng.random() < BODY_FRACTION:  # anywhere in the chest, nodules only where lungs are in view
-                centre = (rng.uniform(-170, 170), rng.uniform(-120, 120), rng.uniform(-60, 60))
-            phantom = ct_chest(seed * 1_000_000 + step * batch_size + i, patch, SPACING, nodules=count,
-                               centre=centre, jitter=JITTER)
+            phantom = training_phantom(seed * 1_000_000 + step * batch_size + i, patch, count, rng)
             x, y = mirror(normalise(phantom.hu), phantom.nodules.astype(np.float32), rng)  # orientation-robust
             xs.append(x)
             ys.append(y)
@@ -107,25 +133,40 @@ def kept_components(probability: np.ndarray, threshold: float, min_mm3: float) -
     return keep
 
 
-def predict(onnx_path: Path, seeds: list[int], threads: int, shape: tuple[int, int, int],
-            balanced: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(probability, truth mask) per phantom through ONNX Runtime; ``balanced``: 0-3 nodules in turn."""
+Predicted = list[tuple[np.ndarray, np.ndarray]]
+
+
+def predict(onnx_path: Path, draw: Callable[..., Any], seeds: list[int], threads: int,
+            shape: tuple[int, int, int], balanced: bool) -> Predicted:
+    """(probability, truth mask) per phantom of ``draw`` through ONNX Runtime; ``balanced``: 0-3 nodules in turn."""
     run = ort_session(onnx_path, threads)
     out = []
     for n, seed in enumerate(seeds):
-        phantom = ct_chest(seed, shape, SPACING, nodules=n % 4 if balanced else None)
+        phantom = draw(seed, shape, SPACING, nodules=n % 4 if balanced else None)
         logits = run(normalise(phantom.hu)[None, None])[0, 0]
         out.append((1.0 / (1.0 + np.exp(-logits.astype(np.float64))), phantom.nodules.astype(bool)))
     return out
 
 
-def figures(predicted: list[tuple[np.ndarray, np.ndarray]], threshold: float, min_mm3: float) -> dict[str, Any]:
-    """Dice (volumes with nodules) and "nodule present" (a kept component) against the truth."""
+def figures(predicted: Predicted, threshold: float, min_mm3: float) -> dict[str, Any]:
+    """Dice (volumes with nodules), nodules found, false components, and "nodule present" against the truth."""
+    from scipy import ndimage
+
     dices, present, found, pooled = [], [], [], [0, 0]
+    nodules = hit = all_found = clean = clean_ok = false_parts = 0
     for probability, truth in predicted:
         mask = kept_components(probability, threshold, min_mm3)
+        truth_parts, n_truth = ndimage.label(truth)
+        parts, n_parts = ndimage.label(mask)
+        found_here = sum(1 for k in range(1, n_truth + 1) if mask[truth_parts == k].any())
+        false_here = sum(1 for k in range(1, n_parts + 1) if not truth[parts == k].any())
+        nodules, hit, false_parts = nodules + n_truth, hit + found_here, false_parts + false_here
         if truth.any():
             dices.append(dice(mask, truth))
+            all_found += found_here == n_truth
+        else:
+            clean += 1
+            clean_ok += n_parts == 0
         pooled[0] += 2 * int((mask & truth).sum())
         pooled[1] += int(mask.sum()) + int(truth.sum())
         present.append(bool(truth.any()))
@@ -135,6 +176,10 @@ def figures(predicted: list[tuple[np.ndarray, np.ndarray]], threshold: float, mi
         "n": len(predicted), "with_nodules": int(p.sum()),
         "dice_mean": float(np.mean(dices)) if dices else float("nan"),
         "dice_pooled": pooled[0] / max(1, pooled[1]),
+        "nodules": nodules, "nodules_found": hit, "studies_with_every_nodule_found": all_found,
+        "clean": clean, "clean_without_component": clean_ok,
+        "clean_without_component_fraction": clean_ok / max(1, clean),
+        "false_components": false_parts,
         "finding_accuracy": float((p == f).mean()),
         "finding_sensitivity": float((p & f).sum() / max(1, p.sum())),
         "finding_specificity": float((~p & ~f).sum() / max(1, (~p).sum())),
@@ -142,30 +187,61 @@ def figures(predicted: list[tuple[np.ndarray, np.ndarray]], threshold: float, mi
     }
 
 
-def tune(predicted: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
-    """The threshold with the best mean Dice, then the smallest minimum volume with the best accuracy."""
-    threshold = max(THRESHOLDS, key=lambda t: (figures(predicted, t, 0.0)["dice_mean"], -abs(t - 0.5)))
-    scores = [figures(predicted, threshold, v)["finding_accuracy"] for v in MIN_VOLUMES]
-    return threshold, MIN_VOLUMES[int(np.argmax(scores))]
+def _detection(f: dict[str, Any]) -> float:
+    return 0.5 * (float(f["nodules_found"]) / max(1, int(f["nodules"])) + float(f["clean_without_component_fraction"]))
 
 
-def manifest(onnx_sha: str, threshold: float, min_mm3: float) -> str:
+def tune(predicted: dict[str, Predicted]) -> tuple[float, float]:
+    """The threshold with the best Dice (mean over the families), then the smallest minimum volume with the
+    best mean of "nodules found" and "clean studies without a component" (mean over the families)."""
+    def mean_dice(t: float) -> float:
+        return float(np.mean([figures(p, t, 0.0)["dice_mean"] for p in predicted.values()]))
+
+    threshold = max(THRESHOLDS, key=lambda t: (round(mean_dice(t), 4), -abs(t - 0.5)))
+    scores = [float(np.mean([_detection(figures(p, threshold, v)) for p in predicted.values()])) for v in MIN_VOLUMES]
+    return threshold, MIN_VOLUMES[int(np.argmax(np.round(scores, 6)))]
+
+
+def reference(onnx_path: Path, seed: int, n: int, threads: int, shape: tuple[int, int, int],
+              threshold: float, min_mm3: float) -> str:
+    """The manifest's ``[reference]``: the statistics of the training generators' chest studies at 64^3 (as the
+    engine sees a study) and the outputs on them; see dicomnode/inference/distribution.py."""
+    from dicomnode.inference.distribution import build_reference, reference_toml
+
+    run = ort_session(onnx_path, threads)
+    inputs, probability, volume = [], [], []
+    for i in range(n):
+        phantom = study_phantom(seed * 1_000_000 + REFERENCE_SEEDS + i, shape)
+        x = normalise(phantom.hu)
+        logits = run(x[None, None])[0, 0]
+        mask = kept_components(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), threshold, min_mm3)
+        p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        inputs.append(x)
+        probability.append(float(p[mask].max()) if mask.any() else 0.0)
+        volume.append(float(mask.sum()) * SPACING**3 / 1000.0)
+    built = build_reference(inputs, {LABEL: volume, FINDING: probability}, template=False)
+    return reference_toml(built)
+
+
+def manifest(onnx_sha: str, threshold: float, min_mm3: float, reference_section: str) -> str:
     return f'''# CT lung-nodule segmenter: a {DISCLAIMER}.
 # Written by training/train_ct.py (see training/README.md); manifest version 2 (models/README.md).
 manifest_version = 2
 id = "ct-nodule-demo"
-version = "1.0.0"
+version = "{VERSION}"
 name = "CT lung nodule demo (3D UNet; {DISCLAIMER})"
 task = "segmentation"
 backend = "onnx"
 framework = "onnx"
 licence = "Apache-2.0"
+demonstration = true
 series_number_base = 9200
 intended_use = """
 {DISCLAIMER.capitalize()}. A small MONAI 3D UNet that segments solid nodule-like blobs in the lungs
-of a chest CT, trained only on procedural phantoms drawn by training/phantoms.py (vessels are the
+of a chest CT, trained only on procedural phantoms drawn by training/phantoms.py and the
+domain-randomised training/domain.py (vessels, their branchings, rib ends and vertebrae are the
 distractors). It demonstrates the node's segmentation path (SEG and volumes); its output says nothing
-about a real patient.
+about a real patient. Inputs far from its training inputs ([reference]) are flagged, and no finding is reported for them.
 """
 
 [[files]]
@@ -198,14 +274,14 @@ min_component_mm3 = {min_mm3}  # smaller connected components of a label are dro
 # "Nodule present": the highest nodule probability inside a kept component, against its threshold
 [output.finding]
 label = 1
-name = "Nodule present"
+name = "{FINDING}"
 code = {{ scheme = "SCT", value = "27925004", meaning = "Nodule" }}
 threshold = {threshold}
 
 # SNOMED CT: 49755003 Morphologically Abnormal Structure / 27925004 Nodule
 [[output.labels]]
 number = 1
-label = "Nodule (synthetic-phantom demo; not clinical)"
+label = "{LABEL}"
 colour = [255, 80, 80]
 threshold = {threshold}
 category = {{ scheme = "SCT", value = "49755003", meaning = "Morphologically Abnormal Structure" }}
@@ -214,7 +290,8 @@ type = {{ scheme = "SCT", value = "27925004", meaning = "Nodule" }}
 [default_rule]
 name = "ct-chest-nodule-demo"
 match = {{ Modality = "^CT$", BodyPartExamined = "CHEST|THORAX|LUNG" }}
-'''
+
+{reference_section}'''
 
 
 def main() -> None:
@@ -223,29 +300,51 @@ def main() -> None:
     seed_everything(args.seed, args.threads)
     patch = (16, 16, 16) if args.smoke else PATCH
     shape = (32, 32, 32) if args.smoke else VALIDATION_SHAPE
-    started = time.perf_counter()
-    model = train(args.seed, settings["steps"], settings["batch"], settings["lr"], patch)
-    train_s = time.perf_counter() - started
     out: Path = args.out
     onnx_path = out / "model.onnx"
-    export_network(model, onnx_path)
-    predicted = predict(onnx_path, [VALIDATION_SEED_BASE + i for i in range(settings["validation"])],
-                        args.threads, shape, balanced=True)
-    threshold, min_mm3 = tune(predicted)
-    validation = {**figures(predicted, threshold, min_mm3), "shape": list(shape), "spacing_mm": SPACING,
-                  "first_seed": VALIDATION_SEED_BASE, "nodules": "n % 4 (balanced)",
-                  "untuned (0.5, no minimum)": figures(predicted, 0.5, 0.0)}
+    started = time.perf_counter()
+    record: dict[str, Any] = {"settings": settings, "training_mix": {
+        "phantoms": ORIGINAL_FRACTION, "randomised": 1 - ORIGINAL_FRACTION, "anywhere_in_chest": BODY_FRACTION}}
+    if args.retune:  # keep the trained file and its training record; choose, validate and describe again
+        trained = json.loads((out / "metrics.json").read_text())
+        train_s = float(trained["train_wall_s"])
+        record = {"settings": trained.get("settings", settings),
+                  "training_mix": trained.get("training_mix", {"phantoms": 1.0}), "retuned": True}
+    else:
+        model = train(args.seed, settings["steps"], settings["batch"], settings["lr"], patch)
+        train_s = time.perf_counter() - started
+        export_network(model, onnx_path)
+        write_json(out / "metrics.json", {"model": "ct-nodule-demo", "train_wall_s": round(train_s, 1),
+                                          "onnx_sha256": sha256(onnx_path)})  # completed below
+    tuned, tested = {}, {}
+    for family in families():
+        seeds = [family.validation + i for i in range(settings["validation"])]
+        tuned[family.name] = predict(onnx_path, family.ct_chest, seeds, args.threads, shape, balanced=True)
+    threshold, min_mm3 = tune(tuned)
+    for family in families():  # the third split: no choice was made on these seeds
+        seeds = [family.test + i for i in range(settings["test"])]
+        tested[family.name] = predict(onnx_path, family.ct_chest, seeds, args.threads, shape, balanced=True)
+    validation = {name: {**figures(p, threshold, min_mm3), "untuned (0.5, no minimum)": figures(p, 0.5, 0.0)}
+                  for name, p in tuned.items()}
+    test = {name: figures(p, threshold, min_mm3) for name, p in tested.items()}
+    section = reference(onnx_path, args.seed, settings["reference"], args.threads, shape, threshold, min_mm3)
     digest = sha256(onnx_path)
-    (out / "manifest.toml").write_text(manifest(digest, threshold, min_mm3))
+    (out / "manifest.toml").write_text(manifest(digest, threshold, min_mm3, section))
     write_json(out / "metrics.json", {
-        "model": "ct-nodule-demo", "seed": args.seed, "smoke": args.smoke, "settings": settings,
+        "model": "ct-nodule-demo", "version": VERSION, "seed": args.seed, "smoke": args.smoke, **record,
         "network": {k: list(v) if isinstance(v, tuple) else v for k, v in NETWORK.items()},
         "patch": list(patch), "spacing_mm": SPACING, "train_wall_s": round(train_s, 1),
-        "total_wall_s": round(time.perf_counter() - started, 1), "threads": args.threads,
-        "onnx_bytes": onnx_path.stat().st_size, "onnx_sha256": digest, "validation": validation,
+        "total_wall_s": round(time.perf_counter() - started + (train_s if args.retune else 0.0), 1),
+        "threads": args.threads, "onnx_bytes": onnx_path.stat().st_size, "onnx_sha256": digest,
+        "threshold": threshold, "min_component_mm3": min_mm3,
+        "families_trained_on": [f for f, share in record["training_mix"].items() if f != "anywhere_in_chest" and share],
+        "validation": {"shape": list(shape), "spacing_mm": SPACING, "nodules": "n % 4 (balanced)",
+                       "first_seeds": {f.name: f.validation for f in families()}, **validation},
+        "test": {"shape": list(shape), "nodules": "n % 4 (balanced)",
+                 "first_seeds": {f.name: f.test for f in families()}, **test},
         "versions": versions(),
     })
-    print(f"validation: {validation}")
+    print(f"threshold {threshold}, minimum {min_mm3} mm3; test: {test}")
 
 
 if __name__ == "__main__":

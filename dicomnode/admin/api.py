@@ -59,7 +59,7 @@ def _healthz(request: Request) -> Health:
 @router.get("/readyz", tags=["health"], response_model=Readiness, responses={503: {"model": Readiness}})
 def _readyz(request: Request) -> JSONResponse:
     ctx = deps.state(request).ctx
-    ready: Readiness = readiness(ctx.settings, ctx.sessions, ctx.models)
+    ready: Readiness = readiness(ctx.settings, ctx.sessions, ctx.models, ctx.unavailable)
     return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
 
 

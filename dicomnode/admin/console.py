@@ -38,7 +38,7 @@ from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import verify
 from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
-from dicomnode.inference.registry import load_manifests
+from dicomnode.inference.registry import load_manifests, suspended
 from dicomnode.jobs.models import Instance, Job, Study
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.settings import AdminUser, Destination, Peer, Rule, Settings
@@ -158,10 +158,22 @@ def dashboard(request: Request) -> Response:
         created = list(session.scalars(select(Job.created_at).where(Job.created_at >= since)))
     spark_instances, total_instances = _sparkline(received, now)
     spark_jobs, total_jobs = _sparkline(created, now)
-    return _page(request, "dashboard.html", "Dashboard", user, ready=readiness(ctx.settings, ctx.sessions, ctx.models),
+    return _page(request, "dashboard.html", "Dashboard", user,
+                 ready=readiness(ctx.settings, ctx.sessions, ctx.models, ctx.unavailable), models=_model_rows(ctx),
                  queue=queue, disk=disk_status(ctx.settings), oldest=_oldest_waiting(ctx.sessions),
                  spark_instances=spark_instances, total_instances=total_instances, spark_jobs=spark_jobs,
                  total_jobs=total_jobs)
+
+
+def _model_rows(ctx: deps.AdminContext) -> list[dict[str, str]]:
+    """Each installed model with whether its rules route now, or why not (unavailable and its reason, or a
+    demonstration model while ``demo_models`` is off)."""
+    manifests = load_manifests(ctx.settings.models_dir)
+    held = suspended(manifests, ctx.unavailable, ctx.settings.demo_models)
+    return [{"id": m.id, "version": m.version, "task": m.task,
+             "state": "unavailable" if m.id in ctx.unavailable else "off" if m.id in held else "routed",
+             "why": held.get(m.id, "demonstration model (demo_models = true)" if m.demonstration else "")}
+            for m in manifests.values()]
 
 
 @router.get("/ui/login")

@@ -8,6 +8,7 @@ The roles, checked here and nowhere else: ``admin`` may change things and sees p
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -24,10 +25,11 @@ from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.monitoring.node import AdminMetrics
 from dicomnode.settings import AdminUser, Rule, Settings
+from dicomnode.store.landing import Landing, SharesLanding
 
 
 @dataclass(frozen=True)
-class AdminContext:
+class AdminContext(SharesLanding):
     """What the admin app needs: settings, database, the models this process runs (None: none), and the
     Prometheus registry that ``/metrics`` serves (other parts may register into it)."""
 
@@ -37,10 +39,8 @@ class AdminContext:
     registry: CollectorRegistry | None = None
     default_rules: tuple[Rule, ...] = ()
     bursts: BurstAuditor | None = None  # refusals audited per burst (the node shares one; else made here)
-
-    def __post_init__(self) -> None:
-        if self.bursts is None:
-            object.__setattr__(self, "bursts", BurstAuditor(self.sessions, self.settings.audit_burst_seconds))
+    unavailable: Mapping[str, str] = field(default_factory=dict)  # model id -> why it cannot run (the registry's)
+    landing: Landing | None = None  # the node shares one between C-STORE and STOW-RS; else made here
 
     def rules(self) -> list[Rule]:
         """The routing rules in force now (configured, stored, then the models' defaults)."""

@@ -40,12 +40,13 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.dicomweb.results import ResultFile, instance_attributes, result_files, series_attributes
-from dicomnode.dicomweb.stow import Arrived, PartFiles, PartOutcome, audit_request, store_part, store_response
+from dicomnode.dicomweb.stow import Arrived, PartFiles, PartOutcome, store_parts, store_response
 from dicomnode.jobs.models import Study
 from dicomnode.log import extra
 from dicomnode.net.multipart import DICOM, MultipartError, RelatedReader, encode_related
 from dicomnode.settings import AdminUser
-from dicomnode.store.ingest import Client, study_owner
+from dicomnode.store.ingest import Client
+from dicomnode.store.ownership import study_owner
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,7 @@ def _bursts(request: Request) -> BurstAuditor:
 
 def _store_all(request: Request, user: AdminUser, parts: list[Arrived], study_uid: str | None
                ) -> list[PartOutcome]:
-    ctx = state(request).ctx
-    client = _client(request, user)
-    outcomes = [store_part(ctx.settings, ctx.sessions, client, part, study_uid) for part in parts]
-    audit_request(ctx.sessions, _bursts(request), client, outcomes)
-    return outcomes
+    return store_parts(state(request).ctx.lands, _client(request, user), parts, study_uid)
 
 
 def _refuse_body(request: Request, user: AdminUser, exc: MultipartError) -> None:

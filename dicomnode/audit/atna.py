@@ -27,6 +27,7 @@ BEGIN_TRANSFERRING: Code = ("110102", "Begin Transferring DICOM Instances")
 INSTANCES_ACCESSED: Code = ("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED: Code = ("110104", "DICOM Instances Transferred")
 STUDY_DELETED: Code = ("110105", "DICOM Study Deleted")
+QUERY: Code = ("110112", "Query")
 SECURITY_ALERT: Code = ("110113", "Security Alert")
 USER_AUTHENTICATION: Code = ("110114", "User Authentication")
 
@@ -71,6 +72,7 @@ EVENTS: dict[str, EventSpec] = {
     AuditEvent.USER_LOGIN: EventSpec(USER_AUTHENTICATION, LOGIN, "E"),
     AuditEvent.USER_LOGOUT: EventSpec(USER_AUTHENTICATION, LOGOUT, "E"),
     AuditEvent.AUDIT_EXPORTED: EventSpec(AUDIT_LOG_USED, None, "R"),
+    AuditEvent.QUERY: EventSpec(QUERY, None, "E"),
 }
 
 
@@ -117,7 +119,8 @@ def _participants(root: ET.Element, row: AuditRecord, detail: dict[str, Any], so
     if event in (AuditEvent.BEGIN_TRANSFER_IN, AuditEvent.STUDY_RECEIVED):
         _participant(root, row.actor, True, ROLE_SOURCE, address=str(detail.get("address", "")))
         _participant(root, source.ae_title, False, ROLE_DESTINATION, **node)
-    elif event in (AuditEvent.BEGIN_TRANSFER_OUT, AuditEvent.RESULT_SENT, AuditEvent.RESULT_SEND_FAILED):
+    elif event in (AuditEvent.BEGIN_TRANSFER_OUT, AuditEvent.RESULT_SENT, AuditEvent.RESULT_SEND_FAILED,
+                   AuditEvent.QUERY):  # a query: the node asks (source), the peer answers (destination)
         _participant(root, source.ae_title, True, ROLE_SOURCE, **node)
         _participant(root, row.actor or str(detail.get("destination", "")), False, ROLE_DESTINATION,
                      address=str(detail.get("address", "")))
@@ -140,6 +143,14 @@ def _participants(root: ET.Element, row: AuditRecord, detail: dict[str, Any], so
 
 
 def _objects(root: ET.Element, row: AuditRecord, detail: dict[str, Any]) -> None:
+    if row.event == AuditEvent.QUERY and detail.get("sop_class"):  # PS3.15 A.5.3.12: the query as the peer saw it
+        query = ET.SubElement(root, "ParticipantObjectIdentification", {
+            "ParticipantObjectID": str(detail["sop_class"]), "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "3"})
+        _code(query, "ParticipantObjectIDTypeCode", ("110181", "SOP Class UID"))
+        ET.SubElement(query, "ParticipantObjectQuery").text = str(detail.get("query", ""))
+        ET.SubElement(query, "ParticipantObjectDetail", {
+            "type": "TransferSyntax", "value": base64.b64encode(b"1.2.840.10008.1.2").decode("ascii")})
     if row.study_uid:
         study = ET.SubElement(root, "ParticipantObjectIdentification", {
             "ParticipantObjectID": row.study_uid, "ParticipantObjectTypeCode": "2",

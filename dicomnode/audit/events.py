@@ -17,6 +17,7 @@ class Subject(TypedDict):
 class AuditEvent(enum.StrEnum):
     APPLICATION_START = "application_start"
     APPLICATION_STOP = "application_stop"
+    MODEL_UNAVAILABLE = "model_unavailable"      # at start, one per model that cannot run (its rules suspended)
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
     BEGIN_TRANSFER_IN = "begin_transfer_in"      # first instance of a study arrives
@@ -44,6 +45,7 @@ class AuditEvent(enum.StrEnum):
     CONFIG_CHANGED = "config_changed"
     REQUEST_REFUSED = "request_refused"          # a console change from another origin or without its token
     AUDIT_EXPORTED = "audit_exported"
+    QUERY = "query"                              # the node asked a peer (C-FIND: counts, priors): DICOM Query
 
 
 class Outcome(enum.StrEnum):

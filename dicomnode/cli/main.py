@@ -112,24 +112,40 @@ def status(ctx: typer.Context,
            study: Annotated[str | None, typer.Option(help="only this StudyInstanceUID")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
     """studies and jobs, and why each is waiting"""
-    from dicomnode.inference.manifest import scan
+    from dicomnode.inference.registry import Registry, suspended
     from dicomnode.monitoring.models import drift_warnings
 
     settings, sessions = context.settings(ctx), _sessions(ctx)
     rows = study_rows(sessions, study)
     disk = disk_status(settings)
-    drift = drift_warnings(sessions, settings.results_dir, scan(settings.models_dir)[0].values())
+    registry = Registry(settings.models_dir)  # checked as the node checks it at start: each file's SHA-256
+    held = suspended(registry.manifests, registry.check(), settings.demo_models)
+    models = {m: held.get(m, "routed") for m in registry.manifests}
+    drift = drift_warnings(sessions, settings.results_dir, registry.manifests.values())
     if as_json:
-        print(json.dumps({"disk": disk, "drift": drift, "studies": rows}, indent=2))
+        print(json.dumps({"disk": disk, "drift": drift, "models": models, "studies": rows}, indent=2))
     else:
         print(f"disk: {disk['free_mb']} MiB free (min {settings.min_free_disk_mb:g}): "
               + ("accepting instances" if disk["accepting"] else f"REFUSING instances ({disk['reason']})"))
+        for model_id in registry.unavailable:
+            print(f"MODEL UNAVAILABLE (its rules are suspended): {held[model_id]}")
         for warning in drift:
             print(f"DRIFT WARNING: {warning}")
         for row in rows:
             print(f"{row['study_uid']}  {row['reason']}")
+            pacs = row["pacs"]
+            if pacs["instances"] is not None or pacs["note"]:  # a query peer's counts (dicomnode.query.counts)
+                print(f"  PACS holds {pacs['instances'] if pacs['instances'] is not None else '?'} instance(s), "
+                      f"the node {pacs['received']}" + (f" ({pacs['note']})" if pacs["note"] else ""))
             for series in row["series"]:
-                print(f"  series {series['number']}: {series['route']}")
+                counts = "" if series["pacs_instances"] is None else \
+                    f" [{series['instances']} of the PACS's {series['pacs_instances']}]"
+                print(f"  series {series['number']}: {series['route']}{counts}")
+            for prior in row["priors"]:
+                print(f"  prior {prior['date'] or '?'} for job {prior['job']}: {prior['state']}"
+                      + (f" ({prior['reason']})" if prior["reason"] else "")
+                      + (f", {prior['instances']} instance(s), {prior['bytes'] / 2**20:.1f} MiB in "
+                         f"{prior['seconds']:.2f} s" if prior["instances"] else ""))
             for job in row["jobs"]:
                 retry = f" (next try {job['run_after']})" if job["run_after"] else ""
                 print(f"  job {job['id']} {job['model']}: {job['status']} after {job['attempts']} attempt(s): "

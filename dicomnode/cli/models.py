@@ -25,7 +25,7 @@ from dicomnode.cli.context import Failure
 from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.errors import DicomNodeError, ModelError
 from dicomnode.inference.manifest import Manifest
-from dicomnode.inference.registry import Registry, RuntimeOptions
+from dicomnode.inference.registry import Registry, RuntimeOptions, suspended
 from dicomnode.inference.result import ClassificationResult, ModelInput
 from dicomnode.inference.volume import Image, Volume
 from dicomnode.jobs.repository import ClaimedJob
@@ -44,20 +44,22 @@ class ModelRow:
     device: str
     warm: bool
     error: str = ""
+    unavailable: str = ""  # why the model cannot run (its rules are suspended): a file or, with load, the load
+    off: str = ""  # why its rules route nothing although it can run (a demonstration model, demo_models off)
 
 
-def list_models(registry: Registry, load: bool) -> list[ModelRow]:
-    """One row per model folder; with ``load``, each model is loaded (warm) and reports its device."""
+def list_models(registry: Registry, load: bool, demo_models: bool = False) -> list[ModelRow]:
+    """One row per model folder, each checked as the node checks it at start (its files' SHA-256; with
+    ``load``, a load too, after which it is warm and reports its device)."""
+    unavailable = registry.check(load=load)
+    held = suspended(registry.manifests, unavailable, demo_models)
     rows = []
     for manifest in registry.manifests.values():
-        device, error = "-", ""
-        if load:
-            try:
-                device = registry.get(manifest.id).device
-            except DicomNodeError as exc:
-                error = str(exc)
-        rows.append(ModelRow(manifest.id, manifest.version, manifest.task, manifest.backend, device,
-                             registry.is_warm(manifest.id), error))
+        warm = registry.is_warm(manifest.id)
+        rows.append(ModelRow(manifest.id, manifest.version, manifest.task, manifest.backend,
+                             registry.get(manifest.id).device if warm else "-", warm,
+                             unavailable=unavailable.get(manifest.id, ""),
+                             off="" if manifest.id in unavailable else held.get(manifest.id, "")))
     rows += [ModelRow(folder, "-", "-", "-", "-", False, error) for folder, error in registry.errors.items()
              if folder not in registry.manifests]
     return rows
@@ -149,17 +151,19 @@ def list_command(ctx: typer.Context, load: Annotated[bool, typer.Option(
     from dicomnode.fl.candidate import candidates
 
     print(f"{'id':24} {'version':10} {'task':15} {'backend':8} {'device':6} warm")
-    rows = list_models(_registry(ctx), load)
+    rows = list_models(_registry(ctx), load, context.settings(ctx).demo_models)
     for row in rows:
         print(f"{row.id:24} {row.version:10} {row.task:15} {row.backend:8} {row.device:6} "
-              f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else ""))
+              f"{'yes' if row.warm else 'no'}" + (f"  ERROR: {row.error}" if row.error else "")
+              + (f"  UNAVAILABLE (its rules are suspended): {row.unavailable}" if row.unavailable else "")
+              + (f"  NOT ROUTED: {row.off}" if row.off else ""))
     for candidate in candidates(context.settings(ctx).models_dir):
         gate = "passed the gate" if candidate.passes_gate else "not promoted: worse at a site"
         print(f"  candidate {candidate.name} of {candidate.model} {candidate.base_version} "
               f"({len(candidate.rounds)} rounds, {gate})")
-    failed = sum(1 for row in rows if row.error)
+    failed = sum(1 for row in rows if row.error or row.unavailable)
     if failed:
-        raise Failure(f"{failed} of {len(rows)} model(s) could not be read or loaded (ERROR above)")
+        raise Failure(f"{failed} of {len(rows)} model(s) could not be read or loaded (ERROR, UNAVAILABLE above)")
 
 
 @models_app.command("verify")

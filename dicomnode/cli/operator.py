@@ -82,10 +82,11 @@ def peers_list(ctx: typer.Context) -> None:
     """The peers from the configuration and those added at run time."""
     with _sessions(ctx)() as session:
         added = config_store.list_peers(session)
-    table = Table("AE title", "host", "port", "TLS", "source")
+    table = Table("AE title", "host", "port", "TLS", "query", "source")
     configured = [(p, "configuration") for p in context.settings(ctx).known_peers]
     for peer, source in configured + [(p, "added") for p in added]:
-        table.add_row(peer.ae_title, peer.host, str(peer.port), "yes" if peer.tls else "no", source)
+        table.add_row(peer.ae_title, peer.host, str(peer.port), "yes" if peer.tls else "no",
+                      f"yes ({peer.retrieve})" if peer.query else "no", source)
     _out().print(table)
 
 
@@ -95,10 +96,16 @@ def peers_add(ctx: typer.Context, ae_title: str, host: str, port: int,
               tls_subject_cn: Annotated[str | None, typer.Option(
                   help="mTLS: the subject CN the peer's client certificate must carry")] = None,
               tls_sha256: Annotated[str | None, typer.Option(
-                  help="mTLS: the SHA-256 fingerprint its client certificate must have")] = None) -> None:
+                  help="mTLS: the SHA-256 fingerprint its client certificate must have")] = None,
+              query: Annotated[bool, typer.Option(
+                  help="ask it (C-FIND) for studies' instance counts and for priors")] = False,
+              retrieve: Annotated[str, typer.Option(
+                  help="how priors are fetched from it: get (C-GET) or move (C-MOVE to the node)")] = "get") -> None:
     """Allow AE_TITLE at HOST (address, network or name) to call in, at once."""
+    if retrieve not in ("get", "move"):
+        raise Failure(f"--retrieve must be get or move, not {retrieve[:20]!r}")
     peer = Peer(ae_title=ae_title, host=host, port=port, tls=tls, tls_subject_cn=tls_subject_cn,
-                tls_sha256=tls_sha256)
+                tls_sha256=tls_sha256, query=query, retrieve=retrieve)  # type: ignore[arg-type]
     with session_scope(_sessions(ctx)) as session:
         config_store.put_peer(session, peer, user=context.operator(), address="cli")
     _out().print(f"peer {peer} saved: it may call in now")
@@ -177,10 +184,11 @@ def destinations_echo(ctx: typer.Context, name: str) -> None:
 
 # -- rules ------------------------------------------------------------------------------------------
 def _rules(ctx: typer.Context) -> list[Rule]:
-    from dicomnode.inference.registry import load_manifests
+    from dicomnode.inference.registry import default_rules, load_manifests
 
-    defaults = [m.default for m in load_manifests(context.settings(ctx).models_dir).values()]
-    return config_store.runtime_rules(context.settings(ctx), _sessions(ctx), defaults)
+    settings = context.settings(ctx)  # a demonstration model's default rule only with demo_models
+    defaults = default_rules(load_manifests(settings.models_dir), settings.demo_models)
+    return config_store.runtime_rules(settings, _sessions(ctx), defaults)
 
 
 @rules_app.command("list")

@@ -1,26 +1,27 @@
 """STOW-RS (PS3.18 10.5): each part of a request through the same durable path as a C-STORE.
 
 Every part gets its own entry in the Store Instances Response (PS3.18 10.5.3): in
-ReferencedSOPSequence when stored, in FailedSOPSequence with a FailureReason otherwise. The statuses
-are the node's C-STORE statuses (:mod:`dicomnode.store.ingest`): 0xA700 size, inflation or disk
-guard; 0xA701 database; 0xC210 cannot decode (not Part 10; not whole or not in its encoding, and 0xA900
-pixel data its attributes do not describe: :mod:`dicomnode.store.validity`); 0xC211 a UID missing or
-invalid; 0xC212 the instance is not of the study named in the URL; 0xC213 UID collision, or a study that
-is not the sender's (the same answer: :mod:`dicomnode.store.ingest`, "Ownership").
+ReferencedSOPSequence when stored, in FailedSOPSequence with a FailureReason otherwise. Each part lands
+through the one landing path that C-STORE takes too (:mod:`dicomnode.store.landing`), so the statuses are
+the node's C-STORE statuses (:mod:`dicomnode.store.ingest`): 0xA700 size, inflation or disk guard;
+0xA701 database; 0xC210 cannot decode (not Part 10; not whole or not in its encoding, and 0xA900 pixel
+data its attributes do not describe: :mod:`dicomnode.store.validity`); 0xC211 a UID missing or invalid;
+0xC212 the instance is not of the study named in the URL; 0xC213 UID collision, or a study that is not
+the sender's (the same answer: :mod:`dicomnode.store.ownership`).
 HTTP: 200 when every instance was stored, 202 when some were, 409 when none was (never a silent
 partial accept).
 
 A request's body is read as it arrives (:class:`~dicomnode.net.multipart.RelatedReader`), each part into
 its own file on the spool's file system (:class:`PartFiles`), never into memory; each part is held to
-``max_instance_mb`` while it arrives. Once the whole body has arrived well-formed, each part is decoded
-from its file (values over 64 KiB left on disk; a deflated one inflated into a file, bounded by
-``max_inflated_mb``) and lands by a rename (:func:`~dicomnode.store.ingest.ingest`).
+``max_instance_mb`` while it arrives. Once the whole body has arrived well-formed, each part lands from
+its file (:meth:`~dicomnode.store.landing.Landing.land`).
 
 The audit trail gets, per request, one ``instances_received`` row per study stored into (the count, the
 re-sends that changed nothing, the SOP classes: as C-STORE audits an association), and the refused parts
 per burst (:class:`~dicomnode.audit.bursts.BurstAuditor`, one key per kind of refusal, sender and address):
 a body of 10,000 bad parts, or a flood of such requests, is a row when it starts and a row with the count
-when it ends. A store into a study that is not the sender's is a ``study_not_owned`` security alert.
+when it ends. A store into a study that is not the sender's is a ``study_not_owned`` security alert. A
+part refused while it arrived (too large, disk guard) is audited the same way.
 """
 
 from __future__ import annotations
@@ -34,35 +35,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.audit.bursts import BurstAuditor
-from dicomnode.audit.events import AuditEvent, Outcome, Subject
-from dicomnode.audit.trail import record
-from dicomnode.db import session_scope
 from dicomnode.files import make_private_dirs
-from dicomnode.jobs.models import Study
-from dicomnode.log import extra, lenient_reading
-from dicomnode.receive.dataphase.early import DEFER_BYTES
+from dicomnode.log import extra
 from dicomnode.receive.incoming import incoming_dir
-from dicomnode.receive.limits import InflationLimit, open_part10
 from dicomnode.settings import Settings
-from dicomnode.store.ingest import (
-    BAD_UID,
-    CANNOT_DECODE,
-    OUT_OF_RESOURCES_DISK,
-    SUCCESS,
-    TOO_LARGE,
-    UID_COLLISION,
-    UID_MISMATCH,
-    Client,
-    disk_guard,
-    ingest,
-    read_meta,
-)
-from dicomnode.store.validity import file_refusal
+from dicomnode.store.ingest import CANNOT_DECODE, OUT_OF_RESOURCES_DISK, SUCCESS, TOO_LARGE, Client, disk_guard
+from dicomnode.store.landing import Arrival, Landed, Landing
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +74,6 @@ def _prefix(head: bytes | bytearray) -> bytes:
     if head[128:132] != b"DICM" and head[:2] == b"\x02\x00":
         return bytes(128) + b"DICM"
     return b""
-
-
-def decode(path: Path, settings: Settings) -> tuple[Dataset | None, int, str]:
-    """The part in the file at ``path`` as a dataset (its values over 64 KiB left on disk, not to be read),
-    or None with the status and reason that refuse it: first unless it is whole and strictly in the encoding
-    its file meta names (:func:`~dicomnode.store.validity.file_refusal`, C-STORE's check too)."""
-    limit = int(settings.max_inflated_mb * 2**20)
-    try:
-        refused = file_refusal(path, inflated_limit=limit)
-        if refused is not None:
-            return None, refused.status, refused.reason
-        with open_part10(path, limit, DEFER_BYTES) as (ds, _):
-            if "TransferSyntaxUID" not in ds.file_meta:
-                raise ValueError("no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
-    except InflationLimit as exc:
-        return None, TOO_LARGE, str(exc)
-    except Exception as exc:  # zlib.error, InvalidDicomError, anything pydicom raises on bad bytes
-        return None, CANNOT_DECODE, f"not a readable DICOM Part-10 instance: {type(exc).__name__}"
-    return ds, SUCCESS, ""
 
 
 @dataclass(frozen=True)
@@ -235,77 +195,31 @@ class PartFiles:
                 self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
 
 
-def store_part(settings: Settings, sessions: sessionmaker[Session], client: Client, part: Arrived,
-               study_uid: str | None) -> PartOutcome:
-    """One part: decode, check, :func:`~dicomnode.store.ingest.ingest`; never raises for the part's faults.
-    Audits nothing: :func:`audit_request` audits the request's outcomes together."""
-    if part.path is None:
-        return PartOutcome("", "", part.status, reason=part.reason)
-    with lenient_reading():  # a dirty header's values, decoded leniently (dicomnode.log)
-        ds, status, reason = decode(part.path, settings)
-        if ds is None:
-            return PartOutcome("", "", status, reason=reason)
-        sop_class, sop_instance = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-        try:
-            meta = read_meta(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
-        except ValueError as exc:
-            return PartOutcome(sop_class[:64], sop_instance[:64], BAD_UID, reason=str(exc))
-    if study_uid is not None and meta.study_uid != study_uid:
-        return PartOutcome(meta.sop_class_uid, meta.sop_instance_uid, UID_MISMATCH, meta.study_uid,
-                           reason="the instance is not of the study named in the STOW-RS URL")
-    landed = ingest(settings, sessions, client, meta, part.path)
-    return PartOutcome(meta.sop_class_uid, meta.sop_instance_uid, landed.status, meta.study_uid, meta.series_uid,
-                       landed.reason, landed.not_owned, landed.changed)
-
-
-def _refused(bursts: BurstAuditor, client: Client, outcome: PartOutcome) -> None:
-    """Count one refused part in its burst: one key per kind of refusal, sender and address."""
-    status = f"0x{outcome.status:04X}"
-    fields = {"address": client.address, "status": status, "reason": outcome.reason,
-              "study_uid": outcome.study_uid or None, "transport": client.transport}
-    if outcome.not_owned:
-        bursts.refused(AuditEvent.STUDY_NOT_OWNED, repr(("stow", "not owned", client.actor, client.address)),
-                       actor=client.actor, outcome=Outcome.SERIOUS_FAILURE, security_alert=True, **fields)
-    elif outcome.status == UID_COLLISION:
-        bursts.refused(AuditEvent.INSTANCE_REFUSED, repr(("stow", status, client.actor, client.address)),
-                       actor=client.actor, outcome=Outcome.SERIOUS_FAILURE, security_alert=True, **fields)
-    else:
-        bursts.refused(AuditEvent.INSTANCE_REFUSED, repr(("stow", status, client.actor, client.address)),
-                       actor=client.actor, outcome=Outcome.MINOR_FAILURE, **fields)
-
-
-def _receipts(session: Session, client: Client, stored: list[PartOutcome]) -> None:
-    """One ``instances_received`` row per study of the stored parts."""
-    by_study: dict[str, list[PartOutcome]] = {}
-    for outcome in stored:
-        by_study.setdefault(outcome.study_uid, []).append(outcome)
-    for study_uid, parts in by_study.items():
-        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
-        subject: Subject = study.subject() if study is not None else {
-            "study_uid": study_uid, "patient_id": None, "patient_name": None}
-        record(session, AuditEvent.INSTANCES_RECEIVED, actor=client.actor, **subject, address=client.address,
-               instances=len(parts), unchanged=sum(not p.changed for p in parts),
-               sop_classes=dict(Counter(p.sop_class_uid for p in parts)), transport=client.transport)
-
-
-def audit_request(sessions: sessionmaker[Session], bursts: BurstAuditor, client: Client,
-                  outcomes: list[PartOutcome]) -> None:
-    """Audit one request's parts (module docstring) and log one line naming no values; never raises for
-    a database failure (the parts' own rows are committed already)."""
+def store_parts(landing: Landing, client: Client, parts: list[Arrived], study_uid: str | None
+                ) -> list[PartOutcome]:
+    """Land each part (:meth:`~dicomnode.store.landing.Landing.land`), audit the request's receipts (one row
+    per study) and log one line naming no values; never raises for a part's faults."""
+    key = object()  # this request, for the receipts
+    outcomes = []
+    for part in parts:
+        if part.path is None:
+            landed = Landed(part.status, part.reason)
+            landing.refused(client, landed)
+        else:
+            landed = landing.land(client, Arrival(key, part.path, study_uid=study_uid))
+        meta = landed.meta
+        outcomes.append(PartOutcome(meta.sop_class_uid if meta else landed.sop_class_uid,
+                                    meta.sop_instance_uid if meta else landed.sop_instance_uid, landed.status,
+                                    meta.study_uid if meta else "", meta.series_uid if meta else "",
+                                    landed.reason, landed.not_owned, landed.changed))
+    landing.close(key)
     refused = [o for o in outcomes if not o.stored]
-    try:
-        for outcome in refused:
-            _refused(bursts, client, outcome)
-        if len(refused) < len(outcomes):
-            with session_scope(sessions) as session:
-                _receipts(session, client, [o for o in outcomes if o.stored])
-    except SQLAlchemyError:
-        log.exception("could not audit a STOW-RS request", extra=extra(stage="receive"))
     if refused:
         statuses = Counter(f"0x{o.status:04X}" for o in refused)
         log.warning("STOW-RS: %d of %d instances refused (%s)", len(refused), len(outcomes),
                     ", ".join(f"{status} x{n}" for status, n in sorted(statuses.items())),
                     extra=extra(stage="receive"))
+    return outcomes
 
 
 def _reference(outcome: PartOutcome, base_url: str) -> Dataset:

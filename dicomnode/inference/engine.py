@@ -2,17 +2,22 @@
 
 The flow for one series, top to bottom: source -> model grid (orientation, resampling, or 2D fit) ->
 intensities -> channels -> the network (whole, or a sliding window) -> activation -> back onto the
-source grid -> label map, or class probabilities with occlusion maps for the positive classes.
-Imports neither torch nor MONAI.
+source grid -> label map, or class probabilities with occlusion maps for the positive classes. Where the
+manifest has a ``[reference]``, the prepared input's distance to it is checked first
+(:mod:`dicomnode.inference.distribution`): an input outside the training distribution gets no positive
+finding (and a segmenter's labels stay empty). Imports neither torch nor MONAI.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from dicomnode.errors import ModelError, SeriesNotUsable
+from dicomnode.inference import distribution
+from dicomnode.inference.distribution import DistributionCheck
 from dicomnode.inference.explain import occlusion_maps
 from dicomnode.inference.geometry import fit_2d, model_grid
 from dicomnode.inference.intensity import adjust, channels, display_values
@@ -43,14 +48,20 @@ class GenericModel:
 
     def run(self, image: ModelInput) -> InferenceResult:
         x, to_source = self.prepare(image)
+        reference = self.manifest.reference
+        checked = distribution.check(reference, x) if reference is not None else None
+        outside = checked is not None and checked.outside
         if self.manifest.task == "classification":
-            return self._classify(x, to_source)
+            return self._classify(x, to_source, checked)
         probabilities = to_source(activate(self._dense(x), self.manifest.output.activation))
         voxel_mm3 = image.voxel_volume_mm3 if isinstance(image, Volume) else 0.0
         labels, parts = components(label_map(probabilities, self.manifest), probabilities, self.manifest, voxel_mm3)
+        if outside:  # outside the training distribution: nothing segmented, the finding never positive
+            labels, parts = np.zeros_like(labels), ()
         spec = self.manifest.output.finding
-        return SegmentationResult(labels=labels, components=parts,
-                                  finding=segment_finding(parts, spec) if spec is not None else None)
+        finding = segment_finding(parts, spec) if spec is not None else None
+        return SegmentationResult(labels=labels, components=parts, distribution=checked,
+                                  finding=replace(finding, outside=outside) if finding is not None else None)
 
     def prepare(self, image: ModelInput) -> tuple[np.ndarray, ToSource]:
         """The network's input ``(C, *model grid)`` and the way back to the source grid."""
@@ -88,12 +99,14 @@ class GenericModel:
         check_channels(self.manifest, out.shape[0])
         return activate(out, self.manifest.output.activation)
 
-    def _classify(self, x: np.ndarray, to_source: ToSource) -> ClassificationResult:
+    def _classify(self, x: np.ndarray, to_source: ToSource, checked: DistributionCheck | None) -> ClassificationResult:
         classes = class_probabilities(self.probabilities(x), self.manifest)
+        if checked is not None and checked.outside:  # no positive finding on an input the model was not trained for
+            classes = tuple(replace(c, outside=True) for c in classes)
         spec = self.manifest.output.explanation
         if spec is None:
-            return ClassificationResult(classes=classes)
+            return ClassificationResult(classes=classes, distribution=checked)
         positive = [c.spec.index for c in classes if c.positive]
         maps = occlusion_maps(x, positive, spec, self.probabilities)
-        return ClassificationResult(classes=classes, explanations={
+        return ClassificationResult(classes=classes, distribution=checked, explanations={
             k: np.clip(to_source(m[None])[0], 0.0, 1.0) for k, m in maps.items()})

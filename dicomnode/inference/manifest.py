@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +71,31 @@ class Tiling(_Strict):
     blend: Literal["constant", "gaussian"] = "gaussian"
 
 
+class Priors(_Strict):
+    """``[input.priors]``: the patient's earlier studies the model compares with (:mod:`dicomnode.query.priors`).
+
+    Always the same Patient ID; at most ``count`` studies, newest first, at most ``max_age_days`` older
+    than the current study; a series of the same modality (``same_modality``), body part
+    (``same_body_part``, BodyPartExamined) and, when given, a SeriesDescription matching
+    ``series_description`` (a regular expression, searched).
+    """
+
+    count: int = Field(default=1, ge=1, le=5)
+    max_age_days: float = Field(default=3650.0, gt=0)
+    same_modality: bool = True
+    same_body_part: bool = False
+    series_description: str = ""
+
+    @field_validator("series_description")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"input.priors.series_description is not a regular expression: {exc}") from None
+        return value
+
+
 class InputSpec(_Strict):
     modalities: tuple[str, ...] = ()
     sop_classes: tuple[str, ...] = ()  # empty: any image storage SOP class of those modalities
@@ -80,6 +107,7 @@ class InputSpec(_Strict):
     min_slices: int = Field(default=1, ge=1)
     intensity: Intensity = Intensity()
     tiling: Tiling | None = None
+    priors: Priors | None = None  # compare with the patient's prior studies (segmentation, 3D)
 
     @model_validator(mode="after")
     def _shapes(self) -> InputSpec:
@@ -146,6 +174,38 @@ class OutputSpec(_Strict):
     drift_window: int = Field(default=20, ge=1)  # the last N outputs compared with ``reference``
 
 
+class OutputReference(_Strict):
+    """One output's distribution on the reference draws: quantiles at ``[reference].levels``, mean, std."""
+
+    quantiles: tuple[float, ...]
+    mean: float
+    std: float = Field(ge=0)
+
+
+class Reference(_Strict):
+    """``[reference]``: the training inputs' statistics after preprocessing, and the outputs on them
+    (written by the training script; the distance and its use: :mod:`dicomnode.inference.distribution`)."""
+
+    samples: int = Field(ge=1)
+    levels: tuple[float, ...] = Field(min_length=1)
+    quantiles: tuple[float, ...]  # median over the draws of each quantile of the network input
+    scale: tuple[float, ...]  # standard deviation of each over the draws
+    threshold: float = Field(gt=0)  # a distance above it: outside the training distribution
+    template_shape: tuple[int, ...] | None = None  # 2D: the mean training input, block-averaged
+    template: tuple[float, ...] = ()
+    correlation: tuple[float, float] | None = None  # median and spread of the correlation with the template
+    outputs: dict[str, OutputReference] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Reference:
+        if not len(self.levels) == len(self.quantiles) == len(self.scale):
+            raise ValueError("reference.levels, quantiles and scale need one value each per level")
+        if self.template and (self.template_shape is None or self.correlation is None
+                              or len(self.template) != math.prod(self.template_shape)):
+            raise ValueError("reference.template needs template_shape (its size) and correlation")
+        return self
+
+
 class DefaultRule(_Strict):
     name: str = ""
     match: dict[str, str] = Field(default_factory=dict)
@@ -179,12 +239,14 @@ class Manifest(_Strict):
     framework: str = ""
     licence: str = Field(min_length=1)
     intended_use: str = Field(min_length=1)
+    demonstration: bool = False  # routed only with the setting demo_models; results never say POSITIVE
     series_number_base: int = Field(default=9000, ge=1, le=99000)
     files: tuple[ModelFile, ...] = Field(min_length=1)
     input: InputSpec
     output: OutputSpec
     default_rule: DefaultRule = DefaultRule()
     remote: RemoteBackend | None = None
+    reference: Reference | None = None
     directory: Path = Path(".")
 
     @field_validator("intended_use")

@@ -3,12 +3,18 @@
 A bad manifest or a model that fails to load is recorded with its reason (:attr:`Registry.errors`), and
 the other models still load. Each model has a concurrency limit: at most ``inference_concurrency``
 jobs run it at once, the others wait.
+
+:meth:`Registry.check` marks, at start, each model that cannot run (a required file missing or with
+another SHA-256, or, where this process runs models, a failed load) as unavailable with its reason
+(:attr:`Registry.unavailable`); :func:`suspended` says why a model's rules route nothing now (it is
+unavailable, or it is a demonstration model and the site has not turned ``demo_models`` on), and
+:func:`default_rules` gives the manifests' default rules that are in force.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,9 +22,12 @@ from typing import Protocol
 from dicomnode.errors import ModelError
 from dicomnode.inference.manifest import CodeSpec, LabelSpec, Manifest, ModelFile, scan
 from dicomnode.inference.result import InferenceResult, ModelInput
+from dicomnode.settings import Rule
 
 __all__ = ["CodeSpec", "LabelSpec", "Manifest", "Model", "ModelFile", "Registry", "RuntimeOptions",
-           "load_manifests"]
+           "default_rules", "load_manifests", "suspended"]
+
+DEMO_OFF = "is a demonstration model, routed only with demo_models = true (DICOMNODE_DEMO_MODELS)"
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,28 @@ class Registry:
         self._loaded: dict[str, Model] = {}
         self._lock = threading.Lock()
         self._limits = {m: threading.BoundedSemaphore(self.options.concurrency) for m in self.manifests}
+        self.unavailable: dict[str, str] = {}  # model id -> why it cannot run (set by check)
+
+    def check(self, load: bool = False) -> dict[str, str]:
+        """Mark each model that cannot run as unavailable, with its reason; returns those (id -> reason).
+
+        Every required file must be there with its SHA-256; with ``load`` (a process that runs models),
+        the model must load too (and stays warm). A model that passes is available again. A model with
+        a ``[remote]`` backend that may run remotely is not judged here: without its files it goes remote.
+        """
+        for model_id, manifest in self.manifests.items():
+            if manifest.remote is not None and manifest.remote.placement != "local":
+                continue  # it runs on its remote node when it cannot run here (dicomnode.remote)
+            try:
+                for file in manifest.required_files:
+                    manifest.resolve(file)
+                if load:
+                    self.get(model_id)
+            except ModelError as exc:
+                self.unavailable[model_id] = _reason(model_id, str(exc))
+            else:
+                self.unavailable.pop(model_id, None)
+        return dict(self.unavailable)
 
     def get(self, model_id: str) -> Model:
         """The warm model ``model_id``, loading it on first use; a failed load is remembered."""
@@ -92,3 +123,23 @@ class Registry:
         model = self.get(model_id)
         with self._limits[model_id]:
             return model.run(image)
+
+
+def _reason(model_id: str, message: str) -> str:
+    """``message`` without the "model <id>: " that each ModelError starts with."""
+    prefix = f"model {model_id}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def suspended(manifests: Mapping[str, Manifest], unavailable: Mapping[str, str], demo_models: bool
+              ) -> dict[str, str]:
+    """Model id -> why the rules that name it route nothing now, in one sentence that names the model:
+    it cannot run (``unavailable``, from :meth:`Registry.check`), or it is a demonstration model and
+    ``demo_models`` is off."""
+    off = {} if demo_models else {m.id: f"model {m.id} {DEMO_OFF}" for m in manifests.values() if m.demonstration}
+    return {**off, **{m: f"model {m} unavailable: {why}" for m, why in unavailable.items()}}
+
+
+def default_rules(manifests: Mapping[str, Manifest], demo_models: bool) -> list[Rule]:
+    """The manifests' default rules in force: a demonstration model's only with ``demo_models``."""
+    return [m.default for m in manifests.values() if demo_models or not m.demonstration]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dicomnode.inference.distribution import DistributionCheck
 from dicomnode.inference.manifest import ClassSpec, FindingSpec
 from dicomnode.inference.volume import Image, Volume
 
@@ -30,11 +31,12 @@ class SegmentFinding:
 
     spec: FindingSpec
     probability: float
+    outside: bool = False  # the input is outside the model's training distribution: never positive
 
     @property
     def positive(self) -> bool:
-        """Present at the manifest's operating threshold."""
-        return self.probability >= self.spec.threshold
+        """Present at the manifest's operating threshold (never on an input outside the training distribution)."""
+        return not self.outside and self.probability >= self.spec.threshold
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,19 @@ class SegmentationResult:
     labels: np.ndarray
     components: tuple[Component, ...] = ()
     finding: SegmentFinding | None = None
+    distribution: DistributionCheck | None = None  # set where the manifest has a [reference]
 
 
 @dataclass(frozen=True)
 class ClassProbability:
     spec: ClassSpec
     probability: float
+    outside: bool = False  # the input is outside the model's training distribution: never positive
 
     @property
     def positive(self) -> bool:
-        """Present at the manifest's operating threshold."""
-        return self.probability >= self.spec.threshold
+        """Present at the manifest's operating threshold (never on an input outside the training distribution)."""
+        return not self.outside and self.probability >= self.spec.threshold
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ClassificationResult:
 
     classes: tuple[ClassProbability, ...]
     explanations: dict[int, np.ndarray] = field(default_factory=dict)  # class index -> (slices, rows, columns)
+    distribution: DistributionCheck | None = None  # set where the manifest has a [reference]
 
 
 InferenceResult = SegmentationResult | ClassificationResult

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -48,6 +49,11 @@ class Study(Base):
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     completed_at: Mapped[dt.datetime | None]
+    # what a query peer answered about this study (dicomnode.query.counts): its instance count (None: not
+    # asked or no answer), when it was asked, and why there is no count (refused, timed out)
+    pacs_instances: Mapped[int | None]
+    pacs_asked_at: Mapped[dt.datetime | None]
+    pacs_note: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
@@ -70,6 +76,7 @@ class Series(Base):
     # that routing queues a new result version that supersedes the old one.
     revision: Mapped[int] = mapped_column(Integer, default=1)
     routed_revision: Mapped[int | None]
+    pacs_instances: Mapped[int | None]  # the query peer's NumberOfSeriesRelatedInstances
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -160,6 +167,30 @@ class PeerConfig(Base):
     tls: Mapped[bool] = mapped_column(default=False)
     tls_subject_cn: Mapped[str | None] = mapped_column(String(64))  # the client certificate it must present
     tls_sha256: Mapped[str | None] = mapped_column(String(64))
+    query: Mapped[bool] = mapped_column(default=False, server_default=false())  # counts and priors are asked of it
+    retrieve: Mapped[str] = mapped_column(String(8), default="get", server_default="get")  # priors: C-GET or C-MOVE
+
+
+class PriorStudy(Base):
+    """A prior study found for a job whose model asks for priors (dicomnode.query.priors): where it
+    stands (``found``, ``fetched``, ``used``, or ``not_used`` with the reason) and what its retrieval
+    took. A study whose UID is here is a prior: it is kept (under retention) but never routed."""
+
+    __tablename__ = "prior_study"
+    __table_args__ = (UniqueConstraint("job_id", "series_uid", name="uq_prior_study_job_series"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    peer: Mapped[str] = mapped_column(String(16), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class DestinationConfig(Base):

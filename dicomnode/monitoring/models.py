@@ -2,8 +2,10 @@
 
 Collectors live in a :class:`prometheus_client.CollectorRegistry` passed in (the node exposes it at
 ``/metrics``). The drift check compares the mean of a model's last N outputs (segment volumes in ml,
-class probabilities) with the reference range in its manifest (``output.reference``,
-``output.drift_window``); outside it, the model is flagged in ``status`` and ``/metrics``.
+class probabilities) with the reference range in its manifest (``output.reference``, or the outputs of
+its ``[reference]``; ``output.drift_window``), and the mean distance of the last N inputs with the
+``[reference]`` threshold; outside, the model is flagged in ``status`` and ``/metrics``. Inputs outside
+the training distribution are counted (``dicomnode_model_outside_distribution``).
 The last outputs are read back from the results of succeeded jobs, so that the check survives restarts.
 """
 
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.inference.distribution import DistributionCheck
 from dicomnode.inference.manifest import Manifest
 from dicomnode.jobs.models import Job
 from dicomnode.jobs.status import JobStatus
@@ -47,10 +50,34 @@ class Drift:
                 f"outside the reference range {self.low:g} to {self.high:g}")
 
 
+INPUT_DISTANCE = "input distance"  # the drift window's name for the inputs' distances to [reference]
+DISTANCE_BUCKETS = (0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50)
+
+
+def reference_ranges(manifest: Manifest) -> dict[str, tuple[float, float]]:
+    """The range the mean of the last N values of each followed output should stay in.
+
+    ``output.reference`` (explicit ranges) first; otherwise, where the manifest has a ``[reference]``
+    (``dicomnode/inference/distribution.py``): the reference outputs' mean +- 4 standard errors of an
+    N-value mean, within their 1st-99th percentiles, and ``input distance`` (the mean distance of the last
+    N inputs to the training distribution) from 0 to the reference's threshold.
+    """
+    ranges: dict[str, tuple[float, float]] = {}
+    window = manifest.output.drift_window
+    reference = manifest.reference
+    if reference is not None:
+        for name, out in reference.outputs.items():
+            spread = 4.0 * out.std / window**0.5
+            ranges[name] = (max(out.quantiles[0], out.mean - spread), min(out.quantiles[-1], out.mean + spread))
+        ranges[INPUT_DISTANCE] = (0.0, reference.threshold)
+    ranges.update(manifest.output.reference)
+    return ranges
+
+
 def drift_check(manifest: Manifest, recent: dict[str, list[float]]) -> list[Drift]:
     """One :class:`Drift` per output that has a reference range and a full window of recent values."""
     checks = []
-    for name, (low, high) in manifest.output.reference.items():
+    for name, (low, high) in reference_ranges(manifest).items():
         values = recent.get(name, [])[-manifest.output.drift_window:]
         if len(values) >= manifest.output.drift_window:
             checks.append(Drift(manifest.id, name, sum(values) / len(values), low, high, len(values)))
@@ -90,6 +117,12 @@ class ModelMetrics:
                            ["model", "output"], registry=registry)
         self.recent_mean = Gauge("dicomnode_model_recent_mean", "Mean of the last N outputs (the drift window)",
                                  ["model", "output"], registry=registry)
+        self.outside = Counter("dicomnode_model_outside_distribution",
+                               "Inputs outside the model's training distribution (no positive finding was raised)",
+                               ["model"], registry=registry)
+        self.distance = Histogram("dicomnode_model_input_distance", "Distance of an input to the model's training "
+                                  "distribution (robust z; see models/README.md [reference])", ["model"],
+                                  buckets=DISTANCE_BUCKETS, registry=registry)
         self._recent: dict[str, dict[str, deque[float]]] = {}
         self._lock = threading.Lock()
 
@@ -100,13 +133,20 @@ class ModelMetrics:
                 self._remember(model_id, name, value)
         self._update_drift(model_id)
 
-    def observe(self, model_id: str, seconds: float, outputs: dict[str, float]) -> None:
+    def observe(self, model_id: str, seconds: float, outputs: dict[str, float],
+                checked: DistributionCheck | None = None) -> None:
+        """One job's inference time and outputs; ``checked``: its input's distance to the training distribution."""
         manifest = self.manifests[model_id]
         self.seconds.labels(model_id, manifest.version).observe(seconds)
         histogram = self.probability if manifest.task == "classification" else self.volume_ml
         for name, value in outputs.items():
             histogram.labels(model_id, name).observe(value)
             self._remember(model_id, name, value)
+        if checked is not None:
+            self.distance.labels(model_id).observe(checked.distance)
+            if checked.outside:
+                self.outside.labels(model_id).inc()
+            self._remember(model_id, INPUT_DISTANCE, checked.distance)
         self._update_drift(model_id)
 
     def outcome(self, model_id: str, outcome: str) -> None:

@@ -1,11 +1,10 @@
 """DIMSE and association event handlers: plain functions that return status codes and never raise.
 
-Dependencies come in through a bound :class:`ReceiveContext`, never through globals. A decoded instance
-gets the checks, statuses and audit of :mod:`dicomnode.store.ingest` (shared with STOW-RS); C-STORE datasets
-arrive into files (:mod:`dicomnode.receive.incoming`), never into memory; C-STORE lands each one, by
-a rename, through the group commit (:mod:`dicomnode.store.committer`), so that concurrent associations share
-fsyncs and commits, and audits receipts once per association and study (:mod:`dicomnode.receive.tally`).
-Status codes (PS3.4 B.2.3 and PS3.7 C):
+Dependencies come in through a bound :class:`ReceiveContext`, never through globals. C-STORE datasets
+arrive into files (:mod:`dicomnode.receive.incoming`), never into memory, and land through the one landing
+path that STOW-RS takes too (:mod:`dicomnode.store.landing`: checks, statuses, the rename, the group
+commit, refusals audited per burst), which counts receipts per association for one audit row per study
+when it ends. Status codes (PS3.4 B.2.3 and PS3.7 C):
 
 - ``0x0000`` success: the instance is durably in the spool *and* in the database
 - ``0x0122`` refused, SOP class not supported: the request's SOP class is not its presentation
@@ -33,64 +32,36 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom.dsutils import split_dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.config_store import runtime_peers
-from dicomnode.errors import StoreError
-from dicomnode.log import extra, lenient_reading
+from dicomnode.log import extra
 from dicomnode.net.tls import client_certificate
 from dicomnode.receive.accept import decide
-from dicomnode.receive.dataphase.early import DEFER_BYTES
 from dicomnode.receive.incoming import discard_partial
-from dicomnode.receive.limits import InflationLimit, open_part10
-from dicomnode.receive.tally import Tally
 from dicomnode.settings import Settings
-from dicomnode.store.committer import GroupCommitter, Receipt
 from dicomnode.store.index import InstanceMeta
-from dicomnode.store.ingest import (
-    BAD_UID,
-    CANNOT_DECODE,
-    OUT_OF_RESOURCES_DB,
-    OUT_OF_RESOURCES_DISK,
-    SUCCESS,
-    TOO_LARGE,
-    UID_MISMATCH,
-    UNEXPECTED,
-    Client,
-    audit,
-    collision_before_write,
-    disk_guard,
-    drop_orphan,
-    read_meta,
-    refuse,
-    refuse_collision,
-)
-from dicomnode.store.spool import Written, adopt_file, remove_new_file, spool_path
-from dicomnode.store.validity import Refusal, file_refusal
+from dicomnode.store.ingest import SUCCESS, UNEXPECTED, Client, audit
+from dicomnode.store.landing import Arrival, Landing, SharesLanding
+from dicomnode.store.spool import Written
+from dicomnode.store.validity import Refusal
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ReceiveContext:
+class ReceiveContext(SharesLanding):
     settings: Settings
     sessions: sessionmaker[Session]
     bursts: BurstAuditor | None = None  # refusals audited per burst (the node shares one; else made here)
-    committer: GroupCommitter = field(init=False)
-    tally: Tally = field(init=False, default_factory=Tally)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "committer", GroupCommitter(self.sessions))
-        if self.bursts is None:
-            object.__setattr__(self, "bursts", BurstAuditor(self.sessions, self.settings.audit_burst_seconds))
+    landing: Landing | None = None  # the node shares one between C-STORE and STOW-RS; else made here
 
 
 def _audit(ctx: ReceiveContext, event: AuditEvent, outcome: Outcome, **fields: Any) -> None:
@@ -222,11 +193,7 @@ def handle_closed(event: Any, ctx: ReceiveContext) -> None:
     """EVT_CONN_CLOSE: one ``instances_received`` audit row per study the association delivered; the
     file of a dataset cut off while arriving is removed."""
     discard_partial(event.assoc)
-    for receipts in ctx.tally.close(event.assoc):
-        _audit(ctx, AuditEvent.INSTANCES_RECEIVED, Outcome.SUCCESS, actor=receipts.calling_ae,
-               study_uid=receipts.study_uid, patient_id=receipts.patient_id, patient_name=receipts.patient_name,
-               address=receipts.address, instances=receipts.instances, unchanged=receipts.unchanged,
-               sop_classes=dict(receipts.sop_classes))
+    ctx.lands.close(event.assoc)
 
 
 def handle_echo(event: Any, ctx: ReceiveContext) -> int:
@@ -247,120 +214,24 @@ def handle_store(event: Any, ctx: ReceiveContext) -> int:
 
 
 def store_received(received: Received, ctx: ReceiveContext) -> int:
-    """Store a received instance durably, record it, and only then return success; never raises."""
+    """Land a received instance (:meth:`~dicomnode.store.landing.Landing.land`): success only once it is
+    durably in the spool and the database; never raises."""
     try:
-        return _store(received, ctx)
+        arrival = Arrival(received.assoc, received.path, received.transfer_syntax,
+                          command=(received.sop_class_uid, received.sop_instance_uid), written=received.written,
+                          size=received.size, header=received.header, whole=received.whole)
+        return ctx.lands.land(client_of(received.assoc), arrival).status
     except Exception:
         log.exception("unexpected failure while storing an instance", extra=extra(stage="receive"))
         return UNEXPECTED
 
 
 def refuse_request(assoc: Any, status: int, reason: str, ctx: ReceiveContext) -> int:
-    """Refuse (log, audit) a C-STORE before its dataset is looked at: an incoming file that could not be
-    written (0xA700), a SOP class that is not its presentation context's (0x0122)."""
-    return refuse(ctx.sessions, client_of(assoc), status, reason)
+    """Refuse (log, audit per burst) a C-STORE before its dataset is looked at: an incoming file that could
+    not be written (0xA700), a SOP class that is not its presentation context's (0x0122)."""
+    return ctx.lands.refuse(client_of(assoc), status, reason)
 
 
 def client_of(assoc: Any) -> Client:
     calling_ae, address = requestor(assoc)
     return Client(actor=calling_ae, address=address, calling_ae=calling_ae)
-
-
-def _size_refusal(received: Received, settings: Settings) -> str:
-    """Why the received dataset is too large to decode, or "" (inflation is bounded where it is decoded)."""
-    path = received.path
-    # the file holds the dataset after the preamble and file meta that pynetdicom wrote: a file within
-    # the limit holds a dataset within it, and only a larger one needs the dataset's own size
-    size = path.stat().st_size if received.size is None else received.size
-    if size > settings.max_instance_mb * 2**20:
-        size -= split_dataset(path)[1]
-        if size > settings.max_instance_mb * 2**20:
-            return f"instance of {size // 2**20} MiB larger than max_instance_mb={settings.max_instance_mb:g}"
-    return ""
-
-
-def _read_header(received: Received, settings: Settings) -> InstanceMeta:
-    """Every element is parsed; values over 64 KiB (pixel data) are skipped by a seek, not read. A deflated
-    dataset is inflated into a file first, bounded by ``max_inflated_mb`` (InflationLimit), never in memory."""
-    with lenient_reading(), open_part10(received.path, int(settings.max_inflated_mb * 2**20), DEFER_BYTES) as (ds, _):
-        return read_meta(ds, received.transfer_syntax)  # a dirty header's values, decoded leniently (dicomnode.log)
-
-
-def _store(received: Received, ctx: ReceiveContext) -> int:
-    client = client_of(received.assoc)
-    too_large = _size_refusal(received, ctx.settings)
-    if too_large:
-        return refuse(ctx.sessions, client, TOO_LARGE, too_large)
-    refused = (received.whole() if received.whole is not None else file_refusal(
-        received.path, received.transfer_syntax, size=received.size,
-        inflated_limit=int(ctx.settings.max_inflated_mb * 2**20)))
-    if refused is not None:
-        return _refuse_not_whole(ctx, client, refused)
-    try:
-        meta = received.header() if received.header is not None else _read_header(received, ctx.settings)
-    except InflationLimit as exc:  # a ValueError: before the next
-        return refuse(ctx.sessions, client, TOO_LARGE, str(exc))
-    except ValueError as exc:
-        keyword = str(exc).split(":", 1)[0]
-        return refuse(ctx.sessions, client, BAD_UID, str(exc), log_reason=f"{keyword} missing or not a valid UID")
-    except Exception as exc:
-        return refuse(ctx.sessions, client, CANNOT_DECODE, f"dataset could not be decoded: {type(exc).__name__}")
-    if meta.sop_instance_uid != received.sop_instance_uid or meta.sop_class_uid != received.sop_class_uid:
-        return refuse(ctx.sessions, client, UID_MISMATCH,
-                      "SOP Class/Instance UID in the dataset differ from the C-STORE request", meta.study_uid)
-    return _land(received, ctx, client, meta)
-
-
-def _refuse_not_whole(ctx: ReceiveContext, client: Client, refused: Refusal) -> int:
-    """An instance not whole, or not in its transfer syntax's encoding (0xC210, 0xA900; 0xA700 inflated too
-    large): logged (the reason quotes no value) and audited per burst of its status from its address (a
-    modality that cuts every slice short is one burst, :mod:`dicomnode.audit.bursts`)."""
-    status = f"0x{refused.status:04X}"
-    log.warning("C-STORE refused with %s: %s", status, refused.reason, extra=extra(stage="receive"))
-    _refused(ctx, AuditEvent.INSTANCE_REFUSED, f"not_whole {status}", calling_ae=client.calling_ae,
-             address=client.address, status=status, reason=refused.reason, transport=client.transport)
-    return refused.status
-
-
-def _land(received: Received, ctx: ReceiveContext, client: Client, meta: InstanceMeta) -> int:
-    """Disk guard, spool write (file fsynced), then the group commit (folder fsync, row committed)."""
-    guard = disk_guard(ctx.settings)
-    if guard:
-        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, guard, meta.study_uid)
-    path = spool_path(ctx.settings.spool_dir, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-    try:
-        # Before a spool write that would replace a file (a re-send, or a colliding study of another
-        # patient under the same UIDs). A new path replaces nothing: the group commit checks it, and a
-        # collision found there removes the new file again.
-        replaces = path.exists()
-        collision = collision_before_write(ctx.sessions, meta) if replaces else ""
-    except SQLAlchemyError as exc:
-        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DB, f"database error: {type(exc).__name__}",
-                      meta.study_uid)
-    if collision:
-        return refuse_collision(ctx.sessions, client, meta, collision)
-    # the file the dataset arrived in, renamed into the spool (the committer fsyncs the folder); a new
-    # path while the file's own fsync still runs (the commit waits for it)
-    early = received.written is not None and not replaces
-    try:
-        sha256, size = adopt_file(received.path, path, received.written, early=early)
-    except StoreError as exc:
-        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, str(exc), meta.study_uid)
-
-    durable = received.written.durable if early and received.written is not None else None
-    result = ctx.committer.record(Receipt(meta, path, sha256, size, client.calling_ae, client.address, durable))
-    if result.collision:  # a new path (or one raced in since the check above)
-        drop_orphan(ctx.sessions, path)
-        if not replaces and not path.exists():
-            remove_new_file(path, ctx.settings.spool_dir)  # and the folders made for it
-        return refuse_collision(ctx.sessions, client, meta, result.collision)
-    if result.spool_error:
-        if not replaces:  # not recorded: no row names the new file
-            remove_new_file(path, ctx.settings.spool_dir)
-        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DISK, result.spool_error, meta.study_uid)
-    if result.db_error:
-        if not replaces:  # rolled back: no row names the new file
-            remove_new_file(path, ctx.settings.spool_dir)
-        return refuse(ctx.sessions, client, OUT_OF_RESOURCES_DB, result.db_error, meta.study_uid)
-    ctx.tally.add(received.assoc, meta, client.calling_ae, client.address, changed=result.changed)
-    return SUCCESS

@@ -108,9 +108,14 @@ def written_outputs(results_dir: Path, job_id: int) -> dict[str, float] | None:
     return outputs
 
 
+EVIDENCE = "AI_EVIDENCE"  # the Content Label of a classifier's evidence SEG
+
+
 def node_seg_path(results_dir: Path, job_id: int) -> Path | None:
-    """The node's BINARY SEG among a job's written results (explanation maps are fractional)."""
+    """The node's segmentation SEG among a job's written results: a BINARY SEG that is not a classifier's
+    evidence region (Content Label ``AI_EVIDENCE``, :func:`dicomnode.results.seg.build_explanation_seg`)."""
     for path in sorted(job_folder(results_dir, job_id).glob("seg-*.dcm")):
-        if str(dcmread(path, stop_before_pixels=True).get("SegmentationType", "")) == "BINARY":
+        header = dcmread(path, stop_before_pixels=True)
+        if str(header.get("SegmentationType", "")) == "BINARY" and str(header.get("ContentLabel", "")) != EVIDENCE:
             return path
     return None

@@ -1,7 +1,9 @@
 """The failure notice: a small SR in the study saying that the AI result will not come, and why.
 
 So that the radiologist is not left waiting for a result that will never arrive. Built only with
-highdicom; its UIDs are deterministic like every other result's.
+highdicom; its UIDs are deterministic like every other result's. The series description, which every
+worklist and viewer shows (OHIF lists it under the study even though it draws only TID 1500 reports), carries
+the reason too: "AI result not available (deepbet): model output was empty".
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def notice_text(manifest: Manifest, reason: str) -> str:
             f"Intended use: {manifest.intended_use}")[:1024]
 
 
+def notice_description(manifest: Manifest, reason: str) -> str:
+    """The notice's series description (LO, 64 characters): the model and as much of the reason as fits."""
+    return " ".join(f"AI result not available ({manifest.id}): {reason}".split())[:64]
+
+
 def build_failure_notice(
     sources: Sequence[Dataset], manifest: Manifest, reason: str, source_series_number: int | None, revision: int = 1
 ) -> hd.sr.ComprehensiveSR:
@@ -45,7 +52,7 @@ def build_failure_notice(
             instance_number=1,
             manufacturer=MANUFACTURER,
             is_complete=True,
-            series_description=f"AI result not available ({manifest.id})"[:64],
+            series_description=notice_description(manifest, reason),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise BuildError(f"failure notice could not be built: {exc}") from exc

@@ -27,6 +27,7 @@ from dicomnode.errors import UidCollision
 from dicomnode.files import fsync_dirs
 from dicomnode.log import extra
 from dicomnode.store.index import InstanceMeta, record_instance
+from dicomnode.store.ownership import NOT_OWNED, claim, may_add
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,19 @@ class Receipt:
     calling_ae: str
     calling_address: str
     durable: Callable[[], object] | None = None  # waits until the file's bytes are on disk (renamed early)
+    actor: str | None = None  # who the audit names for a new study (default: ``calling_ae``)
+    sender: str | None = None  # a STOW-RS sender, whose study it must be (:mod:`dicomnode.store.ownership`)
+    admin: bool = False
 
 
 @dataclass(frozen=True)
 class Recorded:
-    """The committer's answer: ``changed`` when recorded, else the collision or error that stopped it."""
+    """The committer's answer: ``changed`` when recorded, else the collision (``not_owned``: the study is
+    not the sender's) or error that stopped it."""
 
     changed: bool = False
     collision: str = ""
+    not_owned: bool = False
     spool_error: str = ""
     db_error: str = ""
 
@@ -111,13 +117,17 @@ class GroupCommitter:
         try:
             with session_scope(self.sessions) as session:
                 for r in receipts:
+                    if not may_add(session, r.meta, r.sender, r.admin):  # raced in since the landing's check
+                        results.append(Recorded(collision=NOT_OWNED, not_owned=True))
+                        continue
                     try:  # record_instance checks before it changes anything: the batch goes on
                         changed = record_instance(session, r.meta, path=str(r.path), sha256=r.sha256,
                                                   size=r.size, calling_ae=r.calling_ae,
-                                                  calling_address=r.calling_address)
+                                                  calling_address=r.calling_address, actor=r.actor)
                     except UidCollision as exc:
                         results.append(Recorded(collision=str(exc)))
                     else:
+                        claim(session, r.meta, r.sender)
                         results.append(Recorded(changed=changed))
                 names.result()  # raises the fsync's OSError: rolled back
                 for r in receipts:  # a file renamed while its fsync ran: its bytes first

@@ -2,13 +2,15 @@
 synthetic phantoms; not for clinical use), as shipped in models/ and run by the generic engine:
 
 - a synthetic DX chest study with an opacity comes back with the classification SR and the explanation
-  (a fractional SEG);
+  (a binary SEG of its evidence region);
 - a synthetic CT chest series with nodules at known places (training.phantoms.ct_chest, fixed seed, so the
   ground-truth mask is known) comes back with a SEG whose nodules lie on the known ones, an SR with each
   nodule's volume and the "nodule present" finding.
 
 Every returned object has 0 dciodvfy errors and every SR 0 PixelMed errors; every one carries the
-disclaimer sentence in full. Orthanc is polled, never waited on for a fixed time.
+disclaimer sentence in full, and none says POSITIVE. Orthanc is polled, never waited on for a fixed time.
+Demonstration models are routed only when the site turns them on: this node sets DICOMNODE_DEMO_MODELS
+(tests/e2e/test_demo_opt_in.py checks a node on its default configuration routes nothing to them).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def node(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     folder = tmp_path_factory.mktemp("demo-node")
     for model in DEMOS:
         shutil.copytree(REPO / "models" / model, folder / "models" / model)
-    process = start(folder, orthanc, "DEMONODE", "seg", models=folder / "models")
+    process = start(folder, orthanc, "DEMONODE", "seg", models=folder / "models", DICOMNODE_DEMO_MODELS="true")
     yield process
     process.stop()
 
@@ -82,11 +84,12 @@ def test_dx_chest_study_comes_back_with_the_classification_sr_and_the_explanatio
     study_id = route(orthanc, "DEMONODE", tmp_path / "dx")
     found = returned(orthanc, study_id, {"SR", "SEG"}, tmp_path)
     (sr,), (seg,) = found["SR"], found["SEG"]
-    assert sr.SeriesDescription.startswith("AI POSITIVE Opacity")
+    assert sr.SeriesDescription.startswith("AI DEMO present: Opacity")
+    assert not any("POSITIVE" in str(ds.get("SeriesDescription", "")).upper() for ds in (sr, seg))
     (group,) = _groups(sr)
     evaluation = _value(group, "DEMO-CXR-OPACITY")
     assert evaluation is not None and evaluation.ConceptCodeSequence[0].CodeMeaning == "Present"
-    assert seg.SegmentationType == "FRACTIONAL" and seg.StudyInstanceUID == sr.StudyInstanceUID
+    assert seg.SegmentationType == "BINARY" and seg.StudyInstanceUID == sr.StudyInstanceUID
     assert says_not_for_clinical_use(sr) and says_not_for_clinical_use(seg)
 
 

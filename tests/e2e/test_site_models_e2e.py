@@ -1,7 +1,7 @@
 """End to end with Orthanc: site models dropped into a folder, studies routed by Orthanc, results back.
 
-- a DX study comes back with the classification SR and the evidence map as a fractional SEG (or, for a
-  destination that asks for it, as a secondary-capture overlay);
+- a DX study comes back with the classification SR and the evidence map as a binary SEG of its evidence
+  region (or, for a destination that asks for it, as a secondary-capture overlay);
 - an MR study comes back with SEG and SR from the 3D threshold segmenter;
 - a model whose output is NaN sends its job to the dead letter, with that reason and a failure notice;
 - a folder with a bad manifest is reported at start, and the other models still load;
@@ -112,12 +112,12 @@ def radiograph_study(folder: Path, monochrome1: bool = False) -> Path:
     return folder
 
 
-def test_dx_study_comes_back_with_sr_and_fractional_seg(orthanc: Orthanc, node: NodeProcess, tmp_path: Path) -> None:
+def test_dx_study_comes_back_with_sr_and_evidence_seg(orthanc: Orthanc, node: NodeProcess, tmp_path: Path) -> None:
     study_id = route(orthanc, "SITENODE", radiograph_study(tmp_path / "dx"))
     found = results(orthanc, study_id, {"SR", "SEG"})
     sr = valid(orthanc, found["SR"][0], tmp_path / "sr.dcm")
     seg = valid(orthanc, found["SEG"][0], tmp_path / "seg.dcm")
-    assert seg.SegmentationType == "FRACTIONAL"  # type: ignore[attr-defined]
+    assert seg.SegmentationType == "BINARY"  # type: ignore[attr-defined]
     assert sr.SeriesDescription.startswith("AI POSITIVE Opacity")  # type: ignore[attr-defined]
 
 

@@ -101,7 +101,7 @@ def test_three_sites_three_rounds_give_a_candidate_and_only_weights_travel(tmp_p
                              text=True, timeout=120, check=False,
                              env={"PATH": "/usr/bin:/bin", "DICOMNODE_MODELS_DIR": str(tmp_path / "models"),
                                   "DICOMNODE_DATA_DIR": str(tmp_path / "data")})
-    assert f"candidate {candidate_json.parent.name} of ct-nodule-demo 1.0.0 (3 rounds" in listing.stdout, \
+    assert f"candidate {candidate_json.parent.name} of ct-nodule-demo 1.1.0 (3 rounds" in listing.stdout, \
         listing.stdout + listing.stderr
 
 

@@ -1,7 +1,9 @@
 """Every kind of object the node writes, built from synthetic data, passes both validators.
 
 dciodvfy (dicom3tools) checks the IODs; PixelMed's DicomSRValidator checks the SR templates and their
-context groups (TID 1500 row 4 takes its code from CID 100). These run without ../shared/data.
+context groups (TID 1500 row 4 takes its code from CID 100). These run without ../shared/data. Every
+measurement group carries what OHIF's SR reader needs to draw it (tests/e2e/test_viewer.py opens them there):
+an image region at its top level, the first numeric measurement inferred from the same point, a Comment label.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from pydicom.dataset import Dataset
 from dicomnode.inference.manifest import CodeSpec, FindingSpec
 from dicomnode.inference.postprocess import components, segment_finding
 from dicomnode.inference.registry import Manifest, load_manifests
+from dicomnode.inference.result import ClassificationResult, ClassProbability
 from dicomnode.inference.volume import Volume, build_volume
+from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_headers
-from dicomnode.results.seg import build_seg
+from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from tests.support.peers import REPO, dciodvfy, sr_validator
 from tests.support.synthetic import make_radiograph, make_series
@@ -46,9 +50,11 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     volume, labels, sources, identity, seg, sr = _seg_and_sr(manifest)
     notice = build_failure_notice(sources, manifest, "model output was empty", 7)
     finding, absent = _finding_srs(manifest, volume, labels, seg, sources, identity)
+    evidence_seg, classification_sr = _classification()
     folder = tmp_path_factory.mktemp("written")
     paths = {}
-    for name, obj in (("seg", seg), ("sr", sr), ("notice", notice), ("finding_sr", finding), ("absent_sr", absent)):
+    for name, obj in (("seg", seg), ("sr", sr), ("notice", notice), ("finding_sr", finding), ("absent_sr", absent),
+                      ("evidence_seg", evidence_seg), ("classification_sr", classification_sr)):
         paths[name] = folder / f"{name}.dcm"
         obj.save_as(paths[name])
     return paths
@@ -69,13 +75,32 @@ def _finding_srs(manifest: Manifest, volume: Volume, labels: np.ndarray, seg: Da
     return present, absent
 
 
-@pytest.mark.parametrize("kind", ["seg", "sr", "notice", "finding_sr", "absent_sr"])
+def _classification() -> tuple[Dataset, Dataset]:
+    """The radiograph demo's evidence SEG (binary) and classification SR, for a DX image with a map peaking at
+    row 20, column 12."""
+    manifest: Manifest = load_manifests(REPO / "models")["cxr-demo"]
+    (spec,) = manifest.output.classes
+    source = sanitise_headers([make_radiograph(np.full((32, 32), 1000, np.uint16))])
+    heat = np.zeros((1, 32, 32), np.float32)
+    heat[0, 16:25, 8:17] = 0.6
+    heat[0, 20, 12] = 0.9
+    identity = ResultIdentity.for_job(str(source[0].SeriesInstanceUID), 1, manifest)
+    seg = build_explanation_seg(source, {spec: heat}, manifest, identity)
+    result = ClassificationResult(classes=(ClassProbability(spec, 0.88),), explanations={spec.index: heat})
+    return seg, build_classification_sr(source, result, manifest, identity, [seg], {spec.index: heat})
+
+
+SRS = ["sr", "finding_sr", "absent_sr", "classification_sr"]
+
+
+@pytest.mark.parametrize("kind", ["seg", "sr", "notice", "finding_sr", "absent_sr", "evidence_seg",
+                                  "classification_sr"])
 def test_dciodvfy_finds_no_error(written: dict[str, Path], kind: str) -> None:
     errors, _ = dciodvfy(written[kind])
     assert errors == [], f"{kind}: {errors}"
 
 
-@pytest.mark.parametrize("kind", ["sr", "notice", "finding_sr", "absent_sr"])
+@pytest.mark.parametrize("kind", ["sr", "notice", "finding_sr", "absent_sr", "classification_sr"])
 def test_pixelmed_sr_validator_finds_no_error(written: dict[str, Path], kind: str) -> None:
     errors, warnings = sr_validator(written[kind])
     print(f"\n{kind}: {len(errors)} errors, {len(warnings)} warnings from DicomSRValidator")
@@ -137,3 +162,75 @@ def test_seg_of_a_radiograph_carries_its_patient_orientation(tmp_path: Path) -> 
     assert "FrameOfReferenceUID" not in seg and list(seg.PatientOrientation) == ["L", "F"]
     seg.save_as(tmp_path / "seg.dcm")
     assert dciodvfy(tmp_path / "seg.dcm")[0] == []
+
+
+def _groups(sr: Dataset) -> list[Dataset]:
+    (measurements,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    return list(measurements.ContentSequence)
+
+
+def _code(item: Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+@pytest.mark.parametrize("kind", SRS)
+def test_every_group_is_drawn_as_ohif_draws_it(written: dict[str, Path], kind: str) -> None:
+    """Per group: an Image Region (SCOORD POINT) at its top level on a source image, the first NUM inferred
+    from the same point, and a Comment that ends with the intended use."""
+    sr = dcmread(written[kind])
+    sources = {str(ref.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+               for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    for group in _groups(sr):
+        (region,) = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+        assert _code(region) == "111030" and region.GraphicType == "POINT"  # Image Region
+        assert str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in sources
+        first = next(i for i in group.ContentSequence if i.ValueType == "NUM")
+        (inferred,) = [i for i in first.ContentSequence if i.ValueType == "SCOORD"]
+        assert inferred.RelationshipType == "INFERRED FROM"
+        assert list(inferred.GraphicData) == list(region.GraphicData)
+        (label,) = [i for i in group.ContentSequence if _code(i) == "121106"]  # Comment
+        assert label.ValueType == "TEXT" and label.TextValue.endswith(")")
+
+
+def test_labels_give_the_values(written: dict[str, Path]) -> None:
+    """The label OHIF shows carries the value: the volume in ml, the finding and its probability."""
+    (group,) = _groups(dcmread(written["sr"]))
+    (label,) = [i.TextValue for i in group.ContentSequence if _code(i) == "121106"]
+    assert label == "Brain: 0.3 ml (research use only, not for diagnostic use)"  # 5 x 6 x 6 voxels of 1.44 mm3
+    (group,) = _groups(dcmread(written["classification_sr"]))
+    (label,) = [i.TextValue for i in group.ContentSequence if _code(i) == "121106"]
+    assert label == ("Opacity (synthetic-phantom demo; not clinical) present, p = 0.88 "
+                     "(research demonstration; not for clinical use)")
+    (region,) = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+    assert list(region.GraphicData) == [12.5, 20.5]  # the map's peak (column 12, row 20), at the pixel's centre
+
+
+def test_volume_group_points_into_the_segment_on_its_fullest_slice(written: dict[str, Path]) -> None:
+    """The volume's point lies inside the segment on a slice where it is fullest, and names the SEG segment."""
+    sr, seg = dcmread(written["sr"]), dcmread(written["seg"])
+    (group,) = _groups(sr)
+    (region,) = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+    column, row = region.GraphicData
+    assert 3 <= column < 9 and 4 <= row < 10  # labels[2:7, 4:10, 3:9]
+    (source,) = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
+    assert source.ReferencedSOPSequence[0].ReferencedSegmentNumber == 1
+
+
+def test_evidence_seg_is_binary_and_placed_on_the_radiograph(written: dict[str, Path]) -> None:
+    """OHIF 3.13 displays no FRACTIONAL SEG: the evidence is the region at half the map's maximum or more, and
+    each frame of a radiograph's SEG carries a plane orientation, pixel spacing and position (OHIF cannot place
+    it without)."""
+    seg = dcmread(written["evidence_seg"])
+    assert seg.SegmentationType == "BINARY"
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert "PlaneOrientationSequence" in shared and "PixelMeasuresSequence" in shared
+    assert all("PlanePositionSequence" in frame for frame in seg.PerFrameFunctionalGroupsSequence)
+    mask = seg.pixel_array
+    assert mask.sum() == 9 * 9 and mask[16:25, 8:17].all()  # 0.6 and 0.9 are >= 0.45: the whole patch
+
+
+def test_notice_says_why_in_its_series_description(written: dict[str, Path]) -> None:
+    """The worklist and OHIF's study browser show the series description: it carries the reason."""
+    notice = dcmread(written["notice"])
+    assert notice.SeriesDescription == "AI result not available (deepbet): model output was empty"

@@ -41,6 +41,14 @@ def test_dirty_headers_still_give_valid_objects(shared_data: Path, tmp_path: Pat
         assert errors == [], f"{name}: {errors}"
     sr_errors, _ = sr_validator(tmp_path / "sr.dcm")
     assert sr_errors == [], sr_errors
+    # the volume is drawn on a source image that holds the segment (where OHIF shows it)
+    (measurements,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    (group,) = measurements.ContentSequence
+    (region,) = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+    uid = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    (index,) = [k for k, ds in enumerate(volume.datasets) if ds.SOPInstanceUID == uid]
+    column, row = region.GraphicData
+    assert labels[index].any() and 0 <= column < labels.shape[2] and 0 <= row < labels.shape[1]
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
     assert seg.PatientID == datasets[0].PatientID.strip("\x00 ")
 

@@ -18,12 +18,17 @@ from dicomnode.jobs.models import Instance, Job, Series, Study
 from dicomnode.jobs.repository import claim, transition
 from dicomnode.jobs.status import JobStatus, StudyState
 from dicomnode.settings import Rule, Settings
-from dicomnode.store.completion import SeriesPlan, _apply
+from dicomnode.store.completion import InstalledModels, SeriesPlan, _apply
 from dicomnode.store.index import InstanceMeta, record_instance
 from dicomnode.store.retention import purge
 from dicomnode.store.spool import spool_path
 from tests.conftest import make_settings
 from tests.support.peers import REPO
+
+
+def _usable(headers: object) -> None:
+    """Every series is usable here: these tests route by hand."""
+
 
 
 def ingest_and_finish(settings: Settings, sessions: sessionmaker[Session], study: str, final: JobStatus) -> None:
@@ -41,7 +46,7 @@ def ingest_and_finish(settings: Settings, sessions: sessionmaker[Session], study
         row = session.scalars(select(Study).where(Study.study_uid == study)).one()
         series = session.scalars(select(Series).where(Series.study_id == row.id)).one()
         _apply(session, row, [SeriesPlan(series.id, [Rule(name="r", model="deepbet")], "matched")],
-               {m.id: m.version for m in load_manifests(REPO / "models").values()}, 3)
+               InstalledModels({m.id: m.version for m in load_manifests(REPO / "models").values()}, _usable), 3)
     job = claim(sessions, "w", 60)
     assert job is not None
     results = settings.results_dir / f"job-{job.id}"

@@ -170,7 +170,7 @@ def test_one_round_two_site_federation(installed: Installed, workdir: Path,
     assert [p.returncode for p in processes] == [0] * (1 + len(sites)), logs
 
     (candidate_json,) = model_dir.glob("candidates/*/candidate.json")
-    assert f"candidate {candidate_json.parent.name} of ct-nodule-demo 1.0.0:" in (workdir / "server.log").read_text()
+    assert f"candidate {candidate_json.parent.name} of ct-nodule-demo 1.1.0:" in (workdir / "server.log").read_text()
     candidate = json.loads(candidate_json.read_text())
     assert [sorted(r["sites"]) for r in candidate["rounds"]] == [[s.name for s in sites]]
     assert (candidate_json.parent / "model.onnx").is_file()

@@ -36,6 +36,7 @@ EXPECTED = {
     AuditEvent.USER_LOGIN: ("110114", "110122", {"110150"}),
     AuditEvent.USER_LOGOUT: ("110114", "110123", {"110150"}),
     AuditEvent.AUDIT_EXPORTED: ("110101", None, {"110150"}),
+    AuditEvent.QUERY: ("110112", None, {"110153", "110152"}),
 }
 STUDY_EVENTS = {AuditEvent.BEGIN_TRANSFER_IN, AuditEvent.STUDY_RECEIVED, AuditEvent.BEGIN_TRANSFER_OUT,
                 AuditEvent.RESULT_SENT, AuditEvent.RESULT_SEND_FAILED, AuditEvent.INSTANCES_ACCESSED,
@@ -148,3 +149,17 @@ def test_a_person_is_named_with_the_address_they_came_from(event: AuditEvent) ->
     person = check(xml).find("ActiveParticipant")
     assert person is not None
     assert (person.get("UserID"), person.get("NetworkAccessPointID")) == ("admin", "127.0.0.1")
+
+
+def test_a_query_carries_the_identifier_as_the_peer_saw_it() -> None:
+    """DICOM Query (PS3.15 A.5.3.12): the node asks (source), the peer answers; the SOP Class queried with
+    the identifier, base64, as ParticipantObjectQuery (dicomnode.query)."""
+    query = row(AuditEvent.QUERY, "minor_failure")
+    query.detail = json.dumps({"sop_class": "1.2.840.10008.5.1.4.1.2.2.1", "query": "CAACAAAAAAA=",
+                               "reason": "ORTHANC refused the C-FIND"})
+    root = check(audit_message(query, SOURCE) or "")
+    sop = next(o for o in root.iterfind("ParticipantObjectIdentification") if o.get("ParticipantObjectTypeCode") == "2"
+               and codes(o, "ParticipantObjectIDTypeCode") == ["110181"])
+    assert sop.get("ParticipantObjectID") == "1.2.840.10008.5.1.4.1.2.2.1"
+    assert sop.findtext("ParticipantObjectQuery") == "CAACAAAAAAA="
+    assert root.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]

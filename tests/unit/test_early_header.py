@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from dicomnode.receive.dataphase import early
 from dicomnode.receive.dataphase.native import _file_meta
 from dicomnode.store.ingest import read_meta
+from dicomnode.store.part10 import DEFER_BYTES
 from tests.support.synthetic import make_series
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -39,7 +40,7 @@ def test_the_early_header_is_the_whole_files(tmp_path: Path, syntax: str) -> Non
     meta, data, path = _file(tmp_path, ds, syntax)
     parsed = early.parse_prefix(meta, data[:early.PREFIX_BYTES], syntax)
     assert parsed is not None and parsed.error is None
-    assert early.finish(path, parsed) == read_meta(dcmread(path, defer_size=early.DEFER_BYTES), syntax)
+    assert early.finish(path, parsed) == read_meta(dcmread(path, defer_size=DEFER_BYTES), syntax)
 
 
 def test_a_prefix_ending_inside_the_header_gives_no_early_parse(tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def test_garbage_after_the_pixel_data_is_still_refused_at_the_end(tmp_path: Path
     parsed = early.parse_prefix(meta, data[:early.PREFIX_BYTES], EXPLICIT)
     assert parsed is not None
     with pytest.raises(Exception):  # noqa: B017 (whatever pydicom raises for the whole file)
-        dcmread(path, defer_size=early.DEFER_BYTES)
+        dcmread(path, defer_size=DEFER_BYTES)
     with pytest.raises(Exception):  # noqa: B017
         early.finish(path, parsed)
 
@@ -87,6 +88,6 @@ def test_a_value_that_does_not_decode_is_raised_once_the_rest_parsed(tmp_path: P
     parsed = early.parse_prefix(meta, data[:early.PREFIX_BYTES], EXPLICIT)
     assert parsed is not None and parsed.meta is None
     with pytest.raises(NotImplementedError, match="QQ"):
-        read_meta(dcmread(path, defer_size=early.DEFER_BYTES), EXPLICIT)
+        read_meta(dcmread(path, defer_size=DEFER_BYTES), EXPLICIT)
     with pytest.raises(NotImplementedError, match="QQ"):
         early.finish(path, parsed, len(meta) + len(data))

@@ -22,6 +22,7 @@ from dicomnode.receive.dataphase.elements import walk
 from dicomnode.receive.dataphase.native import _file_meta
 from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import META_KEYWORDS, read_meta
+from dicomnode.store.part10 import DEFER_BYTES
 from tests.support.synthetic import make_series
 
 EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
@@ -76,7 +77,7 @@ def _whole_file(tmp_path: Path, meta: bytes, data: bytes, syntax: str) -> Instan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns, and reads on
         try:
-            ds = dcmread(path, defer_size=early.DEFER_BYTES)
+            ds = dcmread(path, defer_size=DEFER_BYTES)
         except Exception:
             return "the file does not parse"
         try:

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from dicomnode.receive.limits import InflationLimit, inflate_bounded
+from dicomnode.store.part10 import InflationLimit, inflate_bounded
 
 
 def deflate(data: bytes) -> bytes:

@@ -137,8 +137,8 @@ def documented() -> dict[str, dict[str, str]]:
 
 def test_the_walk_finds_every_section() -> None:
     assert set(EXPECTED) == {TOP, "[[files]]", "[default_rule]", "[remote]", "[input]", "[input.intensity]",
-                             "[input.tiling]", "[output]", "[[output.labels]]", "[[output.classes]]",
-                             "[output.explanation]", "[output.finding]", CODE}
+                             "[input.tiling]", "[input.priors]", "[output]", "[[output.labels]]", "[[output.classes]]",
+                             "[output.explanation]", "[output.finding]", "[reference]", CODE}
 
 
 @pytest.mark.parametrize("section", sorted(EXPECTED))

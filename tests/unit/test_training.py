@@ -110,30 +110,57 @@ def _validate_with_the_engine(model_id: str) -> None:
             manifest.resolve(file)
 
 
-def test_shipped_radiograph_classifier_on_fresh_phantoms() -> None:
-    from training.train_cxr import SIZE, THRESHOLD, zscore
+def _cxr_scores(draw: Any, seeds: range) -> tuple[np.ndarray, np.ndarray, float]:
+    """The shipped classifier's probabilities on ``draw``'s radiographs (128 x 128, prepared as the engine
+    prepares them: z-score, then resized to 64 x 64), the truth, and the manifest's threshold."""
+    from training.train_cxr import PHANTOM_SHAPE, SIZE, prepare
 
     manifest, session = _shipped("cxr-demo")
     _validate_with_the_engine("cxr-demo")
     assert manifest["input"]["size"] == list(SIZE) and manifest["output"]["activation"] == "sigmoid"
-    # 200 as the acceptance says (40 gave AUC 0.93: too few for a 0.95 bound); 64 x 64 phantoms take ~2 s
-    phantoms = [radiograph(TEST_SEED_BASE + i, SIZE) for i in range(200)]
-    x = np.stack([zscore(p.image) for p in phantoms])[:, None]
+    phantoms = [draw(s, PHANTOM_SHAPE) for s in seeds]
+    x = np.stack([prepare(p.image) for p in phantoms])[:, None]
     logits = session.run(None, {session.get_inputs()[0].name: x})[0][:, 0]
-    scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
-    truth = np.array([p.finding for p in phantoms])
+    (spec,) = manifest["output"]["classes"]
+    return 1 / (1 + np.exp(-logits.astype(np.float64))), np.array([p.finding for p in phantoms]), spec["threshold"]
+
+
+def test_shipped_radiograph_classifier_on_fresh_phantoms() -> None:
+    # 200 as the acceptance says (40 gave AUC 0.93: too few for a 0.95 bound)
+    scores, truth, threshold = _cxr_scores(radiograph, range(TEST_SEED_BASE, TEST_SEED_BASE + 200))
     assert 70 <= truth.sum() <= 130
     assert auc(scores, truth) >= 0.95
-    assert ((scores >= THRESHOLD) == truth).mean() >= 0.9
+    assert ((scores >= threshold) == truth).mean() >= 0.9
 
 
-def _ct_figures() -> tuple[float, float]:
-    """Mean Dice (volumes with nodules) and finding accuracy of the shipped CT model on 10 test phantoms.
+# Issue 26's out-of-generator targets are not met yet (training/README.md, "Out of generator"): strict, so
+# that the marker must go the day a shipped model meets them.
+NOT_YET = pytest.mark.xfail(strict=True, raises=AssertionError,
+                            reason="issue 26: the shipped model does not hold on the independent family yet "
+                                   "(figures in training/README.md)")
 
-    With the manifest's rule, as the engine applies it: the voxel threshold, then connected components of
-    at least ``min_component_mm3``; "nodule present" when one is kept (both chosen on validation seeds).
-    """
-    from training.train_ct import SPACING, kept_components, normalise
+
+@NOT_YET
+def test_shipped_radiograph_classifier_on_the_independent_family() -> None:
+    """Issue 26: on radiographs of a generator it never saw (training/independent.py, fresh test seeds),
+    AUC >= 0.95 and specificity >= 0.9 at the shipped threshold."""
+    from training import independent
+
+    first = independent.TEST_SEED_BASE + 5_000  # beyond the 200 test seeds that train_cxr.py reports
+    scores, truth, threshold = _cxr_scores(independent.radiograph, range(first, first + 120))
+    assert 30 <= truth.sum() <= 90
+    assert auc(scores, truth) >= 0.95
+    assert ((scores < threshold) & ~truth).sum() / (~truth).sum() >= 0.9
+
+
+def _ct_figures(draw: Any = ct_chest, first: int = TEST_SEED_BASE, n: int = 10,
+                balanced: bool = False) -> dict[str, Any]:
+    """The shipped CT model's figures on ``n`` volumes of ``draw`` from seed ``first`` (training.train_ct.figures:
+    mean Dice, nodules found, false components, finding accuracy), with the manifest's rule as the engine
+    applies it: the voxel threshold, then connected components of at least ``min_component_mm3``; "nodule
+    present" when one is kept (both chosen on validation seeds)."""
+    from dicomnode.fl.network import SPACING, normalise
+    from training.train_ct import figures
 
     manifest, session = _shipped("ct-nodule-demo")
     _validate_with_the_engine("ct-nodule-demo")
@@ -141,20 +168,31 @@ def _ct_figures() -> tuple[float, float]:
     (label,) = manifest["output"]["labels"]
     threshold, minimum = label["threshold"], manifest["output"]["min_component_mm3"]
     assert manifest["output"]["finding"]["threshold"] == threshold  # present <=> a kept component
-    dices, correct = [], []
-    for i in range(10):
-        phantom = ct_chest(TEST_SEED_BASE + i, (64, 64, 64), SPACING)
+    predicted = []
+    for i in range(n):
+        phantom = draw(first + i, (64, 64, 64), SPACING, nodules=i % 4 if balanced else None)
         logits = session.run(None, {session.get_inputs()[0].name: normalise(phantom.hu)[None, None]})[0][0, 0]
-        mask = kept_components(1 / (1 + np.exp(-logits.astype(np.float64))), threshold, minimum)
-        if phantom.count:
-            dices.append(dice(mask, phantom.nodules))
-        correct.append(bool(mask.any()) == (phantom.count > 0))
-    assert len(dices) >= 5 and len(dices) < 10  # both kinds of volume are in the sample
-    return float(np.mean(dices)), float(np.mean(correct))
+        predicted.append((1 / (1 + np.exp(-logits.astype(np.float64))), phantom.nodules.astype(bool)))
+    out: dict[str, Any] = figures(predicted, threshold, minimum)
+    return out
 
 
 def test_shipped_ct_nodule_segmenter_on_fresh_phantoms() -> None:
-    """The issue's bar on fresh seeds: Dice >= 0.8 and finding accuracy >= 0.9."""
-    mean_dice, accuracy = _ct_figures()
-    assert mean_dice >= 0.8
-    assert accuracy >= 0.9
+    """The bar on fresh seeds of training/phantoms.py: Dice >= 0.8 and finding accuracy >= 0.9."""
+    figures = _ct_figures()
+    assert 5 <= figures["with_nodules"] < 10  # both kinds of volume are in the sample
+    assert figures["dice_mean"] >= 0.8
+    assert figures["finding_accuracy"] >= 0.9
+
+
+@NOT_YET
+def test_shipped_ct_nodule_segmenter_on_the_independent_family() -> None:
+    """Issue 26: on chest CTs of a generator it never saw (training/independent.py, fresh test seeds; 0-3
+    nodules in turn): Dice >= 0.7, every nodule found, no false component on >= 90 % of clean studies."""
+    from training import independent
+
+    figures = _ct_figures(independent.ct_chest, independent.TEST_SEED_BASE + 5_000, 12, balanced=True)
+    assert figures["clean"] == 3 and figures["nodules"] >= 15
+    assert figures["dice_mean"] >= 0.7
+    assert figures["nodules_found"] == figures["nodules"]
+    assert figures["clean_without_component_fraction"] >= 0.9

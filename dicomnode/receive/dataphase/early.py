@@ -49,10 +49,10 @@ from dicomnode.log import lenient_reading
 from dicomnode.receive.dataphase.elements import PIXEL_TAGS, walk
 from dicomnode.store.index import InstanceMeta
 from dicomnode.store.ingest import META_KEYWORDS, Attributes, read_meta
+from dicomnode.store.part10 import DEFER_BYTES
 from dicomnode.store.validity import IMAGE_TAGS, Refusal, file_refusal, rest_refusal
 
 PREFIX_BYTES = 64 * 1024
-DEFER_BYTES = 64 * 1024  # values longer than this (pixel data) are skipped by a seek, never read
 _TAG = struct.Struct("<HH")  # little endian group, element
 _KEYWORD_TAGS = {keyword: BaseTag(tag_for_keyword(keyword) or 0) for keyword in META_KEYWORDS}
 _META_TAGS = frozenset(int(tag) for tag in _KEYWORD_TAGS.values())

@@ -1,9 +1,11 @@
-"""Receipts counted per association and study, for one audit row each when the association ends.
+"""Receipts counted per association (C-STORE) or request (STOW-RS) and study, for one audit row each when
+the association or request ends.
 
 The audit rules allow one "DICOM Instances Transferred" per study and association: the trail gets one
-``instances_received`` row per (association, study) with the instance count, the re-sends that changed
-nothing and the SOP classes, instead of a row per instance. Each instance's own row in the database
-(calling AE, time, SHA-256) is committed before its 0x0000, and refusals stay audited one by one.
+``instances_received`` row per (association or request, study) with the instance count, the re-sends
+that changed nothing and the SOP classes, instead of a row per instance. Each instance's own row in the
+database (calling AE, time, SHA-256) is committed before its 0x0000; refusals are audited per burst
+(:mod:`dicomnode.store.landing`).
 """
 
 from __future__ import annotations
@@ -25,29 +27,32 @@ class StudyReceipts:
     patient_name: str
     calling_ae: str
     address: str
+    transport: str
     instances: int = 0
     unchanged: int = 0
     sop_classes: Counter[str] = field(default_factory=Counter)
 
 
 class Tally:
-    """Thread-safe counts keyed by association; :meth:`close` hands an association's counts over once."""
+    """Thread-safe counts keyed by association or request (any object, by identity); :meth:`close` hands
+    its counts over once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[int, dict[str, StudyReceipts]] = {}
 
-    def add(self, assoc: Any, meta: InstanceMeta, calling_ae: str, address: str, *, changed: bool) -> None:
+    def add(self, key: Any, meta: InstanceMeta, calling_ae: str, address: str, transport: str, *,
+            changed: bool) -> None:
         with self._lock:
-            studies = self._counts.setdefault(id(assoc), {})
+            studies = self._counts.setdefault(id(key), {})
             receipts = studies.get(meta.study_uid)
             if receipts is None:
                 receipts = studies[meta.study_uid] = StudyReceipts(
-                    meta.study_uid, meta.patient_id, meta.patient_name, calling_ae, address)
+                    meta.study_uid, meta.patient_id, meta.patient_name, calling_ae, address, transport)
             receipts.instances += 1
             receipts.unchanged += 0 if changed else 1
             receipts.sop_classes[meta.sop_class_uid] += 1
 
-    def close(self, assoc: Any) -> list[StudyReceipts]:
+    def close(self, key: Any) -> list[StudyReceipts]:
         with self._lock:
-            return list(self._counts.pop(id(assoc), {}).values())
+            return list(self._counts.pop(id(key), {}).values())

@@ -1,0 +1,93 @@
+"""README promises that no other test held to their stated value, against the node's real doors on loopback
+(docs/testing.md, "Promises and the tests that keep them")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.admin import app
+from dicomnode.admin.auth import hash_password
+from dicomnode.admin.throttle import LoginThrottle
+from dicomnode.audit.events import AuditEvent
+from dicomnode.audit.trail import record, verify
+from dicomnode.db import session_scope
+from dicomnode.settings import AdminUser, Settings
+from tests.conftest import make_settings
+from tests.integration.conftest import StartScp
+from tests.support.admin import admin_server, call, exchange
+from tests.support.net import free_port
+from tests.support.tamper import tamper
+
+USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 65536])
+def test_the_scp_announces_max_pdu_bytes(start_scp_with: StartScp, max_pdu: int) -> None:
+    """README, Limits: `max_pdu_bytes`: the largest PDU the node takes, announced in its A-ASSOCIATE-AC."""
+    scp = start_scp_with(max_pdu_bytes=max_pdu)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE", max_pdu=0)
+    assert assoc.is_established
+    try:
+        assert assoc.acceptor.maximum_length == max_pdu
+        assert int(assoc.send_c_echo().Status) == 0x0000
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def admin(settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The admin API, its login throttle's clock stopped: no delay runs out however slowly a loaded machine
+    answers (as in test_admin_limits)."""
+    monkeypatch.setattr(app, "LoginThrottle", partial(LoginThrottle, clock=lambda: 1000.0))
+    configured = make_settings(settings.data_dir, admin_port=free_port(), min_free_disk_mb=1, admin_users=USERS,
+                               admin_login_free_failures=2, admin_login_max_delay_seconds=30.0)
+    with admin_server(configured, sessions) as url:
+        yield url
+
+
+def test_a_throttled_login_gets_429_with_retry_after(admin: str) -> None:
+    """README, Admin API limits: after `admin_login_free_failures` failures, further tries "get 429 with
+    Retry-After before then, without any password check"."""
+    answers = [call(admin, "POST", "/api/login", {"user": "it", "password": "wrong"})[0] for _ in range(2)]
+    assert answers == [401, 401]  # the free failures: checked, and wrong
+    body = b'{"user": "it", "password": "s3cret-pass"}'  # the right password, unchecked while throttled
+    answer = exchange(admin, "POST", "/api/login", {"Content-Type": "application/json"}, body)
+    assert answer.status == 429, answer.text
+    retry_after = answer.header("Retry-After")
+    assert retry_after is not None and retry_after.isdigit()
+    assert int(retry_after) in (1, 2)  # the first delay, 1 s, in whole seconds rounded up
+
+
+# every column a row's content is made of, and an edit of it (the hash and prev_hash are the chain itself)
+EDITS = {
+    "at": "at = '2001-02-03 04:05:06.000000'",
+    "event": "event = 'job_succeeded'",
+    "outcome": "outcome = '12'",
+    "actor": "actor = 'SOMEONE'",
+    "study_uid": "study_uid = '1.2.999'",
+    "patient_id": "patient_id = 'OTHER-ID'",
+    "patient_name": "patient_name = 'SOMEONE^ELSE'",
+    "detail": "detail = '{\"index\": 99}'",
+}
+
+
+@pytest.mark.parametrize("column", sorted(EDITS))
+def test_an_edit_of_any_column_of_a_row_is_found(sessions: sessionmaker[Session], column: str) -> None:
+    """README, Audit: "each row carries SHA-256 over its content and the previous row's hash ... `dicomnode
+    audit verify` ... names the first bad row when a row was edited": every column is content."""
+    for i in range(4):
+        with session_scope(sessions) as session:
+            record(session, AuditEvent.INSTANCE_RECEIVED, actor="PACS", study_uid="1.2.3", patient_id="P1",
+                   patient_name="DOE^JANE", index=i)
+    assert verify(sessions).ok
+    tamper(sessions, f"UPDATE audit SET {EDITS[column]} WHERE id = 3")
+    result = verify(sessions)
+    assert (result.ok, result.first_bad_id) == (False, 3), column
