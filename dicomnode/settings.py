@@ -89,7 +89,7 @@ class Peer(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=104, ge=1, le=65535)
     tls: bool = False  # connect to this peer with DICOM TLS (as SCU)
-    explanation: Literal["seg", "sc"] = "seg"  # a classifier's evidence map: binary SEG of its region, or SC colour overlay
+    explanation: Literal["seg", "sc"] = "seg"  # a classifier's evidence map: binary SEG of its region, or SC
     # mutual TLS bound to identity: a peer naming either may call in only over TLS with that client
     # certificate (subject CN, exactly; SHA-256 of the DER certificate, hex, colons optional)
     tls_subject_cn: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,64}$")

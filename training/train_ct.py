@@ -241,7 +241,8 @@ intended_use = """
 of a chest CT, trained only on procedural phantoms drawn by training/phantoms.py and the
 domain-randomised training/domain.py (vessels, their branchings, rib ends and vertebrae are the
 distractors). It demonstrates the node's segmentation path (SEG and volumes); its output says nothing
-about a real patient. Inputs far from its training inputs ([reference]) are flagged, and no finding is reported for them.
+about a real patient. Inputs far from its training inputs ([reference]) are flagged, and no finding
+is reported for them.
 """
 
 [[files]]
