@@ -121,6 +121,17 @@ def label_text(label: str, change: Change, prior_date: dt.date) -> str:
             f"{change.per_cent_per_year:+.2f} %/year) since {prior_date:%Y-%m-%d} ({change.prior_ml:.1f} ml)")
 
 
+def _group(uid: str, identifier: str, time_point: str, kind: hd.sr.CodedConcept, manifest: Manifest,
+           image: Dataset, measurements: list[hd.sr.Measurement]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group at ``time_point`` measured on ``image`` (the prior's or the current study's)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier[:64]),
+        time_point_context=hd.sr.TimePointContext(time_point=time_point),
+        finding_type=kind, algorithm_id=_algorithm(manifest),
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
+        measurements=measurements)
+
+
 def groups(comparison: Comparison, volumes_ml: dict[int, float], current: Sequence[Dataset], manifest: Manifest,
            identity: ResultIdentity) -> Groups:
     """The two groups per segment (module docstring); none without a prior."""
@@ -133,27 +144,19 @@ def groups(comparison: Comparison, volumes_ml: dict[int, float], current: Sequen
         change = comparison.change(label.number, volumes_ml[label.number])
         assert change is not None
         kind = hd.sr.CodedConcept(label.type.value, label.type.scheme, label.type.meaning)
-        at_prior = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=identity.uid("prior", prior.series_uid, str(label.number)),
-                identifier=f"{label.label} at prior {prior.study_date:%Y-%m-%d}"[:64]),
-            time_point_context=hd.sr.TimePointContext(time_point=f"prior {prior.study_date:%Y-%m-%d}"),
-            finding_type=kind, algorithm_id=_algorithm(manifest),
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(prior.image)],
-            measurements=[_measurement(VOLUME, change.prior_ml, MILLILITER, manifest, there)])
+        at_prior = _group(identity.uid("prior", prior.series_uid, str(label.number)),
+                          f"{label.label} at prior {prior.study_date:%Y-%m-%d}", f"prior {prior.study_date:%Y-%m-%d}",
+                          kind, manifest, prior.image,
+                          [_measurement(VOLUME, change.prior_ml, MILLILITER, manifest, there)])
         out.append(displayed(at_prior, there, f"{label.label} at the prior study ({prior.study_date:%Y-%m-%d}): "
                                               f"{change.prior_ml:.1f} ml"))
-        since = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=identity.uid("change", prior.series_uid, str(label.number)),
-                identifier=f"{label.label} change since {prior.study_date:%Y-%m-%d}"[:64]),
-            time_point_context=hd.sr.TimePointContext(time_point=f"current {comparison.current_date:%Y-%m-%d}"),
-            finding_type=kind, algorithm_id=_algorithm(manifest),
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(here.image)],
-            measurements=[_measurement(VOLUME, change.now_ml, MILLILITER, manifest, here),
-                          _measurement(VOLUME_CHANGE, change.ml, MILLILITER, manifest),
-                          _measurement(FRACTIONAL_CHANGE, change.per_cent, PERCENT, manifest),
-                          _measurement(ANNUALISED_CHANGE, change.per_cent_per_year, PERCENT_PER_YEAR, manifest)])
+        since = _group(identity.uid("change", prior.series_uid, str(label.number)),
+                       f"{label.label} change since {prior.study_date:%Y-%m-%d}",
+                       f"current {comparison.current_date:%Y-%m-%d}", kind, manifest, here.image,
+                       [_measurement(VOLUME, change.now_ml, MILLILITER, manifest, here),
+                        _measurement(VOLUME_CHANGE, change.ml, MILLILITER, manifest),
+                        _measurement(FRACTIONAL_CHANGE, change.per_cent, PERCENT, manifest),
+                        _measurement(ANNUALISED_CHANGE, change.per_cent_per_year, PERCENT_PER_YEAR, manifest)])
         out.append(displayed(since, here, label_text(label.label, change, prior.study_date)))
     return out
 
