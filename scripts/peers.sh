@@ -11,6 +11,7 @@ command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 [ -f /usr/share/java/pixelmed.jar ] && command -v java >/dev/null || missing+=(pixelmed-apps)  # DicomSRValidator
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)  # throwaway certificates for the TLS tests
+command -v ss >/dev/null || missing+=(iproute2)  # listen backlogs (tests/support/net.py)
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # the web console's browser tests (driven by playwright)
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # verifies the units in systemd/
 if [ ${#missing[@]} -gt 0 ]; then

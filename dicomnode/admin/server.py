@@ -209,7 +209,7 @@ def start_server(app: Any, settings: Settings) -> AdminServer:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.admin_host, settings.admin_port))
-    sock.listen(128)
+    sock.listen(socket.SOMAXCONN)  # as the DICOM listener: a burst of connections is not dropped
     sock.setblocking(False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dicomnode-admin", daemon=True)

@@ -149,6 +149,11 @@ class GuardedServer(ThreadedAssociationServer):
     """A :class:`ThreadedAssociationServer` whose accept loop never waits on a client, and whose
     associations start only once their A-ASSOCIATE-RQ has arrived whole."""
 
+    # socketserver's listen backlog is 5: a burst of connections (a PACS opening several associations, idle
+    # scanners) overflows it while the accept loop is busy, and the kernel drops the next SYN, which the
+    # client retries only after a second. The kernel's own cap (net.core.somaxconn) bounds this one.
+    request_queue_size = socket.SOMAXCONN
+
     def __init__(self, *args: Any, first_pdu_timeout: float, max_request_bytes: int, share_port: bool = False,
                  on_silent: Callable[[str], None] = lambda address: None,
                  on_oversized: Callable[[str, int], None] = lambda address, size: None, **kwargs: Any) -> None:

@@ -27,7 +27,7 @@ from dicomnode.db import session_scope
 from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.support.admin import admin_server, call, console_login, exchange, login
-from tests.support.net import free_port
+from tests.support.net import free_port, listen_backlog
 from tests.support.tamper import tamper
 
 USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
@@ -157,3 +157,8 @@ def test_console_audit_page_without_an_anchor_says_it_is_unchecked(serve: Serve,
     assert not Path(settings.anchor_path).exists()
     page = exchange(base, "GET", "/ui/audit", cookie)
     assert "no anchor checkpoint yet" in page.text and "removed newest rows would not show" in page.text
+
+
+def test_a_burst_of_connections_is_queued_not_dropped(serve: Serve) -> None:
+    # as the DICOM listener (tests/integration/test_stall.py): the kernel's accept queue is not socketserver's 5
+    assert listen_backlog(int(serve().rsplit(":", 1)[1])) >= 128

@@ -29,7 +29,7 @@ from dicomnode.jobs.models import Instance
 from dicomnode.receive.incoming import INCOMING
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert
-from tests.support.net import free_port, wait_for
+from tests.support.net import free_port, listen_backlog, wait_for
 from tests.support.spooled import spool_entries
 from tests.support.synthetic import make_series
 
@@ -128,6 +128,16 @@ def test_a_silent_tls_client_stalls_nobody(start_scp_with: StartScp, pki: dict[s
         assert all(closed_by_peer(s, timeout=10) for s in silent)
         assert time.monotonic() - started < 5  # cut off after tls_handshake_timeout_seconds (2 s)
     assert_no_stall(port, taken, limit, client)
+
+
+def test_a_burst_of_connections_is_queued_not_dropped(start_scp_with: StartScp, pki: dict[str, KeyPair]) -> None:
+    # with socketserver's backlog of 5, ten connections opened while the accept loop was busy overflowed the
+    # queue and the kernel dropped the next SYN: the known modality's store waited a second for its retry
+    scp = start_scp_with(tls_port=free_port(), tls_cert_file=pki["node"].cert, tls_key_file=pki["node"].key,
+                         tls_ca_file=pki["ca"].cert)
+    assert scp.settings.tls_port is not None
+    for port in (scp.port, scp.settings.tls_port):
+        assert listen_backlog(port) >= 128, port
 
 
 def test_idle_connections_take_no_association_slot(start_scp_with: StartScp) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -61,3 +62,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def listen_backlog(port: int) -> int:
+    """The accept queue length the kernel gives the socket listening on loopback ``port`` (the Send-Q column
+    of ``ss`` for a listening socket; iproute2, installed with the peers)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    assert rows, f"nothing listens on port {port}"
+    return int(rows[0][2])
