@@ -68,6 +68,7 @@ class Node:
     admin: AdminServer | None
     listener: Listener | None = None
     bursts: BurstAuditor | None = None
+    counts: PacsCounts | None = None
 
     def stop(self) -> None:
         for server in self.servers:
@@ -76,6 +77,8 @@ class Node:
             self.admin.shutdown()
             self.admin.server_close()
         self.scheduler.shutdown(wait=True)
+        if self.counts is not None:  # after the sweep that hands it questions; one in flight is abandoned
+            self.counts.stop()
         if self.listener is not None:
             self.listener.stop()
         if self.worker is not None:
@@ -177,8 +180,9 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     servers = start_scp(ReceiveContext(settings=settings, sessions=sessions, bursts=bursts,
                                        landing=landing)) if receive else []
     scheduler = BackgroundScheduler()
+    counts = PacsCounts(settings, sessions)
     scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
-                      args=[ctx, roles, wake, HeaderCache(), bursts, PacsCounts(settings, sessions)],
+                      args=[ctx, roles, wake, HeaderCache(), bursts, counts],
                       max_instances=1, coalesce=True, id="sweep")
     if receive:
         scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx, forwarder],
@@ -211,7 +215,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
                                          tls_port=(settings.tls_port if receive else None) or "off",
                                          models=",".join(sorted(registry.manifests))))
     return Node(settings=settings, servers=servers, scheduler=scheduler, worker=worker, ctx=ctx,
-                forwarder=forwarder, admin=admin, listener=listener, bursts=bursts)
+                forwarder=forwarder, admin=admin, listener=listener, bursts=bursts, counts=counts)
 
 
 def _stop_on_signal() -> threading.Event:
