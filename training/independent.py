@@ -458,12 +458,15 @@ def _lung_field(air: Array) -> Array:
     return result
 
 
-def radiograph(seed: int, shape: tuple[int, int] = (128, 128), finding: bool | None = None) -> Radiograph:
+def radiograph(seed: int, shape: tuple[int, int] = (128, 128), finding: bool | None = None,
+               noise: int | None = None) -> Radiograph:
     """Draw a frontal chest radiograph for ``seed``.
 
     ``finding`` None lets the seed decide (about half are positive). The anatomy, acquisition and noise of a
     seed are the same whether or not a finding is drawn, so a seed gives a matched positive/negative pair.
-    The anatomy is drawn at a scale, position and rotation of its own, whatever ``shape`` is.
+    The anatomy is drawn at a scale, position and rotation of its own, whatever ``shape`` is. ``noise`` (added
+    after the family was written, for ``training/ceiling.py``) draws the same patient and acquisition with
+    another noise realisation.
     """
     f, attenuation, air, acquisition = _draw(seed, shape)
     chance = _rng(seed, _FINDING)
@@ -474,7 +477,7 @@ def radiograph(seed: int, shape: tuple[int, int] = (128, 128), finding: bool | N
     if positive:
         added, mask = _opacity(f, lungs, air, chance)
         attenuation = attenuation + _MU_TISSUE * added
-    image = _expose(attenuation, acquisition, _rng(seed, _NOISE))
+    image = _expose(attenuation, acquisition, _rng(seed if noise is None else noise, _NOISE))
     return Radiograph(image=image.astype(np.float32), finding=positive, opacity=mask)
 
 

@@ -18,6 +18,16 @@ def test_radiograph_is_deterministic_per_seed() -> None:
     assert not np.array_equal(a.image, other.image)
 
 
+def test_another_noise_draw_is_the_same_patient_and_opacity() -> None:
+    # what training/ceiling.py measures the ideal observer with: only the noise may differ
+    a, same, other = radiograph(11, finding=True), radiograph(11, finding=True, noise=11), radiograph(
+        11, finding=True, noise=12)
+    assert np.array_equal(a.image, same.image)
+    assert np.array_equal(a.opacity, other.opacity) and not np.array_equal(a.image, other.image)
+    difference = a.image - other.image  # noise: zero mean, far smaller than the picture's contrast
+    assert abs(float(difference.mean())) < 0.1 * float(difference.std()) < 0.1 * float(np.ptp(a.image))
+
+
 @pytest.mark.parametrize("shape", [(128, 128), (96, 160)])
 def test_radiograph_shapes_and_types(shape: tuple[int, int]) -> None:
     for finding in (True, False):
