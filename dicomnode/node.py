@@ -182,7 +182,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
     scheduler = BackgroundScheduler()
     counts = PacsCounts(settings, sessions)
     scheduler.add_job(_maintenance, "interval", seconds=settings.sweep_interval_seconds,
-                      args=[ctx, roles, wake, HeaderCache(), bursts, counts],
+                      args=[ctx, roles, wake, HeaderCache(settings.max_inflated_bytes), bursts, counts],
                       max_instances=1, coalesce=True, id="sweep")
     if receive:
         scheduler.add_job(_anchor, "interval", seconds=settings.audit_anchor_seconds, args=[ctx, forwarder],

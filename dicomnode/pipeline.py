@@ -48,6 +48,7 @@ from dicomnode.results.sr import build_sr, segment_volumes_ml
 from dicomnode.send.deliver import deliver_results
 from dicomnode.send.scu import send_files
 from dicomnode.settings import Settings
+from dicomnode.store.part10 import read_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ def _notice_source(ctx: PipelineContext, job: ClaimedJob) -> Dataset:
     """The header of the first source file that carries the job's own UIDs (never another study's)."""
     for path, sop in _instance_rows(ctx.sessions, job):
         try:
-            ds = dcmread(path, stop_before_pixels=True, force=True)
+            ds = read_to_pixels(Path(path), ctx.settings.max_inflated_bytes)
             check_source(ds, job, sop)
         except Exception:  # unreadable or another study's file: try the next one
             continue

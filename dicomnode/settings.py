@@ -381,6 +381,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     start_worker: bool = True
 
+    @property
+    def max_inflated_bytes(self) -> int:
+        """``max_inflated_mb`` in bytes: how far a deflated dataset may inflate, wherever it is read."""
+        return int(self.max_inflated_mb * 2**20)
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:

@@ -104,7 +104,7 @@ def _one_study(request: Request, study_uid: str, user: User) -> dict[str, Any]:
 def _rule_test(request: Request, study_uid: Annotated[str, Path(pattern=UID_PATTERN)],
                _user: User) -> list[SeriesVerdict]:
     ctx = deps.state(request).ctx
-    headers = study_headers(ctx.sessions, study_uid)
+    headers = study_headers(ctx.sessions, study_uid, ctx.settings.max_inflated_bytes)
     if headers is None:
         raise HTTPException(404, "no such study")
     return judge(ctx.rules(), headers)

@@ -391,7 +391,7 @@ def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, err
     rules = [(r, "added" if r.name in added else "configuration" if r.name in configured else "model default")
              for r in ctx.rules()]
     if study_uid and verdicts is None:
-        headers = study_headers(ctx.sessions, study_uid[:64])
+        headers = study_headers(ctx.sessions, study_uid[:64], ctx.settings.max_inflated_bytes)
         if headers is None:
             error, status = "no such study on the node", 404
         else:

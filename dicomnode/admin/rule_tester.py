@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.jobs.models import Instance, Series, Study
 from dicomnode.jobs.routing import route
 from dicomnode.settings import Rule
+from dicomnode.store.part10 import read_to_pixels
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,16 @@ def judge(rules: Sequence[Rule], headers: Iterable[Dataset]) -> list[SeriesVerdi
     return verdicts
 
 
-def study_headers(sessions: sessionmaker[Session], study_uid: str) -> list[Dataset] | None:
-    """One header per series of a study on the node (read from the spool); None when there is no study."""
+def study_headers(sessions: sessionmaker[Session], study_uid: str, inflated_limit: int) -> list[Dataset] | None:
+    """One header per series of a study on the node (read from the spool as the sweep reads it, a deflated
+    file inflated on disk up to ``inflated_limit`` bytes); None when there is no study."""
     with sessions() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         if study is None:
             return None
         paths = [session.scalar(select(Instance.path).where(Instance.series_id == s.id).limit(1))
                  for s in session.scalars(select(Series).where(Series.study_id == study.id).order_by(Series.id))]
-    return [dcmread(p, stop_before_pixels=True) for p in paths if p is not None]
+    return [read_to_pixels(Path(p), inflated_limit) for p in paths if p is not None]
 
 
 def file_headers(paths: Iterable[Path]) -> tuple[list[Dataset], list[Path]]:

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +35,7 @@ from dicomnode.jobs.status import StudyState
 from dicomnode.log import extra
 from dicomnode.settings import Rule
 from dicomnode.store.index import sop_class_counts
+from dicomnode.store.part10 import read_to_pixels
 
 log = logging.getLogger(__name__)
 AskCounts = Callable[[int], "futures.Future[None]"]  # ask the query peer for a study's counts (by id); at once
@@ -70,10 +71,6 @@ class SeriesPlan:
     skipped: bool = False
 
 
-def _read_headers(paths: Sequence[str]) -> list[Dataset]:
-    return [dcmread(p, stop_before_pixels=True, force=True) for p in paths]
-
-
 @dataclass
 class HeaderCache:
     """Headers read ahead, by study and by (path, SHA-256 of the file as recorded): a replaced file is
@@ -83,6 +80,7 @@ class HeaderCache:
     study's entries go when it is routed or leaves the receiving state (:meth:`keep`, :meth:`drop`).
     """
 
+    inflated_limit: int = 512 * 2**20  # the node passes settings.max_inflated_bytes (deflated: inflated on disk)
     studies: dict[int, dict[tuple[str, str], Dataset]] = field(default_factory=dict)
 
     def read(self, study_id: int, files: Sequence[tuple[str, str]]) -> list[Dataset]:
@@ -92,7 +90,7 @@ class HeaderCache:
         for key in files:
             header = entries.get(key)
             if header is None:
-                header = entries[key] = dcmread(key[0], stop_before_pixels=True, force=True)
+                header = entries[key] = read_to_pixels(Path(key[0]), self.inflated_limit)
             headers.append(header)
         return headers
 
@@ -116,10 +114,10 @@ class HeaderCache:
 
 def plan_series(series_id: int, paths: Sequence[str], rules: Sequence[Rule],
                 check_usable: Callable[[Sequence[Dataset]], None],
-                read: Callable[[Sequence[str]], list[Dataset]] = _read_headers) -> SeriesPlan:
+                read: Callable[[Sequence[str]], list[Dataset]]) -> SeriesPlan:
     """Decide what happens to one series: which rules match, or why it is skipped.
 
-    ``read`` gives the headers of ``paths`` (from a :class:`HeaderCache`, or read now); ``check_usable``
+    ``read`` gives the headers of ``paths`` (:meth:`HeaderCache.reader`); ``check_usable``
     raises SeriesNotUsable for a series that no model can read.
     """
     plan = SeriesPlan(series_id)
@@ -318,7 +316,7 @@ def sweep(
 def _judge(sessions: sessionmaker[Session], candidate: _Candidate, rules: Sequence[Rule],
            models: InstalledModels, cache: HeaderCache | None) -> bool:
     """Plan and route one complete study; False when more arrived meanwhile (judged again on a later sweep)."""
-    read = cache.reader(candidate.study_id, candidate.all_files) if cache is not None else _read_headers
+    read = (cache if cache is not None else HeaderCache()).reader(candidate.study_id, candidate.all_files)
     plans = [plan_series(sid, [p for p, _ in files], rules, models.check_usable, read)
              for sid, files in candidate.files.items()]
     with session_scope(sessions) as session:

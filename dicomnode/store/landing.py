@@ -206,7 +206,7 @@ class Landing:
         too_large = _size_refusal(arrival, settings)
         if too_large:
             return Landed(TOO_LARGE, too_large)
-        inflated_limit = int(settings.max_inflated_mb * 2**20)
+        inflated_limit = settings.max_inflated_bytes
         refused = (arrival.whole() if arrival.whole is not None else file_refusal(
             arrival.path, arrival.transfer_syntax, size=arrival.size, inflated_limit=inflated_limit))
         if refused is not None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import random
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicomnode.store.part10 import InflationLimit, inflate_bounded
+from dicomnode.store.completion import HeaderCache
+from dicomnode.store.part10 import InflationLimit, inflate_bounded, read_to_pixels
+from tests.support.synthetic import make_series
 
 
 def deflate(data: bytes) -> bytes:
@@ -55,3 +60,37 @@ def test_a_truncated_stream_is_measured_as_far_as_it_goes() -> None:
     whole = deflate(DATA)
     size = inflate_bounded(whole[: len(whole) // 2], len(DATA), chunk_bytes=1000)
     assert 0 < size < len(DATA)
+
+
+def _deflated_file(folder: Path, pixel_bytes: int) -> Path:
+    """A Deflated Explicit VR Little Endian Part-10 file whose pixel data inflates to ``pixel_bytes``."""
+    ds = make_series(n_slices=1, rows=8, columns=8)[0]
+    rows = math.isqrt(pixel_bytes // 2)
+    ds.Rows = ds.Columns = rows
+    ds.PixelData = bytes(rows * rows * 2)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = folder / "deflated.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_the_sweep_reads_a_deflated_header_without_inflating_it_in_memory(tmp_path: Path) -> None:
+    # pydicom's reader inflates the whole dataset in memory even with stop_before_pixels (77 MiB at its peak here)
+    path = _deflated_file(tmp_path, 32 * 2**20)
+    tracemalloc.start()
+    try:
+        header = HeaderCache(inflated_limit=64 * 2**20).read(1, [(str(path), "sha")])[0]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB reading a header"  # a few 4 MiB chunks
+    assert "PixelData" not in header and header.Rows == 4096 and header.Modality == "MR"
+    assert header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert list(tmp_path.iterdir()) == [path]  # the inflated copy is gone
+
+
+def test_the_sweep_stops_inflating_at_max_inflated_mb(tmp_path: Path) -> None:
+    path = _deflated_file(tmp_path, 32 * 2**20)
+    with pytest.raises(InflationLimit):
+        read_to_pixels(path, 16 * 2**20)
+    assert list(tmp_path.iterdir()) == [path]
