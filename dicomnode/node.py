@@ -52,7 +52,7 @@ from dicomnode.settings import Settings
 from dicomnode.store.completion import HeaderCache, InstalledModels, sweep
 from dicomnode.store.landing import Landing
 from dicomnode.store.retention import purge
-from dicomnode.worker import Worker
+from dicomnode.worker import Worker, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ def start_node(settings: Settings, roles: frozenset[str] = ROLES) -> Node:
         rejects_all = settings.require_known_callers and not settings.peers
         log.warning("no PACS configured (DICOMNODE_PACS): results cannot be sent%s",
                     ", and every caller is rejected" if rejects_all else "", extra=extra(stage="serve"))
+    settle_heap()  # started: what start-up built stays, and full collections no longer walk it
     log.info("node started", extra=extra(stage="serve", roles=",".join(sorted(roles)), ae_title=settings.ae_title,
                                          port=settings.port if receive and settings.plain_port_enabled else "off",
                                          tls_port=(settings.tls_port if receive else None) or "off",

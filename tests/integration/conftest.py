@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,13 @@ StartScp = Callable[..., RunningScp]
 
 @pytest.fixture
 def start_scp_with(sessions: sessionmaker[Session], settings: Settings) -> Iterator[StartScp]:
-    """Start the node's real SCP on loopback ports, in this process; STORESCU and PYSCU are known peers."""
+    """Start the node's real SCP on loopback ports, in this process; STORESCU and PYSCU are known peers.
+
+    As the node does once it has started (:func:`dicomnode.worker.settle_heap`), what this process holds
+    (here: the test session's) is put out of the cyclic collector's reach while the SCP runs: a full
+    collection over it stalled stores for over a second on a busy machine. Handed back at the end."""
     running: list[RunningScp] = []
+    gc.freeze()
 
     def start(**overrides: Any) -> RunningScp:
         values: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), "min_free_disk_mb": 1,
@@ -47,6 +53,7 @@ def start_scp_with(sessions: sessionmaker[Session], settings: Settings) -> Itera
     for scp in running:
         for server in scp.servers:
             server.shutdown()
+    gc.unfreeze()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from functools import partial
 
@@ -17,6 +18,7 @@ from dicomnode.admin.throttle import LoginThrottle
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record, verify
 from dicomnode.db import session_scope
+from dicomnode.node import start_node
 from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
@@ -91,3 +93,16 @@ def test_an_edit_of_any_column_of_a_row_is_found(sessions: sessionmaker[Session]
     tamper(sessions, f"UPDATE audit SET {EDITS[column]} WHERE id = 3")
     result = verify(sessions)
     assert (result.ok, result.first_bad_id) == (False, 3), column
+
+
+def test_a_started_node_keeps_its_start_up_heap_out_of_full_collections(settings: Settings) -> None:
+    # a full collection holds the GIL: over the start-up heap it stalled every association (dicomnode.worker)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    node = start_node(make_settings(settings.data_dir, host="127.0.0.1", port=free_port(), start_worker=False,
+                                    min_free_disk_mb=1))
+    try:
+        assert gc.get_freeze_count() > 100_000  # the imports alone are about 440,000 objects
+    finally:
+        node.stop()
+        gc.unfreeze()
