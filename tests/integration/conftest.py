@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from dicomnode.receive.handlers import ReceiveContext
 from dicomnode.receive.scp import start_scp
 from dicomnode.settings import Peer, Settings
 from tests.conftest import make_settings
+from tests.support.heap import steady_heap
 from tests.support.net import free_port
 
 
@@ -33,11 +33,9 @@ StartScp = Callable[..., RunningScp]
 def start_scp_with(sessions: sessionmaker[Session], settings: Settings) -> Iterator[StartScp]:
     """Start the node's real SCP on loopback ports, in this process; STORESCU and PYSCU are known peers.
 
-    As the node does once it has started (:func:`dicomnode.worker.settle_heap`), what this process holds
-    (here: the test session's) is put out of the cyclic collector's reach while the SCP runs: a full
-    collection over it stalled stores for over a second on a busy machine. Handed back at the end."""
+    The test session's heap is out of the cyclic collector's reach while the SCP runs (as the node keeps
+    its own, :mod:`tests.support.heap`): a full collection over it stalled stores for over a second."""
     running: list[RunningScp] = []
-    gc.freeze()
 
     def start(**overrides: Any) -> RunningScp:
         values: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), "min_free_disk_mb": 1,
@@ -49,11 +47,11 @@ def start_scp_with(sessions: sessionmaker[Session], settings: Settings) -> Itera
         running.append(scp)
         return scp
 
-    yield start
+    with steady_heap():
+        yield start
     for scp in running:
         for server in scp.servers:
             server.shutdown()
-    gc.unfreeze()
 
 
 @pytest.fixture
