@@ -27,7 +27,7 @@ import numpy as np
 from dicomnode.inference.geometry import resample
 from training import independent
 from training.common import auc
-from training.train_cxr import PHANTOM_SHAPE, SIZE, network, prepare
+from training.train_cxr import FULL, PHANTOM_SHAPE, SIZE, fit, network, prepare
 
 FIRST = independent.TEST_SEED_BASE + 5_000  # the seeds tests/unit/test_training.py scores the shipped model on
 ORACLE_TRAINING = 1_000_000  # the independent family's seeds for the oracle's training (below validation, test)
@@ -63,22 +63,7 @@ def oracle(steps: int, pool: int, seed: int = 0, threads: int = 1) -> dict[str, 
     drawn = [independent.radiograph(ORACLE_TRAINING + i, PHANTOM_SHAPE) for i in range(pool)]
     x_pool = np.stack([prepare(p.image) for p in drawn])[:, None]
     y_pool = np.asarray([p.finding for p in drawn])
-    model = network()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1.5e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=1.5e-3, total_steps=steps, pct_start=0.1)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.train()
-    for _ in range(steps):  # as training.train_cxr.train: batches of 16 from the pool, half mirrored
-        pick = rng.integers(0, pool, 16)
-        x, y = x_pool[pick].copy(), y_pool[pick]
-        flip = rng.random(16) < 0.5
-        x[flip] = x[flip][..., ::-1]
-        loss = loss_fn(model(torch.from_numpy(np.ascontiguousarray(x)))[:, 0], torch.from_numpy(y.astype(np.float32)))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    model.eval()
+    model = fit(network(), x_pool, y_pool, rng, steps, FULL["batch"], FULL["lr"], log=False)  # the shipped recipe
     test = [independent.radiograph(FIRST + i, PHANTOM_SHAPE) for i in range(200)]
     with torch.no_grad():
         logits = model(torch.from_numpy(np.stack([prepare(p.image) for p in test])[:, None]))[:, 0].numpy()

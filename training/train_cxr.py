@@ -87,23 +87,31 @@ def network() -> Any:
 
 
 def train(seed: int, steps: int, batch_size: int, lr: float, pool_size: int = 0, log: bool = True) -> Any:
-    import torch
-
     model = network()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
-    model.train()
-    running: list[float] = []
     started = time.perf_counter()
     # a pool of training phantoms (seed * 1e6 + i, below the validation and test seed ranges), drawn once:
     # drawing a randomised radiograph costs more than a training step on it
     size = pool_size if pool_size else steps * batch_size
     pool_x, pool_y = batch(range(seed * 1_000_000, seed * 1_000_000 + size), rng)
     print(f"{size} training phantoms drawn in {time.perf_counter() - started:.1f} s", flush=True)
+    return fit(model, pool_x, pool_y, rng, steps, batch_size, lr, log)
+
+
+def fit(model: Any, pool_x: np.ndarray, pool_y: np.ndarray, rng: np.random.Generator, steps: int, batch_size: int,
+        lr: float, log: bool = True) -> Any:
+    """Train ``model`` on batches drawn from a pool of prepared images (``rng``: which ones, which mirrored):
+    AdamW + one-cycle, BCE; returned in eval mode."""
+    import torch
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    running: list[float] = []
+    started = time.perf_counter()
     for step in range(steps):
-        pick = rng.integers(0, size, batch_size)
+        pick = rng.integers(0, len(pool_x), batch_size)
         x, y = pool_x[pick].copy(), pool_y[pick]
         flip = rng.random(batch_size) < 0.5  # mirror half of the images (heart on either side)
         x[flip] = x[flip][..., ::-1]
