@@ -33,7 +33,7 @@ from dicomnode.jobs.repository import enqueue
 from dicomnode.jobs.routing import route
 from dicomnode.jobs.status import StudyState
 from dicomnode.log import extra
-from dicomnode.settings import Rule
+from dicomnode.settings import Rule, Settings
 from dicomnode.store.index import sop_class_counts
 from dicomnode.store.part10 import read_to_pixels
 
@@ -80,7 +80,8 @@ class HeaderCache:
     study's entries go when it is routed or leaves the receiving state (:meth:`keep`, :meth:`drop`).
     """
 
-    inflated_limit: int = 512 * 2**20  # the node passes settings.max_inflated_bytes (deflated: inflated on disk)
+    # the node passes its settings.max_inflated_bytes; else the setting's default (deflated: inflated on disk)
+    inflated_limit: int = int(Settings.model_fields["max_inflated_mb"].default * 2**20)
     studies: dict[int, dict[tuple[str, str], Dataset]] = field(default_factory=dict)
 
     def read(self, study_id: int, files: Sequence[tuple[str, str]]) -> list[Dataset]:
