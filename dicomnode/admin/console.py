@@ -45,6 +45,7 @@ from dicomnode.settings import AdminUser, Destination, Peer, Rule, Settings
 
 COOKIE = "dicomnode_session"
 MAX_UPLOAD_FILES = 2000
+UPLOAD_CHUNK_BYTES = 2**20
 
 
 class LoginRedirect(Exception):
@@ -438,9 +439,11 @@ async def test_upload(request: Request) -> Response:
     async with request.form(max_files=MAX_UPLOAD_FILES) as form:
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         with tempfile.TemporaryDirectory(dir=ctx.settings.data_dir) as folder:
-            for i, upload in enumerate(uploads):
-                (FsPath(folder) / f"{i}.dcm").write_bytes(await upload.read())
-            headers, skipped = file_headers([FsPath(folder)])
+            for i, upload in enumerate(uploads):  # copied in chunks: an upload is never whole in memory
+                with (FsPath(folder) / f"{i}.dcm").open("wb") as out:
+                    while chunk := await upload.read(UPLOAD_CHUNK_BYTES):
+                        out.write(chunk)
+            headers, skipped = file_headers([FsPath(folder)], ctx.settings.max_inflated_bytes)
     error = f"{len(skipped)} uploaded file(s) are not DICOM" if skipped else ""
     return _rules_view(request, verdicts=judge(ctx.rules(), headers), error=error)
 

@@ -3,11 +3,11 @@ and why, or why not. Routing's own functions decide; nothing here is a second op
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
@@ -56,8 +56,10 @@ def study_headers(sessions: sessionmaker[Session], study_uid: str, inflated_limi
     return [read_to_pixels(Path(p), inflated_limit) for p in paths if p is not None]
 
 
-def file_headers(paths: Iterable[Path]) -> tuple[list[Dataset], list[Path]]:
-    """Headers of the DICOM files among ``paths`` (folders are walked), and the paths that are not DICOM."""
+def file_headers(paths: Iterable[Path], inflated_limit: int) -> tuple[list[Dataset], list[Path]]:
+    """Headers of the DICOM files among ``paths`` (folders are walked), and the paths that are not DICOM
+    or that could not be read within ``inflated_limit`` (a deflated file is inflated on disk, as the sweep
+    reads it: never whole in memory)."""
     headers: list[Dataset] = []
     skipped: list[Path] = []
     for path in paths:
@@ -65,7 +67,7 @@ def file_headers(paths: Iterable[Path]) -> tuple[list[Dataset], list[Path]]:
             if not file.is_file():
                 continue
             try:
-                headers.append(dcmread(file, stop_before_pixels=True))
-            except (InvalidDicomError, OSError, ValueError):
+                headers.append(read_to_pixels(file, inflated_limit))
+            except (InvalidDicomError, OSError, ValueError, EOFError, zlib.error):  # InflationLimit too
                 skipped.append(file)
     return headers, skipped

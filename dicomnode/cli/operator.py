@@ -242,7 +242,7 @@ def rules_test(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(h
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise Failure(f"{missing[0]} does not exist")
-    headers, skipped = file_headers(paths)
+    headers, skipped = file_headers(paths, context.settings(ctx).max_inflated_bytes)
     if not headers:
         raise Failure(f"no DICOM file under {', '.join(map(str, paths))}")
     table = Table("series", "description", "would run", "why")
@@ -312,7 +312,7 @@ def send(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(help="D
     if missing:
         raise Failure(f"{missing[0]} does not exist")
     files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
-    _, skipped = file_headers(files)
+    _, skipped = file_headers(files, settings.max_inflated_bytes)
     dicom = [f for f in files if f not in set(skipped)]
     if not dicom:
         raise Failure(f"no DICOM file under {', '.join(map(str, paths))}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from dicomnode.admin.rule_tester import file_headers
 from dicomnode.store.completion import HeaderCache
 from dicomnode.store.part10 import InflationLimit, inflate_bounded, read_to_pixels
 from tests.support.synthetic import make_series
@@ -94,3 +95,20 @@ def test_the_sweep_stops_inflating_at_max_inflated_mb(tmp_path: Path) -> None:
     with pytest.raises(InflationLimit):
         read_to_pixels(path, 16 * 2**20)
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_the_rule_tester_reads_deflated_files_as_the_sweep_does(tmp_path: Path) -> None:
+    # the sibling of the sweep's read: CLI `rules test` and the console's upload read arbitrary files
+    path = _deflated_file(tmp_path, 32 * 2**20)
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    tracemalloc.start()
+    try:
+        headers, skipped = file_headers([tmp_path], 64 * 2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB reading a header"
+    assert [h.Rows for h in headers] == [4096] and skipped == [tmp_path / "notes.txt"]
+    headers, skipped = file_headers([path], 16 * 2**20)  # inflates past the limit: skipped, not read whole
+    assert headers == [] and skipped == [path]
+    assert sorted(tmp_path.iterdir()) == [path, tmp_path / "notes.txt"]  # no inflated copy left behind
