@@ -107,7 +107,8 @@ def _rule_test(request: Request, study_uid: Annotated[str, Path(pattern=UID_PATT
     headers = study_headers(ctx.sessions, study_uid, ctx.settings.max_inflated_bytes)
     if headers is None:
         raise HTTPException(404, "no such study")
-    return judge(ctx.rules(), headers)
+    rules = ctx.rules()
+    return judge(rules, headers, ctx.rule_states(rules))
 
 
 @router.get("/api/jobs", tags=["jobs"])
@@ -221,10 +222,13 @@ def _rule_view(rule: Rule) -> dict[str, Any]:
 
 @router.get("/api/rules", tags=["rules"])
 def _rules(request: Request, _user: User) -> Listing:
+    """The configured and the added rules, each with ``state``: "in force", or why it gives no job now."""
     ctx = deps.state(request).ctx
     with ctx.sessions() as session:
-        stored = [_rule_view(r) for r in config_store.list_rules(session)]
-    return Listing(configured=[_rule_view(r) for r in ctx.settings.rules], stored=stored)
+        stored = config_store.list_rules(session)
+    states = ctx.rule_states([*ctx.settings.rules, *stored])
+    return Listing(configured=[{**_rule_view(r), "state": states[r.name]} for r in ctx.settings.rules],
+                   stored=[{**_rule_view(r), "state": states[r.name]} for r in stored])
 
 
 @router.put("/api/rules/{name}", tags=["rules"])

@@ -389,14 +389,16 @@ def _rules_view(request: Request, study_uid: str = "", verdicts: Any = None, err
     with ctx.sessions() as session:
         added = {r.name for r in config_store.list_rules(session)}
     configured = {r.name for r in ctx.settings.rules}
-    rules = [(r, "added" if r.name in added else "configuration" if r.name in configured else "model default")
-             for r in ctx.rules()]
+    in_force = ctx.rules()
+    states = ctx.rule_states(in_force)
+    rules = [(r, "added" if r.name in added else "configuration" if r.name in configured else "model default",
+              states[r.name]) for r in in_force]
     if study_uid and verdicts is None:
         headers = study_headers(ctx.sessions, study_uid[:64], ctx.settings.max_inflated_bytes)
         if headers is None:
             error, status = "no such study on the node", 404
         else:
-            verdicts = judge(ctx.rules(), headers)
+            verdicts = judge(in_force, headers, states)
     return _page(request, "rules.html", "Rules", user, status, rules=rules, study_uid=study_uid, verdicts=verdicts,
                  error=error, notice=notice)
 
@@ -445,7 +447,8 @@ async def test_upload(request: Request) -> Response:
                         out.write(chunk)
             headers, skipped = file_headers([FsPath(folder)], ctx.settings.max_inflated_bytes)
     error = f"{len(skipped)} uploaded file(s) are not DICOM" if skipped else ""
-    return _rules_view(request, verdicts=judge(ctx.rules(), headers), error=error)
+    rules = ctx.rules()
+    return _rules_view(request, verdicts=judge(rules, headers, ctx.rule_states(rules)), error=error)
 
 
 @router.get("/ui/audit")

@@ -8,7 +8,7 @@ The roles, checked here and nowhere else: ``admin`` may change things and sees p
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -23,6 +23,7 @@ from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
+from dicomnode.inference.registry import load_manifests, rule_state, suspended
 from dicomnode.monitoring.node import AdminMetrics
 from dicomnode.settings import AdminUser, Rule, Settings
 from dicomnode.store.landing import Landing, SharesLanding
@@ -45,6 +46,12 @@ class AdminContext(SharesLanding):
     def rules(self) -> list[Rule]:
         """The routing rules in force now (configured, stored, then the models' defaults)."""
         return config_store.runtime_rules(self.settings, self.sessions, self.default_rules)
+
+    def rule_states(self, rules: Sequence[Rule]) -> dict[str, str]:
+        """Rule name -> "in force", or why it gives no job now (:func:`~dicomnode.inference.registry.rule_state`)."""
+        manifests = load_manifests(self.settings.models_dir)
+        held = suspended(manifests, self.unavailable, self.settings.demo_models)
+        return {rule.name: rule_state(rule, manifests, held) for rule in rules}
 
 
 @dataclass

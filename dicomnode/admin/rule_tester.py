@@ -4,7 +4,7 @@ and why, or why not. Routing's own functions decide; nothing here is a second op
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.inference.registry import IN_FORCE
 from dicomnode.jobs.models import Instance, Series, Study
 from dicomnode.jobs.routing import route
 from dicomnode.settings import Rule
@@ -28,18 +29,22 @@ class SeriesVerdict:
     reasons: tuple[str, ...]
 
 
-def judge(rules: Sequence[Rule], headers: Iterable[Dataset]) -> list[SeriesVerdict]:
-    """One verdict per series among ``headers`` (the first header of each series stands for it)."""
+def judge(rules: Sequence[Rule], headers: Iterable[Dataset], states: Mapping[str, str]) -> list[SeriesVerdict]:
+    """One verdict per series among ``headers`` (the first header of each series stands for it). A rule
+    that matches but is not in force (``states``: rule name -> "in force" or why not, from
+    :func:`~dicomnode.inference.registry.rule_state`) runs nothing, and says why, as routing does."""
     first: dict[str, Dataset] = {}
     for header in headers:
         first.setdefault(str(header.get("SeriesInstanceUID", "")), header)
     verdicts = []
     for series_uid, header in first.items():
         matched, reasons = route(rules, header)
-        why = [f"rule {r.name} matched: runs {r.model}" for r in matched] + reasons
+        running = [r for r in matched if states.get(r.name, IN_FORCE) == IN_FORCE]
+        why = [f"rule {r.name} matched: runs {r.model}" if r in running
+               else f"rule {r.name} matched, but {states[r.name]}" for r in matched] + reasons
         verdicts.append(SeriesVerdict(series_uid=series_uid, description=str(header.get("SeriesDescription", "")),
                                       modality=str(header.get("Modality", "")),
-                                      models=tuple(sorted({r.model for r in matched})),
+                                      models=tuple(sorted({r.model for r in running})),
                                       reasons=tuple(why or ["no rule is in force"])))
     return verdicts
 

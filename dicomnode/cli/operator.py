@@ -191,13 +191,25 @@ def _rules(ctx: typer.Context) -> list[Rule]:
     return config_store.runtime_rules(settings, _sessions(ctx), defaults)
 
 
+def _rule_states(ctx: typer.Context, rules: list[Rule]) -> dict[str, str]:
+    """Rule name -> "in force" or why not, with the models checked as the node checks them at start."""
+    from dicomnode.inference.registry import Registry, rule_state, suspended
+
+    settings = context.settings(ctx)
+    registry = Registry(settings.models_dir)  # each required file there with its SHA-256
+    held = suspended(registry.manifests, registry.check(), settings.demo_models)
+    return {rule.name: rule_state(rule, registry.manifests, held) for rule in rules}
+
+
 @rules_app.command("list")
 def rules_list(ctx: typer.Context) -> None:
     """The routing rules in force now, in order."""
-    table = Table("rule", "model", "match", "results to")
-    for rule in _rules(ctx):
+    rules = _rules(ctx)
+    states = _rule_states(ctx, rules)
+    table = Table("rule", "model", "match", "results to", "state")
+    for rule in rules:
         table.add_row(rule.name, rule.model, "; ".join(f"{k} ~ /{v}/" for k, v in rule.match.items()) or "anything",
-                      ", ".join(rule.destinations) or "every destination")
+                      ", ".join(rule.destinations) or "every destination", states[rule.name])
     _out().print(table)
 
 
@@ -246,7 +258,8 @@ def rules_test(ctx: typer.Context, paths: Annotated[list[Path], typer.Argument(h
     if not headers:
         raise Failure(f"no DICOM file under {', '.join(map(str, paths))}")
     table = Table("series", "description", "would run", "why")
-    for verdict in judge(_rules(ctx), headers):
+    rules = _rules(ctx)
+    for verdict in judge(rules, headers, _rule_states(ctx, rules)):
         table.add_row(verdict.series_uid, verdict.description, ", ".join(verdict.models) or "nothing",
                       "\n".join(verdict.reasons))
     _out().print(table)

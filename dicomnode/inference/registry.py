@@ -24,9 +24,22 @@ from dicomnode.inference.manifest import CodeSpec, LabelSpec, Manifest, ModelFil
 from dicomnode.inference.result import InferenceResult, ModelInput
 from dicomnode.settings import Rule
 
-__all__ = ["CodeSpec", "LabelSpec", "Manifest", "Model", "ModelFile", "Registry", "RuntimeOptions",
-           "default_rules", "load_manifests", "suspended"]
+__all__ = [
+    "IN_FORCE",
+    "CodeSpec",
+    "LabelSpec",
+    "Manifest",
+    "Model",
+    "ModelFile",
+    "Registry",
+    "RuntimeOptions",
+    "default_rules",
+    "load_manifests",
+    "rule_state",
+    "suspended",
+]
 
+IN_FORCE = "in force"  # a rule that gives jobs now (rule_state)
 DEMO_OFF = "is a demonstration model, routed only with demo_models = true (DICOMNODE_DEMO_MODELS)"
 
 
@@ -138,6 +151,16 @@ def suspended(manifests: Mapping[str, Manifest], unavailable: Mapping[str, str],
     ``demo_models`` is off."""
     off = {} if demo_models else {m.id: f"model {m.id} {DEMO_OFF}" for m in manifests.values() if m.demonstration}
     return {**off, **{m: f"model {m} unavailable: {why}" for m, why in unavailable.items()}}
+
+
+def rule_state(rule: Rule, manifests: Mapping[str, Manifest], held: Mapping[str, str]) -> str:
+    """Whether ``rule`` gives jobs now ("in force"), or why not in routing's own words (a study's reason
+    says the same): its model is suspended (``held``, from :func:`suspended`), or not installed."""
+    if rule.model in held:
+        return f"suspended: {held[rule.model]}"
+    if rule.model not in manifests:
+        return f"gives no job: names unknown model {rule.model!r}"
+    return IN_FORCE
 
 
 def default_rules(manifests: Mapping[str, Manifest], demo_models: bool) -> list[Rule]:

@@ -164,6 +164,7 @@ def test_study_from_orthanc_dead_letters_then_a_retry_brings_it_to_done(browser:
 def test_rule_tester_on_an_uploaded_series(browser: Any, node: NodeProcess, tmp_path: Path) -> None:
     page = _page(browser, node, "eve", "viewer-pass-1")
     page.goto(_base(node) + "/ui/rules")
+    assert page.locator("tr", has_text="threshold-test").locator(".rule-state").first.inner_text() == "in force"
     matching = write_series(make_series(n_slices=3, rows=8, columns=8, series_description="CRASHTEST T1"),
                             tmp_path / "match")
     other = write_series(make_series(n_slices=2, rows=8, columns=8, series_description="LOCALIZER"), tmp_path / "other")

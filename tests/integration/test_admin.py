@@ -117,7 +117,8 @@ def test_rules_as_data_and_validation(admin: tuple[str, Settings], sessions: ses
                      token=token)
     assert status == 200
     status, body = call(base, "GET", "/api/rules", token=token)
-    assert body["stored"] == [{"name": "ct-head", "model": "deepbet", "match": {"Modality": "^CT$"}}]
+    assert body["stored"] == [{"name": "ct-head", "model": "deepbet", "match": {"Modality": "^CT$"},
+                               "state": "in force"}]
     assert call(base, "PUT", "/api/rules/bad", {"model": "deepbet", "match": {"Modality": "("}}, token=token)[0] == 422
     (change,) = [json.loads(r.detail) for r in audit(sessions, "config_changed")]
     assert change["kind"] == "rule" and change["after"]["match"] == {"Modality": "^CT$"}

@@ -112,6 +112,8 @@ def test_api_refuses_a_rule_for_a_model_not_installed_unless_told(base: str, ses
                         token=token)
     assert status == 200 and body == {"name": "future", "model": "nosuchmodel", "match": {}}
     assert stored(sessions)["rules"] == ["future"]
+    status, body = call(base, "GET", "/api/rules", token=token)  # saved, and said to give no job yet
+    assert body["stored"][0]["state"] == "gives no job: names unknown model 'nosuchmodel'"
 
 
 @pytest.mark.parametrize(("method", "path"), [
@@ -273,7 +275,15 @@ def test_console_refuses_a_rule_for_a_model_not_installed_unless_ticked(page: An
     page.get_by_label("Model not installed yet").check()
     page.get_by_role("button", name="Save rule").click()
     assert "rule future saved" in page.get_by_role("status").first.inner_text()
-    assert stored(sessions)["rules"] == ["future"]
+    # saved, and the page says it gives no job yet, in routing's own words (a study's reason says the same)
+    state = page.locator("tr", has_text="nosuchmodel").locator(".rule-state").inner_text()
+    assert state == "gives no job: names unknown model 'nosuchmodel'"
+    page.locator("#rule-name").fill("chest")
+    page.locator("#rule-model").fill("cxr-demo")  # installed, and off while demo_models is
+    page.get_by_role("button", name="Save rule").click()
+    state = page.locator("tr", has_text="cxr-demo").locator(".rule-state").inner_text()
+    assert state.startswith("suspended: model cxr-demo is a demonstration model, routed only with demo_models")
+    assert stored(sessions)["rules"] == ["chest", "future"]
 
 
 @pytest.mark.parametrize("action", ["retry", "cancel"])

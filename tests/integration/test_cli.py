@@ -29,7 +29,7 @@ from tests.support.synthetic import make_series, write_series
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DICOMNODE_DATA_DIR": str(settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": "1",
-           "COLUMNS": "200"}
+           "COLUMNS": "400"}  # a table row on one line
     env.pop("DICOMNODE_CONFIG", None)
     return subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=120, check=False)
@@ -113,13 +113,20 @@ def test_destinations_add_echo_send_remove(settings: Settings, sessions: session
 
 
 def test_rules_list_and_test(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
-    assert "mr-t1-brain" in cli(settings, "rules", "list").stdout
+    listed = cli(settings, "rules", "list").stdout
+    assert "mr-t1-brain" in listed and "in force" in listed
+    assert cli(settings, "rules", "add", "chest", "cxr-demo").returncode == 0
+    listed = cli(settings, "rules", "list").stdout
+    (chest,) = [line for line in listed.splitlines() if "chest" in line]
+    assert "suspended: model cxr-demo is a demonstration model" in chest
     write_series(make_series(n_slices=2, rows=8, columns=8, series_description="T1 3D sag"), tmp_path / "t1")
     write_series(make_series(n_slices=2, rows=8, columns=8, series_description="LOCALIZER"), tmp_path / "loc")
     tested = cli(settings, "rules", "test", str(tmp_path / "t1"), str(tmp_path / "loc"))
     assert tested.returncode == 0, tested.stderr
     assert "rule mr-t1-brain matched: runs deepbet" in tested.stdout
     assert "SeriesDescription does not match" in tested.stdout and "nothing" in tested.stdout
+    assert "rule chest matched, but suspended: model cxr-demo is a demonstration model" in tested.stdout
+    assert "cxr-demo" not in tested.stdout.replace("model cxr-demo is", "")  # matched, and runs nothing
     one_sentence(cli(settings, "rules", "test", str(tmp_path / "absent")), 1, "does not exist")
     (tmp_path / "empty").mkdir()
     one_sentence(cli(settings, "rules", "test", str(tmp_path / "empty")), 1, "no DICOM file")
