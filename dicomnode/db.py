@@ -60,8 +60,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:
-    # Take the write lock at BEGIN: no deadlock-prone read-to-write upgrades between threads. A read-only
-    # scope (read_scope) begins a plain snapshot instead, which in WAL mode never waits for a writer.
+    # A writer (session_scope, a migration) takes the write lock at BEGIN: no deadlock-prone read-to-write
+    # upgrades between threads. A session that only reads (the sessionmaker's default: read_scope, or a
+    # plain ``with sessions()``, which never commits) begins a plain snapshot, which in WAL mode never
+    # waits for a writer: a readiness probe, a metrics scrape, a peer check or a console page answers
+    # while a long write runs, and does not queue the group commit behind it.
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
@@ -78,14 +81,18 @@ def read_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that read unless :func:`session_scope` makes them a writer (on SQLite: a plain BEGIN,
+    not BEGIN IMMEDIATE; see ``_sqlite_begin_immediate``)."""
+    return sessionmaker(engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
 
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on any exception."""
+    """One transaction: commit on success, roll back on any exception (on SQLite it holds the write lock
+    from its start)."""
     session = factory()
     try:
+        session.connection(execution_options={_READ_ONLY: False})
         yield session
         session.commit()
     except BaseException:
