@@ -18,8 +18,9 @@ import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,9 +29,10 @@ from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.config_store import query_peers
 from dicomnode.db import session_scope, utcnow
-from dicomnode.jobs.models import Delivery, Job, Series, Study
+from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.log import extra
 from dicomnode.query.scu import FIND, Finder, FindResult, encoded_query, identifier
+from dicomnode.results.files import result_series_uids
 from dicomnode.settings import Peer, Settings
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,14 @@ def _number(ds: Dataset, keyword: str) -> int | None:
 
 
 def ask(settings: Settings, peer: Peer, study_uid: str, known: int | None = None,
-        own: Collection[str] = ()) -> tuple[Counts, list[tuple[Dataset, FindResult]]]:
+        own: Callable[[], Collection[str]] = frozenset) -> tuple[Counts, list[tuple[Dataset, FindResult]]]:
     """The counts ``peer`` gives for ``study_uid``, and each query with its result (for the audit trail).
-    When the study count equals ``known`` (the peer's last answer) the series are not asked again
-    (``Counts.series`` is then None: unchanged), so that a confirmation is one C-FIND. The instances of
-    ``own`` series (the node's results, delivered into the study) are not counted."""
+    When the study count equals ``known`` (the peer's last answer) and the node has written no result into
+    the study, the series are not asked again (``Counts.series`` is then None: unchanged), so that a
+    confirmation is one C-FIND. Else the study's count is the sum of its series' counts, less the series
+    that ``own()`` names (the node's own results delivered into the study), asked after each answer: a
+    result is written before it is sent, so a result the peer counted is named then, even while the node
+    is sending it."""
     counts = Counts(peer.ae_title)
     queries: list[tuple[Dataset, FindResult]] = []
     with Finder(settings, peer) as finder:
@@ -83,7 +88,7 @@ def ask(settings: Settings, peer: Peer, study_uid: str, known: int | None = None
             counts.study = _number(study.answers[0], "NumberOfStudyRelatedInstances")
             if counts.study is None:
                 counts.note = f"{peer.ae_title} did not give NumberOfStudyRelatedInstances"
-        if counts.study is None or (counts.study == known and not own):
+        if counts.study is None or (counts.study == known and not own()):
             counts.series = None if counts.study is not None else {}
             return counts, queries
         identifier = series_identifier(study_uid)
@@ -98,22 +103,15 @@ def ask(settings: Settings, peer: Peer, study_uid: str, known: int | None = None
         if n is not None and uid and counts.series is not None:
             counts.series[uid] = n
     if counts.study is not None and counts.series is not None:  # the node's own results are not the study's
-        counts.study -= sum(n for uid, n in counts.series.items() if uid in own)
+        ours = set(own())
+        counts.study = sum(n for uid, n in counts.series.items() if uid not in ours)
     return counts, queries
 
 
-def own_series(session: Session, study_id: int) -> set[str]:
-    """The series UIDs of the results the node delivered into the study (read from their files)."""
-    paths = session.scalars(select(Delivery.path).join(Job, Delivery.job_id == Job.id).join(Job.series)
-                            .where(Series.study_id == study_id).distinct()).all()
-    found = set()
-    for path in paths:
-        try:
-            found.add(str(dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-                          .SeriesInstanceUID))
-        except Exception:  # a results folder purged meanwhile: that result is not counted as the node's
-            continue
-    return found
+def own_series(session: Session, results_dir: Path, study_id: int) -> set[str]:
+    """The series UIDs of the results the node has written for the study's jobs (sent or about to be)."""
+    jobs = session.scalars(select(Job.id).join(Job.series).where(Series.study_id == study_id)).all()
+    return {uid for job_id in jobs for uid in result_series_uids(results_dir, job_id)}
 
 
 def audit_queries(session: Session, peer: Peer, queries: list[tuple[Dataset, FindResult]], *,
@@ -176,12 +174,11 @@ class PacsCounts:
                 study_uid, calling_ae = row.study_uid, row.calling_ae
                 # the series are asked again unless each series that arrived has its count already
                 known = row.pacs_instances if all(s.pacs_instances is not None for s in row.series) else None
-                own = own_series(session, study_id)
             peer = pick_peer(query_peers(self.settings, self.sessions), calling_ae)
             if peer is None:
                 return
             asked_at = utcnow()
-            counts, queries = ask(self.settings, peer, study_uid, known, own)
+            counts, queries = ask(self.settings, peer, study_uid, known, partial(self._own, study_id))
             with session_scope(self.sessions) as session:
                 study = session.get(Study, study_id)
                 if study is None:
@@ -194,6 +191,10 @@ class PacsCounts:
                                                 else "unchanged", note=counts.note or "-"))
         except Exception:
             log.exception("asking the PACS for counts failed", extra=extra(stage="query"))
+
+    def _own(self, study_id: int) -> set[str]:
+        with self.sessions() as session:
+            return own_series(session, self.settings.results_dir, study_id)
 
     def stop(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

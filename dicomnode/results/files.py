@@ -98,6 +98,20 @@ def written_results(results_dir: Path, job_id: int) -> JobResult | None:
         return None
 
 
+def result_series_uids(results_dir: Path, job_id: int) -> set[str]:
+    """The series UIDs of every object job ``job_id`` has written (results and failure notices): each is
+    written before it is sent, so a series the PACS holds from this job is named here. A file that cannot
+    be read (purged meanwhile) names nothing."""
+    found = set()
+    for path in job_folder(results_dir, job_id).glob("*.dcm"):  # written atomically: no partial .dcm
+        try:
+            found.add(str(dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                          .SeriesInstanceUID))
+        except Exception:
+            continue
+    return found
+
+
 def written_outputs(results_dir: Path, job_id: int) -> dict[str, float] | None:
     """The outputs ``results.json`` records for job ``job_id``, as written; None when it cannot be read."""
     try:

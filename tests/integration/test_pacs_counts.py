@@ -30,9 +30,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import config_store
 from dicomnode.audit.models import AuditRecord
+from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.jobs.models import Job, JobEvent, Series, Study
+from dicomnode.jobs.repository import enqueue
 from dicomnode.jobs.status import JobStatus
+from dicomnode.migrate import upgrade
 from dicomnode.node import Node, start_node
+from dicomnode.query.counts import PacsCounts
+from dicomnode.results.files import job_folder, result_file_name, write_dataset
 from dicomnode.settings import Peer, Settings
 from tests.conftest import make_settings
 from tests.support.models import write_threshold_model
@@ -233,3 +238,44 @@ def test_a_query_peer_added_by_the_cli(settings: Settings, sessions: sessionmake
     assert "yes (move)" in dicomnode(settings, "peers", "list").stdout
     refused = dicomnode(settings, "peers", "add", "PACS3", "10.0.0.9", "104", "--retrieve", "fetch")
     assert refused.returncode != 0 and "--retrieve must be get or move" in refused.stderr, refused.stderr
+
+
+def test_a_result_the_pacs_holds_before_its_delivery_is_recorded_is_not_counted(tmp_path: Path,
+                                                                                orthanc: Orthanc) -> None:
+    """The node's result reaches the PACS a moment before the node records its delivery: a question asked
+    then must still leave it out of the study's count (it did not when the node's own series were read
+    from delivery rows: on a busy machine a late instance's study then waited for the idle timer)."""
+    settings = make_settings(tmp_path / "data", pacs=Peer(ae_title=orthanc.aet, host="127.0.0.1",
+                                                          port=orthanc.dicom_port, query=True))
+    orthanc.add_modality("NODE", settings.ae_title, settings.port)
+    settings.data_dir.mkdir(parents=True)
+    upgrade(settings.db_url)
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    source = make_series(n_slices=3, rows=8, columns=8, series_description="CRASHTEST T1")
+    write_series(source, tmp_path / "source")
+    assert storescu(orthanc.dicom_port, tmp_path / "source", called=orthanc.aet).returncode == 0
+    study_uid = str(source[0].StudyInstanceUID)
+    with session_scope(sessions) as session:
+        series = Series(series_uid=str(source[0].SeriesInstanceUID),
+                        study=Study(study_uid=study_uid, calling_ae=orthanc.aet))
+        session.add(series)
+        session.flush()
+        job = enqueue(session, series, "rule", "threshold-test", "1")
+        assert job is not None
+        session.flush()
+        study_id, job_id = series.study_id, job.id
+    result = make_series(n_slices=1, rows=8, columns=8, series_description="RESULT", study_uid=study_uid,
+                         series_number=9000)[0]
+    write_dataset(job_folder(settings.results_dir, job_id) / result_file_name(result), result)  # then sent:
+    write_series([result], tmp_path / "result")
+    assert storescu(orthanc.dicom_port, tmp_path / "result", called=orthanc.aet).returncode == 0
+    counts = PacsCounts(settings, sessions)
+    try:
+        counts(study_id).result(timeout=60)  # no delivery row yet
+    finally:
+        counts.stop()
+    with sessions() as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        assert (study.pacs_instances, study.pacs_note) == (3, ""), "the node's own result counted as the study's"
+        assert [s.pacs_instances for s in study.series] == [3]
