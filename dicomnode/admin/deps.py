@@ -23,7 +23,7 @@ from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.inference.registry import load_manifests, rule_state, suspended
+from dicomnode.inference.registry import load_manifests, rule_states
 from dicomnode.monitoring.node import AdminMetrics
 from dicomnode.settings import AdminUser, Rule, Settings
 from dicomnode.store.landing import Landing, SharesLanding
@@ -48,10 +48,8 @@ class AdminContext(SharesLanding):
         return config_store.runtime_rules(self.settings, self.sessions, self.default_rules)
 
     def rule_states(self, rules: Sequence[Rule]) -> dict[str, str]:
-        """Rule name -> "in force", or why it gives no job now (:func:`~dicomnode.inference.registry.rule_state`)."""
-        manifests = load_manifests(self.settings.models_dir)
-        held = suspended(manifests, self.unavailable, self.settings.demo_models)
-        return {rule.name: rule_state(rule, manifests, held) for rule in rules}
+        """Rule name -> "in force", or why it gives no job now (:func:`~dicomnode.inference.registry.rule_states`)."""
+        return rule_states(rules, load_manifests(self.settings.models_dir), self.unavailable, self.settings.demo_models)
 
 
 @dataclass

@@ -32,7 +32,7 @@ class SeriesVerdict:
 def judge(rules: Sequence[Rule], headers: Iterable[Dataset], states: Mapping[str, str]) -> list[SeriesVerdict]:
     """One verdict per series among ``headers`` (the first header of each series stands for it). A rule
     that matches but is not in force (``states``: rule name -> "in force" or why not, from
-    :func:`~dicomnode.inference.registry.rule_state`) runs nothing, and says why, as routing does."""
+    :func:`~dicomnode.inference.registry.rule_states`) runs nothing, and says why, as routing does."""
     first: dict[str, Dataset] = {}
     for header in headers:
         first.setdefault(str(header.get("SeriesInstanceUID", "")), header)

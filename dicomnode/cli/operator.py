@@ -193,12 +193,11 @@ def _rules(ctx: typer.Context) -> list[Rule]:
 
 def _rule_states(ctx: typer.Context, rules: list[Rule]) -> dict[str, str]:
     """Rule name -> "in force" or why not, with the models checked as the node checks them at start."""
-    from dicomnode.inference.registry import Registry, rule_state, suspended
+    from dicomnode.inference.registry import Registry, rule_states
 
     settings = context.settings(ctx)
     registry = Registry(settings.models_dir)  # each required file there with its SHA-256
-    held = suspended(registry.manifests, registry.check(), settings.demo_models)
-    return {rule.name: rule_state(rule, registry.manifests, held) for rule in rules}
+    return rule_states(rules, registry.manifests, registry.check(), settings.demo_models)
 
 
 @rules_app.command("list")

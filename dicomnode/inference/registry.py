@@ -14,7 +14,7 @@ unavailable, or it is a demonstration model and the site has not turned ``demo_m
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,11 +35,11 @@ __all__ = [
     "RuntimeOptions",
     "default_rules",
     "load_manifests",
-    "rule_state",
+    "rule_states",
     "suspended",
 ]
 
-IN_FORCE = "in force"  # a rule that gives jobs now (rule_state)
+IN_FORCE = "in force"  # a rule that gives jobs now (rule_states)
 DEMO_OFF = "is a demonstration model, routed only with demo_models = true (DICOMNODE_DEMO_MODELS)"
 
 
@@ -153,14 +153,20 @@ def suspended(manifests: Mapping[str, Manifest], unavailable: Mapping[str, str],
     return {**off, **{m: f"model {m} unavailable: {why}" for m, why in unavailable.items()}}
 
 
-def rule_state(rule: Rule, manifests: Mapping[str, Manifest], held: Mapping[str, str]) -> str:
-    """Whether ``rule`` gives jobs now ("in force"), or why not in routing's own words (a study's reason
-    says the same): its model is suspended (``held``, from :func:`suspended`), or not installed."""
-    if rule.model in held:
-        return f"suspended: {held[rule.model]}"
-    if rule.model not in manifests:
-        return f"gives no job: names unknown model {rule.model!r}"
-    return IN_FORCE
+def rule_states(rules: Iterable[Rule], manifests: Mapping[str, Manifest], unavailable: Mapping[str, str],
+                demo_models: bool) -> dict[str, str]:
+    """Rule name -> "in force" when the rule gives jobs now, or why not in routing's own words (a study's
+    reason says the same): its model is suspended (:func:`suspended`), or not installed."""
+    held = suspended(manifests, unavailable, demo_models)
+
+    def state(rule: Rule) -> str:
+        if rule.model in held:
+            return f"suspended: {held[rule.model]}"
+        if rule.model not in manifests:
+            return f"gives no job: names unknown model {rule.model!r}"
+        return IN_FORCE
+
+    return {rule.name: state(rule) for rule in rules}
 
 
 def default_rules(manifests: Mapping[str, Manifest], demo_models: bool) -> list[Rule]:
