@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import ClauseElement, Connection, DateTime, Dialect, Engine, MetaData, create_engine, event
+from sqlalchemy import ClauseElement, Connection, DateTime, Dialect, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -100,6 +100,17 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def anything(factory: sessionmaker[Session], query: Select[Any]) -> bool:
+    """Whether ``query`` finds a row, read in a plain snapshot (no write lock on SQLite).
+
+    A periodic writer (the sweep's steps, the worker's claim, the lease check: several a second) asks
+    this before its :func:`session_scope`, which it repeats the query in: with nothing to do it never
+    takes the write lock, which would make a group commit of received instances wait in SQLite's busy
+    handler (1 ms and up each time) while it held it."""
+    with read_scope(factory) as session:
+        return session.execute(query.limit(1)).first() is not None
 
 
 class Prepared:

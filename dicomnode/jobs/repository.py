@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome, Subject
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope, utcnow
+from dicomnode.db import anything, session_scope, utcnow
 from dicomnode.errors import IllegalTransition
 from dicomnode.jobs.models import Job, JobEvent, Series, Study
 from dicomnode.jobs.status import JobStatus, check_transition
@@ -103,11 +103,12 @@ def transition(
 
 def claim(sessions: sessionmaker[Session], worker_id: str, lease_seconds: float) -> ClaimedJob | None:
     """Take the oldest queued job, atomically; None when there is none."""
+    now = utcnow()
+    query = (select(Job.id).where(Job.status == JobStatus.QUEUED, or_(Job.run_after.is_(None), Job.run_after <= now))
+             .order_by(Job.id).limit(1))
+    if not anything(sessions, query):
+        return None
     with session_scope(sessions) as session:
-        now = utcnow()
-        query = (select(Job.id).where(Job.status == JobStatus.QUEUED,
-                                      or_(Job.run_after.is_(None), Job.run_after <= now))
-                 .order_by(Job.id).limit(1))
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         job_id = session.scalar(query)
@@ -144,9 +145,11 @@ def requeue_expired(sessions: sessionmaker[Session], max_attempts: int | None = 
     A job whose worker died in each of ``max_attempts`` attempts (a model crashing the process on that
     series, say) goes to the dead letter instead: nothing loops forever.
     """
+    expired = (Job.status == JobStatus.RUNNING, Job.lease_until < utcnow())
+    if not anything(sessions, select(Job.id).where(*expired)):
+        return 0
     with session_scope(sessions) as session:
-        rows = session.execute(select(Job.id, Job.attempts).where(
-            Job.status == JobStatus.RUNNING, Job.lease_until < utcnow())).all()
+        rows = session.execute(select(Job.id, Job.attempts).where(*expired)).all()
         for job_id, attempts in rows:
             if max_attempts is not None and attempts >= max_attempts:
                 transition(session, job_id, JobStatus.RUNNING, JobStatus.DEAD_LETTER,

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
-from dicomnode.db import session_scope, utcnow
+from dicomnode.db import anything, session_scope, utcnow
 from dicomnode.errors import SeriesNotUsable
 from dicomnode.jobs.models import Instance, Job, PriorStudy, Series, Study
 from dicomnode.jobs.repository import enqueue
@@ -262,10 +262,12 @@ def _candidates(sessions: sessionmaker[Session], quiet_since: dt.datetime,
 def keep_priors(sessions: sessionmaker[Session], quiet_since: dt.datetime) -> int:
     """Prior studies fetched for comparison (their UIDs are in ``prior_study``) that have gone quiet:
     complete and kept (under retention, like any study), never routed."""
+    quiet = (Study.state == StudyState.RECEIVING, Study.last_received_at < quiet_since,
+             Study.study_uid.in_(select(PriorStudy.study_uid)))
+    if not anything(sessions, select(Study.id).where(*quiet)):
+        return 0
     with session_scope(sessions) as session:
-        studies = session.scalars(select(Study).where(
-            Study.state == StudyState.RECEIVING, Study.last_received_at < quiet_since,
-            Study.study_uid.in_(select(PriorStudy.study_uid)))).all()
+        studies = session.scalars(select(Study).where(*quiet)).all()
         for study in studies:
             study.state, study.completed_at = StudyState.NO_MATCH, utcnow()
             study.state_reason = "a prior study, fetched for comparison: kept, not routed"
