@@ -181,6 +181,9 @@ def test_invalid_uid_is_refused_without_a_file(scp: RunningScp, caplog: pytest.L
     assert spool_entries(scp.settings) == []
     (logged,) = [r for r in caplog.records if "refused with 0xC211" in r.getMessage()]
     assert logged.getMessage().startswith("C-STORE refused") and getattr(logged, "ctx", {}).get("stage") == "receive"
+    # the log names the attribute, never its value (the audit row keeps the reason)
+    assert logged.getMessage().endswith(": SeriesInstanceUID missing or not a valid UID")
+    assert "bad/" not in caplog.text
     (row,) = _audit(scp, "instance_refused")
     assert "SeriesInstanceUID" in json.loads(row.detail)["reason"]
 

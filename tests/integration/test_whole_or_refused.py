@@ -130,6 +130,14 @@ def _deflated() -> Sent:
                       deflater.compress(_body(ds)) + deflater.flush())
 
 
+def _rgb(rows: int, columns: int, *, planes: int = 3) -> Sent:
+    """An 8-bit RGB image (Samples per Pixel 3) whose Pixel Data declares and carries ``planes`` of its 3."""
+    ds = _image(rows, columns, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
+                BitsAllocated=8, BitsStored=8, HighBit=7)
+    ds.PixelData = bytes(rows * columns * planes)
+    return Sent(str(ds.SOPInstanceUID), ExplicitVRLittleEndian, _body(ds))
+
+
 def _odd_8bit() -> Sent:
     ds = _image(5, 5, BitsAllocated=8, BitsStored=8, HighBit=7)
     ds.PixelData = bytes(26)  # 25 bytes, padded to even
@@ -141,6 +149,7 @@ LIES: dict[str, Callable[[], Sent]] = {
     "512x512 image cut 200,000 bytes short": lambda: _native(512, 512, carried=512 * 512 * 2 - 200_000),
     "512x512 image whose pixel data declares 200,000 bytes too few": lambda: _native(
         512, 512, declared=512 * 512 * 2 - 200_000),
+    "RGB image carrying one sample of its three": lambda: _rgb(64, 64, planes=1),
     "encapsulated: a fragment cut short": lambda: _encapsulated(cut=lambda body, starts: body[:-8 - 400]),
     "encapsulated: the last fragment missing": lambda: _encapsulated(
         cut=lambda body, starts: body[:starts[-1]] + body[-8:]),
@@ -157,6 +166,7 @@ TRUTHS: dict[str, Callable[[], Sent]] = {
     "native 512x512, explicit VR": lambda: _native(512, 512),
     "native, implicit VR": lambda: _native(64, 64, implicit=True),
     "odd-sized 8-bit native, padded to even": _odd_8bit,
+    "RGB, three samples a pixel": lambda: _rgb(64, 64),
     "explicit VR big endian": _big_endian,
     "deflated explicit VR little endian": _deflated,
     "encapsulated with offsets": _encapsulated,
