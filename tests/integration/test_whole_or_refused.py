@@ -316,6 +316,14 @@ def _element(group: int, element: int, vr: bytes, value: bytes, *, undefined: bo
 _IMPLICIT_ITEM = (struct.pack("<HHL", *_ITEM, 0xFFFFFFFF) + struct.pack("<HHL", 0x0008, 0x0100, 6) + b"121311"
                   + struct.pack("<HHL", 0xFFFE, 0xE00D, 0))
 _CREATOR = _element(0x7FE1, 0x0010, b"LO", b"DICOMNODE TEST")
+_EXPLICIT_CODE = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 6) + b"121311"
+
+
+def _explicit_item(length: int) -> bytes:
+    """An item of defined ``length`` holding one explicit VR element (14 bytes)."""
+    return struct.pack("<HHL", *_ITEM, length) + _EXPLICIT_CODE
+
+
 EDGES: dict[str, tuple[Callable[[], Sent], int | None]] = {
     "1-bit pixels, packed and padded": (_image_with(bytes(14), BitsAllocated=1, BitsStored=1, HighBit=0), None),
     "1-bit pixels, a byte short": (_image_with(bytes(12), BitsAllocated=1, BitsStored=1, HighBit=0), CANNOT_DECODE),
@@ -334,6 +342,10 @@ EDGES: dict[str, tuple[Callable[[], Sent], int | None]] = {
     "an implicit VR item in an explicit VR sequence": (_trailing(_CREATOR, _element(
         0x7FE1, 0x1001, b"SQ", _IMPLICIT_ITEM + struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)),
         CANNOT_DECODE),
+    "an explicit VR sequence of defined length": (_trailing(_CREATOR, _element(
+        0x7FE1, 0x1001, b"SQ", _explicit_item(len(_EXPLICIT_CODE)))), None),
+    "an item that runs past its defined-length sequence": (_trailing(_CREATOR, _element(
+        0x7FE1, 0x1001, b"SQ", _explicit_item(len(_EXPLICIT_CODE) + 26))), CANNOT_DECODE),
     "an undefined length on a value": (_trailing(_CREATOR, _element(
         0x7FE1, 0x1001, b"OB", struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)), CANNOT_DECODE),
     "a Basic Offset Table that points between fragments": (lambda: _encapsulated(
