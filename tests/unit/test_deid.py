@@ -158,9 +158,9 @@ def test_no_name_identifier_description_or_original_uid_is_left() -> None:
     series = _series()
     copies, uid_map = deidentify(series, "seed")
     assert _uids(series) <= set(uid_map)
-    secrets = [NAME, *NAME.split("^"), PID, BIRTH, BIRTH[:4], ACCESSION, INSTITUTION, *DOCTOR.split("^"),
-               "vendor secret", "MPRAGE", "07.06.1950", *_uids(series)]
     uids = _uids(series)
+    secrets = [NAME, *NAME.split("^"), PID, BIRTH, BIRTH[:4], ACCESSION, INSTITUTION, *DOCTOR.split("^"),
+               "vendor secret", "MPRAGE", "07.06.1950", *uids]
     for ds, original in zip(copies, series, strict=True):
         data, values = _bytes(ds).upper(), _bytes_but_uids(ds).upper()
         assert [s for s in secrets if s.upper().encode() in (data if s in uids else values)] == []
