@@ -200,7 +200,10 @@ def start_server(app: Any, settings: Settings) -> AdminServer:
                                                         "upload_timeout": settings.dicomweb_request_timeout_seconds})
     uploads = {"/ui/rules/test": settings.admin_max_upload_bytes, "/dicomweb/": settings.dicomweb_max_body_bytes}
     bounded = Capacity(BodyLimit(app, settings.admin_max_body_bytes, uploads), settings.admin_max_connections)
-    config = uvicorn.Config(bounded, http=protocol, lifespan="off", log_config=None, access_log=False,
+    # factory=True: uvicorn calls the factory for the app, rather than calling the app with no arguments to
+    # find out whether it is one (which an instrumented __call__, mutmut's, answers with a coroutine)
+    config = uvicorn.Config(lambda: bounded, factory=True, http=protocol, lifespan="off", log_config=None,
+                            access_log=False,
                             server_header=False,  # no limit_concurrency: it counts idle connections too
                             proxy_headers=bool(settings.admin_trusted_proxies),
                             forwarded_allow_ips=list(settings.admin_trusted_proxies) or None,

@@ -55,7 +55,7 @@ from tests.support.synthetic import make_series
 
 MR = str(MRImageStorage)
 CANNOT_DECODE = 0xC210
-_ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+_ITEM, _ITEM_END, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
 FRAGMENT = b"\x5a" * 40_000  # a frame's compressed bytes (never decoded, only counted): past the early prefix
 # as the node runs (dicomnode.log.setup_logging): pydicom's warnings ("Expected explicit VR, but found implicit
 # VR", "End of file reached before delimiter") are kept out of the logs, never raised; here too, so that it is
@@ -138,6 +138,22 @@ def _rgb(rows: int, columns: int, *, planes: int = 3) -> Sent:
     return Sent(str(ds.SOPInstanceUID), ExplicitVRLittleEndian, _body(ds))
 
 
+def _undefined_lengths(*, delimited: bool = True) -> Sent:
+    """A 64x64 image whose Referenced Image Sequence (before the pixel data) and its item are of undefined
+    length, in explicit VR (PS3.5 7.5.1: each ends in its delimiter; without ``delimited``, the item's is
+    missing, so the item runs on into the sequence delimiter)."""
+    ds = _image(64, 64)
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, generate_uid()
+    item.is_undefined_length_sequence_item = True
+    ds.ReferencedImageSequence = [item]
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    body = _body(ds)
+    if not delimited:
+        body = body.replace(struct.pack("<HHL", *_ITEM_END, 0), b"", 1)
+    return Sent(str(ds.SOPInstanceUID), ExplicitVRLittleEndian, body)
+
+
 def _odd_8bit() -> Sent:
     ds = _image(5, 5, BitsAllocated=8, BitsStored=8, HighBit=7)
     ds.PixelData = bytes(26)  # 25 bytes, padded to even
@@ -160,6 +176,8 @@ LIES: dict[str, Callable[[], Sent]] = {
         (lie := _native(256, 256, implicit=True)).uid, ExplicitVRLittleEndian, lie.body),
     "explicit VR body on an implicit VR context": lambda: Sent(
         (lie := _native(256, 256)).uid, ImplicitVRLittleEndian, lie.body),
+    "an explicit VR item of undefined length without its item delimiter": lambda: _undefined_lengths(
+        delimited=False),
 }
 TRUTHS: dict[str, Callable[[], Sent]] = {
     "native, explicit VR": lambda: _native(64, 64),
@@ -171,6 +189,7 @@ TRUTHS: dict[str, Callable[[], Sent]] = {
     "deflated explicit VR little endian": _deflated,
     "encapsulated with offsets": _encapsulated,
     "encapsulated without offsets": lambda: _encapsulated(offsets=False),
+    "explicit VR, a sequence and its item of undefined length": _undefined_lengths,
 }
 
 
@@ -317,6 +336,7 @@ _IMPLICIT_ITEM = (struct.pack("<HHL", *_ITEM, 0xFFFFFFFF) + struct.pack("<HHL", 
                   + struct.pack("<HHL", 0xFFFE, 0xE00D, 0))
 _CREATOR = _element(0x7FE1, 0x0010, b"LO", b"DICOMNODE TEST")
 _EXPLICIT_CODE = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 6) + b"121311"
+_EXPLICIT_ITEM = (struct.pack("<HHL", *_ITEM, 0xFFFFFFFF) + _EXPLICIT_CODE + struct.pack("<HHL", *_ITEM_END, 0))
 
 
 def _explicit_item(length: int) -> bytes:
@@ -346,6 +366,11 @@ EDGES: dict[str, tuple[Callable[[], Sent], int | None]] = {
         0x7FE1, 0x1001, b"SQ", _explicit_item(len(_EXPLICIT_CODE)))), None),
     "an item that runs past its defined-length sequence": (_trailing(_CREATOR, _element(
         0x7FE1, 0x1001, b"SQ", _explicit_item(len(_EXPLICIT_CODE) + 26))), CANNOT_DECODE),
+    "an explicit VR sequence of an undefined-length item": (_trailing(_CREATOR, _element(
+        0x7FE1, 0x1001, b"SQ", _EXPLICIT_ITEM + struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)), None),
+    "an explicit VR undefined-length item without its delimiter": (_trailing(_CREATOR, _element(
+        0x7FE1, 0x1001, b"SQ", _EXPLICIT_ITEM[:-8] + struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)),
+        CANNOT_DECODE),
     "an undefined length on a value": (_trailing(_CREATOR, _element(
         0x7FE1, 0x1001, b"OB", struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)), CANNOT_DECODE),
     "a Basic Offset Table that points between fragments": (lambda: _encapsulated(
