@@ -160,20 +160,19 @@ class _Source:
     """A stream's bytes where the walk needs them: ``known`` ones (those at ``base``) from memory, the rest a
     page at a time from the stream ``opener`` opens (once, where it is needed at all)."""
 
-    def __init__(self, size: int, *, known: bytes = b"", base: int = 0,
-                 opener: Callable[[], BinaryIO] | None = None) -> None:
+    def __init__(self, size: int, *, opener: Callable[[], BinaryIO], known: bytes = b"", base: int = 0) -> None:
         self.size, self.data, self.base, self.opener = size, known, base, opener
         self.stream: BinaryIO | None = None
 
     def read(self, pos: int, n: int) -> bytes:
         """Up to ``n`` bytes at ``pos`` (fewer at the end of the stream)."""
         offset = pos - self.base
-        if (offset < 0 or offset + n > len(self.data)) and self.opener is not None:
+        if offset < 0 or offset + n > len(self.data):
             if self.stream is None:
                 self.stream = self.opener()
             self.stream.seek(pos)
             self.data, self.base, offset = self.stream.read(max(n, _PAGE)), pos, 0
-        return self.data[offset:offset + n] if offset >= 0 else b""
+        return self.data[offset:offset + n]
 
 
 def _dataset_start(source: _Source) -> tuple[int, str]:

@@ -160,24 +160,39 @@ def _odd_8bit() -> Sent:
     return Sent(str(ds.SOPInstanceUID), ExplicitVRLittleEndian, _body(ds))
 
 
-LIES: dict[str, Callable[[], Sent]] = {
-    "native pixel data declares 8192 bytes and carries 5192": lambda: _native(64, 64, carried=5192),
-    "512x512 image cut 200,000 bytes short": lambda: _native(512, 512, carried=512 * 512 * 2 - 200_000),
-    "512x512 image whose pixel data declares 200,000 bytes too few": lambda: _native(
-        512, 512, declared=512 * 512 * 2 - 200_000),
-    "RGB image carrying one sample of its three": lambda: _rgb(64, 64, planes=1),
-    "encapsulated: a fragment cut short": lambda: _encapsulated(cut=lambda body, starts: body[:-8 - 400]),
-    "encapsulated: the last fragment missing": lambda: _encapsulated(
-        cut=lambda body, starts: body[:starts[-1]] + body[-8:]),
-    "encapsulated: the last fragment missing, no offset table": lambda: _encapsulated(
-        offsets=False, cut=lambda body, starts: body[:starts[-1]] + body[-8:]),
-    "encapsulated: no sequence delimiter": lambda: _encapsulated(cut=lambda body, starts: body[:-8]),
-    "implicit VR body on an explicit VR context": lambda: Sent(
+LIES: dict[str, tuple[Callable[[], Sent], str]] = {  # each lie, and the refusal's reason
+    "native pixel data declares 8192 bytes and carries 5192": (
+        lambda: _native(64, 64, carried=5192), "the pixel data cut short: its length says 8192 bytes, 5192 follow"),
+    "512x512 image cut 200,000 bytes short": (
+        lambda: _native(512, 512, carried=512 * 512 * 2 - 200_000),
+        "the pixel data cut short: its length says 524288 bytes, 324288 follow"),
+    "512x512 image whose pixel data declares 200,000 bytes too few": (lambda: _native(
+        512, 512, declared=512 * 512 * 2 - 200_000), "pixel data of 324288 bytes; its attributes say 524288"),
+    "RGB image carrying one sample of its three": (
+        lambda: _rgb(64, 64, planes=1), "pixel data of 4096 bytes; its attributes say 12288"),
+    "encapsulated: a fragment cut short": (
+        lambda: _encapsulated(cut=lambda body, starts: body[:-8 - 400]),
+        "a pixel data fragment cut short: its length says 40000 bytes, 39600 follow"),
+    "encapsulated: the last fragment missing": (
+        lambda: _encapsulated(cut=lambda body, starts: body[:starts[-1]] + body[-8:]),
+        "encapsulated pixel data of 2 fragments for 3 frames"),
+    "encapsulated: the last fragment missing, no offset table": (
+        lambda: _encapsulated(offsets=False, cut=lambda body, starts: body[:starts[-1]] + body[-8:]),
+        "encapsulated pixel data of 2 fragments for 3 frames"),
+    "encapsulated: no sequence delimiter": (
+        lambda: _encapsulated(cut=lambda body, starts: body[:-8]),
+        "encapsulated pixel data without its sequence delimiter"),
+    "encapsulated: an item delimiter among the fragments": (lambda: _encapsulated(
+        cut=lambda body, starts: body[:starts[1]] + struct.pack("<HH", *_ITEM_END) + body[starts[1] + 4:]),
+        "encapsulated pixel data holding something other than fragment items"),
+    "implicit VR body on an explicit VR context": (lambda: Sent(
         (lie := _native(256, 256, implicit=True)).uid, ExplicitVRLittleEndian, lie.body),
-    "explicit VR body on an implicit VR context": lambda: Sent(
+        "the dataset is encoded in implicit VR; its transfer syntax says explicit VR"),
+    "explicit VR body on an implicit VR context": (lambda: Sent(
         (lie := _native(256, 256)).uid, ImplicitVRLittleEndian, lie.body),
-    "an explicit VR item of undefined length without its item delimiter": lambda: _undefined_lengths(
-        delimited=False),
+        "the dataset is encoded in explicit VR; its transfer syntax says implicit VR"),
+    "an explicit VR item of undefined length without its item delimiter": (
+        lambda: _undefined_lengths(delimited=False), "an item or delimiter where an element belongs"),
 }
 TRUTHS: dict[str, Callable[[], Sent]] = {
     "native, explicit VR": lambda: _native(64, 64),
@@ -201,15 +216,19 @@ def _kept(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, lis
     return rows, files
 
 
-def _refusals(sessions: sessionmaker[Session]) -> list[str]:
+def _refusals(sessions: sessionmaker[Session]) -> list[tuple[str, str]]:
+    """The audited refusals: status and reason."""
     with sessions() as session:
         rows = session.scalars(select(AuditRecord).where(AuditRecord.event == "instance_refused"))
-        return [json.loads(row.detail)["status"] for row in rows]
+        return [(detail["status"], detail["reason"]) for detail in (json.loads(row.detail) for row in rows)]
 
 
-def _assert_refused_and_forgotten(sessions: sessionmaker[Session], settings: Settings) -> None:
+def _assert_refused_and_forgotten(sessions: sessionmaker[Session], settings: Settings, fault: str) -> None:
+    """Nothing kept, and one refusal audited: 0xC210, for the reason ``fault``."""
     wait_for(lambda: _kept(sessions, settings) == (0, []), timeout=30, msg="no row and no file kept")
-    wait_for(lambda: _refusals(sessions) == ["0xC210"], timeout=30, msg="one refusal audited")
+    wait_for(lambda: len(_refusals(sessions)) == 1, timeout=30, msg="one refusal audited")
+    [(status, reason)] = _refusals(sessions)
+    assert (status, reason) == ("0xC210", fault)
 
 
 @pytest.mark.parametrize("engine", ["native", "pynetdicom"])
@@ -218,10 +237,11 @@ def test_c_store_of_an_instance_that_is_not_whole_or_not_in_its_encoding_is_refu
     start_scp_with: StartScp, sessions: sessionmaker[Session], engine: str, case: str
 ) -> None:
     scp = start_scp_with(receive_engine=engine)
-    lie = LIES[case]()
+    make, fault = LIES[case]
+    lie = make()
     answered = store(scp.port, MR, lie.uid, lie.body, transfer_syntax=lie.transfer_syntax)
     assert answered == CANNOT_DECODE
-    _assert_refused_and_forgotten(sessions, scp.settings)
+    _assert_refused_and_forgotten(sessions, scp.settings, fault)
 
 
 @pytest.mark.parametrize("engine", ["native", "pynetdicom"])
@@ -269,10 +289,29 @@ def test_stow_of_an_instance_that_is_not_whole_or_not_in_its_encoding_is_refused
     stow: tuple[str, Settings], sessions: sessionmaker[Session], case: str
 ) -> None:
     url, configured = stow
-    status, answer = _post(url, [_part10(LIES[case]())])
+    make, fault = LIES[case]
+    status, answer = _post(url, [_part10(make())])
     assert status == 409
     assert [int(item.FailureReason) for item in answer.FailedSOPSequence] == [CANNOT_DECODE]
-    _assert_refused_and_forgotten(sessions, configured)
+    _assert_refused_and_forgotten(sessions, configured, fault)
+
+
+def test_stow_of_a_part_whose_file_meta_names_no_transfer_syntax_is_refused(
+    stow: tuple[str, Settings], sessions: sessionmaker[Session]
+) -> None:
+    """A part's transfer syntax is its file meta's (PS3.18 10.5): without one, its dataset cannot be read."""
+    url, configured = stow
+    whole = _part10(_native(64, 64))
+    meta_end = 132 + 12 + struct.unpack("<L", whole[140:144])[0]  # preamble, DICM, the group length element
+    transfer_syntax = whole.index(struct.pack("<HH2s", 0x0002, 0x0010, b"UI"), 132, meta_end)
+    syntax_length = 8 + struct.unpack("<H", whole[transfer_syntax + 6:transfer_syntax + 8])[0]
+    group_length = struct.pack("<L", meta_end - 144 - syntax_length)
+    part = whole[:140] + group_length + whole[144:transfer_syntax] + whole[transfer_syntax + syntax_length:]
+    status, answer = _post(url, [part])
+    assert status == 409
+    assert [int(item.FailureReason) for item in answer.FailedSOPSequence] == [CANNOT_DECODE]
+    _assert_refused_and_forgotten(sessions, configured,
+                                  "no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
 
 
 def test_stow_of_whole_instances_is_acknowledged(stow: tuple[str, Settings], sessions: sessionmaker[Session]) -> None:
@@ -294,7 +333,7 @@ def test_the_check_from_the_pixel_data_on_gives_the_whole_files_verdict(tmp_path
     """The native data phase walks the header while the dataset arrives and judges the rest from the pixel
     data on (:func:`dicomnode.receive.dataphase.early.refusal`): the verdict of the whole file's walk."""
     judged_early = []
-    for case, make in {**LIES, **TRUTHS}.items():
+    for case, make in {**{lie: make for lie, (make, _) in LIES.items()}, **TRUTHS}.items():
         sent = make()
         meta, path = _file(tmp_path, sent)
         whole = file_refusal(path, sent.transfer_syntax, inflated_limit=2**30)
