@@ -9,8 +9,9 @@
 #
 # The full run and a subset print the score per package (killed / all, timeouts counted as killed). A
 # sample prints, per package, its size, the score and a 95 % interval, and the names that survived;
-# its names are kept in mutants/sample.txt. Surviving mutants get a test, or are listed with their
-# reason in docs/testing.md. Run it with nice; MUTATION_CHILDREN (default 2) sets mutmut's workers.
+# its names are kept in mutants/sample.txt; its "no tests" names (code only a process that a test starts
+# reaches: the CLI, the node under serve) are then run by mutation_sample.py byhand. Surviving mutants
+# get a test, or are listed with their reason in docs/testing.md. Run it with nice; MUTATION_CHILDREN (default 2) sets mutmut's workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 children="${MUTATION_CHILDREN:-2}"
@@ -22,6 +23,7 @@ if [[ "${1:-}" == "--sample" ]]; then
     echo "mutation sample: $per_package per package, seed $seed"
     .venv/bin/python scripts/mutation_sample.py pick "$per_package" "$seed" mutants/sample.txt
     xargs -a mutants/sample.txt .venv/bin/mutmut run --max-children "$children" || true
+    .venv/bin/python scripts/mutation_sample.py byhand mutants/sample.txt  # what only a started process reaches
     echo "mutation sample: $per_package per package, seed $seed"
     .venv/bin/python scripts/mutation_sample.py score mutants/sample.txt
     exit 0

@@ -1,6 +1,7 @@
 """A seeded random sample of mutmut 3 mutants per package, and its score (scripts/mutation.sh --sample).
 
     python scripts/mutation_sample.py pick N SEED FILE  # generate the mutants, write N names per package
+    python scripts/mutation_sample.py byhand FILE   # run FILE's "no tests" names in the processes tests start
     python scripts/mutation_sample.py score FILE    # score the names in FILE from mutmut's results
 
 Mutants are generated with mutmut's own steps (the ones `mutmut run` starts with), listed from its
@@ -14,11 +15,29 @@ from __future__ import annotations
 import collections
 import json
 import math
+import os
 import random
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 KILLED = {"killed", "timeout"}
+
+# What a package does only in a process that a test starts (a CLI command, the node under ``serve``, the
+# edge's remote round trip) mutmut 3's first pass cannot see: it maps tests to a function by the calls made
+# in the pytest process, so such a mutant is "no tests" and never run. ``byhand`` runs each of them against
+# these tests, the mutant switched on in every process (MUTANT_UNDER_TEST and PYTHONPATH, naming the
+# mutated copy, are inherited), stopping at the first failure: a failure is a kill, a pass a survivor.
+BY_HAND = {
+    "cli/": ["tests/integration/test_cli_surface.py", "tests/integration/test_cli.py",
+             "tests/integration/test_models_cli.py", "tests/integration/test_model_availability.py",
+             "tests/integration/test_audit_trail.py", "tests/integration/test_pacs_counts.py",
+             "tests/integration/test_admin.py", "tests/integration/test_syslog.py", "tests/e2e/test_roles.py"],
+    "remote/": ["tests/e2e/test_edge_cloud.py"],
+}
+BY_HAND_DEFAULT = ["tests/e2e/test_promises.py", "tests/e2e/test_site_models_e2e.py", "tests/e2e/test_node.py"]
+BY_HAND_TIMEOUT = 1200  # seconds; beyond it, a timeout (counted as a kill, as mutmut counts its own)
 
 
 def package(name: str) -> str:
@@ -99,10 +118,49 @@ def score(sample_file: Path) -> None:
         print("\n".join(f"  {name}" for name in survivors))
 
 
+def _pytest(files: list[str], mutant: str) -> int:
+    root = Path("mutants").resolve()
+    env = {**os.environ, "MUTANT_UNDER_TEST": mutant, "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *files]
+    try:
+        return subprocess.run(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=BY_HAND_TIMEOUT).returncode
+    except subprocess.TimeoutExpired:
+        return 36  # mutmut's exit code for a timeout
+
+
+def by_hand(sample_file: Path) -> None:
+    """Run the sample's "no tests" names against :data:`BY_HAND`, and keep each verdict in mutmut's own
+    results (``mutants/**/*.meta``) and in ``mutants/byhand.json``."""
+    found = statuses()
+    names = [name for name in sample_file.read_text().split() if found.get(name) == "no tests"]
+    selections = {package(name): BY_HAND.get(package(name), BY_HAND_DEFAULT) for name in names}
+    for key, files in sorted(selections.items()):  # the tests must pass without a mutant first
+        if (code := _pytest(files, "")) != 0:
+            raise SystemExit(f"byhand: the tests for {key} fail without a mutant (exit {code}): {files}")
+    verdicts: dict[str, dict[str, float]] = {}
+    for name in names:
+        started = time.monotonic()
+        code = _pytest(selections[package(name)], name)
+        verdicts[name] = {"exit_code": code, "seconds": round(time.monotonic() - started, 1)}
+        print(f"byhand {name}: exit {code} ({verdicts[name]['seconds']} s)", file=sys.stderr)
+    log = Path("mutants/byhand.json")
+    kept = json.loads(log.read_text()) if log.exists() else {}
+    log.write_text(json.dumps({**kept, **verdicts}, indent=1))
+    for meta in Path("mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        if any(name in verdicts for name in codes):
+            codes.update({name: int(verdicts[name]["exit_code"]) for name in codes if name in verdicts})
+            meta.write_text(json.dumps(data))
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["pick"] and len(argv) == 4:
         generate()  # mutmut prints each file it mutates
         Path(argv[3]).write_text("\n".join(pick(int(argv[1]), int(argv[2]))) + "\n")
+    elif argv[:1] == ["byhand"] and len(argv) == 2:
+        by_hand(Path(argv[1]))
     elif argv[:1] == ["score"] and len(argv) == 2:
         score(Path(argv[1]))
     else:
