@@ -130,10 +130,13 @@ def _pytest(files: list[str], mutant: str) -> int:
 
 
 def by_hand(sample_file: Path) -> None:
-    """Run the sample's "no tests" names against :data:`BY_HAND`, and keep each verdict in mutmut's own
-    results (``mutants/**/*.meta``) and in ``mutants/byhand.json``."""
-    found = statuses()
-    names = [name for name in sample_file.read_text().split() if found.get(name) == "no tests"]
+    """Run the sample's "no tests" names (and :data:`BY_HAND` packages' survivors) against the tests that
+    start processes, and keep each verdict in mutmut's own results (``mutants/**/*.meta``) and in
+    ``mutants/byhand.json``."""
+    found = statuses()  # "no tests"; and survivors in a package that started processes reach (cli/: the
+    # in-process tests of a command do not run all of it)
+    names = [name for name in sample_file.read_text().split()
+             if found.get(name) == "no tests" or (found.get(name) == "survived" and package(name) in BY_HAND)]
     selections = {package(name): BY_HAND.get(package(name), BY_HAND_DEFAULT) for name in names}
     for key, files in sorted(selections.items()):  # the tests must pass without a mutant first
         if (code := _pytest(files, "")) != 0:

@@ -35,7 +35,7 @@ def notice_description(manifest: Manifest, reason: str) -> str:
 
 
 def build_failure_notice(
-    sources: Sequence[Dataset], manifest: Manifest, reason: str, source_series_number: int | None, revision: int = 1
+    sources: Sequence[Dataset], manifest: Manifest, reason: str, source_series_number: int | None, revision: int
 ) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR in the source study with one TEXT finding: "AI result not available: <reason>"."""
     key = (str(sources[0].SeriesInstanceUID), manifest.id, manifest.version, f"revision-{revision}", "notice")

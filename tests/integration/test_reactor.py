@@ -189,7 +189,8 @@ def not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_node_refuses_to_start_on_a_release_it_does_not_follow(monkeypatch: pytest.MonkeyPatch,
                                                                    start_scp_with: StartScp) -> None:
     monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
-    with pytest.raises(reactor.UnfollowedPynetdicom, match=r"^pynetdicom 3\.1\.0 is not a release .* install one"):
+    with pytest.raises(reactor.UnfollowedPynetdicom,
+                       match=r"^pynetdicom 3\.1\.0 is not a release .* install one.* and add it to FOLLOWS$"):
         start_scp_with()
 
 

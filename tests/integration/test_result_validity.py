@@ -48,7 +48,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """SEG, TID 1500 SR and failure notice for one synthetic MR series, written as the node writes them."""
     manifest: Manifest = load_manifests(REPO / "models")["deepbet"]
     volume, labels, sources, identity, seg, sr = _seg_and_sr(manifest)
-    notice = build_failure_notice(sources, manifest, "model output was empty", 7)
+    notice = build_failure_notice(sources, manifest, "model output was empty", 7, 1)
     finding, absent = _finding_srs(manifest, volume, labels, seg, sources, identity)
     evidence_seg, classification_sr = _classification()
     folder = tmp_path_factory.mktemp("written")

@@ -193,6 +193,8 @@ LIES: dict[str, tuple[Callable[[], Sent], str]] = {  # each lie, and the refusal
         "the dataset is encoded in explicit VR; its transfer syntax says implicit VR"),
     "an explicit VR item of undefined length without its item delimiter": (
         lambda: _undefined_lengths(delimited=False), "an item or delimiter where an element belongs"),
+    "a sequence after the pixel data that the dataset ends inside": (lambda: _trailing(_CREATOR, _element(
+        0x7FE1, 0x1001, b"SQ", _EXPLICIT_ITEM, undefined=True))(), "a sequence cut short (no sequence delimiter)"),
 }
 TRUTHS: dict[str, Callable[[], Sent]] = {
     "native, explicit VR": lambda: _native(64, 64),
@@ -344,7 +346,8 @@ def test_the_check_from_the_pixel_data_on_gives_the_whole_files_verdict(tmp_path
             assert early.refusal(path, parsed, len(meta) + len(sent.body)) == whole, case
             if parsed.image is not None:  # the header walked: the rest judged from the pixel data on
                 judged_early.append(case)
-    assert sorted(judged_early) == sorted(case for case in [*LIES, *TRUTHS] if "512" in case or "encapsulated" in case)
+    assert sorted(judged_early) == sorted(case for case in [*LIES, *TRUTHS]
+                                          if "512" in case or "encapsulated" in case or "after the pixel" in case)
 
 
 def _trailing(*elements: bytes) -> Callable[[], Sent]:
@@ -429,6 +432,16 @@ def test_the_check_reads_pixel_data_and_sequences_as_ps3_5_says(tmp_path: Path, 
         parsed = early.parse_prefix(meta, bytearray(sent.body[:early.PREFIX_BYTES]), sent.transfer_syntax)
         assert parsed is not None and parsed.image is not None
         assert early.refusal(path, parsed, len(meta) + len(sent.body)) == refused
+
+
+def test_a_deflated_dataset_may_inflate_to_exactly_the_limit(tmp_path: Path) -> None:
+    """``max_inflated_mb`` is the most a dataset may inflate to: that many bytes are walked, one more refused."""
+    sent = _deflated()
+    _, path = _file(tmp_path, sent)
+    inflated = len(zlib.decompress(sent.body, -zlib.MAX_WBITS))
+    assert file_refusal(path, sent.transfer_syntax, inflated_limit=inflated) is None
+    refused = file_refusal(path, sent.transfer_syntax, inflated_limit=inflated - 1)
+    assert refused is not None and refused.status == 0xA700, refused
 
 
 def test_lenient_reading_is_scoped_to_its_readers_never_set_for_the_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,6 +207,17 @@ def test_clean_descriptors_keep_the_protocol_words_and_drop_names_and_identifier
     assert "InstitutionName" not in ds or ds.InstitutionName != INSTITUTION  # not a descriptor: Basic action
 
 
+def test_clean_descriptors_keep_a_word_that_only_a_uid_holds() -> None:
+    """UIDs are replaced, not read as identifying text: a description word that is also a component of one
+    of the instance's UIDs stays."""
+    series = _series()
+    for ds in series:
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.543"
+        ds.SeriesDescription = "T1 MPRAGE 10 543"
+    (ds, *_), _ = deidentify(series, "seed", [opt.CLEAN_DESCRIPTORS])
+    assert ds.SeriesDescription == "T1 MPRAGE 10 543"
+
+
 def test_patient_characteristics_are_kept_only_under_their_option() -> None:
     (basic,), _ = deidentify(_series()[:1], "seed")
     (kept,), _ = deidentify(_series()[:1], "seed", [opt.PATIENT_CHARACTERISTICS])

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dicomnode.errors import ModelError
 from dicomnode.inference.onnx import CPU, CUDA, choose_providers
 from dicomnode.inference.registry import Registry, RuntimeOptions
 from dicomnode.inference.result import SegmentationResult
+from dicomnode.inference.torchscript import select_device
 from dicomnode.inference.volume import build_volume
 from tests.support.models import write_classifier, write_threshold_model
 from tests.support.peers import REPO
@@ -23,6 +25,16 @@ def test_providers() -> None:
     assert choose_providers("cpu", [CUDA, CPU]) == [CPU]
     with pytest.raises(ModelError, match="no CUDA provider"):
         choose_providers("cuda", [CPU])
+
+
+def test_torch_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch sibling of the providers: auto takes a GPU torch sees, cuda without one is refused."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto") == select_device("cpu") == "cpu"
+    with pytest.raises(ModelError, match=r"^device 'cuda' was configured, but torch sees no CUDA device$"):
+        select_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == select_device("cuda") == "cuda" and select_device("cpu") == "cpu"
 
 
 def test_threshold_model_runs_on_the_cpu_here(tmp_path: Path) -> None:

@@ -61,6 +61,16 @@ def test_prefer_local_goes_remote_when_the_queue_is_long(tmp_path: Path, setting
     assert goes_remote(manifest, backend, sessions)
 
 
+def test_prefer_local_with_no_local_queue_goes_remote_once_a_job_waits(tmp_path: Path, settings: Settings,
+                                                                        sessions: sessionmaker[Session]) -> None:
+    """``max_local_queue = 0``: local while no job of the model waits here, remote once one does."""
+    manifest = _manifest(tmp_path, 'placement = "prefer-local"\nmax_local_queue = 0')
+    backend = remote_backend(manifest)
+    assert not goes_remote(manifest, backend, sessions)
+    _queue(settings, sessions, 1)
+    assert goes_remote(manifest, backend, sessions)
+
+
 def test_an_invalid_remote_table_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"remote\.placement"):
         _manifest(tmp_path, 'placement = "somewhere"')
