@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,9 +54,12 @@ def _url(archive: Orthanc) -> str:
 
 
 def test_results_reach_the_archive(settings: Settings, sessions: sessionmaker[Session], models: Path,
-                                   archive: Orthanc) -> None:
+                                   archive: Orthanc, caplog: pytest.LogCaptureFixture) -> None:
     job_id = a_job(settings, sessions)
-    assert _worker(settings, sessions, models, _url(archive), ("SEG",)).run_once()
+    with caplog.at_level(logging.INFO, logger="dicomnode.send"):
+        assert _worker(settings, sessions, models, _url(archive), ("SEG",)).run_once()
+    answered = [r.__dict__["ctx"] for r in caplog.records if r.getMessage() == "STOW-RS answered"]
+    assert answered == [{"stage": "send", "destination": "archive", "status": 200}]  # what IT staff read
     assert job_state(sessions, job_id)[0] is JobStatus.SUCCEEDED
     with sessions() as session:
         (delivery,) = session.scalars(select(Delivery).where(Delivery.job_id == job_id))

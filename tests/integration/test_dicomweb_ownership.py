@@ -8,6 +8,7 @@ a security alert per burst; that sender's QIDO-RS and WADO-RS of the study are 4
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from hashlib import sha256
@@ -28,6 +29,7 @@ from dicomnode.audit.models import AuditRecord
 from dicomnode.jobs.models import Instance, Series, Study, StudySender
 from dicomnode.net.multipart import encode_related
 from dicomnode.settings import Settings
+from dicomnode.store.ownership import study_owner
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
 from tests.integration.test_dicomweb import USERS, _write_results
@@ -213,3 +215,18 @@ def test_a_flood_of_bad_parts_is_a_few_audit_rows(settings: Settings, sessions: 
     for _, detail in rows:
         counts[detail["status"]] = counts.get(detail["status"], 0) + detail["count"]
     assert counts == {"0xC210": 10_000, "HTTP 400": 5}
+
+
+def test_of_two_senders_recorded_at_the_same_instant_the_owner_is_always_the_same(
+    any_sessions: sessionmaker[Session],
+) -> None:
+    """Owner is the first sender; two recorded at one instant (two nodes' clocks, a coarse clock) are ordered
+    by name, so every reader names the same owner."""
+    at = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+    with any_sessions.begin() as session:
+        study = Study(study_uid="1.2.826.0.1.3680043.10.543.7", calling_ae="EDGE")
+        session.add(study)
+        session.flush()
+        session.add_all([StudySender(study_id=study.id, user=user, at=at) for user in ("edge-b", "edge-a", "edge-c")])
+    with any_sessions() as session:
+        assert study_owner(session, "1.2.826.0.1.3680043.10.543.7") == "edge-a"

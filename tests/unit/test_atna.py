@@ -90,6 +90,14 @@ def test_outcome_and_description() -> None:
     assert ident.findtext("EventOutcomeDescription") == "0xA700"
 
 
+@pytest.mark.parametrize(("outcome", "indicator"), [("success", "0"), ("minor_failure", "4"), ("serious_failure", "8"),
+                                                     ("major_failure", "12"), ("unheard-of", "4")])
+def test_each_outcome_has_its_indicator_and_an_unknown_one_is_no_success(outcome: str, indicator: str) -> None:
+    """PS3.15 A.5.1 EventOutcomeIndicator: 0, 4, 8, 12; an outcome the mapping lacks is a minor failure."""
+    ident = check(audit_message(row(AuditEvent.RESULT_SENT, outcome), SOURCE) or "").find("EventIdentification")
+    assert ident is not None and ident.get("EventOutcomeIndicator") == indicator
+
+
 def test_rule_change_is_software_configuration() -> None:
     xml = audit_message(row(AuditEvent.CONFIG_CHANGED, kind="rule"), SOURCE)
     assert xml is not None
@@ -139,6 +147,8 @@ def test_the_sending_peer_is_the_requestor_of_a_transfer_in(event: AuditEvent) -
     assert [(p.get("UserID"), p.get("UserIsRequestor")) for p in participants] == [
         ("ORTHANC", "true"), ("DICOMNODE", "false")]
     assert participants[0].get("NetworkAccessPointID") == "127.0.0.1"
+    node = participants[1]  # the node, as the destination: its process and host (PS3.15 A.5.3.2)
+    assert (node.get("AlternativeUserID"), node.get("NetworkAccessPointID")) == ("4242", "node1")
 
 
 @pytest.mark.parametrize("event", [AuditEvent.USER_LOGIN, AuditEvent.USER_LOGIN_FAILED, AuditEvent.CONFIG_CHANGED,
@@ -161,5 +171,8 @@ def test_a_query_carries_the_identifier_as_the_peer_saw_it() -> None:
     sop = next(o for o in root.iterfind("ParticipantObjectIdentification") if o.get("ParticipantObjectTypeCode") == "2"
                and codes(o, "ParticipantObjectIDTypeCode") == ["110181"])
     assert sop.get("ParticipantObjectID") == "1.2.840.10008.5.1.4.1.2.2.1"
+    id_type = sop.find("ParticipantObjectIDTypeCode")
+    assert id_type is not None and (id_type.get("codeSystemName"), id_type.get("originalText")) == (
+        "DCM", "SOP Class UID")
     assert sop.findtext("ParticipantObjectQuery") == "CAACAAAAAAA="
     assert root.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]

@@ -1,0 +1,206 @@
+"""The admin API's and console's details a client sees: error bodies and their headers, the console's cookie
+attributes, filter choices, the rule tester's verdicts, the dashboard's sparkline, the origin check's ports
+and the study timeline's reasons. Real admin server over a loopback socket, raw requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import json
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.admin import csrf
+from dicomnode.admin.auth import hash_password
+from dicomnode.admin.console import _sparkline
+from dicomnode.audit.events import AuditEvent, Outcome
+from dicomnode.audit.trail import record
+from dicomnode.db import session_scope
+from dicomnode.jobs.models import Study
+from dicomnode.jobs.status import JobStatus
+from dicomnode.settings import AdminUser, Rule, Settings
+from dicomnode.store.index import InstanceMeta, record_instance
+from tests.conftest import make_settings
+from tests.support.admin import Answer, admin_server, call, console_login, exchange, login
+from tests.support.models import write_threshold_model
+from tests.support.net import free_port, wait_for
+from tests.support.synthetic import make_series, write_series
+
+USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
+PUBLIC = "https://dicomnode.example.org"
+Serve = Callable[..., str]
+
+
+@pytest.fixture
+def serve(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Serve]:
+    """``serve(**settings)``: an admin server with these settings over the test's database; its base URL."""
+    with ExitStack() as servers:
+        def start(**overrides: Any) -> str:
+            values: dict[str, Any] = {"admin_port": free_port(), "min_free_disk_mb": 1, "admin_users": USERS,
+                                      "models_dir": settings.data_dir / "models"}
+            configured = make_settings(settings.data_dir, **{**values, **overrides})
+            return servers.enter_context(admin_server(configured, sessions))
+
+        yield start
+
+
+def _session(base: str) -> dict[str, str]:
+    return {"Cookie": f"dicomnode_session={console_login(base, 'it', 's3cret-pass')}"}
+
+
+def _console_login_from(base: str, origin: str) -> int:
+    """The status of a console login form sent with its own token and cookie, from ``origin``."""
+    page = exchange(base, "GET", "/ui/login")
+    nonce = page.cookies()[csrf.LOGIN_COOKIE].split(";")[0].split("=", 1)[1]
+    form = urllib.parse.urlencode({"user": "it", "password": "s3cret-pass", "csrf_token": nonce}).encode()
+    return exchange(base, "POST", "/ui/login", {"Origin": origin, "Cookie": f"{csrf.LOGIN_COOKIE}={nonce}",
+                                                "Content-Type": "application/x-www-form-urlencoded"}, form).status
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+@pytest.mark.parametrize("job_id", [999, 0, 2**63])
+def test_changing_a_job_that_does_not_exist_is_404_no_such_job(serve: Serve, action: str, job_id: int) -> None:
+    """Retrying or cancelling a job id the node does not have answers 404 with the detail "no such job"."""
+    base = serve()
+    status, body = call(base, "POST", f"/api/jobs/{job_id}/{action}", token=login(base, "it", "s3cret-pass"))
+    assert (status, body) == (404, {"detail": "no such job"})
+
+
+def test_jobs_page_offers_every_job_state_as_a_filter(serve: Serve) -> None:
+    """The console's jobs page offers one filter choice for each job state, the one asked for selected."""
+    base = serve()
+    page = exchange(base, "GET", "/ui/jobs?state=dead_letter", _session(base))
+    assert page.status == 200
+    choices = [line.strip() for line in page.text.split("<option")[1:]]
+    assert [c.split('"')[1] for c in choices] == ["", *[s.value for s in JobStatus]]
+    assert [c.split('"')[1] for c in choices if " selected>" in c] == ["dead_letter"]
+
+
+def test_login_page_sets_a_strict_http_only_token_cookie_for_the_login_path(serve: Serve) -> None:
+    """The console's login page sets its form's token cookie HttpOnly, SameSite=Strict, for /ui/login only."""
+    page = exchange(serve(), "GET", "/ui/login")
+    assert page.status == 200
+    name_value, *attributes = [p.strip() for p in page.cookies()[csrf.LOGIN_COOKIE].split(";")]
+    nonce = name_value.split("=", 1)[1]
+    assert f'name="csrf_token" value="{nonce}"' in page.text
+    assert {a.lower() for a in attributes} == {"httponly", "samesite=strict", "path=/ui/login"}
+
+
+def test_rules_page_shows_each_rules_verdict_for_a_study_on_the_node(serve: Serve, settings: Settings,
+                                                                     sessions: sessionmaker[Session],
+                                                                     tmp_path: Path) -> None:
+    """The rules page asked about a study on the node shows, per series, which models would run and why."""
+    write_threshold_model(settings.data_dir / "models", 0.5)
+    rules = [Rule(name="mr-seg", model="threshold-test", match={"Modality": "^MR$"}),
+             Rule(name="mr-absent", model="absent", match={"Modality": "^MR$"}),
+             Rule(name="ct-only", model="threshold-test", match={"Modality": "^CT$"})]
+    base = serve(rules=rules)
+    series = make_series(n_slices=2, rows=8, columns=8, series_description="T1 3D sag")
+    paths = write_series(series, tmp_path / "spool")
+    with session_scope(sessions) as session:
+        for ds, path in zip(series, paths, strict=True):
+            meta = InstanceMeta(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                                sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality="MR", series_number=7,
+                                series_description="T1 3D sag", patient_id="P1", patient_name="SYNTHETIC^PHANTOM")
+            record_instance(session, meta, path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                            size=path.stat().st_size, calling_ae="PACS")
+    page = exchange(base, "GET", f"/ui/rules?study_uid={series[0].StudyInstanceUID}", _session(base))
+    assert page.status == 200, page.text[:300]
+    verdicts = html.unescape(page.text.split('id="verdicts">', 1)[1].split("</table>", 1)[0])
+    (row,) = verdicts.split("<tr><td>")[1:]
+    cells = [c.split(">", 1)[-1] for c in row.split("</td>")[:5]]
+    assert cells[:4] == [series[0].SeriesInstanceUID, "MR", "T1 3D sag", "threshold-test"]
+    reasons = cells[4].split("<br>")
+    assert reasons[:2] == ["rule mr-seg matched: runs threshold-test",
+                           "rule mr-absent matched, but gives no job: names unknown model 'absent'"]
+    assert len(reasons) == 4 and "ct-only" in reasons[2] and reasons[3] == ""
+
+
+def test_sparkline_counts_events_per_hour_over_the_last_day() -> None:
+    """The dashboard's sparkline puts each event in its hour (newest right), scaled to the busiest hour."""
+    now = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+    times = [now, now - dt.timedelta(minutes=59), (now - dt.timedelta(hours=2, minutes=1)).replace(tzinfo=None),
+             now - dt.timedelta(hours=25), now + dt.timedelta(hours=1)]
+    polyline, count = _sparkline(times, now)
+    heights = ["28.0"] * 24
+    heights[23], heights[21] = "2.0", "15.0"
+    points = " ".join(f"{10 * i},{h}" for i, h in enumerate(heights))
+    assert (polyline, count) == (f'<polyline fill="none" stroke="#1d3557" stroke-width="2" points="{points}"/>', 3)
+
+
+def test_origin_of_keeps_only_a_port_that_is_not_the_schemes_default() -> None:
+    """An origin names its port only when it is not the scheme's default one."""
+    assert csrf.origin_of("http://Host:8443/x") == "http://host:8443"
+    assert csrf.origin_of("https://host:443/x") == "https://host"
+    assert csrf.origin_of("http://host:80/x") == "http://host"
+    assert csrf.origin_of("https://host:80/x") == "https://host:80"
+
+
+def test_console_post_from_another_port_of_the_same_host_is_refused(serve: Serve) -> None:
+    """A console form sent from the console's own origin, its port included, is accepted; from another port
+    of the same host it is refused."""
+    base = serve()
+    port = int(base.rsplit(":", 1)[1])
+    assert _console_login_from(base, f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}") == 403
+    assert _console_login_from(base, f"http://127.0.0.1:{port}") == 303
+
+
+def test_console_post_naming_the_default_port_of_the_public_origin_is_accepted(serve: Serve) -> None:
+    """An Origin that spells out the public origin's default port (https, 443) is the console's own."""
+    base = serve(admin_public_origin=PUBLIC)
+    assert _console_login_from(base, "https://dicomnode.example.org:8443") == 403
+    assert _console_login_from(base, "https://dicomnode.example.org:443") == 303
+
+
+def test_oversized_body_gets_a_json_413(serve: Serve) -> None:
+    """A body over the limit is answered 413 with a JSON body naming why, as application/json."""
+    base = serve(admin_max_body_bytes=4096)
+    answer = exchange(base, "POST", "/api/login", {"Content-Type": "application/json"}, b" " * 4097)
+    assert answer.status == 413
+    assert answer.header("Content-Type") == "application/json"
+    assert json.loads(answer.text) == {"detail": "request body too large"}
+
+
+def test_full_capacity_gets_a_json_503_with_retry_after(serve: Serve) -> None:
+    """While the capacity is taken, a request is answered 503 with a JSON reason and Retry-After: 1."""
+    base = serve(admin_request_timeout_seconds=60.0, admin_max_connections=1)  # the slow request outlasts the polls
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"user\":")  # handled, waiting for the rest of its body
+
+        def refused() -> Answer | None:
+            answer = exchange(base, "GET", "/api/studies")
+            return answer if answer.status == 503 else None
+
+        answer = wait_for(refused, timeout=10, msg="the capacity taken by the slow request")
+    assert answer.header("Content-Type") == "application/json" and answer.header("Retry-After") == "1"
+    assert json.loads(answer.text) == {"detail": "too many requests being handled; try again shortly"}
+
+
+def test_study_timeline_gives_each_events_recorded_reason(serve: Serve, sessions: sessionmaker[Session]) -> None:
+    """A study's timeline gives each of its audit events with the reason recorded in its detail ("" if none)."""
+    base = serve()
+    with session_scope(sessions) as session:
+        session.add(Study(study_uid="1.2.9", calling_ae="PACS"))
+        record(session, AuditEvent.STUDY_RECEIVED, study_uid="1.2.9", instances=2)
+        record(session, AuditEvent.INSTANCE_REFUSED, Outcome.MINOR_FAILURE, study_uid="1.2.9",
+               reason="not a storage SOP class")
+        record(session, AuditEvent.JOB_FAILED, Outcome.SERIOUS_FAILURE, study_uid="1.2.9",
+               reason="association rejected")
+        record(session, AuditEvent.JOB_FAILED, Outcome.SERIOUS_FAILURE, study_uid="1.2.8", reason="elsewhere")
+    status, study = call(base, "GET", "/api/studies/1.2.9", token=login(base, "it", "s3cret-pass"))
+    assert status == 200
+    assert [(e["event"], e["outcome"], e["reason"]) for e in study["timeline"]] == [
+        ("study_received", "success", ""), ("instance_refused", "minor_failure", "not a storage SOP class"),
+        ("job_failed", "serious_failure", "association rejected"),
+        ("instances_accessed", "success", "study viewed in the admin API")]  # this very view, audited first
