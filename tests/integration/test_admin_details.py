@@ -5,14 +5,12 @@ and the study timeline's reasons. Real admin server over a loopback socket, raw 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import html
 import json
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,12 +25,12 @@ from dicomnode.db import session_scope
 from dicomnode.jobs.models import Study
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import AdminUser, Rule, Settings
-from dicomnode.store.index import InstanceMeta, record_instance
 from tests.conftest import make_settings
 from tests.support.admin import Answer, admin_server, call, console_login, exchange, login
 from tests.support.models import write_threshold_model
 from tests.support.net import free_port, wait_for
-from tests.support.synthetic import make_series, write_series
+from tests.support.spooled import spool
+from tests.support.synthetic import make_series
 
 USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
 PUBLIC = "https://dicomnode.example.org"
@@ -95,8 +93,7 @@ def test_login_page_sets_a_strict_http_only_token_cookie_for_the_login_path(serv
 
 
 def test_rules_page_shows_each_rules_verdict_for_a_study_on_the_node(serve: Serve, settings: Settings,
-                                                                     sessions: sessionmaker[Session],
-                                                                     tmp_path: Path) -> None:
+                                                                     sessions: sessionmaker[Session]) -> None:
     """The rules page asked about a study on the node shows, per series, which models would run and why."""
     write_threshold_model(settings.data_dir / "models", 0.5)
     rules = [Rule(name="mr-seg", model="threshold-test", match={"Modality": "^MR$"}),
@@ -104,15 +101,7 @@ def test_rules_page_shows_each_rules_verdict_for_a_study_on_the_node(serve: Serv
              Rule(name="ct-only", model="threshold-test", match={"Modality": "^CT$"})]
     base = serve(rules=rules)
     series = make_series(n_slices=2, rows=8, columns=8, series_description="T1 3D sag")
-    paths = write_series(series, tmp_path / "spool")
-    with session_scope(sessions) as session:
-        for ds, path in zip(series, paths, strict=True):
-            meta = InstanceMeta(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
-                                sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality="MR", series_number=7,
-                                series_description="T1 3D sag", patient_id="P1", patient_name="SYNTHETIC^PHANTOM")
-            record_instance(session, meta, path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                            size=path.stat().st_size, calling_ae="PACS")
+    spool(settings, sessions, series)
     page = exchange(base, "GET", f"/ui/rules?study_uid={series[0].StudyInstanceUID}", _session(base))
     assert page.status == 200, page.text[:300]
     verdicts = html.unescape(page.text.split('id="verdicts">', 1)[1].split("</table>", 1)[0])
@@ -183,6 +172,7 @@ def test_full_capacity_gets_a_json_503_with_retry_after(serve: Serve) -> None:
             return answer if answer.status == 503 else None
 
         answer = wait_for(refused, timeout=10, msg="the capacity taken by the slow request")
+    assert answer is not None
     assert answer.header("Content-Type") == "application/json" and answer.header("Retry-After") == "1"
     assert json.loads(answer.text) == {"detail": "too many requests being handled; try again shortly"}
 
