@@ -37,6 +37,13 @@ BY_HAND = {
     "remote/": ["tests/e2e/test_edge_cloud.py"],
 }
 BY_HAND_DEFAULT = ["tests/e2e/test_promises.py", "tests/e2e/test_site_models_e2e.py", "tests/e2e/test_node.py"]
+# Functions that run once per process (at import, or a process-wide install): mutmut forks each mutant's
+# run from a process in which they ran already, unmutated, so their survivors are run afresh here too.
+ONCE = {
+    "dicomnode.net.reactor.x__patch": ["tests/integration/test_reactor.py", "tests/integration/test_receive.py"],
+    "dicomnode.jobs.models.x__enum": ["tests/unit/test_status.py"],
+    "dicomnode.store.index.x__find_known": ["tests/integration/test_receive.py"],
+}
 BY_HAND_TIMEOUT = 1200  # seconds; beyond it, a timeout (counted as a kill, as mutmut counts its own)
 
 
@@ -129,33 +136,49 @@ def _pytest(files: list[str], mutant: str) -> int:
         return 36  # mutmut's exit code for a timeout
 
 
+def _function(name: str) -> str:
+    """``dicomnode.net.reactor.x__patch__mutmut_42`` -> ``dicomnode.net.reactor.x__patch``."""
+    return name.rsplit("__mutmut_", 1)[0]
+
+
+def _selection(name: str) -> str:
+    return _function(name) if _function(name) in ONCE else package(name)
+
+
+def _tests(name: str) -> list[str]:
+    return ONCE.get(_function(name)) or BY_HAND.get(package(name), BY_HAND_DEFAULT)
+
+
 def by_hand(sample_file: Path) -> None:
-    """Run the sample's "no tests" names (and :data:`BY_HAND` packages' survivors) against the tests that
-    start processes, and keep each verdict in mutmut's own results (``mutants/**/*.meta``) and in
-    ``mutants/byhand.json``."""
-    found = statuses()  # "no tests"; and survivors in a package that started processes reach (cli/: the
-    # in-process tests of a command do not run all of it)
+    """Run the sample's "no tests" names (and the survivors of :data:`BY_HAND` packages and of :data:`ONCE`
+    functions) against the tests that start processes, or in a fresh one; keep each verdict in mutmut's own
+    results (``mutants/**/*.meta``) and in ``mutants/byhand.json``."""
+    found = statuses()
     names = [name for name in sample_file.read_text().split()
-             if found.get(name) == "no tests" or (found.get(name) == "survived" and package(name) in BY_HAND)]
-    selections = {package(name): BY_HAND.get(package(name), BY_HAND_DEFAULT) for name in names}
+             if found.get(name) == "no tests" or (found.get(name) == "survived" and (
+                 package(name) in BY_HAND or _function(name) in ONCE))]
+    selections = {_selection(name): _tests(name) for name in names}
     for key, files in sorted(selections.items()):  # the tests must pass without a mutant first
         if (code := _pytest(files, "")) != 0:
             raise SystemExit(f"byhand: the tests for {key} fail without a mutant (exit {code}): {files}")
-    verdicts: dict[str, dict[str, float]] = {}
     for name in names:
         started = time.monotonic()
-        code = _pytest(selections[package(name)], name)
-        verdicts[name] = {"exit_code": code, "seconds": round(time.monotonic() - started, 1)}
-        print(f"byhand {name}: exit {code} ({verdicts[name]['seconds']} s)", file=sys.stderr)
+        code = _pytest(selections[_selection(name)], name)
+        _keep(name, code, round(time.monotonic() - started, 1))
+        print(f"byhand {name}: exit {code}", file=sys.stderr)
+
+
+def _keep(name: str, code: int, seconds: float) -> None:
+    """One verdict, kept at once (a long run may be cut short): in byhand.json and in mutmut's results."""
     log = Path("mutants/byhand.json")
     kept = json.loads(log.read_text()) if log.exists() else {}
-    log.write_text(json.dumps({**kept, **verdicts}, indent=1))
+    log.write_text(json.dumps({**kept, name: {"exit_code": code, "seconds": seconds}}, indent=1))
     for meta in Path("mutants").rglob("*.meta"):
         data = json.loads(meta.read_text())
-        codes = data["exit_code_by_key"]
-        if any(name in verdicts for name in codes):
-            codes.update({name: int(verdicts[name]["exit_code"]) for name in codes if name in verdicts})
+        if name in data["exit_code_by_key"]:
+            data["exit_code_by_key"][name] = code
             meta.write_text(json.dumps(data))
+            return
 
 
 def main(argv: list[str]) -> None:
