@@ -324,7 +324,8 @@ def test_fuzz_p_data_full(fuzz_scp: RunningScp, caplog: pytest.LogCaptureFixture
 
 @pytest.mark.parametrize("engine", ["native", "pynetdicom"])
 def test_a_c_store_on_a_context_never_accepted_aborts_and_leaves_no_file(start_scp_with: StartScp,
-                                                                          engine: str) -> None:
+                                                                          engine: str,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """pynetdicom creates the dataset's file before it finds the context unknown, then gives up on the
     association; the connection must still close, and its file go (both engines)."""
     scp = start_scp_with(receive_engine=engine)
@@ -337,6 +338,10 @@ def test_a_c_store_on_a_context_never_accepted_aborts_and_leaves_no_file(start_s
     wait_for(lambda: _incoming_empty(scp), timeout=10, msg="no incoming file left")
     assert _rows(scp) == {}
     assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0
+    if engine == "pynetdicom":  # its DUL thread gave up: the log says on what, with the traceback
+        dul = [r for r in caplog.records if r.name == "pynetdicom.dul"]
+        assert [r.getMessage() for r in dul][:1] == ["Exception in DUL.run(), aborting association"]
+        assert len(dul) == 2 and dul[1].exc_info and dul[1].getMessage() == str(dul[1].exc_info[1])
 
 
 def test_a_file_whose_fsync_fails_is_answered_0xa700_and_left_nowhere(
