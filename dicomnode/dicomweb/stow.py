@@ -51,16 +51,13 @@ GUARD_STEP = 64 * 2**20  # the disk guard is asked again each time a request's p
 
 @dataclass(frozen=True)
 class PartOutcome:
-    """One part's entry in the response; ``reason``, ``not_owned`` and ``changed`` are for the audit trail."""
+    """One part's entry in the response (the landing audits it: :meth:`Landing.land`, :meth:`Landing.refused`)."""
 
     sop_class_uid: str
     sop_instance_uid: str
     status: int
     study_uid: str = ""
     series_uid: str = ""
-    reason: str = ""  # why it was refused (may quote a value: never sent to the client, never logged)
-    not_owned: bool = False  # refused: the study is not the sender's
-    changed: bool = True  # stored: False for a re-send of the same content
 
     @property
     def stored(self) -> bool:
@@ -210,8 +207,7 @@ def store_parts(landing: Landing, client: Client, parts: list[Arrived], study_ui
         meta = landed.meta
         outcomes.append(PartOutcome(meta.sop_class_uid if meta else landed.sop_class_uid,
                                     meta.sop_instance_uid if meta else landed.sop_instance_uid, landed.status,
-                                    meta.study_uid if meta else "", meta.series_uid if meta else "",
-                                    landed.reason, landed.not_owned, landed.changed))
+                                    meta.study_uid if meta else "", meta.series_uid if meta else ""))
     landing.close(key)
     refused = [o for o in outcomes if not o.stored]
     if refused:
