@@ -194,3 +194,19 @@ def test_study_timeline_gives_each_events_recorded_reason(serve: Serve, sessions
         ("study_received", "success", ""), ("instance_refused", "minor_failure", "not a storage SOP class"),
         ("job_failed", "serious_failure", "association rejected"),
         ("instances_accessed", "success", "study viewed in the admin API")]  # this very view, audited first
+
+
+def test_the_study_list_filtered_by_calling_ae_holds_that_peers_studies_only(
+    serve: Serve, sessions: sessionmaker[Session]
+) -> None:
+    """``/api/studies?ae=``: the studies that AE sent, and no other's."""
+    base = serve()
+    with session_scope(sessions) as session:
+        session.add_all([Study(study_uid=f"1.2.9.{n}", calling_ae=ae)
+                         for n, ae in enumerate(["CT_SCANNER", "MR_SCANNER", "CT_SCANNER"], start=1)])
+    token = login(base, "it", "s3cret-pass")
+    status, answer = call(base, "GET", "/api/studies?ae=CT_SCANNER", token=token)
+    assert status == 200, answer
+    assert sorted(row["study_uid"] for row in answer["studies"]) == ["1.2.9.1", "1.2.9.3"]
+    status, answer = call(base, "GET", "/api/studies?ae=NOBODY", token=token)
+    assert (status, answer["studies"]) == (200, [])
