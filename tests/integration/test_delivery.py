@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
 from dicomnode.inference.registry import Registry
-from dicomnode.jobs.models import Job
+from dicomnode.jobs.models import Delivery, Job
 from dicomnode.jobs.repository import claim, requeue_expired
 from dicomnode.jobs.status import JobStatus
 from dicomnode.pipeline import PipelineContext, run_job
@@ -134,3 +134,22 @@ def test_the_heartbeat_keeps_a_long_job_leased(settings: Settings, sessions: ses
     with session_scope(sessions) as session:
         held = session.get(Job, job_id)
         assert held is not None and held.status is JobStatus.RUNNING and held.worker_id == worker.worker_id
+
+
+def test_each_delivery_records_what_was_sent_where(settings: Settings, sessions: sessionmaker[Session],
+                                                   models: Path, pacs: tuple[int, Path]) -> None:
+    """A delivery row per result sent by C-STORE: its file, SOP Class and Instance UID, destination and outcome,
+    as the file holds them (what the retry skips, and what IT staff read)."""
+    job_id = a_job(settings, sessions)
+    assert worker_for(settings, sessions, models, pacs[0]).run_once()
+    assert job_state(sessions, job_id)[0] is JobStatus.SUCCEEDED
+    written = {}
+    for path in sorted((settings.results_dir / f"job-{job_id}").glob("*.dcm")):
+        ds = dcmread(path, stop_before_pixels=True)
+        written[str(ds.SOPInstanceUID)] = (str(path), str(ds.SOPClassUID), "stored")
+    with sessions() as session:
+        rows = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
+        recorded = {row.sop_instance_uid: (row.path, row.sop_class_uid, row.outcome) for row in rows}
+        destinations = {row.destination for row in rows}
+    assert len(written) == 2 and recorded == written
+    assert destinations == {f"STORESCP@127.0.0.1:{pacs[0]}"}
