@@ -6,10 +6,11 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin import app
@@ -19,11 +20,13 @@ from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.trail import record, verify
 from dicomnode.db import session_scope
 from dicomnode.node import start_node
-from dicomnode.settings import AdminUser, Settings
+from dicomnode.send.scu import send_files
+from dicomnode.settings import AdminUser, Peer, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
 from tests.support.admin import admin_server, call, exchange
 from tests.support.net import free_port
+from tests.support.synthetic import make_series, write_series
 from tests.support.tamper import tamper
 
 USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
@@ -42,6 +45,26 @@ def test_the_scp_announces_max_pdu_bytes(start_scp_with: StartScp, max_pdu: int)
         assert int(assoc.send_c_echo().Status) == 0x0000
     finally:
         assoc.release()
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 65536])
+def test_the_node_announces_max_pdu_bytes_when_it_sends(settings: Settings, tmp_path: Path, max_pdu: int) -> None:
+    """config/dicomnode.example.toml: `max_pdu_bytes` is the largest PDU the node receives "and sends": its
+    own A-ASSOCIATE-RQ, when it sends results, carries it (a pynetdicom SCP as the PACS reads it)."""
+    asked: list[int] = []
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(MRImageStorage)
+    port = free_port()
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_REQUESTED, lambda event: asked.append(event.assoc.requestor.maximum_length)),
+        (evt.EVT_C_STORE, lambda event: 0x0000)])
+    try:
+        (path,) = write_series(make_series(n_slices=1, rows=8, columns=8), tmp_path / "results")
+        configured = make_settings(settings.data_dir, max_pdu_bytes=max_pdu)
+        outcomes = send_files(configured, Peer(ae_title="PACS", host="127.0.0.1", port=port), [path])
+    finally:
+        server.shutdown()
+    assert [o.status for o in outcomes] == [0x0000] and asked == [max_pdu]
 
 
 @pytest.fixture
