@@ -11,7 +11,8 @@
 # sample prints, per package, its size, the score and a 95 % interval, and the names that survived;
 # its names are kept in mutants/sample.txt; its "no tests" names (code only a process that a test starts
 # reaches: the CLI, the node under serve) are then run by mutation_sample.py byhand. Surviving mutants
-# get a test, or are listed with their reason in docs/testing.md. Run it with nice; MUTATION_CHILDREN (default 2) sets mutmut's workers.
+# get a test, or are listed with their reason in docs/testing.md. Run it with nice; MUTATION_CHILDREN
+# (default 2) sets mutmut's workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 children="${MUTATION_CHILDREN:-2}"
