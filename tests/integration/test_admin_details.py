@@ -9,45 +9,26 @@ import html
 import json
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin import csrf
-from dicomnode.admin.auth import hash_password
 from dicomnode.admin.console import _sparkline
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import Study
 from dicomnode.jobs.status import JobStatus
-from dicomnode.settings import AdminUser, Rule, Settings
-from tests.conftest import make_settings
-from tests.support.admin import Answer, admin_server, call, console_login, exchange, login
+from dicomnode.settings import Rule, Settings
+from tests.integration.conftest import Serve
+from tests.support.admin import Answer, call, console_login, exchange, login
 from tests.support.models import write_threshold_model
-from tests.support.net import free_port, wait_for
+from tests.support.net import wait_for
 from tests.support.spooled import spool
 from tests.support.synthetic import make_series
 
-USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
 PUBLIC = "https://dicomnode.example.org"
-Serve = Callable[..., str]
-
-
-@pytest.fixture
-def serve(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Serve]:
-    """``serve(**settings)``: an admin server with these settings over the test's database; its base URL."""
-    with ExitStack() as servers:
-        def start(**overrides: Any) -> str:
-            values: dict[str, Any] = {"admin_port": free_port(), "min_free_disk_mb": 1, "admin_users": USERS,
-                                      "models_dir": settings.data_dir / "models"}
-            configured = make_settings(settings.data_dir, **{**values, **overrides})
-            return servers.enter_context(admin_server(configured, sessions))
-
-        yield start
 
 
 def _session(base: str) -> dict[str, str]:
@@ -99,7 +80,7 @@ def test_rules_page_shows_each_rules_verdict_for_a_study_on_the_node(serve: Serv
     rules = [Rule(name="mr-seg", model="threshold-test", match={"Modality": "^MR$"}),
              Rule(name="mr-absent", model="absent", match={"Modality": "^MR$"}),
              Rule(name="ct-only", model="threshold-test", match={"Modality": "^CT$"})]
-    base = serve(rules=rules)
+    base = serve(rules=rules, models_dir=settings.data_dir / "models")
     series = make_series(n_slices=2, rows=8, columns=8, series_description="T1 3D sag")
     spool(settings, sessions, series)
     page = exchange(base, "GET", f"/ui/rules?study_uid={series[0].StudyInstanceUID}", _session(base))

@@ -6,45 +6,27 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin import app
-from dicomnode.admin.auth import hash_password
 from dicomnode.admin.throttle import LoginThrottle
 from dicomnode.audit.anchor import write_checkpoint
 from dicomnode.audit.events import AuditEvent
 from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
-from dicomnode.settings import AdminUser, Settings
-from tests.conftest import make_settings
-from tests.support.admin import admin_server, call, console_login, exchange, login
-from tests.support.net import free_port, listen_backlog
+from dicomnode.settings import Settings
+from tests.integration.conftest import Serve
+from tests.support.admin import call, console_login, exchange, login
+from tests.support.net import listen_backlog
 from tests.support.tamper import tamper
 
-USERS = [AdminUser(name="it", password_hash=hash_password("s3cret-pass", 1000))]
 PUBLIC = "https://dicomnode.example.org"
-Serve = Callable[..., str]
-
-
-@pytest.fixture
-def serve(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Serve]:
-    """``serve(**settings)``: an admin server with these settings over the test's database; its base URL."""
-    with ExitStack() as servers:
-        def start(**overrides: Any) -> str:
-            configured = make_settings(settings.data_dir, admin_port=free_port(), min_free_disk_mb=1,
-                                       admin_users=USERS, **overrides)
-            return servers.enter_context(admin_server(configured, sessions))
-
-        yield start
 
 
 def _addresses(sessions: sessionmaker[Session], event: AuditEvent) -> list[str]:
