@@ -19,7 +19,7 @@ from dicomnode.inference.manifest import CodeSpec, FindingSpec
 from dicomnode.inference.postprocess import components, segment_finding
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.result import ClassificationResult, ClassProbability
-from dicomnode.inference.volume import Volume, build_volume
+from dicomnode.inference.volume import Volume
 from dicomnode.results.classification import build_classification_sr
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.notice import build_failure_notice
@@ -27,20 +27,15 @@ from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_explanation_seg, build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from tests.support.peers import REPO, dciodvfy, sr_validator
-from tests.support.synthetic import make_radiograph, make_series
+from tests.support.results import box_seg
+from tests.support.synthetic import make_radiograph
 
 
 def _seg_and_sr(manifest: Manifest) -> tuple[Volume, np.ndarray, list[Dataset], ResultIdentity, Dataset, Dataset]:
     """The SEG and TID 1500 SR of a box-shaped label in one synthetic MR series, as the node builds them."""
-    series = make_series(n_slices=10, rows=16, columns=12)
-    volume = build_volume(series)
-    labels = np.zeros(volume.array.shape, np.uint8)
-    labels[2:7, 4:10, 3:9] = 1
-    sources = sanitise_headers(volume.datasets)
-    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
-    seg = build_seg(sources, labels, manifest, identity)
-    sr = build_sr(seg, sources, segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest), manifest, identity)
-    return volume, labels, sources, identity, seg, sr
+    box = box_seg(manifest)
+    sr = build_sr(box.seg, box.sources, box.volumes, manifest, box.identity)
+    return box.volume, box.labels, box.sources, box.identity, box.seg, sr
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, segment_volumes_ml
 from tests.support.peers import REPO
+from tests.support.results import box_seg
 from tests.support.synthetic import make_radiograph, make_series
 
 TRACKING_UID = "112040"
@@ -182,15 +183,9 @@ def test_segment_finding_tracking_uids_are_deterministic_and_its_label_reads_pre
 
 
 def _longitudinal_sr(manifest: Manifest) -> Dataset:
-    series = make_series(n_slices=10, rows=16, columns=12)
+    box = box_seg(manifest)
+    seg, sources, volumes, identity = box.seg, box.sources, box.volumes, box.identity
     prior_series = make_series(n_slices=10, rows=16, columns=12)
-    volume = build_volume(series)
-    labels = np.zeros(volume.array.shape, np.uint8)
-    labels[2:7, 4:10, 3:9] = 1
-    sources = sanitise_headers(volume.datasets)
-    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
-    seg = build_seg(sources, labels, manifest, identity)
-    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
     prior = longitudinal.PriorVolumes(
         study_uid=str(prior_series[0].StudyInstanceUID), series_uid=str(prior_series[0].SeriesInstanceUID),
         study_date=dt.date(2025, 1, 1), image=sanitise_headers([prior_series[5]])[0],

@@ -18,6 +18,7 @@ from dicomnode.results.sanitise import sanitise_header, sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, procedure_reported, segment_volumes_ml
 from tests.support.peers import REPO
+from tests.support.results import box_seg
 from tests.support.synthetic import make_series
 
 
@@ -27,16 +28,9 @@ def manifest() -> Manifest:
 
 
 def _build(manifest: Manifest, series_uid_seed: list | None = None):  # type: ignore[no-untyped-def,type-arg]
-    series = series_uid_seed or make_series(n_slices=10, rows=16, columns=12)
-    volume = build_volume(series)
-    labels = np.zeros(volume.array.shape, np.uint8)
-    labels[2:7, 4:10, 3:9] = 1
-    sources = sanitise_headers(volume.datasets)
-    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
-    seg = build_seg(sources, labels, manifest, identity)
-    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
-    sr = build_sr(seg, sources, volumes, manifest, identity)
-    return series, volume, labels, seg, sr
+    box = box_seg(manifest, series_uid_seed)
+    sr = build_sr(box.seg, box.sources, box.volumes, manifest, box.identity)
+    return box.series, box.volume, box.labels, box.seg, sr
 
 
 def test_seg_frames_sit_on_source_slices(manifest: Manifest) -> None:
