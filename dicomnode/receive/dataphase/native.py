@@ -12,9 +12,9 @@ takes a C-STORE-RQ whose command arrives whole in one PDV, on an accepted presen
 pynetdicom holds no message half-received. It then
 
 1. writes the preamble and the file meta that pynetdicom would write, and each dataset fragment as it
-   arrives, into a file in ``spool_dir/.incoming`` (:mod:`dicomnode.receive.incoming`), while a helper
-   thread hashes the fragments in order and the header is parsed from the first 64 KiB
-   (:mod:`dicomnode.receive.dataphase.early`);
+   arrives, into a file in ``spool_dir/.incoming`` (:mod:`dicomnode.receive.incoming`), hashing each
+   fragment as it is written (hashlib releases the GIL for it), and parses the header from the first
+   64 KiB (:mod:`dicomnode.receive.dataphase.early`);
 2. counts the dataset bytes, and aborts the association (audited) once they pass twice
    ``max_instance_mb``, as :class:`~dicomnode.receive.limits.SizeGuard` does;
 3. on the last fragment, starts the file's fsync and runs the node's one store path
@@ -38,7 +38,6 @@ import os
 import struct
 import tempfile
 import threading
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,7 +60,6 @@ from dicomnode.store.spool import Written
 
 log = logging.getLogger(__name__)
 
-HASH_QUEUE = 8  # fragments an association may have waiting for the hasher
 _COMMAND, _LAST = 0x01, 0x02  # PS3.8 E.2 message control header bits
 C_STORE_RQ, C_STORE_RSP, NO_DATASET = 0x0001, 0x8001, 0x0101
 _HEADER = struct.Struct(">BBL")  # PDU type, reserved, length
@@ -83,10 +81,9 @@ class _Incoming:
     size: int = 0  # dataset bytes
     refused: tuple[int, str] | None = None  # status and reason: the rest is read and dropped, then refused
     written: int = 0  # file bytes
-    digest: Any = field(default_factory=hashlib.sha256)  # of the file, fed fragment by fragment elsewhere
+    digest: Any = field(default_factory=hashlib.sha256)  # of the file, fed fragment by fragment
     file_meta: bytes = b""
     prefix: bytearray | None = None  # the dataset's first bytes, until the header is parsed early
-    hashing: deque[Future[None]] = field(default_factory=deque)  # fragments queued for the hasher
     early: EarlyHeader | None = None
 
 
@@ -100,9 +97,11 @@ class DataPhase:
         self.ctx = ctx
         self.folder = incoming_dir(ctx.settings)
         self.limit_bytes = int(2 * ctx.settings.max_instance_mb * 2**20)
-        # fragments are hashed in order by one thread as they arrive (without the GIL), and each complete
-        # file is fsynced by another while the DUL thread checks and records the instance
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+        # each complete file is fsynced by another thread while the DUL thread checks and records the
+        # instance. Fragments are hashed on the DUL thread as they are written: a helper thread that hashed
+        # them cost a hand-over per fragment (35 -> 26 context switches an instance on one association),
+        # and at four associations about a tenth of the throughput (200 against 179/s, Orthanc 303/s; 5
+        # interleaved rounds), while the kernel's socket buffer keeps receiving as the DUL thread hashes.
         self._fsyncs = ThreadPoolExecutor(max_workers=ctx.settings.max_associations, thread_name_prefix="fsync")
         self._incoming: dict[Any, _Incoming | object] = {}  # by association; each touched by its DUL thread
         self._lock = threading.Lock()
@@ -249,11 +248,7 @@ class DataPhase:
             incoming.refused = (OUT_OF_RESOURCES_DISK, f"incoming file could not be written: {exc.strerror}")
             return
         incoming.written += len(data)
-        incoming.hashing.append(self._hasher.submit(incoming.digest.update, data))
-        while len(incoming.hashing) > HASH_QUEUE:  # each holds its PDU: memory stays bounded
-            incoming.hashing.popleft().result()
-        while incoming.hashing and incoming.hashing[0].done():
-            incoming.hashing.popleft()
+        incoming.digest.update(data)
 
     def _answer(self, dul: DULServiceProvider, incoming: _Incoming) -> None:
         """Land the complete dataset through the node's store path, then send the C-STORE-RSP."""
@@ -262,17 +257,16 @@ class DataPhase:
             _close_and_remove(incoming)
             status = refuse_request(assoc, *incoming.refused, self.ctx)
         else:
-            hashed: Future[tuple[str, int]] = self._hasher.submit(_hexdigest, incoming)  # after its fragments
             synced: Future[None] = self._fsyncs.submit(_fsync, incoming.fd)
             header = whole = None
             if incoming.early is not None:
                 header = partial(early.finish, incoming.path, incoming.early, incoming.written)
                 whole = partial(early.refusal, incoming.path, incoming.early, incoming.written)
+            written = Written(partial(_hexdigest, incoming), synced.result)
             status = store_received(Received(assoc, incoming.path, incoming.transfer_syntax, incoming.sop_class_uid,
-                                             incoming.sop_instance_uid, Written(hashed.result, synced.result),
-                                             header, incoming.written, whole), self.ctx)
-            wait([hashed])  # a refusal may not have waited for them: the descriptor closes only after
-            wait([synced])
+                                             incoming.sop_instance_uid, written, header, incoming.written, whole),
+                                    self.ctx)
+            wait([synced])  # a refusal may not have waited for it: the descriptor closes only after
             _close_and_remove(incoming)  # a landed file was renamed into the spool: nothing to remove
         if assoc.is_aborted or dul.state_machine.current_state != "Sta6":
             return  # aborted meanwhile (by a handler, or the size guard): no answer
