@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import config, dcmread, dcmwrite
@@ -346,3 +347,30 @@ def test_spool_is_owner_only_whatever_the_umask(scp: RunningScp, open_umask: Non
     assert path.stat().st_mode & 0o777 == 0o600
     for folder in (path.parent, path.parent.parent):  # series and study folders are named by UIDs
         assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+def test_associations_negotiate_from_contexts_that_none_of_them_changes(scp: RunningScp) -> None:
+    """The server's supported contexts are shared by its associations, not copied for each (receive/server.py):
+    what one association negotiated (a transfer syntax, an SCP/SCU role) is not what the next one is offered."""
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    before = [(c.abstract_syntax, list(c.transfer_syntax), c.scu_role, c.scp_role) for c in scp.servers[0].contexts]
+
+    def negotiated(syntax: str, roles: list[Any]) -> tuple[str, bool, bool]:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(CTImageStorage, [syntax])
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE", ext_neg=roles)
+        try:
+            assert assoc.is_established
+            (context,) = assoc.accepted_contexts
+            return str(context.transfer_syntax[0]), context.as_scu, context.as_scp
+        finally:
+            assoc.release()
+
+    assert negotiated(JPEGLSLossless, [build_role(CTImageStorage, scu_role=True, scp_role=True)]) == (
+        JPEGLSLossless, True, False)  # the node takes no SCU role: it answers as SCP of storage only
+    assert negotiated(ExplicitVRLittleEndian, []) == (ExplicitVRLittleEndian, True, False)
+    after = [(c.abstract_syntax, list(c.transfer_syntax), c.scu_role, c.scp_role) for c in scp.servers[0].contexts]
+    assert after == before
