@@ -57,6 +57,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
 from dicomnode.errors import DicomNodeError
+from dicomnode.net import uids
 
 # the copied loops log what pynetdicom's own did, on its own loggers (the node keeps those at WARNING)
 _dul_log = logging.getLogger("pynetdicom.dul")
@@ -90,7 +91,8 @@ class UnfollowedPynetdicom(DicomNodeError):
 
 
 def install() -> None:
-    """Patch pynetdicom's waits (idempotent, process-wide).
+    """Patch pynetdicom's waits, and cache its UID conversions (:mod:`dicomnode.net.uids`) (idempotent,
+    process-wide).
 
     Raises
     ------
@@ -102,6 +104,7 @@ def install() -> None:
             return
         check_pynetdicom(pynetdicom.__version__)
         _patch()
+        uids.install()
         _installed.append(True)
 
 
