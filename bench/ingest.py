@@ -10,6 +10,10 @@ node's ratios against Orthanc and against storescp from the same invocation. DCM
 TCP_NODELAY=1 (tests/support/peers.py), as it must on loopback.
 
     python bench/ingest.py [-n 500] [--rounds 3] [--associations 1 4] [--atna-down] [--processes N] [--serve]
+                           [--per-association K]
+
+``--per-association K`` opens a new association for every K instances (storescu's default proposal: 128
+presentation contexts each), as a sender that opens one per instance does (K = 1).
 
 ``--serve`` adds the node as a new user runs it, the README's first command: ``dicomnode serve`` (every
 role, the bundled models loaded, the embedded defaults; only the PACS made a known peer) as a process
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -83,19 +88,32 @@ def make_instances(n: int, folder: Path) -> list[Path]:
     return paths
 
 
+PER_ASSOCIATION = [0]  # --per-association K: each storescu sends K instances, then the next one starts
+
+
 def send(port: int, called: str, files: list[Path], associations: int) -> float:
-    """Seconds for ``associations`` concurrent storescu processes to send ``files`` between them."""
+    """Seconds for ``associations`` concurrent storescu processes to send ``files`` between them (with
+    ``--per-association K``, ``associations`` concurrent lanes of storescu processes, one after the other
+    in each lane, each sending K instances in an association of its own)."""
     shares = [files[i::associations] for i in range(associations)]
+    each = PER_ASSOCIATION[0] or max(len(share) for share in shares)
     started = time.perf_counter()
-    procs = [subprocess.Popen([require("storescu"), "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port),
-                               *map(str, share)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for share in shares]
-    errors = [p.communicate(timeout=600)[1] for p in procs]
-    elapsed = time.perf_counter() - started
-    for proc, err in zip(procs, errors, strict=True):
+    with ThreadPoolExecutor(max_workers=associations) as lanes:
+        for failure in lanes.map(lambda share: _lane(port, called, share, each), shares):
+            if failure:
+                raise SystemExit(f"storescu to {called} failed: {failure}")
+    return time.perf_counter() - started
+
+
+def _lane(port: int, called: str, share: list[Path], each: int) -> str:
+    """Send ``share`` in associations of ``each`` instances, one after the other; the first failure, or ""."""
+    for start in range(0, len(share), each):
+        proc = subprocess.run([require("storescu"), "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port),
+                               *map(str, share[start:start + each])], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=600, check=False)
         if proc.returncode != 0:
-            raise SystemExit(f"storescu to {called} failed: {err.decode(errors='replace')[-500:]}")
-    return elapsed
+            return proc.stderr.decode(errors="replace")[-500:]
+    return ""
 
 
 @contextmanager
@@ -227,6 +245,8 @@ def main() -> None:
                         help="also the node as this many receiving processes on one port (share_port)")
     parser.add_argument("--serve", action="store_true",
                         help="also the node as the README's first command runs it (dicomnode serve)")
+    parser.add_argument("--per-association", type=int, default=0, metavar="K",
+                        help="each association carries K instances (a sender that opens one per instance: 1)")
     parser.add_argument("--serve-shared", nargs=2, metavar=("ROOT", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     NODE_SETTINGS.update(item.split("=", 1) for item in args.node_set)
@@ -234,6 +254,7 @@ def main() -> None:
         serve_shared(Path(args.serve_shared[0]), int(args.serve_shared[1]))
         return
     PROCESSES[0] = args.processes
+    PER_ASSOCIATION[0] = args.per_association
     receivers: dict[str, Receiver] = {"DCMTK storescp": dcmtk, "Orthanc": orthanc, "dicomnode": node,
                                       "dicomnode receive (process)": node_process}
     if args.serve:
@@ -258,7 +279,8 @@ def main() -> None:
                     with receiver(root / f"run{run}") as (port, called):
                         times.setdefault((name, associations), []).append(send(port, called, files, associations))
     print(f"{args.n} instances of {size // 1024} KiB ({'CT01 clones' if SOURCE.is_file() else 'synthetic CT'}), "
-          f"median of {args.rounds} rounds, loopback")
+          f"median of {args.rounds} rounds, loopback"
+          + (f", {args.per_association} per association" if args.per_association else ""))
     for associations in args.associations:
         rate = {name: args.n / statistics.median(times[(name, associations)]) for name in receivers}
         print(f"\n{associations} association(s)")
