@@ -12,11 +12,13 @@ Wilson interval: a sample estimates the package's score, it does not measure it.
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -125,9 +127,9 @@ def score(sample_file: Path) -> None:
         print("\n".join(f"  {name}" for name in survivors))
 
 
-def _pytest(files: list[str], mutant: str) -> int:
+def _pytest(files: list[str], mutant: str, more_env: dict[str, str] | None = None) -> int:
     root = Path("mutants").resolve()
-    env = {**os.environ, "MUTANT_UNDER_TEST": mutant, "PYTHONPATH": str(root)}
+    env = {**os.environ, "MUTANT_UNDER_TEST": mutant, "PYTHONPATH": str(root), **(more_env or {})}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *files]
     try:
         return subprocess.run(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -141,10 +143,6 @@ def _function(name: str) -> str:
     return name.rsplit("__mutmut_", 1)[0]
 
 
-def _selection(name: str) -> str:
-    return _function(name) if _function(name) in ONCE else package(name)
-
-
 def _tests(name: str) -> list[str]:
     return ONCE.get(_function(name)) or BY_HAND.get(package(name), BY_HAND_DEFAULT)
 
@@ -152,20 +150,62 @@ def _tests(name: str) -> list[str]:
 def by_hand(sample_file: Path) -> None:
     """Run the sample's "no tests" names (and the survivors of :data:`BY_HAND` packages and of :data:`ONCE`
     functions) against the tests that start processes, or in a fresh one; keep each verdict in mutmut's own
-    results (``mutants/**/*.meta``) and in ``mutants/byhand.json``."""
+    results (``mutants/**/*.meta``) and in ``mutants/byhand.json``.
+
+    Each test file is first run without a mutant (it must pass) under coverage in every process it starts
+    (``COVERAGE_PROCESS_START``, coverage's subprocess hook), and a mutant then runs only the files that
+    ran its function's original body: what mutmut's first pass does in pytest's process, across processes.
+    A mutant whose function none of them ran stays "no tests"."""
     found = statuses()
     names = [name for name in sample_file.read_text().split()
              if found.get(name) == "no tests" or (found.get(name) == "survived" and (
                  package(name) in BY_HAND or _function(name) in ONCE))]
-    selections = {_selection(name): _tests(name) for name in names}
-    for key, files in sorted(selections.items()):  # the tests must pass without a mutant first
-        if (code := _pytest(files, "")) != 0:
-            raise SystemExit(f"byhand: the tests for {key} fail without a mutant (exit {code}): {files}")
+    files = sorted({file for name in names for file in _tests(name)})
+    ran = {file: _ran(file) for file in files}  # the tests must pass without a mutant first
     for name in names:
+        chosen = [file for file in _tests(name) if _body(name) & ran[file].get(_source(name), set())]
+        if not chosen:
+            print(f"byhand {name}: no test file runs it", file=sys.stderr)
+            continue
         started = time.monotonic()
-        code = _pytest(selections[_selection(name)], name)
+        code = _pytest(chosen, name)
         _keep(name, code, round(time.monotonic() - started, 1))
-        print(f"byhand {name}: exit {code}", file=sys.stderr)
+        print(f"byhand {name}: exit {code} ({len(chosen)} of {len(_tests(name))} files)", file=sys.stderr)
+
+
+def _ran(file: str) -> dict[str, set[int]]:
+    """Lines of the mutated copy that ``file`` runs without a mutant, in its process and every process it
+    starts (by source path); raises SystemExit when it fails."""
+    folder = Path("mutants/byhand-coverage").resolve() / file.replace("/", "_")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rc = folder / "coveragerc"
+    rc.write_text(f"[run]\nparallel = true\ndata_file = {folder}/.coverage\n"
+                  f"source = {Path('mutants/dicomnode').resolve()}\n")
+    if (code := _pytest([file], "", {"COVERAGE_PROCESS_START": str(rc)})) != 0:
+        raise SystemExit(f"byhand: {file} fails without a mutant (exit {code})")
+    import coverage
+
+    combined = coverage.Coverage(data_file=str(folder / ".coverage"), config_file=str(rc))
+    combined.combine(data_paths=[str(folder)], strict=True)
+    data = combined.get_data()
+    return {path: set(data.lines(path) or ()) for path in data.measured_files()}
+
+
+def _source(name: str) -> str:
+    """``dicomnode.cli.main.x_f__mutmut_3`` -> the mutated copy's path of ``dicomnode/cli/main.py``."""
+    module = name.rsplit(".", 1)[0]
+    return str(Path("mutants", *module.split(".")).resolve().with_suffix(".py"))
+
+
+def _body(name: str) -> set[int]:
+    """The lines of the original body of the mutant's function in the mutated copy (not its ``def``: that
+    one runs at import)."""
+    original = name.rsplit(".", 1)[1].rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+    for node in ast.walk(ast.parse(Path(_source(name)).read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == original:
+            return set(range(node.body[0].lineno, (node.end_lineno or node.body[0].lineno) + 1))
+    return set()
 
 
 def _keep(name: str, code: int, seconds: float) -> None:
