@@ -25,6 +25,11 @@ reactor that one request's end released, but that has not run since, still read 
 request, and then take that request's response as an unexpected message (pynetdicom's own loop does it
 too; pydicom/pynetdicom#875 reports the symptom): the copied loop closes it (:func:`_pause`).
 
+A requestor's DUL, woken at once, could read a peer's A-ASSOCIATE-RJ and close the connection before the
+requesting thread had checked that the connection was open, which then reported an abort instead of the
+rejection and its reason: until that thread waits for the answer, the DUL leaves it unread
+(:func:`_answer_not_awaited`).
+
 It patches only the pynetdicom releases its copies follow (:data:`FOLLOWS`, whose replaced code hashes to
 :data:`FOLLOWED_SOURCE`), and refuses any other (:class:`UnfollowedPynetdicom`) when the node starts.
 
@@ -67,6 +72,7 @@ FOLLOWS = ("3.0.1", "3.0.2", "3.0.3", "3.0.4")  # pynetdicom releases whose loop
 # sha256 of the source of _FOLLOWED as each of those releases ships it (the same in all four)
 FOLLOWED_SOURCE = "c227132af7afc736e983a60c8eb3226a00df13397bd45f4f5f62e5828cd5a171"
 IDLE_WAKE = 0.02  # seconds between passes when nothing happens (timers)
+ANSWER_GATE = 10.0  # seconds a requestor's DUL waits for its thread to look for the A-ASSOCIATE answer
 RECV_CHUNK = 2**20
 P_DATA_TF = 0x04
 
@@ -147,6 +153,15 @@ def _patch() -> None:
         self._wake_r.setblocking(False)  # type: ignore[attr-defined]
         self._wake_w.setblocking(False)  # type: ignore[attr-defined]
         self.to_user_queue = _UserQueue(self)
+        self._answer_awaited = threading.Event()  # type: ignore[attr-defined]
+
+    _receive_pdu = DULServiceProvider.receive_pdu
+
+    def receive_pdu(self: DULServiceProvider, *args: Any, **kwargs: Any) -> Any:
+        if not self._answer_awaited.is_set():  # type: ignore[attr-defined]
+            self._answer_awaited.set()  # type: ignore[attr-defined]
+            _wake(self)
+        return _receive_pdu(self, *args, **kwargs)
 
     _send_pdu = DULServiceProvider.send_pdu
 
@@ -178,6 +193,7 @@ def _patch() -> None:
     Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
     DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+    DULServiceProvider.receive_pdu = receive_pdu  # type: ignore[method-assign]
     DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
     DULServiceProvider.stop_dul = _stop_dul  # type: ignore[method-assign]
     DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
@@ -264,6 +280,8 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             try:
                 if self._process_recv_primitive():
                     pass
+                elif _answer_not_awaited(self):
+                    continue
                 elif self._is_transport_event():
                     self._idle_timer.restart()
                 try:
@@ -279,6 +297,28 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
     finally:
         for end in (self._wake_r, self._wake_w):  # type: ignore[attr-defined]
             end.close()
+
+
+def _answer_not_awaited(dul: DULServiceProvider) -> bool:
+    """Whether a requestor's DUL must not read the answer to its A-ASSOCIATE-RQ yet; waits a little if so.
+
+    pynetdicom's requesting thread, once the connection is made, checks that it is still open and only
+    then waits for the answer (``ACSE._negotiate_as_requestor``). A peer that rejects at once and closes
+    (the node's own SCP, for an unknown AE title) lets a DUL that wakes at once read the A-ASSOCIATE-RJ and
+    close the connection before that check, which then reports an abort: the rejection and its reason are
+    lost (one association in ten, beside other work, before this). Until the requesting thread waits for
+    the answer (:meth:`~pynetdicom.dul.DULServiceProvider.receive_pdu`), or for :data:`ANSWER_GATE` seconds
+    at most, the DUL leaves the socket unread in Sta5 (awaiting A-ASSOCIATE-AC or -RJ).
+    """
+    if dul._answer_awaited.is_set() or dul.state_machine.current_state != "Sta5":  # type: ignore[attr-defined]
+        return False
+    gate = getattr(dul, "_answer_gate", None)
+    if gate is None:
+        gate = dul._answer_gate = time.monotonic() + ANSWER_GATE  # type: ignore[attr-defined]
+    if time.monotonic() >= gate:
+        return False
+    dul._answer_awaited.wait(IDLE_WAKE)  # type: ignore[attr-defined]
+    return True
 
 
 def _give_up(dul: DULServiceProvider, exc: Exception) -> None:

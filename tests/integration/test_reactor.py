@@ -259,3 +259,19 @@ def _hold_in_the_window(assoc: Association) -> None:
 
     checkpoint.wait = wait  # type: ignore[method-assign]
     assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def test_a_rejection_that_comes_before_the_requestor_looks_is_a_rejection(start_scp_with: StartScp) -> None:
+    """A peer that answers A-ASSOCIATE-RJ and closes before the requesting thread has looked for its answer
+    (here: a slow EVT_REQUESTED handler on the requestor, as a busy machine makes any thread) is reported
+    as the rejection it is, with its reason, not as an abort: pynetdicom's requestor checks that the
+    connection is still open before it reads the answer, and the DUL, woken at once by the reactor, has
+    read the rejection and closed it by then. Without the gate every one of these came back aborted."""
+    scp = start_scp_with()
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    for _ in range(3):
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE",
+                             evt_handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(0.3))])
+        assert (assoc.is_rejected, assoc.is_aborted) == (True, False)
+        assert assoc.acceptor.primitive is not None and assoc.acceptor.primitive.diagnostic == 0x03
