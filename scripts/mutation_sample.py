@@ -45,6 +45,8 @@ ONCE = {
     "dicomnode.net.reactor.x__patch": ["tests/integration/test_reactor.py", "tests/integration/test_receive.py"],
     "dicomnode.jobs.models.x__enum": ["tests/unit/test_status.py"],
     "dicomnode.store.index.x__find_known": ["tests/integration/test_receive.py"],
+    "dicomnode.net.uids.x_cached": ["tests/unit/test_uids.py"],  # the cache is made once, at install
+    "dicomnode.net.uids.x_install": ["tests/unit/test_uids.py", "tests/integration/test_receive.py"],
 }
 BY_HAND_TIMEOUT = 1200  # seconds; beyond it, a timeout (counted as a kill, as mutmut counts its own)
 

@@ -35,6 +35,7 @@ def test_a_value_converts_as_pynetdicom_converts_it_and_once() -> None:
     assert again is first and convert.cache_info().hits == hits + 1
     assert from_bytes == utils.set_uid(value.encode(), "x") == value
     assert convert(None, "x") is None
+    assert convert("", "Implementation Class UID") == ""  # empty allowed unless the caller says not
     with pytest.raises(ValueError, match="must not be an empty"):
         convert("", "Application Context Name", False, False)
 
@@ -58,6 +59,10 @@ def test_a_uid_with_a_private_encoding_keeps_it() -> None:
     assert converted is not None and converted.is_implicit_VR and converted.is_little_endian
     plain = presentation.set_uid(str(private), "x")
     assert plain == private
+    too_long = UID("1.2." + "5" * 70)
+    too_long.set_private_encoding(False, True)
+    with pytest.raises(ValueError, match=r"^Invalid 'abstract_syntax' value"):  # refused as before, named
+        presentation.set_uid(too_long, "abstract_syntax")
 
 
 def test_the_cache_is_bounded() -> None:
