@@ -273,7 +273,9 @@ def job_action(request: Request, job_id: int, action: str) -> Response:
     try:
         with session_scope(ctx.sessions) as session:
             (jobs.retry if action == "retry" else jobs.cancel)(session, job_id, user.name)
-    except (LookupError, IllegalTransition) as exc:
+    except LookupError:  # as the API answers it (admin/api.py)
+        return _jobs_view(request, error="no such job", status=404)
+    except IllegalTransition as exc:
         return _jobs_view(request, error=str(exc), status=409)
     return _jobs_view(request, notice=f"job {job_id} {'queued again' if action == 'retry' else 'cancelled'}")
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
+from dicomnode.admin.schemas import JOB_ID_MAX
 from dicomnode.audit.models import AuditRecord
 from dicomnode.config_store import runtime_rules
 from dicomnode.db import session_scope
@@ -288,9 +289,12 @@ def test_console_refuses_a_rule_for_a_model_not_installed_unless_ticked(page: An
 
 @pytest.mark.parametrize("action", ["retry", "cancel"])
 def test_console_answers_an_out_of_range_job_id_with_no_such_job(page: Any, base: str, action: str) -> None:
+    """Out of range, or in range and not the node's (the largest id, and a small one): 404 "no such job",
+    as the API answers each of them."""
     page.goto("/ui/jobs")
-    answer = post_form(page, base, f"/ui/jobs/{HUGE_JOB}/{action}", {})
-    assert answer.status == 404 and "no such job" in answer.text()
+    for job_id in (HUGE_JOB, JOB_ID_MAX, 999):
+        answer = post_form(page, base, f"/ui/jobs/{job_id}/{action}", {})
+        assert answer.status == 404 and "no such job" in answer.text(), job_id
 
 
 # -- the CLI ----------------------------------------------------------------------------------------
