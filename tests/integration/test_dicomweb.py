@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -23,20 +22,17 @@ from dicomnode.admin.auth import hash_password
 from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope
 from dicomnode.inference.registry import load_manifests
-from dicomnode.inference.volume import build_volume
 from dicomnode.jobs.models import Instance, Series
 from dicomnode.jobs.repository import enqueue
 from dicomnode.net.multipart import encode_related
-from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.files import write_results
-from dicomnode.results.sanitise import sanitise_headers
-from dicomnode.results.seg import build_seg
-from dicomnode.results.sr import build_sr, segment_volumes_ml
+from dicomnode.results.sr import build_sr
 from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.support.admin import admin_server, call, login
 from tests.support.net import free_port
 from tests.support.peers import REPO, dciodvfy, sr_validator
+from tests.support.results import box_seg
 from tests.support.synthetic import make_series
 
 USERS = [AdminUser(name="boss", password_hash=hash_password("admin-pass", 1000), role="admin"),
@@ -94,14 +90,9 @@ def _post(base: str, token: str, body: bytes, content_type: str, path: str = "/d
 def _write_results(settings: Settings, sessions: sessionmaker[Session], series: list[Dataset]) -> None:
     """SEG and SR for the stored series, written where and as the pipeline writes them."""
     manifest = load_manifests(REPO / "models")["deepbet"]
-    volume = build_volume(series)
-    labels = np.zeros(volume.array.shape, np.uint8)
-    labels[1:5, 4:10, 3:9] = 1
-    sources = sanitise_headers(volume.datasets)
-    identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
-    seg = build_seg(sources, labels, manifest, identity)
-    volumes = segment_volumes_ml(labels, volume.voxel_volume_mm3, manifest)
-    sr = build_sr(seg, sources, volumes, manifest, identity)
+    made = box_seg(manifest, series, slices=slice(1, 5))
+    seg, volumes = made.seg, made.volumes
+    sr = build_sr(seg, made.sources, volumes, manifest, made.identity)
     with session_scope(sessions) as session:
         row = session.scalar(select(Series).where(Series.series_uid == str(series[0].SeriesInstanceUID)))
         job = enqueue(session, row, "rule", "deepbet", manifest.version)

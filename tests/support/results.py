@@ -28,12 +28,13 @@ class BoxSeg:
     volumes: dict[int, float]  # segment_volumes_ml's, for build_sr
 
 
-def box_seg(manifest: Manifest, series: list[Dataset] | None = None) -> BoxSeg:
-    """Label 1 in slices 2-6, rows 4-9, columns 3-8 of ``series`` (default: a new 10-slice 16x12 MR series)."""
+def box_seg(manifest: Manifest, series: list[Dataset] | None = None, slices: slice = slice(2, 7)) -> BoxSeg:
+    """Label 1 in ``slices`` (default 2-6), rows 4-9, columns 3-8 of ``series`` (default: a new 10-slice 16x12 MR
+    series)."""
     series = series or make_series(n_slices=10, rows=16, columns=12)
     volume = build_volume(series)
     labels = np.zeros(volume.array.shape, np.uint8)
-    labels[2:7, 4:10, 3:9] = 1
+    labels[slices, 4:10, 3:9] = 1
     sources = sanitise_headers(volume.datasets)
     identity = ResultIdentity.for_job(str(series[0].SeriesInstanceUID), 7, manifest)
     seg = build_seg(sources, labels, manifest, identity)
