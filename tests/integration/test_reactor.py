@@ -24,6 +24,10 @@ from tests.support.heap import steady_heap
 from tests.support.net import free_port, wait_for
 
 SLOW_WAKE = 3.0  # a wait that polled instead of waking would cost this much each time
+# Fault injection, not a wait for an event: the requesting thread held up this long before it looks for the
+# peer's answer. With the DUL's gate the answer waits for it however long it takes (the test cannot fail by
+# timing); without the gate, 0.3 s is ample for the DUL to read the rejection and close first.
+SLOW_REQUESTOR = 0.3
 
 
 @pytest.fixture
@@ -272,6 +276,6 @@ def test_a_rejection_that_comes_before_the_requestor_looks_is_a_rejection(start_
     ae.add_requested_context(Verification)
     for _ in range(3):
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMNODE",
-                             evt_handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(0.3))])
+                             evt_handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(SLOW_REQUESTOR))])
         assert (assoc.is_rejected, assoc.is_aborted) == (True, False)
         assert assoc.acceptor.primitive is not None and assoc.acceptor.primitive.diagnostic == 0x03
