@@ -176,3 +176,51 @@ def test_a_query_carries_the_identifier_as_the_peer_saw_it() -> None:
         "DCM", "SOP Class UID")
     assert sop.findtext("ParticipantObjectQuery") == "CAACAAAAAAA="
     assert root.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
+
+
+# event -> whether the other party (the peer or person the row names) is the requestor; None: the node alone
+REQUESTOR = {AuditEvent.BEGIN_TRANSFER_IN: True, AuditEvent.STUDY_RECEIVED: True,
+             AuditEvent.BEGIN_TRANSFER_OUT: False, AuditEvent.RESULT_SENT: False, AuditEvent.RESULT_SEND_FAILED: False,
+             AuditEvent.QUERY: False, AuditEvent.USER_LOGIN: True, AuditEvent.USER_LOGOUT: True,
+             AuditEvent.USER_LOGIN_FAILED: True, AuditEvent.CONFIG_CHANGED: True, AuditEvent.AUDIT_EXPORTED: True,
+             AuditEvent.REQUEST_REFUSED: True, AuditEvent.STUDY_NOT_OWNED: True, AuditEvent.INSTANCES_ACCESSED: True,
+             AuditEvent.ASSOCIATION_REJECTED: True, AuditEvent.APPLICATION_START: None,
+             AuditEvent.APPLICATION_STOP: None, AuditEvent.STUDY_DELETED: None}
+
+
+@pytest.mark.parametrize("event", sorted(EXPECTED))
+def test_every_message_names_the_node_by_process_and_host_and_the_other_party_by_its_own_role(
+        event: AuditEvent) -> None:
+    """PS3.15 A.5.3: the node's participant carries its process ID and host in every message; the peer or
+    person is the requestor exactly when it asked, with the address it came from and none where the row
+    has none."""
+    assert set(REQUESTOR) == set(EXPECTED)
+    for address in ("127.0.0.1", None):
+        record = row(event)
+        detail = json.loads(record.detail)
+        if address is None:
+            del detail["address"]
+        record.detail = json.dumps(detail)
+        participants = check(audit_message(record, SOURCE) or "").findall("ActiveParticipant")
+        node = [p for p in participants if p.get("UserID") == "DICOMNODE"]
+        assert len(node) == 1
+        assert (node[0].get("AlternativeUserID"), node[0].get("NetworkAccessPointID"),
+                node[0].get("NetworkAccessPointTypeCode")) == ("4242", "node1", "1")
+        others = [p for p in participants if p.get("UserID") != "DICOMNODE"]
+        if REQUESTOR[event] is None:
+            assert others == [] and node[0].get("UserIsRequestor") == (
+                "false" if event == AuditEvent.STUDY_DELETED else "true")
+            continue
+        assert len(others) == 1
+        assert others[0].get("UserIsRequestor") == ("true" if REQUESTOR[event] else "false")
+        assert node[0].get("UserIsRequestor") == ("false" if REQUESTOR[event] else "true")
+        assert others[0].get("NetworkAccessPointID") == address
+
+
+def test_a_row_without_a_reason_or_status_has_no_outcome_description() -> None:
+    for detail, description in (({}, None), ({"status": "0xC210"}, "0xC210"),
+                                ({"reason": "too large", "status": "0xA700"}, "too large")):
+        record = row(AuditEvent.RESULT_SEND_FAILED, "serious_failure")
+        record.detail = json.dumps({"sop_classes": SOP, **detail})
+        ident = check(audit_message(record, SOURCE) or "").find("EventIdentification")
+        assert ident is not None and ident.findtext("EventOutcomeDescription") == description
