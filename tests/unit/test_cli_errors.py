@@ -3,10 +3,17 @@ many more there are (none said when there are none)."""
 
 from __future__ import annotations
 
-import pytest
-from pydantic import BaseModel, ValidationError
+import datetime as dt
+import logging
+import os
+import sqlite3
 
-from dicomnode.cli.context import first_error
+import pytest
+from pydantic import BaseModel, ValidationError, model_validator
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from dicomnode.cli.context import first_error, timestamp
+from dicomnode.cli.main import _failure, main
 
 
 class _Limits(BaseModel):
@@ -28,3 +35,64 @@ def test_one_complaint_is_said_alone() -> None:
 def test_more_complaints_are_counted() -> None:
     assert first_error(_complaint(port="x", timeout_seconds="y")) == (
         "port: Input should be a valid integer, unable to parse string as an integer (and 1 more)")
+
+
+class _Window(BaseModel):
+    start: int
+    end: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Window:
+        if self.end < self.start:
+            raise ValueError("end before start")
+        return self
+
+
+def test_a_complaint_about_the_whole_configuration_is_said_without_a_place() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _Window.model_validate({"start": 2, "end": 1})
+    assert first_error(caught.value) == "Value error, end before start"
+
+
+def test_an_invalid_setting_is_exit_2_with_its_place_and_complaint(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("DICOMNODE_CONFIG", raising=False)
+    monkeypatch.setenv("DICOMNODE_PORT", "x")
+    umask = os.umask(0o022)
+    try:
+        assert main(["status"]) == 2
+    finally:
+        os.umask(umask)
+    assert capsys.readouterr().err == ("dicomnode: configuration error: port: Input should be a valid integer, "
+                                       "unable to parse string as an integer\n")
+
+
+def test_a_time_without_a_zone_is_utc_and_one_with_a_zone_keeps_it() -> None:
+    assert timestamp("2026-12-01T08:00:00") == dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
+    zoned = timestamp("2026-12-01T08:00:00+02:00")
+    assert zoned.utcoffset() == dt.timedelta(hours=2)
+    assert zoned == dt.datetime(2026, 12, 1, 6, tzinfo=dt.UTC)
+
+
+def test_a_database_error_is_said_in_the_driver_s_own_words() -> None:
+    error = OperationalError("INSERT INTO job VALUES (?)", {}, sqlite3.OperationalError("database is locked"))
+    assert _failure(error) == (1, "database error: database is locked")
+    assert _failure(SQLAlchemyError("no driver\nfor that URL")) == (1, "database error: no driver for that URL")
+
+
+def test_an_unexpected_error_is_one_sentence_with_its_frames_only_at_debug() -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("dicomnode")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        error = RuntimeError("boom")
+        assert _failure(error) == (1, "unexpected error (RuntimeError): boom")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [(r.levelno, r.getMessage(), r.exc_info and r.exc_info[1]) for r in records] == [
+        (logging.DEBUG, "unexpected error", error)]
