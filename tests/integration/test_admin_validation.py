@@ -6,6 +6,7 @@ the routing of another study."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from dicomnode.settings import AdminUser, Settings
 from dicomnode.store.completion import HeaderCache, InstalledModels, sweep
 from dicomnode.store.index import InstanceMeta, record_instance
 from tests.conftest import make_settings
+from tests.integration.test_admin_roles import _study_with_jobs
 from tests.integration.test_cli import cli, one_sentence
 from tests.support.admin import admin_server, call, chromium, login
 from tests.support.net import free_port, wait_for
@@ -295,6 +297,35 @@ def test_console_answers_an_out_of_range_job_id_with_no_such_job(page: Any, base
     for job_id in (HUGE_JOB, JOB_ID_MAX, 999):
         answer = post_form(page, base, f"/ui/jobs/{job_id}/{action}", {})
         assert answer.status == 404 and "no such job" in answer.text(), job_id
+
+
+
+def test_console_retries_and_cancels_a_job_of_its_own_and_says_which_study_waits_longest(
+        page: Any, base: str, sessions: sessionmaker[Session]) -> None:
+    page.goto("/ui/")
+    assert page.locator("#oldest").inner_text() == "Nothing is waiting."
+    dead_id, queued_id = _study_with_jobs(sessions)  # the dead-lettered job is the older one
+    page.goto("/ui/")
+    assert page.locator("#oldest").inner_text() == (
+        f"1.2.3: job {queued_id} (deepbet) is queued: waiting for a worker")
+    page.goto("/ui/jobs")
+    answer = post_form(page, base, f"/ui/jobs/{dead_id}/retry", {})
+    assert answer.status == 200 and f"job {dead_id} queued again" in answer.text()
+    answer = post_form(page, base, f"/ui/jobs/{queued_id}/cancel", {})
+    assert answer.status == 200 and f"job {queued_id} cancelled" in answer.text()
+    page.goto("/ui/")
+    assert page.locator("#oldest").inner_text().startswith(f"1.2.3: job {dead_id} (deepbet) is queued")
+
+
+def test_the_free_disk_space_is_said_in_mib(base: str, node_settings: Settings) -> None:
+    status, body = call(base, "GET", "/api/studies", token=login(base, "boss", "admin-pass-1"))
+    assert status == 200
+    folder = node_settings.spool_dir
+    while not folder.exists():  # the spool is made by the first instance; its file system is there already
+        folder = folder.parent
+    free_mib = shutil.disk_usage(folder).free / 2**20
+    assert abs(body["disk"]["free_mb"] - free_mib) < 256  # what other work on the disk may change meanwhile
+    assert body["disk"]["min_free_mb"] == node_settings.min_free_disk_mb
 
 
 # -- the CLI ----------------------------------------------------------------------------------------
