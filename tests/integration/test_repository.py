@@ -12,7 +12,7 @@ from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope, utcnow
 from dicomnode.errors import IllegalTransition
 from dicomnode.jobs.models import Job, JobEvent, Series, Study
-from dicomnode.jobs.repository import claim, enqueue, release_held, requeue_expired, transition
+from dicomnode.jobs.repository import claim, enqueue, heartbeat, release_held, requeue_expired, transition
 from dicomnode.jobs.status import JobStatus
 
 
@@ -106,6 +106,26 @@ def test_expired_lease_is_requeued(any_sessions: sessionmaker[Session]) -> None:
     assert requeue_expired(any_sessions) == 1
     again = claim(any_sessions, "live-worker", 60)
     assert again is not None and again.id == job.id and again.attempts == 2
+
+
+
+def test_a_heartbeat_extends_only_the_lease_its_worker_still_holds(any_sessions: sessionmaker[Session]) -> None:
+    job = _claimed(any_sessions, "w1")
+    with any_sessions() as session:
+        before = session.scalars(select(Job.lease_until)).one()
+    assert heartbeat(any_sessions, job.id, "w1", 600) is True
+    with any_sessions() as session:
+        extended = session.scalars(select(Job.lease_until)).one()
+    assert extended - before > dt.timedelta(seconds=500)
+    assert heartbeat(any_sessions, job.id, "w2", 6000) is False  # not its job: nothing changes
+    assert heartbeat(any_sessions, job.id + 1, "w1", 6000) is False
+    with any_sessions() as session:
+        assert session.scalars(select(Job.lease_until)).one() == extended
+    with session_scope(any_sessions) as session:
+        transition(session, job.id, JobStatus.RUNNING, JobStatus.SUCCEEDED, "done", worker_id="w1")
+    assert heartbeat(any_sessions, job.id, "w1", 6000) is False  # finished: no lease to hold
+    with any_sessions() as session:
+        assert session.scalars(select(Job.lease_until)).one() is None
 
 
 def test_clean_stop_releases_held_jobs(any_sessions: sessionmaker[Session]) -> None:

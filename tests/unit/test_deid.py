@@ -245,6 +245,7 @@ def test_reidentify_maps_uids_back_and_restores_the_patient() -> None:
     result.StudyInstanceUID = copies[0].StudyInstanceUID
     result.PatientName, result.PatientID = copies[0].PatientName, copies[0].PatientID
     result.PatientIdentityRemoved = "YES"
+    result.IssuerOfPatientID = "CLOUD"  # the original has none: what the cloud wrote must not stay
     item = Dataset()
     item.ReferencedSOPInstanceUID = copies[1].SOPInstanceUID
     result.ReferencedInstanceSequence = [item]
@@ -254,6 +255,7 @@ def test_reidentify_maps_uids_back_and_restores_the_patient() -> None:
     assert (str(back.PatientName), back.PatientID, back.PatientBirthDate, back.AccessionNumber) == (
         NAME, PID, BIRTH, ACCESSION)
     assert "PatientIdentityRemoved" not in back
+    assert "IssuerOfPatientID" not in series[0] and "IssuerOfPatientID" not in back
 
 
 # --- burned-in annotation -----------------------------------------------------------------------------
