@@ -63,5 +63,5 @@ def build_classification_sr(
         procedure_reported=procedure_reported(str(sources[0].get("Modality", ""))),
         imaging_measurements=groups,
     )
-    return report_sr([*evidence, *sources], report, identity,
+    return report_sr([*evidence, *sources], report, identity, manifest,
                      f"AI {summary(result, manifest.demonstration)} ({manifest.id})", "classification SR")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TypedDict
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
@@ -87,3 +88,17 @@ def algorithm_identification(manifest: Manifest) -> hd.AlgorithmIdentificationSe
 
 def software_versions(manifest: Manifest) -> str:
     return f"dicomnode {dicomnode.__version__}; {manifest.id} {manifest.version}"[:64]
+
+
+class Equipment(TypedDict):
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def equipment(manifest: Manifest) -> Equipment:
+    """General Equipment of every object the node writes (IHE AI Results: manufacturer, model name, software
+    versions and serial number in each SEG, SR and SC), as highdicom's constructors take it."""
+    return Equipment(manufacturer=MANUFACTURER, manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+                     software_versions=software_versions(manifest), device_serial_number=DEVICE_SERIAL_NUMBER)

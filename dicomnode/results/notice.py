@@ -17,7 +17,7 @@ from pydicom.sr.coding import Code
 
 from dicomnode.errors import BuildError
 from dicomnode.inference.registry import Manifest
-from dicomnode.results.equipment import MANUFACTURER, deterministic_uid
+from dicomnode.results.equipment import deterministic_uid, equipment
 
 REPORT_TITLE = Code("18748-4", "LN", "Diagnostic Imaging Report")
 FINDING = Code("121071", "DCM", "Finding")
@@ -50,9 +50,9 @@ def build_failure_notice(
             series_number=manifest.series_number_base + NOTICE_SERIES_NUMBER_OFFSET + (source_series_number or 0) % 100,
             sop_instance_uid=deterministic_uid(*key, "instance"),
             instance_number=1,
-            manufacturer=MANUFACTURER,
             is_complete=True,
             series_description=notice_description(manifest, reason),
+            **equipment(manifest),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise BuildError(f"failure notice could not be built: {exc}") from exc

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from dicomnode.errors import BuildError
 from dicomnode.inference.intensity import display_values
 from dicomnode.inference.manifest import ClassSpec, Intensity, Manifest
-from dicomnode.results.equipment import MANUFACTURER, ResultIdentity
+from dicomnode.results.equipment import ResultIdentity, equipment
 from dicomnode.results.seg import EXPLANATION_SERIES_OFFSET
 
 VISIBLE = 0.1
@@ -47,9 +47,9 @@ def build_overlays(source: Dataset, values: np.ndarray, maps: dict[ClassSpec, np
                 series_number=identity.series_number(EXPLANATION_SERIES_OFFSET),
                 sop_instance_uid=identity.uid("overlay-instance", str(spec.index)),
                 instance_number=number,
-                manufacturer=MANUFACTURER,
                 patient_orientation=(str(orientation[0]), str(orientation[1])),
                 series_description=f"AI evidence overlay ({manifest.id})"[:64],
+                **equipment(manifest),
             ))
         except (ValueError, AttributeError, TypeError) as exc:
             raise BuildError(f"overlay could not be built: {exc}") from exc

@@ -20,14 +20,7 @@ from pydicom.sr.coding import Code
 
 from dicomnode.errors import BuildError
 from dicomnode.inference.manifest import ClassSpec, LabelSpec, Manifest
-from dicomnode.results.equipment import (
-    DEVICE_SERIAL_NUMBER,
-    MANUFACTURER,
-    MANUFACTURER_MODEL_NAME,
-    ResultIdentity,
-    algorithm_identification,
-    software_versions,
-)
+from dicomnode.results.equipment import ResultIdentity, algorithm_identification, equipment
 from dicomnode.results.files import EVIDENCE
 from dicomnode.results.sr import concept
 
@@ -79,9 +72,7 @@ def _projection_fix(seg: Dataset, sources: Sequence[Dataset]) -> None:
 
 
 def _common(manifest: Manifest) -> dict[str, object]:
-    return {"manufacturer": MANUFACTURER, "manufacturer_model_name": MANUFACTURER_MODEL_NAME,
-            "software_versions": software_versions(manifest), "device_serial_number": DEVICE_SERIAL_NUMBER,
-            "instance_number": 1}
+    return {**equipment(manifest), "instance_number": 1}
 
 
 def build_seg(

@@ -36,7 +36,7 @@ from dicomnode.inference.manifest import CodeSpec
 from dicomnode.inference.registry import Manifest
 from dicomnode.inference.result import Component, SegmentFinding
 from dicomnode.results.codes import ABSENT, COMMENT, NO_UNITS, PRESENT, PROBABILITY
-from dicomnode.results.equipment import MANUFACTURER, ResultIdentity, deterministic_uid
+from dicomnode.results.equipment import MANUFACTURER, ResultIdentity, deterministic_uid, equipment
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
 CUBIC_MILLIMETER = Code("mm3", "UCUM", "cubic millimeter")
@@ -340,11 +340,11 @@ def build_sr(
     )
     evidence = [seg, *sources] if seg is not None else list(sources)
     evidence += further
-    return report_sr(evidence, report, identity, f"AI {manifest.labels[0].label} report ({manifest.id})")
+    return report_sr(evidence, report, identity, manifest, f"AI {manifest.labels[0].label} report ({manifest.id})")
 
 
 def report_sr(evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, identity: ResultIdentity,
-              description: str, what: str = "SR") -> hd.sr.Comprehensive3DSR:
+              manifest: Manifest, description: str, what: str = "SR") -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR that carries a TID 1500 ``report``, with the job's deterministic UIDs."""
     try:
         return hd.sr.Comprehensive3DSR(
@@ -354,9 +354,9 @@ def report_sr(evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, iden
             series_number=identity.sr_series_number,
             sop_instance_uid=identity.sr_sop_uid,
             instance_number=1,
-            manufacturer=MANUFACTURER,
             is_complete=True,
             series_description=description[:64],
+            **equipment(manifest),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise BuildError(f"{what} could not be built: {exc}") from exc

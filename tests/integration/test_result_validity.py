@@ -21,7 +21,7 @@ from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.result import ClassificationResult, ClassProbability
 from dicomnode.inference.volume import Volume
 from dicomnode.results.classification import build_classification_sr
-from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.equipment import DEVICE_SERIAL_NUMBER, MANUFACTURER, MANUFACTURER_MODEL_NAME, ResultIdentity
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_headers
 from dicomnode.results.seg import build_explanation_seg, build_seg
@@ -119,6 +119,16 @@ def test_every_object_carries_the_intended_use(written: dict[str, Path]) -> None
     for kind in ("sr", "notice", "finding_sr", "absent_sr"):
         texts = [str(e.value) for e in dcmread(written[kind]).iterall() if e.VR in ("LT", "ST", "UT")]
         assert any(intended in text for text in texts), kind
+
+
+
+def test_every_object_names_the_node_as_its_equipment(written: dict[str, Path]) -> None:
+    """General Equipment: a reader of any object the node writes can tell that this node made it."""
+    for kind, path in written.items():
+        ds = dcmread(path, stop_before_pixels=True)
+        assert (ds.Manufacturer, ds.ManufacturerModelName, ds.DeviceSerialNumber) == (
+            MANUFACTURER, MANUFACTURER_MODEL_NAME, DEVICE_SERIAL_NUMBER), kind
+        assert ds.SoftwareVersions, kind
 
 
 def _content_items(ds: Dataset) -> list[Dataset]:

@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+import dicomnode
 from dicomnode.inference.registry import Registry
 from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.pipeline import build_input, build_results
@@ -235,6 +236,9 @@ def test_explanation_as_secondary_capture_overlay(tmp_path: Path) -> None:
     (sc,) = [dcmread(p) for p in paths if p.name.startswith("OT")]
     assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape == (128, 128, 3)
     assert sc.StudyInstanceUID == ds.StudyInstanceUID
+    assert (sc.Manufacturer, sc.ManufacturerModelName, sc.SoftwareVersions) == (
+        sr.Manufacturer, sr.ManufacturerModelName, sr.SoftwareVersions) == (
+        "dicomnode", "dicomnode AI node", f"dicomnode {dicomnode.__version__}; region-classifier 2.1")
     rgb = sc.pixel_array.astype(int)
     assert (rgb[60, 60, 0] - rgb[60, 60, 2]) > 50  # red over the region: the evidence
     assert rgb[5, 5, 0] == rgb[5, 5, 1] == rgb[5, 5, 2]  # grey elsewhere
