@@ -420,6 +420,22 @@ EDGES: dict[str, tuple[Callable[[], Sent], int | None]] = {
         CANNOT_DECODE),
 }
 
+# each refusal says what is wrong, in the words the audit row and the sender's error comment carry
+EDGE_REASONS = {
+    "1-bit pixels, a byte short": "pixel data of 12 bytes; its attributes say 14",
+    "Float Pixel Data, a value short": "pixel data of 396 bytes; its attributes say 400",
+    "two frames declared, one sent": "pixel data of 200 bytes; its attributes say 400",
+    "pixel data no Rows describe": "pixel data without the Rows, Columns and Bits Allocated that describe it",
+    "a UN sequence without its delimiter": "a sequence cut short (no sequence delimiter)",
+    "an implicit VR item in an explicit VR sequence":
+        "an element whose VR is none (pydicom would switch to implicit VR, or guess its length)",
+    "an item that runs past its defined-length sequence": "an item cut short: its length says 40 bytes, 14 follow",
+    "an explicit VR undefined-length item without its delimiter": "an item or delimiter where an element belongs",
+    "an undefined length on a value":
+        "an undefined length on an element that is neither a sequence nor encapsulated pixel data",
+    "a Basic Offset Table that points between fragments":
+        "the Basic Offset Table does not point at the frames' fragments",
+}
 
 @pytest.mark.parametrize("case", list(EDGES))
 def test_the_check_reads_pixel_data_and_sequences_as_ps3_5_says(tmp_path: Path, case: str) -> None:
@@ -428,6 +444,7 @@ def test_the_check_reads_pixel_data_and_sequences_as_ps3_5_says(tmp_path: Path, 
     meta, path = _file(tmp_path, sent)
     refused = file_refusal(path, sent.transfer_syntax, inflated_limit=2**30)
     assert (None if refused is None else refused.status) == expected, refused
+    assert (None if refused is None else refused.reason) == EDGE_REASONS.get(case)
     if len(sent.body) >= early.PREFIX_BYTES:
         parsed = early.parse_prefix(meta, bytearray(sent.body[:early.PREFIX_BYTES]), sent.transfer_syntax)
         assert parsed is not None and parsed.image is not None

@@ -101,6 +101,19 @@ def test_a_signed_monochrome1_image_is_inverted_within_its_stored_range(bits_sto
     assert np.array_equal(out, (-1 - stored).astype(np.float32))
 
 
+
+@pytest.mark.parametrize("bits_stored", [10, 12, 16])
+def test_an_unsigned_monochrome1_image_is_inverted_within_its_stored_range(bits_stored: int) -> None:
+    """Unsigned, the stored range is [0, 2**b - 1]: v -> 2**b - 1 - v, whatever values the image holds (the
+    image below stores 2**b - 1 - shown, so that it displays as ``shown``)."""
+    top = 2**bits_stored - 1
+    shown = np.array([[0, 1, 2, top], [top - 1, 100, 7, 0], [1, 2, 3, 4], [5, 6, 7, 8]], np.uint16)
+    ds = make_radiograph(shown, monochrome1=True, bits_stored=bits_stored)
+    assert int(np.frombuffer(ds.PixelData, np.uint16)[0]) == top
+    image = build_image([ds])
+    out = display_values(image.array, ds, Intensity(invert_monochrome1=True))
+    assert np.array_equal(out, shown.astype(np.float32))
+
 @pytest.mark.parametrize(("shape", "patch"), [((1, 5, 5), 8), ((1, 5, 9), 5), ((2, 6, 4), 4)])
 def test_every_occlusion_patch_is_a_whole_patch_inside_the_image(shape: tuple[int, ...], patch: int) -> None:
     """Each occlusion fills a whole patch (cut to the image where the image is smaller) and stays inside it."""
