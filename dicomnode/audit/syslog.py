@@ -115,7 +115,7 @@ class Forwarder:
                     self._stop.wait(self.settings.audit_poll_seconds)
             except OSError as exc:
                 self._close()
-                log.warning("audit repository unreachable (%s); retrying in %.0f s", type(exc).__name__, delay,
+                log.warning("audit repository unreachable (%s); retrying in %g s", type(exc).__name__, delay,
                             extra=extra(stage="audit"))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 60.0)

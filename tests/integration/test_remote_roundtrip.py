@@ -89,6 +89,7 @@ def test_results_come_back_into_the_patients_study_and_only_deidentified_uids_we
         (export,) = session.scalars(select(AuditRecord).where(AuditRecord.event == "begin_transfer_out")).all()
     detail = json.loads(export.detail)
     assert export.study_uid == uid_map[job.study_uid] and detail["deidentified"] is True
+    assert detail["kind"] == "remote inference"
     assert detail["destination"] == cloud and detail["instances"] == len(series) and detail["job_id"] == job.id
     assert NAME not in export.detail and PID not in export.detail and job.study_uid not in export.detail
     assert set(timings.seconds) == {"deidentify", "upload", "wait", "download", "reidentify"}

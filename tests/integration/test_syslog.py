@@ -72,11 +72,21 @@ def test_messages_are_rfc5424_with_valid_audit_xml(settings: Settings, sessions:
 
 
 def test_repository_down_then_back_loses_nothing_and_repeats_nothing(settings: Settings,
-                                                                     sessions: sessionmaker[Session]) -> None:
+                                                                     sessions: sessionmaker[Session],
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()  # nobody listens yet
     sender = forwarder(settings, sessions, f"tcp://127.0.0.1:{port}")
+    caplog.set_level(logging.WARNING, logger="dicomnode.audit.syslog")
     sender.start()
     write_events(sessions, n=5)  # written while the repository is down: never blocked
+
+    def said() -> list[logging.LogRecord]:  # the operator is told, with what failed and when it tries again
+        return [r for r in caplog.records if r.getMessage().startswith("audit repository unreachable (")]
+
+    wait_for(lambda: said(), timeout=30, msg="the warning that the repository is unreachable")
+    assert said()[0].getMessage() == (f"audit repository unreachable (ConnectionRefusedError); retrying in "
+                                      f"{sender.settings.audit_retry_seconds:g} s")
+    assert getattr(said()[0], "ctx", None) == {"stage": "audit"}
     assert sender.sent == 0
     sender.stop()
     receiver = SyslogReceiver(port).start()
