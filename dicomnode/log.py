@@ -46,8 +46,14 @@ def uid_hash(uid: str | None) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
+# The stage every record of the node names (``extra(stage=...)``): what an operator filters the log by.
+STAGES = frozenset({"serve", "cli", "config", "receive", "sweep", "route", "worker", "infer", "send", "query", "priors",
+                    "remote", "evaluate", "retention", "audit"})
+
+
 def extra(**fields: Any) -> dict[str, Any]:
-    """Build the ``extra`` mapping for a log call; ``study_uid``/``series_uid`` are hashed."""
+    """Build the ``extra`` mapping for a log call (its ``stage`` one of :data:`STAGES`); ``study_uid`` and
+    ``series_uid`` are hashed."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
         if key.endswith("_uid"):

@@ -125,7 +125,7 @@ class Worker:
                 transition(session, job.id, JobStatus.RUNNING, outcome.status, outcome.reason,
                            worker_id=self.worker_id, run_after=outcome.run_after)
         except IllegalTransition:
-            log.warning("job lease lost before the outcome was recorded", extra=extra(job_id=job.id))
+            log.warning("job lease lost before the outcome was recorded", extra=extra(stage="worker", job_id=job.id))
             return True
         log.info("job finished", extra=extra(stage="worker", job_id=job.id, status=outcome.status.value))
         if self.ctx.metrics is not None:
@@ -158,4 +158,4 @@ class Worker:
             try:
                 heartbeat(self.ctx.sessions, job.id, self.worker_id, self.ctx.settings.job_lease_seconds)
             except Exception:
-                log.exception("heartbeat failed", extra=extra(job_id=job.id))
+                log.exception("heartbeat failed", extra=extra(stage="worker", job_id=job.id))

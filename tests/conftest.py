@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from pydicom import config as pydicom_config
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db import make_engine, make_sessionmaker
+from dicomnode.log import STAGES
 from dicomnode.migrate import upgrade
 from dicomnode.settings import Settings
 from tests.support.peers import REPO, Orthanc
@@ -29,6 +31,44 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("DICOMNODE_") and key != "DICOMNODE_SHARED_DATA":
             monkeypatch.delenv(key)
+
+
+class _Stageless(logging.Handler):
+    """Keeps every record of the node's own loggers that does not name one of its stages."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stage = (getattr(record, "ctx", None) or {}).get("stage")
+        if stage not in STAGES:
+            self.found.append(f"{record.name} {record.levelname} {record.msg!r}: stage {stage!r}")
+
+
+_STAGELESS = _Stageless()
+
+
+@pytest.fixture(autouse=True)
+def _every_record_names_its_stage() -> Iterator[None]:
+    """README: application logs carry stage names. Every record the node logs in the test's process, at the
+    node's default level (INFO) and above, names one of :data:`dicomnode.log.STAGES`: a record without one,
+    or with another word, fails the test in which it was logged."""
+    node = logging.getLogger("dicomnode")
+    level = node.level
+    if node.getEffectiveLevel() > logging.INFO:
+        node.setLevel(logging.INFO)
+    _STAGELESS.found.clear()
+    node.addHandler(_STAGELESS)
+    try:
+        yield
+    finally:
+        node.removeHandler(_STAGELESS)
+        node.setLevel(level)
+    found, _STAGELESS.found[:] = list(_STAGELESS.found), []
+    if found:
+        pytest.fail("records without one of the node's stages: " + "; ".join(sorted(set(found))[:10]),
+                    pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ from dicomnode.cli.fl import fl_app
 from dicomnode.cli.models import models_app
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.errors import DicomNodeError
-from dicomnode.log import setup_logging
+from dicomnode.log import extra, setup_logging
 from dicomnode.settings import Settings
 
 app = typer.Typer(
@@ -298,7 +298,8 @@ def _failure(exc: Exception) -> tuple[int, str]:
         return 1, _one_line(str(exc))
     if isinstance(exc, SQLAlchemyError):
         return 1, f"database error: {_one_line(str(getattr(exc, 'orig', None) or exc))}"
-    logging.getLogger("dicomnode").debug("unexpected error", exc_info=exc)  # the frames, at log_level DEBUG
+    logging.getLogger("dicomnode").debug("unexpected error", exc_info=exc,  # the frames, at log_level DEBUG
+                                         extra=extra(stage="cli"))
     return 1, f"unexpected error ({type(exc).__name__}): {_one_line(str(exc))}"
 
 

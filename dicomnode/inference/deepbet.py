@@ -50,7 +50,7 @@ class DeepbetModel:
         self.manifest = manifest
         started = time.perf_counter()
         self.runtime, self.device, (self._bbox_model, self._model) = _load(manifest, device, threads, runtime)
-        log.info("model loaded", extra=extra(model=manifest.id, device=self.device, runtime=self.runtime,
+        log.info("model loaded", extra=extra(stage="infer", model=manifest.id, device=self.device, runtime=self.runtime,
                                              seconds=round(time.perf_counter() - started, 2)))
 
     def run(self, image: ModelInput) -> SegmentationResult:
@@ -90,12 +90,12 @@ def _load(manifest: Manifest, device: str, threads: int, runtime: Runtime) -> tu
             if not (runtime == "auto" and device == "auto" and sessions[0].device == "cpu" and _torch_cuda()):
                 return "onnxruntime", sessions[0].device, list(sessions)
             log.info("deepbet runs on TorchScript: this onnxruntime has no CUDA, torch has",
-                     extra=extra(model=manifest.id))
+                     extra=extra(stage="infer", model=manifest.id))
         except (ImportError, ModelError) as exc:
             if runtime == "onnxruntime":
                 raise ModelError(f"model {manifest.id}: ONNX Runtime cannot serve it: {exc}") from exc
             log.warning("deepbet runs on TorchScript: its ONNX files are not usable",
-                        extra=extra(model=manifest.id, reason=str(exc)))
+                        extra=extra(stage="infer", model=manifest.id, reason=str(exc)))
     from dicomnode.inference.torchscript import TorchScriptNetwork  # torch is imported only here
 
     networks = [TorchScriptNetwork(manifest, f"{stem}.pt", device) for stem in NETWORKS]

@@ -53,10 +53,12 @@ class OnnxSession:
             if device == "cuda":
                 raise ModelError(f"model {manifest.id}: ONNX Runtime fell back to {active} "
                                  "although CUDA was configured")
-            log.warning("ONNX Runtime could not use CUDA; running on the CPU", extra=extra(model=manifest.id))
+            log.warning("ONNX Runtime could not use CUDA; running on the CPU",
+                        extra=extra(stage="infer", model=manifest.id))
         self.device = "cuda" if CUDA in active else "cpu"
         self._input = self._session.get_inputs()[0].name
-        log.info("model loaded", extra=extra(model=manifest.id, device=self.device, providers=",".join(active)))
+        log.info("model loaded", extra=extra(stage="infer", model=manifest.id, device=self.device,
+                                             providers=",".join(active)))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         try:

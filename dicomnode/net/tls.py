@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dicomnode.log import extra
 from dicomnode.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class AuditingServerContext(ssl.SSLContext):
             wrapped = super().wrap_socket(sock, *args, **kwargs)
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
-            log.warning("TLS handshake failed: %s", reason)
+            log.warning("TLS handshake failed: %s", reason, extra=extra(stage="receive"))
             self.on_failure(address, str(reason))
             sock.close()
             raise

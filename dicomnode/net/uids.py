@@ -29,6 +29,8 @@ from typing import Any
 from pydicom.uid import UID
 from pynetdicom import utils
 
+from dicomnode.log import extra
+
 log = logging.getLogger(__name__)
 
 CACHED = 4096
@@ -65,7 +67,8 @@ def install() -> None:
         if _installed:
             return
         if list(inspect.signature(utils.set_uid).parameters) != _PARAMETERS:
-            log.warning("pynetdicom's set_uid has changed: its UID conversions are not cached")
+            log.warning("pynetdicom's set_uid has changed: its UID conversions are not cached",
+                        extra=extra(stage="serve"))
             _installed.append(utils.set_uid)
             return
         wrapper = cached(utils.set_uid)

@@ -81,7 +81,7 @@ def _refused(ctx: ReceiveContext, event: AuditEvent, kind: str, *, calling_ae: s
         bursts.refused(event, key, actor=calling_ae, outcome=Outcome.MINOR_FAILURE, address=address,
                        calling_ae=calling_ae, **detail)
     except SQLAlchemyError:
-        log.exception("could not write audit row", extra=extra(event=event.value))
+        log.exception("could not write audit row", extra=extra(stage="receive", event=event.value))
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def audit(sessions: sessionmaker[Session], event: AuditEvent, outcome: Outcome, 
         with session_scope(sessions) as session:
             record(session, event, outcome, **fields)
     except SQLAlchemyError:
-        log.exception("could not write audit row", extra=extra(event=event.value))
+        log.exception("could not write audit row", extra=extra(stage="receive", event=event.value))
 
 
 def disk_guard(settings: Settings) -> str:

@@ -282,7 +282,7 @@ class Landing:
         try:
             self.bursts.refused(event, key, actor=client.actor, outcome=outcome, **fields)
         except SQLAlchemyError:
-            log.exception("could not write audit row", extra=extra(event=event.value))
+            log.exception("could not write audit row", extra=extra(stage="receive", event=event.value))
 
     def refuse(self, client: Client, status: int, reason: str) -> int:
         """Refuse an instance before it reached :meth:`land` (its file could not be written, its SOP class

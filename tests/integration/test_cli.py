@@ -22,6 +22,7 @@ from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, transition
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import Settings
+from tests.support.logs import stageless
 from tests.support.net import free_port
 from tests.support.peers import REPO, storescp
 from tests.support.synthetic import make_series, write_series
@@ -31,8 +32,10 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DICOMNODE_DATA_DIR": str(settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": "1",
            "COLUMNS": "400"}  # a table row on one line
     env.pop("DICOMNODE_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=120, check=False)
+    assert not stageless(done.stderr), done.stderr  # every line the node logs names its stage
+    return done
 
 
 def one_sentence(done: subprocess.CompletedProcess[str], code: int, text: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.logs import stageless
 from tests.support.net import free_port, port_open, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,7 +281,10 @@ class NodeProcess:
             return self.process.returncode if self.process else None
         self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise AssertionError(f"node did not stop within {timeout} s after signal {sig}") from None
+        lines = stageless(self.log_path.read_text(errors="replace")) if self.log_path.exists() else []
+        assert not lines, f"the node logged lines without one of its stages: {lines[:5]}"
+        return code

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from dicomnode.log import extra
 from dicomnode.settings import Destination, Peer, Rule, Settings
 
 
@@ -83,7 +84,7 @@ def test_logged_tracebacks_withhold_exception_messages() -> None:
         try:
             raise ValueError(f"PatientName {name} violates a constraint")
         except ValueError:
-            logging.getLogger("dicomnode.test").exception("job crashed")
+            logging.getLogger("dicomnode.test").exception("job crashed", extra=extra(stage="worker"))
     finally:
         logging.getLogger().handlers.clear()
     text = stream.getvalue()
