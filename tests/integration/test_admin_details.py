@@ -96,15 +96,19 @@ def test_rules_page_shows_each_rules_verdict_for_a_study_on_the_node(serve: Serv
 
 
 def test_sparkline_counts_events_per_hour_over_the_last_day() -> None:
-    """The dashboard's sparkline puts each event in its hour (newest right), scaled to the busiest hour."""
+    """The dashboard's sparkline puts each event in its hour (newest right), scaled to the busiest hour; a
+    time without a zone is UTC (SQLite's), one with a zone is that instant (PostgreSQL's, in the server's
+    time zone, here +05:30)."""
     now = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+    india = dt.timezone(dt.timedelta(hours=5, minutes=30))
     times = [now, now - dt.timedelta(minutes=59), (now - dt.timedelta(hours=2, minutes=1)).replace(tzinfo=None),
-             now - dt.timedelta(hours=25), now + dt.timedelta(hours=1)]
+             now - dt.timedelta(hours=25), now + dt.timedelta(hours=1),
+             (now - dt.timedelta(hours=5, minutes=30)).astimezone(india)]  # 12:00 on a clock in India
     polyline, count = _sparkline(times, now)
     heights = ["28.0"] * 24
-    heights[23], heights[21] = "2.0", "15.0"
+    heights[23], heights[21], heights[18] = "2.0", "15.0", "15.0"
     points = " ".join(f"{10 * i},{h}" for i, h in enumerate(heights))
-    assert (polyline, count) == (f'<polyline fill="none" stroke="#1d3557" stroke-width="2" points="{points}"/>', 3)
+    assert (polyline, count) == (f'<polyline fill="none" stroke="#1d3557" stroke-width="2" points="{points}"/>', 4)
 
 
 def test_origin_of_keeps_only_a_port_that_is_not_the_schemes_default() -> None:
