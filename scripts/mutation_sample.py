@@ -3,6 +3,7 @@
     python scripts/mutation_sample.py pick N SEED FILE  # generate the mutants, write N names per package
     python scripts/mutation_sample.py byhand FILE   # run FILE's "no tests" names in the processes tests start
     python scripts/mutation_sample.py score FILE    # score the names in FILE from mutmut's results
+    python scripts/mutation_sample.py score FILE EQUIVALENT  # ... setting aside the survivors EQUIVALENT lists
 
 Mutants are generated with mutmut's own steps (the ones `mutmut run` starts with), listed from its
 ``mutants/**/*.meta`` files, grouped by package and drawn with ``random.Random(SEED)``, so that a seed
@@ -105,25 +106,45 @@ def statuses() -> dict[str, str]:
     return found
 
 
-def score(sample_file: Path) -> None:
+def equivalents(path: Path | None) -> dict[str, str]:
+    """Mutant name -> why it is equivalent, from ``path`` (``NAME  reason`` a line, ``#`` comments): a name
+    holds while its function is unchanged, and only a survivor is set aside."""
+    listed: dict[str, str] = {}
+    for line in path.read_text().splitlines() if path is not None else []:
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, reason = line.strip().partition(" ")
+            listed[name] = reason.strip()
+    return listed
+
+
+def score(sample_file: Path, equivalent_file: Path | None = None) -> None:
     found = statuses()
+    equivalent = equivalents(equivalent_file)
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     survivors: list[str] = []
+    set_aside: list[str] = []
     for name in sample_file.read_text().split():
         status = found.get(name, "not checked")
+        if status == "survived" and name in equivalent:
+            status = "equivalent"
+            set_aside.append(f"  {name}: {equivalent[name]}")
         counts[package(name)][status] += 1
         if status == "survived":
             survivors.append(name)
-    print(f"{'package':<10} {'sampled':>7} {'killed':>6} {'survived':>8} {'other':>5} {'score':>6}  95 % interval")
+    print(f"{'package':<10} {'sampled':>7} {'killed':>6} {'survived':>8} {'equiv':>5} {'other':>5} {'score':>6}"
+          "  95 % interval")
     for key, tally in sorted(counts.items()):
-        done = sum(n for status, n in tally.items() if status != "not checked")
+        done = sum(n for status, n in tally.items() if status not in ("not checked", "equivalent"))
         killed = sum(tally[s] for s in KILLED)
         other = done - killed - tally["survived"]
         low, high = wilson(killed, done)
         rate = f"{killed / done:.0%}" if done else "-"
         unrun = f"  ({tally['not checked']} not run)" if tally["not checked"] else ""
-        print(f"{key:<10} {done:>7} {killed:>6} {tally['survived']:>8} {other:>5} {rate:>6}  "
-              f"{low:.0%} to {high:.0%}{unrun}")
+        print(f"{key:<10} {done:>7} {killed:>6} {tally['survived']:>8} {tally['equivalent']:>5} {other:>5} "
+              f"{rate:>6}  {low:.0%} to {high:.0%}{unrun}")
+    if set_aside:
+        print("\nset aside as equivalent:")
+        print("\n".join(set_aside))
     if survivors:
         print("\nsurvivors (mutmut show NAME):")
         print("\n".join(f"  {name}" for name in survivors))
@@ -229,8 +250,8 @@ def main(argv: list[str]) -> None:
         Path(argv[3]).write_text("\n".join(pick(int(argv[1]), int(argv[2]))) + "\n")
     elif argv[:1] == ["byhand"] and len(argv) == 2:
         by_hand(Path(argv[1]))
-    elif argv[:1] == ["score"] and len(argv) == 2:
-        score(Path(argv[1]))
+    elif argv[:1] == ["score"] and len(argv) in (2, 3):
+        score(Path(argv[1]), Path(argv[2]) if len(argv) == 3 else None)
     else:
         raise SystemExit(__doc__)
 
