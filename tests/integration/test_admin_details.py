@@ -128,6 +128,30 @@ def test_console_post_from_another_port_of_the_same_host_is_refused(serve: Serve
     assert _console_login_from(base, f"http://127.0.0.1:{port}") == 303
 
 
+def test_a_refused_console_request_is_a_page_that_says_so(serve: Serve) -> None:
+    """403 with a page titled as what happened, the reason as an alert, and no notice of anything done."""
+    base = serve()
+    page = exchange(base, "GET", "/ui/login")
+    nonce = page.cookies()[csrf.LOGIN_COOKIE].split(";")[0].split("=", 1)[1]
+    form = urllib.parse.urlencode({"user": "it", "password": "s3cret-pass", "csrf_token": nonce}).encode()
+    answer = exchange(base, "POST", "/ui/login", {"Origin": "http://elsewhere.example", "Content-Type":
+                                                  "application/x-www-form-urlencoded",
+                                                  "Cookie": f"{csrf.LOGIN_COOKIE}={nonce}"}, form)
+    assert answer.status == 403
+    assert "<title>Request refused · dicomnode</title>" in answer.text and "<h1>Request refused</h1>" in answer.text
+    assert 'role="alert"' in answer.text and "nothing was changed" in answer.text
+    assert 'role="status"' not in answer.text
+
+
+def test_a_console_page_shown_without_an_action_carries_no_notice(serve: Serve) -> None:
+    """A notice ("rule ... saved") answers an action; a page merely opened shows none."""
+    base = serve()
+    for path in ("/ui/", "/ui/rules", "/ui/peers", "/ui/jobs", "/ui/studies", "/ui/audit"):
+        answer = exchange(base, "GET", path, _session(base))
+        assert answer.status == 200, path
+        assert 'role="status"' not in answer.text and 'role="alert"' not in answer.text, path
+
+
 def test_console_post_naming_the_default_port_of_the_public_origin_is_accepted(serve: Serve) -> None:
     """An Origin that spells out the public origin's default port (https, 443) is the console's own."""
     base = serve(admin_public_origin=PUBLIC)

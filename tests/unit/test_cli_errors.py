@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError, model_validator
@@ -96,3 +97,14 @@ def test_an_unexpected_error_is_one_sentence_with_its_frames_only_at_debug() -> 
         logger.setLevel(level)
     assert [(r.levelno, r.getMessage(), r.exc_info and r.exc_info[1]) for r in records] == [
         (logging.DEBUG, "unexpected error", error)]
+
+
+def test_a_configuration_file_that_is_not_there_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "node.toml"
+    umask = os.umask(0o022)
+    try:
+        assert main(["--config", str(missing), "status"]) == 2
+    finally:
+        os.umask(umask)
+    error = capsys.readouterr().err
+    assert error.startswith("dicomnode: configuration error: ") and str(missing) in error

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from dicomnode.inference.distribution import DistributionCheck, build_reference, check, distance, reference_toml
+from dicomnode.inference.distribution import (
+    TEMPLATE_SHAPE,
+    DistributionCheck,
+    _blocks,
+    build_reference,
+    check,
+    distance,
+    reference_toml,
+)
 from dicomnode.inference.manifest import Manifest, Reference
 from dicomnode.monitoring.models import INPUT_DISTANCE, ModelMetrics, drift_check, reference_ranges
 
@@ -39,6 +47,9 @@ def test_the_reference_round_trips_through_the_manifest_and_its_own_draws_are_in
     assert reference.outputs["Opacity"].mean == pytest.approx(0.5)
     inside = [check(reference, x[None]) for x in _images(2, 20)]
     assert all(not c.outside for c in inside) and max(c.distance for c in inside) < reference.threshold
+    # the template is the mean training image's 16 x 16 block means, kept to 4 decimals
+    expected = np.mean([_blocks(x.astype(np.float64), TEMPLATE_SHAPE) for x in _images(1, 60)], axis=0).ravel()
+    assert np.abs(np.asarray(reference.template) - expected).max() <= 5e-5
 
 
 def test_an_inverted_image_is_outside_though_its_histogram_alone_might_pass() -> None:
