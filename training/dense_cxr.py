@@ -29,7 +29,7 @@ TOP = 16  # pixels whose mean logit scores the image
 
 
 def network() -> Any:
-    from monai.networks.nets import UNet
+    from monai.networks.nets.unet import UNet
 
     return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
                 num_res_units=1, norm="batch")
