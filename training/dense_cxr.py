@@ -26,6 +26,7 @@ from training.common import auc, families
 from training.train_cxr import PHANTOM_SHAPE, SIZE, prepare, training_image
 
 TOP = 16  # pixels whose mean logit scores the image
+POSITIVE_WEIGHT = 10.0  # an opacity's pixels are about 1 % of an image's
 
 
 def network() -> Any:
@@ -63,6 +64,7 @@ def fit(seed: int, steps: int, pool: int, batch: int, lr: float, threads: int) -
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     bce = torch.nn.BCEWithLogitsLoss()
+    pixel_bce = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(POSITIVE_WEIGHT))
     model.train()
     started = time.perf_counter()
     for step in range(steps):
@@ -74,7 +76,7 @@ def fit(seed: int, steps: int, pool: int, batch: int, lr: float, threads: int) -
         target = torch.from_numpy(np.ascontiguousarray(m))
         p = torch.sigmoid(logits)
         dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-        loss = bce(logits, target) + dice + bce(image_logit(logits), torch.from_numpy(y.astype(np.float32)))
+        loss = pixel_bce(logits, target) + dice + bce(image_logit(logits), torch.from_numpy(y.astype(np.float32)))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import re
 import socket
 import urllib.parse
 
@@ -18,6 +19,7 @@ from dicomnode.admin.console import _sparkline
 from dicomnode.audit.events import AuditEvent, Outcome
 from dicomnode.audit.trail import record
 from dicomnode.db import session_scope
+from dicomnode.inference.registry import load_manifests
 from dicomnode.jobs.models import Study
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import Rule, Settings
@@ -25,6 +27,7 @@ from tests.integration.conftest import Serve
 from tests.support.admin import Answer, call, console_login, exchange, login
 from tests.support.models import write_threshold_model
 from tests.support.net import wait_for
+from tests.support.peers import REPO
 from tests.support.spooled import spool
 from tests.support.synthetic import make_series
 
@@ -141,6 +144,47 @@ def test_a_refused_console_request_is_a_page_that_says_so(serve: Serve) -> None:
     assert "<title>Request refused · dicomnode</title>" in answer.text and "<h1>Request refused</h1>" in answer.text
     assert 'role="alert"' in answer.text and "nothing was changed" in answer.text
     assert 'role="status"' not in answer.text
+
+
+def test_a_console_form_without_its_session_s_token_is_refused_and_changes_nothing(serve: Serve) -> None:
+    """Logged in, from the console's own origin: a form whose token is missing, or not the session's (one
+    character off, or another session's length of it), is refused 403; with the session's token it is saved."""
+    base = serve()
+    headers = {**_session(base), "Origin": base, "Content-Type": "application/x-www-form-urlencoded"}
+    page = exchange(base, "GET", "/ui/peers", headers)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found is not None
+    token = found.group(1)
+
+    def post(sent: str) -> Answer:
+        form = {"ae_title": "MODALITY9", "host": "10.1.2.3", "port": "104", "csrf_token": sent}
+        return exchange(base, "POST", "/ui/peers", headers, urllib.parse.urlencode(form).encode())
+
+    for sent in ("", token[:-1] + ("A" if token[-1] != "A" else "B"), "x" * len(token)):
+        answer = post(sent)
+        assert answer.status == 403 and "nothing was changed" in answer.text, sent
+    assert "MODALITY9" not in exchange(base, "GET", "/ui/peers", headers).text
+    assert post(token).status in (200, 303)
+    assert "MODALITY9" in exchange(base, "GET", "/ui/peers", headers).text
+
+
+def test_the_dashboard_lists_each_model_with_its_version(serve: Serve) -> None:
+    base = serve()
+    page = exchange(base, "GET", "/ui/", _session(base))
+    manifests = load_manifests(REPO / "models")
+    assert manifests
+    for manifest in manifests.values():
+        assert f"<td>{manifest.id}</td><td>{manifest.version}</td><td>{manifest.task}</td>" in page.text, manifest.id
+
+
+def test_an_api_request_that_does_not_validate_names_where_and_what(serve: Serve) -> None:
+    """422 with FastAPI's shape: each complaint's location and message (and never the value sent)."""
+    base = serve()
+    token = login(base, "it", "s3cret-pass")
+    status, body = call(base, "PUT", "/api/peers/MODALITY9", {"port": "not a port", "host": "10.1.2.3"}, token=token)
+    assert status == 422
+    assert body["detail"] and all(set(item) == {"loc", "msg"} for item in body["detail"])
+    assert body["detail"][0]["loc"] == ["body", "port"] and "not a port" not in json.dumps(body)
 
 
 def test_a_console_page_shown_without_an_action_carries_no_notice(serve: Serve) -> None:
