@@ -187,6 +187,15 @@ def test_an_api_request_that_does_not_validate_names_where_and_what(serve: Serve
     assert body["detail"][0]["loc"] == ["body", "port"] and "not a port" not in json.dumps(body)
 
 
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token", "Basic aXQ6czNjcmV0LXBhc3M="])
+def test_an_api_request_without_a_live_token_is_401_with_the_scheme_to_use(serve: Serve,
+                                                                          authorization: str | None) -> None:
+    """RFC 6750 3: a 401 names the scheme it wants, ``WWW-Authenticate: Bearer``."""
+    base = serve()
+    answer = exchange(base, "GET", "/api/studies", {"Authorization": authorization} if authorization else {})
+    assert answer.status == 401 and answer.header("WWW-Authenticate") == "Bearer"
+
+
 def test_a_console_page_shown_without_an_action_carries_no_notice(serve: Serve) -> None:
     """A notice ("rule ... saved") answers an action; a page merely opened shows none."""
     base = serve()

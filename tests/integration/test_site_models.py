@@ -236,6 +236,7 @@ def test_explanation_as_secondary_capture_overlay(tmp_path: Path) -> None:
     (sc,) = [dcmread(p) for p in paths if p.name.startswith("OT")]
     assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape == (128, 128, 3)
     assert sc.StudyInstanceUID == ds.StudyInstanceUID
+    assert sc.SeriesDescription == "AI evidence overlay (region-classifier)"  # what the study browser lists
     assert (sc.Manufacturer, sc.ManufacturerModelName, sc.SoftwareVersions) == (
         sr.Manufacturer, sr.ManufacturerModelName, sr.SoftwareVersions) == (
         "dicomnode", "dicomnode AI node", f"dicomnode {dicomnode.__version__}; region-classifier 2.1")

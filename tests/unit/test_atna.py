@@ -125,6 +125,8 @@ def test_a_checkpoint_is_an_audit_log_used_message_that_reads_back(tmp_path: Pat
     checkpoint = Checkpoint(at="2026-11-23T19:30:01.123456Z", rows=42, head_id=45, head_hash="cd" * 32)
     root = check(checkpoint_message(checkpoint, SOURCE))
     assert codes(root, "EventIdentification/EventID") == ["110101"]  # Audit Log Used
+    assert root.findtext("EventIdentification/EventOutcomeDescription") == (
+        "audit trail checkpoint: 42 rows, newest id 45")
     assert root.find("EventIdentification").get("EventActionCode") == "R"  # type: ignore[union-attr]
     trail = root.find("ParticipantObjectIdentification")
     assert trail is not None
@@ -224,3 +226,13 @@ def test_a_row_without_a_reason_or_status_has_no_outcome_description() -> None:
         record.detail = json.dumps({"sop_classes": SOP, **detail})
         ident = check(audit_message(record, SOURCE) or "").find("EventIdentification")
         assert ident is not None and ident.findtext("EventOutcomeDescription") == description
+
+
+def test_a_message_is_utf_8_xml_whatever_characters_it_carries() -> None:
+    """RFC 5424 and PS3.15 A.5: the XML is UTF-8, declared so; a name outside ASCII is its UTF-8 bytes."""
+    record = row(AuditEvent.USER_LOGIN)
+    record.actor = "müller"
+    xml = audit_message(record, SOURCE)
+    assert xml is not None and xml.startswith(b"<?xml version='1.0' encoding='utf-8'?>")
+    assert "müller".encode() in xml and b"&#" not in xml
+    assert check(xml).find("ActiveParticipant").get("UserID") == "müller"  # type: ignore[union-attr]

@@ -74,9 +74,11 @@ def test_dicom_tls_is_tls_1_2_or_later_both_ways(tmp_path: Path) -> None:
                              tls_ca_file=ca.cert)
     server = server_context(settings, lambda _address, _reason: None)
     client = client_context(settings)
+    defaults = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).options  # OpenSSL's own hardening (OP_ALL, no SSLv3, ...)
     for context in (server, client):
         assert context.minimum_version == ssl.TLSVersion.TLSv1_2
         assert context.options & ssl.OP_NO_COMPRESSION
+        assert context.options & defaults == defaults  # added to, never replaced
     assert server.verify_mode == ssl.CERT_REQUIRED  # tls_ca_file set: mutual TLS
     assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
 
