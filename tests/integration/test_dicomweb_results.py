@@ -103,6 +103,8 @@ def test_series_search_carries_each_result_series_number_and_description(node: N
         assert header.SeriesNumber is not None and str(header.SeriesDescription)
         assert _value(hit, "00200011") == int(header.SeriesNumber)
         assert _value(hit, "0008103E") == str(header.SeriesDescription)
+        # PS3.18 10.6.3.3.2: where the series is retrieved from
+        assert str(_value(hit, "00081190")).endswith(f"/studies/{study_uid}/series/{header.SeriesInstanceUID}")
 
 
 def test_instance_search_carries_each_result_instance_number(node: Node) -> None:

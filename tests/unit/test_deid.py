@@ -220,9 +220,15 @@ def test_clean_descriptors_keep_a_word_that_only_a_uid_holds() -> None:
 
 def test_patient_characteristics_are_kept_only_under_their_option() -> None:
     (basic,), _ = deidentify(_series()[:1], "seed")
-    (kept,), _ = deidentify(_series()[:1], "seed", [opt.PATIENT_CHARACTERISTICS])
+    original = _series()[0]
+    (kept,), kept_map = deidentify([original], "seed", [opt.PATIENT_CHARACTERISTICS])
     assert "PatientAge" not in basic and not basic.PatientSex
     assert (kept.PatientAge, kept.PatientSex) == ("070Y", "F")
+    # the option adds to the basic profile and its supplement; it replaces none of them
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate"):
+        assert (keyword in kept, kept.get(keyword)) == (keyword in basic, basic.get(keyword)), keyword
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):  # each mapped, to come back
+        assert kept_map[original[keyword].value] == kept[keyword].value != original[keyword].value, keyword
 
 
 def test_an_unknown_option_is_refused() -> None:
