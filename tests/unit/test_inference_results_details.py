@@ -195,7 +195,8 @@ def test_segment_finding_tracking_uids_are_deterministic_and_its_label_reads_pre
     assert _label(finding) == "Brain present, p = 0.75 (research use only, not for diagnostic use)"
 
 
-def _longitudinal_sr(manifest: Manifest) -> Dataset:
+def _longitudinal_sr(manifest: Manifest) -> tuple[Dataset, ResultIdentity, str]:
+    """The SR with the prior's and change groups; the job's identity, the prior series' UID."""
     box = box_seg(manifest)
     seg, sources, volumes, identity = box.seg, box.sources, box.volumes, box.identity
     prior_series = make_series(n_slices=10, rows=16, columns=12)
@@ -204,17 +205,21 @@ def _longitudinal_sr(manifest: Manifest) -> Dataset:
         study_date=dt.date(2025, 1, 1), image=sanitise_headers([prior_series[5]])[0],
         volumes_ml={lab.number: 0.5 for lab in manifest.labels})
     comparison = longitudinal.Comparison(current_date=dt.date(2026, 1, 1), prior=prior)
-    return build_sr(seg, sources, volumes, manifest, identity,
-                    amend=lambda groups: longitudinal.amend(comparison, volumes, sources, manifest, identity, groups))
+    sr = build_sr(seg, sources, volumes, manifest, identity,
+                  amend=lambda groups: longitudinal.amend(comparison, volumes, sources, manifest, identity, groups))
+    return sr, identity, prior.series_uid
 
 
 def test_every_group_names_the_algorithm_longitudinal_ones_included() -> None:
     """Every Algorithm Name in the SR, the prior and change groups' included, is the manifest's name."""
     manifest = _manifest("deepbet")
-    sr = _longitudinal_sr(manifest)
+    sr, identity, prior_uid = _longitudinal_sr(manifest)
     groups = _groups(sr)
     timed = [g for g in groups if any(_code(i) == TIME_POINT for i in _walk(g.ContentSequence))]
     assert len(groups) == 3 and len(timed) == 2  # the report's own group, at the prior, change since the prior
     for group in groups:
         names = [str(i.TextValue) for i in _walk(group.ContentSequence) if _code(i) == ALGORITHM_NAME]
         assert names and set(names) == {manifest.name[:64]}
+    # the prior's and the change's groups are tracked by the job's deterministic UIDs, as every other group
+    label = str(manifest.labels[0].number)
+    assert _tracking_uids(sr)[1:] == [identity.uid("prior", prior_uid, label), identity.uid("change", prior_uid, label)]
