@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,7 +55,7 @@ def result_files(settings: Settings, sessions: sessionmaker[Session], study_uid:
         for path in _paths(settings, job_id):
             try:
                 header = dcmread(path, stop_before_pixels=True)
-            except (OSError, ValueError):
+            except (OSError, ValueError, InvalidDicomError):  # damaged since it was written: left out, not a 500
                 continue
             if str(header.get("StudyInstanceUID", "")) == study_uid:
                 found.append(ResultFile(path, header))

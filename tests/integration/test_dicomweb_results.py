@@ -4,6 +4,7 @@ job that failed, which WADO-RS retrieves. Real admin server, real worker and mod
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from dicomnode.inference.registry import Registry
 from dicomnode.jobs.models import Job
 from dicomnode.jobs.status import JobStatus
 from dicomnode.pipeline import PipelineContext
+from dicomnode.results.files import RESULTS_SUMMARY
 from dicomnode.settings import AdminUser, Peer, Settings
 from dicomnode.worker import Worker
 from tests.conftest import make_settings
@@ -106,6 +108,18 @@ def test_series_search_carries_each_result_series_number_and_description(node: N
         # PS3.18 10.6.3.3.2: where the series is retrieved from
         assert str(_value(hit, "00081190")).endswith(f"/studies/{study_uid}/series/{header.SeriesInstanceUID}")
 
+
+def test_a_result_file_that_no_longer_reads_is_left_out_and_the_others_are_still_found(node: Node) -> None:
+    """A damaged file among a job's results (say, the first it lists) hides itself only."""
+    client = _client(node)
+    study_uid, folder = _stow_and_run(node, client, "CRASHTEST damaged", "threshold-test")
+    assert _job_status(node, folder) is JobStatus.SUCCEEDED
+    listed = [folder / name for name in json.loads((folder / RESULTS_SUMMARY).read_text())["paths"]]
+    assert len(listed) >= 2
+    survivors = {str(dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in listed[1:]}
+    listed[0].write_bytes(b"not DICOM")  # what a disk error or a hand edit leaves
+    hits = client.search_for_series(study_uid)
+    assert {str(_value(hit, "0020000E")) for hit in hits} == survivors
 
 def test_instance_search_carries_each_result_instance_number(node: Node) -> None:
     """QIDO-RS instance search answers each result instance with the InstanceNumber of its file."""
