@@ -22,6 +22,7 @@ from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -144,7 +145,11 @@ def _fetch(settings: Settings, backend: RemoteBackend, token: str, study_uid: st
             except MultipartError as exc:
                 raise SendError(f"remote backend's WADO-RS answer is malformed: {exc}", retryable=True) from exc
             for part in parts:
-                ds = dcmread(BytesIO(part))
+                try:
+                    ds = dcmread(BytesIO(part))
+                except (InvalidDicomError, ValueError, EOFError, OSError) as exc:  # every byte of a peer's is hostile
+                    raise SendError(f"remote backend's WADO-RS answer has a part that is not DICOM "
+                                    f"({type(exc).__name__})", retryable=True) from exc
                 if _refers_to(ds, series_uid):
                     found[modality] = ds
     return list(found.values()) if len(found) == 2 else []
