@@ -104,6 +104,9 @@ def test_expired_lease_is_requeued(any_sessions: sessionmaker[Session]) -> None:
     with session_scope(any_sessions) as session:
         session.execute(update(Job).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
     assert requeue_expired(any_sessions) == 1
+    with any_sessions() as session:  # the reason an operator reads in the job's history
+        last = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc())).first()
+        assert last is not None and (last.to_status, last.reason) == (JobStatus.QUEUED, "lease expired: worker gone")
     again = claim(any_sessions, "live-worker", 60)
     assert again is not None and again.id == job.id and again.attempts == 2
 
