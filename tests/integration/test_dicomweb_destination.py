@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.audit.models import AuditRecord
 from dicomnode.inference.registry import Registry
 from dicomnode.jobs.models import Delivery
 from dicomnode.jobs.status import JobStatus
@@ -65,6 +67,8 @@ def test_results_reach_the_archive(settings: Settings, sessions: sessionmaker[Se
         (delivery,) = session.scalars(select(Delivery).where(Delivery.job_id == job_id))
     assert delivery.outcome == "stored" and delivery.destination == _url(archive)
     assert archive.get(f"/instances/{_orthanc_id(archive, delivery.sop_instance_uid)}")["MainDicomTags"]
+    (sent,) = _audit(sessions, "result_sent")  # the archive, by name, at the host of its URL
+    assert (sent.actor, sent.outcome, json.loads(sent.detail)["address"]) == ("archive", "success", "127.0.0.1")
 
 
 def _orthanc_id(archive: Orthanc, sop_uid: str) -> str:
@@ -89,6 +93,15 @@ def test_a_rejection_goes_to_the_dead_letter(settings: Settings, sessions: sessi
         refusing.stop()
     status, reason = job_state(sessions, job_id)
     assert status is JobStatus.DEAD_LETTER and "HTTP 403" in reason, reason
+    # a security-relevant failure of the results' send, with why (the failure notice's own row aside)
+    (failed,) = [row for row in _audit(sessions, "result_send_failed") if "kind" not in json.loads(row.detail)]
+    assert (failed.actor, failed.outcome) == ("archive", "serious_failure")
+    assert json.loads(failed.detail)["reason"] == "archive rejected the results: HTTP 403"
+
+
+def _audit(sessions: sessionmaker[Session], event: str) -> list[AuditRecord]:
+    with sessions() as session:
+        return list(session.scalars(select(AuditRecord).where(AuditRecord.event == event)))
 
 
 def test_https_with_the_archive_ca_and_without(settings: Settings, sessions: sessionmaker[Session], models: Path,
