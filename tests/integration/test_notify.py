@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.db import make_engine, make_sessionmaker
@@ -15,19 +18,27 @@ from dicomnode.migrate import upgrade
 from tests.support.postgres import Postgres
 
 
-def test_announce_wakes_a_listener_in_another_connection(postgres: Postgres) -> None:
-    url = postgres.create_database("notify_test")
+@dataclass
+class _Listening:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    wake: threading.Event
+
+
+@contextmanager
+def _listening_on(postgres: Postgres, name: str) -> Iterator[_Listening]:
+    """A migrated database and a started Listener that listens already (its event cleared); on leaving,
+    the listener is stopped and must have ended."""
+    url = postgres.create_database(name)
     upgrade(url)
     engine = make_engine(url)
-    sessions: sessionmaker[Session] = make_sessionmaker(engine)
     wake = threading.Event()
     listener = Listener(url, wake)
     listener.start()
     try:
         assert wake.wait(30), "the listener sets the event once it listens"
         wake.clear()
-        announce(sessions, None)  # no local event: only the notification can wake it
-        assert wake.wait(30), "NOTIFY did not reach the listener"
+        yield _Listening(engine, make_sessionmaker(engine), wake)
     finally:
         listener.stop()
         engine.dispose()
@@ -38,33 +49,26 @@ def _listening() -> bool:
     return any(t.name == "dicomnode-listen" and t.is_alive() for t in threading.enumerate())
 
 
+def test_announce_wakes_a_listener_in_another_connection(postgres: Postgres) -> None:
+    with _listening_on(postgres, "notify_test") as on:
+        announce(on.sessions, None)  # no local event: only the notification can wake it
+        assert on.wake.wait(30), "NOTIFY did not reach the listener"
+
+
 def test_a_listener_whose_connection_drops_says_so_and_listens_again(postgres: Postgres,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    url = postgres.create_database("notify_drop")
-    upgrade(url)
-    engine = make_engine(url)
-    sessions: sessionmaker[Session] = make_sessionmaker(engine)
-    wake = threading.Event()
-    listener = Listener(url, wake)
     caplog.set_level(logging.WARNING, logger="dicomnode.jobs.notify")
-    listener.start()
-    try:
-        assert wake.wait(30), "the listener sets the event once it listens"
-        wake.clear()
-        with engine.begin() as conn:  # as a database restart would: the listening backend goes
+    with _listening_on(postgres, "notify_drop") as on:
+        with on.engine.begin() as conn:  # as a database restart would: the listening backend goes
             ended = conn.execute(text("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                       "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()) AS t")).scalar()
         assert ended == 1
-        assert wake.wait(30), "the listener did not listen again"  # set once it listens again
+        assert on.wake.wait(30), "the listener did not listen again"  # set once it listens again
         lost = [r for r in caplog.records if r.getMessage() == "job notifications lost; reconnecting"]
         assert len(lost) == 1 and getattr(lost[0], "ctx", None) == {"stage": "worker"}
-        wake.clear()
-        announce(sessions, None)
-        assert wake.wait(30), "NOTIFY did not reach the listener after it reconnected"
-    finally:
-        listener.stop()
-        engine.dispose()
-    assert not _listening()
+        on.wake.clear()
+        announce(on.sessions, None)
+        assert on.wake.wait(30), "NOTIFY did not reach the listener after it reconnected"
 
 
 def test_announce_sets_the_local_event_on_sqlite(sessions: sessionmaker[Session]) -> None:
