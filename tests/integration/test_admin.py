@@ -10,19 +10,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.app import start_admin
 from dicomnode.admin.auth import hash_password
 from dicomnode.admin.deps import AdminContext
-from dicomnode.audit.models import AuditRecord
 from dicomnode.audit.trail import verify
 from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
 from tests.support.net import free_port
 from tests.support.peers import echoscu
+from tests.support.trail import audit_rows
 
 
 @pytest.fixture
@@ -53,11 +52,6 @@ def call(base: str, method: str, path: str, body: Any = None, token: str = "") -
         return status, text
 
 
-def audit(sessions: sessionmaker[Session], event: str) -> list[AuditRecord]:
-    with sessions() as session:
-        return list(session.scalars(select(AuditRecord).where(AuditRecord.event == event)))
-
-
 def login(base: str) -> str:
     status, body = call(base, "POST", "/api/login", {"user": "it", "password": "s3cret"})
     assert status == 200
@@ -76,7 +70,7 @@ def test_failed_login_is_a_security_alert(admin: tuple[str, Settings], sessions:
     base, _ = admin
     status, _ = call(base, "POST", "/api/login", {"user": "it", "password": "wrong"})
     assert status == 401
-    (row,) = audit(sessions, "user_login_failed")
+    (row,) = audit_rows(sessions, "user_login_failed")
     assert row.actor == "it" and json.loads(row.detail)["security_alert"] is True
     assert call(base, "GET", "/api/studies")[0] == 401
 
@@ -88,8 +82,8 @@ def test_login_logout_and_studies(admin: tuple[str, Settings], sessions: session
     assert status == 200 and body["studies"] == [] and body["disk"]["accepting"] is True
     assert call(base, "POST", "/api/logout", token=token)[0] == 204
     assert call(base, "GET", "/api/studies", token=token)[0] == 401  # the token is gone
-    assert [r.actor for r in audit(sessions, "user_login")] == ["it"]
-    assert [r.actor for r in audit(sessions, "user_logout")] == ["it"]
+    assert [r.actor for r in audit_rows(sessions, "user_login")] == ["it"]
+    assert [r.actor for r in audit_rows(sessions, "user_logout")] == ["it"]
 
 
 def test_peer_added_at_run_time_may_call_in(admin: tuple[str, Settings], sessions: sessionmaker[Session],
@@ -103,10 +97,10 @@ def test_peer_added_at_run_time_may_call_in(admin: tuple[str, Settings], session
     assert echoscu(scp.port, called="DICOMNODE", calling="MODALITY1").returncode == 0
     assert call(base, "DELETE", "/api/peers/MODALITY1", token=token)[0] == 204
     assert echoscu(scp.port, called="DICOMNODE", calling="MODALITY1").returncode != 0
-    changes = [json.loads(r.detail) for r in audit(sessions, "config_changed")]
+    changes = [json.loads(r.detail) for r in audit_rows(sessions, "config_changed")]
     assert [(c["kind"], c["name"], c["before"] is None, c["after"] is None) for c in changes] == [
         ("peer", "MODALITY1", True, False), ("peer", "MODALITY1", False, True)]
-    assert all(r.actor == "it" for r in audit(sessions, "config_changed"))
+    assert all(r.actor == "it" for r in audit_rows(sessions, "config_changed"))
     assert verify(sessions).ok
 
 
@@ -120,7 +114,7 @@ def test_rules_as_data_and_validation(admin: tuple[str, Settings], sessions: ses
     assert body["stored"] == [{"name": "ct-head", "model": "deepbet", "match": {"Modality": "^CT$"},
                                "state": "in force"}]
     assert call(base, "PUT", "/api/rules/bad", {"model": "deepbet", "match": {"Modality": "("}}, token=token)[0] == 422
-    (change,) = [json.loads(r.detail) for r in audit(sessions, "config_changed")]
+    (change,) = [json.loads(r.detail) for r in audit_rows(sessions, "config_changed")]
     assert change["kind"] == "rule" and change["after"]["match"] == {"Modality": "^CT$"}
 
 

@@ -20,6 +20,7 @@ from dicomnode.settings import AdminUser, Settings
 from tests.conftest import make_settings
 from tests.support.admin import admin_server, call, login
 from tests.support.net import free_port, wait_for
+from tests.support.trail import audit_rows
 
 USERS = [AdminUser(name="boss", password_hash=hash_password("admin-pass", 1000), role="admin"),
          AdminUser(name="eve", password_hash=hash_password("viewer-pass", 1000), role="viewer")]
@@ -56,11 +57,6 @@ def _study_with_jobs(sessions: sessionmaker[Session]) -> tuple[int, int]:
     return dead_id, queued_id
 
 
-def _audit(sessions: sessionmaker[Session], event: str) -> list[AuditRecord]:
-    with sessions() as session:
-        return list(session.scalars(select(AuditRecord).where(AuditRecord.event == event)))
-
-
 def test_viewer_reads_masked_and_changes_nothing(base: str, sessions: sessionmaker[Session]) -> None:
     dead_id, queued_id = _study_with_jobs(sessions)
     token = login(base, "eve", "viewer-pass")
@@ -76,7 +72,7 @@ def test_viewer_reads_masked_and_changes_nothing(base: str, sessions: sessionmak
                                ("POST", f"/api/jobs/{dead_id}/retry", None),
                                ("POST", f"/api/jobs/{queued_id}/cancel", None)):
         assert call(base, method, path, body, token=token)[0] == 403, path
-    assert _audit(sessions, "config_changed") == [] and _audit(sessions, "instances_accessed") == []
+    assert audit_rows(sessions, "config_changed") == [] and audit_rows(sessions, "instances_accessed") == []
     with sessions() as session:
         assert session.get(Job, dead_id).status is JobStatus.DEAD_LETTER  # type: ignore[union-attr]
 
@@ -87,10 +83,10 @@ def test_admin_sees_phi_and_each_view_is_audited(base: str, sessions: sessionmak
     status, study = call(base, "GET", "/api/studies/1.2.3", token=token)
     assert status == 200 and study["patient_name"] == NAME and study["patient_id"] == PID
     assert [e["event"] for e in study["timeline"]][:1] == ["job_queued"]
-    (row,) = _audit(sessions, "instances_accessed")
+    (row,) = audit_rows(sessions, "instances_accessed")
     assert row.actor == "boss" and row.study_uid == "1.2.3" and row.patient_name == NAME
     call(base, "GET", "/api/studies", token=token)
-    assert len(_audit(sessions, "instances_accessed")) == 2
+    assert len(audit_rows(sessions, "instances_accessed")) == 2
 
 
 def test_retry_and_cancel_are_audited_with_the_operator(base: str, sessions: sessionmaker[Session]) -> None:
@@ -105,8 +101,8 @@ def test_retry_and_cancel_are_audited_with_the_operator(base: str, sessions: ses
     status, job = call(base, "POST", f"/api/jobs/{queued_id}/cancel", token=token)
     assert status == 200 and job["status"] == "dead_letter"
     assert call(base, "POST", "/api/jobs/999/cancel", token=token)[0] == 404
-    requeued = [r for r in _audit(sessions, "job_requeued") if r.actor == "boss"]
-    failed = [r for r in _audit(sessions, "job_failed") if r.actor == "boss"]
+    requeued = [r for r in audit_rows(sessions, "job_requeued") if r.actor == "boss"]
+    failed = [r for r in audit_rows(sessions, "job_failed") if r.actor == "boss"]
     assert len(requeued) == 1 and len(failed) == 1
     assert "cancelled by operator boss" in json.loads(failed[0].detail)["reason"]
 

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.audit.models import AuditRecord
 from dicomnode.inference.registry import Registry
 from dicomnode.jobs.models import Delivery
 from dicomnode.jobs.status import JobStatus
@@ -25,6 +24,7 @@ from tests.support.certs import make_ca, make_cert, tls_proxy
 from tests.support.models import write_threshold_model
 from tests.support.net import free_port, wait_for
 from tests.support.peers import DICOMWEB_PLUGIN, Orthanc
+from tests.support.trail import audit_rows
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_results_reach_the_archive(settings: Settings, sessions: sessionmaker[Se
         (delivery,) = session.scalars(select(Delivery).where(Delivery.job_id == job_id))
     assert delivery.outcome == "stored" and delivery.destination == _url(archive)
     assert archive.get(f"/instances/{_orthanc_id(archive, delivery.sop_instance_uid)}")["MainDicomTags"]
-    (sent,) = _audit(sessions, "result_sent")  # the archive, by name, at the host of its URL
+    (sent,) = audit_rows(sessions, "result_sent")  # the archive, by name, at the host of its URL
     assert (sent.actor, sent.outcome, json.loads(sent.detail)["address"]) == ("archive", "success", "127.0.0.1")
 
 
@@ -94,14 +94,9 @@ def test_a_rejection_goes_to_the_dead_letter(settings: Settings, sessions: sessi
     status, reason = job_state(sessions, job_id)
     assert status is JobStatus.DEAD_LETTER and "HTTP 403" in reason, reason
     # a security-relevant failure of the results' send, with why (the failure notice's own row aside)
-    (failed,) = [row for row in _audit(sessions, "result_send_failed") if "kind" not in json.loads(row.detail)]
+    (failed,) = [row for row in audit_rows(sessions, "result_send_failed") if "kind" not in json.loads(row.detail)]
     assert (failed.actor, failed.outcome) == ("archive", "serious_failure")
     assert json.loads(failed.detail)["reason"] == "archive rejected the results: HTTP 403"
-
-
-def _audit(sessions: sessionmaker[Session], event: str) -> list[AuditRecord]:
-    with sessions() as session:
-        return list(session.scalars(select(AuditRecord).where(AuditRecord.event == event)))
 
 
 def test_https_with_the_archive_ca_and_without(settings: Settings, sessions: sessionmaker[Session], models: Path,
