@@ -42,6 +42,7 @@ from dicomnode.receive.incoming import incoming_dir
 from dicomnode.settings import Settings
 from dicomnode.store.ingest import CANNOT_DECODE, OUT_OF_RESOURCES_DISK, SUCCESS, TOO_LARGE, Client, disk_guard
 from dicomnode.store.landing import Arrival, Landed, Landing
+from dicomnode.store.part10 import DEFER_BYTES, open_part10
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,18 @@ class Arrived:
     path: Path | None
     status: int = SUCCESS
     reason: str = ""
+    sop_class_uid: str = ""  # of a refused part, where what of it was written named them
+    sop_instance_uid: str = ""
 
 
 class PartFiles:
     """The :class:`~dicomnode.net.multipart.PartSink` of a STOW-RS request: each part goes into its own
     file in ``spool_dir/.incoming`` (the spool's file system, so that it lands by a rename) as it arrives,
     never into memory, with the preamble it lacks (:func:`_prefix`). A part that grows past
-    ``max_instance_mb``, or arrives while the disk guard trips (asked at the first part and for every
+    ``max_instance_mb`` (written up to it), or arrives while the disk guard trips (asked at the first part and for every
     64 MiB) or its file cannot be written, is refused with 0xA700 there and then: its file is removed and
-    the rest of it is not written. A part shorter than a preamble that does not start at its File Meta
+    the rest of it is not written, once its UIDs are read from what was (:func:`_named`: the response's
+entry names the instance where it can). A part shorter than a preamble that does not start at its File Meta
     Information is no Part-10 file (0xC210) and gets none. :meth:`discard` removes every file that did not
     land, once the request has been answered (or has failed)."""
 
@@ -105,23 +109,29 @@ class PartFiles:
         self._total = 0  # of every part's content so far
         self._guarded: str | None = None  # the disk guard's last answer; None: not asked yet
         self._refusal: tuple[int, str] | None = None
+        self._named = ("", "")  # the refused part's SOP Class and Instance UIDs
 
     def begin(self) -> None:
         self._head.clear()
-        self._size, self._refusal, self._current = 0, None, None
+        self._size, self._refusal, self._current, self._named = 0, None, None, ("", "")
         if self._guarded is None or self._guarded:
             self._guard()
 
     def write(self, data: memoryview) -> None:
-        self._size += len(data)
+        size, self._size = self._size, self._size + len(data)
         total, self._total = self._total, self._total + len(data)
         if self._refusal is not None:
             return
         if self._size > self.limit:
+            self._keep(data[:max(self.limit - size, 0)])  # up to the limit, for its header (:func:`_named`)
             self._refuse(TOO_LARGE, "")  # the reason names the whole size, once it is known
         elif self._total // GUARD_STEP != total // GUARD_STEP and self._guard():
             return
-        elif self._file is not None:
+        else:
+            self._keep(data)
+
+    def _keep(self, data: memoryview) -> None:
+        if self._file is not None:
             self._put(data)
         else:
             self._head += data
@@ -139,7 +149,7 @@ class PartFiles:
             status, reason = self._refusal
             reason = reason or (f"instance of {self._size // 2**20} MiB larger than "
                                 f"max_instance_mb={self.settings.max_instance_mb:g}")
-            self.arrived.append(Arrived(None, status, reason))
+            self.arrived.append(Arrived(None, status, reason, *self._named))
         else:
             self.arrived.append(Arrived(self._current))
 
@@ -181,6 +191,7 @@ class PartFiles:
         self._head.clear()
         self._close()
         if self._current is not None:
+            self._named = _named(self._current, self.limit)
             self._current.unlink(missing_ok=True)
 
     def _close(self) -> None:
@@ -192,6 +203,16 @@ class PartFiles:
                 self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
 
 
+def _named(path: Path, limit: int) -> tuple[str, str]:
+    """The SOP Class and Instance UIDs of a part refused while it arrived, from what of it was written (the
+    header comes first, values over DEFER_BYTES skipped); ("", "") where that names none."""
+    try:
+        with open_part10(path, limit, DEFER_BYTES) as (ds, _):
+            return str(ds.get("SOPClassUID", ""))[:64], str(ds.get("SOPInstanceUID", ""))[:64]  # as landing's
+    except Exception:  # a part cut off anywhere, or never DICOM: whatever pydicom raises
+        return "", ""
+
+
 def store_parts(landing: Landing, client: Client, parts: list[Arrived], study_uid: str | None
                 ) -> list[PartOutcome]:
     """Land each part (:meth:`~dicomnode.store.landing.Landing.land`), audit the request's receipts (one row
@@ -200,7 +221,8 @@ def store_parts(landing: Landing, client: Client, parts: list[Arrived], study_ui
     outcomes = []
     for part in parts:
         if part.path is None:
-            landed = Landed(part.status, part.reason)
+            landed = Landed(part.status, part.reason, sop_class_uid=part.sop_class_uid,
+                            sop_instance_uid=part.sop_instance_uid)
             landing.refused(client, landed)
         else:
             landed = landing.land(client, Arrival(key, part.path, study_uid=study_uid))

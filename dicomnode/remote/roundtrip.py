@@ -36,7 +36,7 @@ from dicomnode.jobs.repository import ClaimedJob
 from dicomnode.log import extra
 from dicomnode.net.multipart import MultipartError, encode_related, parse_related
 from dicomnode.remote.deid import deidentify, reidentify
-from dicomnode.send.stow import answers, request
+from dicomnode.send.stow import RETRYABLE_HTTP, entries, request
 from dicomnode.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,13 @@ def _upload(settings: Settings, backend: RemoteBackend, token: str, copies: list
     body, content_type = encode_related([_part10(ds) for ds in copies])
     status, _, answer = _call(settings, backend, token, "POST", f"/studies/{study_uid}", body=body,
                               headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
-    if status >= 500 or status in (408, 429):
+    if status >= 500 or status in RETRYABLE_HTTP:  # as a STOW-RS destination's (send/stow.py)
         raise SendError(f"remote backend answered HTTP {status} to STOW-RS", retryable=True)
-    failed = [code for code in answers(answer).values() if code != 0 and not 0xB000 <= code <= 0xBFFF]
+    found = entries(answer)  # one per part, each counted even where it names no instance
+    failed = [code for _, code in found if code != 0 and not 0xB000 <= code <= 0xBFFF]
     if status >= 400 and status != 409:
         raise SendError(f"remote backend rejected the series: HTTP {status}", retryable=False)
-    if failed or len(answers(answer)) < len(copies):
+    if failed or len(found) < len(copies):
         codes = ", ".join(f"0x{c:04X}" for c in failed) or "instances missing from the answer"
         raise SendError(f"remote backend did not store the series: {codes}",
                         retryable=all(0xA700 <= c <= 0xA7FF for c in failed))

@@ -75,18 +75,22 @@ def _headers(destination: Destination, content_type: str) -> dict[str, str]:
     return headers
 
 
-def answers(body: bytes) -> dict[str, int]:
-    """SOP Instance UID -> status, from a Store Instances Response in DICOM JSON."""
+def entries(body: bytes) -> list[tuple[str, int]]:
+    """(SOP Instance UID, status) of each entry of a Store Instances Response in DICOM JSON, stored ones
+    first; a failed entry may name no instance ("": a part refused before its header was read)."""
     try:
         response = Dataset.from_json(json.loads(body)) if body.strip() else Dataset()
     except ValueError:
-        return {}
-    found: dict[str, int] = {}
-    for item in response.get("ReferencedSOPSequence", []):
-        found[str(item.get("ReferencedSOPInstanceUID", ""))] = WARNING if "WarningReason" in item else 0
-    for item in response.get("FailedSOPSequence", []):
-        found[str(item.get("ReferencedSOPInstanceUID", ""))] = int(item.get("FailureReason", 0x0110))
-    return found
+        return []
+    found = [(str(item.get("ReferencedSOPInstanceUID", "")), WARNING if "WarningReason" in item else 0)
+             for item in response.get("ReferencedSOPSequence", [])]
+    return found + [(str(item.get("ReferencedSOPInstanceUID", "")), int(item.get("FailureReason", 0x0110)))
+                    for item in response.get("FailedSOPSequence", [])]
+
+
+def answers(body: bytes) -> dict[str, int]:
+    """SOP Instance UID -> status, from a Store Instances Response in DICOM JSON."""
+    return dict(entries(body))
 
 
 def stow_files(settings: Settings, destination: Destination, paths: Sequence[Path]) -> list[StoreOutcome]:

@@ -59,7 +59,7 @@ def _series(burned_in: str | None = None) -> list[Dataset]:
     return series
 
 
-def start_cloud(folder: Path) -> tuple[NodeProcess, int]:
+def start_cloud(folder: Path, **env: str) -> tuple[NodeProcess, int]:
     models = write_threshold_model(folder / "models", 40.0).parent
     admin_port = free_port()
     users = [{"name": "edge", "password_hash": hash_password(PASSWORD, 1000), "role": "sender"}]
@@ -68,7 +68,7 @@ def start_cloud(folder: Path) -> tuple[NodeProcess, int]:
         "DICOMNODE_MODELS_DIR": str(models), "DICOMNODE_ADMIN_PORT": str(admin_port),
         "DICOMNODE_ADMIN_USERS": json.dumps(users), "DICOMNODE_RULES": json.dumps(rules),
         "DICOMNODE_STUDY_IDLE_SECONDS": "1", "DICOMNODE_SWEEP_INTERVAL_SECONDS": "0.3",
-        "DICOMNODE_WORKER_POLL_SECONDS": "0.2", "DICOMNODE_MIN_FREE_DISK_MB": "1",
+        "DICOMNODE_WORKER_POLL_SECONDS": "0.2", "DICOMNODE_MIN_FREE_DISK_MB": "1", **env,
     }).start()
     wait_for(lambda: port_open(admin_port), timeout=60, msg="cloud admin port")
     return node, admin_port

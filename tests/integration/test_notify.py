@@ -75,3 +75,19 @@ def test_announce_sets_the_local_event_on_sqlite(sessions: sessionmaker[Session]
     wake = threading.Event()
     announce(sessions, wake)
     assert wake.is_set()
+
+
+def test_a_notify_that_fails_is_logged_and_the_local_event_still_set(caplog: pytest.LogCaptureFixture) -> None:
+    """A database that cannot be reached for the NOTIFY: the workers of this process are woken all the same,
+    the sweep says that the others find the job by polling, and nothing is raised into the sweep."""
+    caplog.set_level(logging.WARNING, logger="dicomnode.jobs.notify")
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing")  # port 1: refused at once
+    wake = threading.Event()
+    try:
+        announce(make_sessionmaker(engine), wake)
+    finally:
+        engine.dispose()
+    assert wake.is_set()
+    said = [r for r in caplog.records if r.getMessage().startswith("could not notify workers")]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert getattr(said[0], "ctx", None) == {"stage": "sweep"}

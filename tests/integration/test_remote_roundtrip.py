@@ -2,7 +2,8 @@
 node (``dicomnode serve`` with the model, a sender account): what comes back is the cloud's SEG and SR for
 the series, in the patient's own study again; what went out and what the database keeps are the
 de-identified UIDs only; a retry sends the same ones; a refused login or an unreadable password stops for
-good, and a cloud that computes nothing is a retryable timeout. (tests/e2e/test_edge_cloud.py runs the same
+good; a cloud that computes nothing is a retryable timeout, and one that stores nothing for lack of resources
+(0xA7xx) is tried again later. (tests/e2e/test_edge_cloud.py runs the same
 round trip between two node processes and Orthanc.)"""
 
 from __future__ import annotations
@@ -127,3 +128,18 @@ def test_a_cloud_that_computes_nothing_is_a_retryable_timeout(cloud: str, settin
         run_remote(settings, sessions, _job(sessions, series), _backend(cloud, tmp_path, timeout_seconds=1.5), series)
     assert late.value.retryable is True
 
+
+
+def test_a_cloud_out_of_resources_is_tried_again_later(settings: Settings, sessions: sessionmaker[Session],
+                                                       tmp_path: Path) -> None:
+    """A cloud that refuses every instance with 0xA700 (out of resources: here, each larger than its
+    max_instance_mb) stored nothing; that may pass, so the job is retried, not failed for good."""
+    node, admin_port = start_cloud(tmp_path / "cloud", DICOMNODE_MAX_INSTANCE_MB="0.001")
+    try:
+        series = _series()
+        backend = _backend(f"http://127.0.0.1:{admin_port}", tmp_path)
+        with pytest.raises(SendError, match=r"^remote backend did not store the series: 0xA700(, 0xA700){7}$") as full:
+            run_remote(settings, sessions, _job(sessions, series), backend, series)
+        assert full.value.retryable is True
+    finally:
+        node.stop()

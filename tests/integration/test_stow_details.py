@@ -1,6 +1,7 @@
 """STOW-RS details a client, an auditor or IT staff rely on, over a real loopback socket.
 
-Each stored part is referenced with its own RetrieveURL and each refused one with its own UIDs; a part whose
+Each stored part is referenced with its own RetrieveURL and each refused one with its own UIDs (one dropped
+while it arrived too, where its header came); a part whose
 preamble happens to begin like File Meta Information is stored as sent; the reasons of refusals (a part shorter
 than a preamble, a body without its boundary, a part file that could not be written) reach the audit trail and
 the client in their exact words; the warning line counts the refusals per status; a sender is told that it
@@ -105,6 +106,28 @@ def test_a_refused_part_is_listed_with_its_own_uids_and_audited_with_its_reason(
             for i in answer.FailedSOPSequence] == [(str(MRImageStorage), str(other.SOPInstanceUID), 0xC212, False)]
     assert [(d["status"], d["reason"], d["row_study"], d["transport"]) for d in _refusals(sessions)] == [
         ("0xC212", "the instance is not of the study named in the STOW-RS URL", OTHER_STUDY, "STOW-RS")]
+
+
+def test_a_part_refused_while_it_arrives_is_listed_with_its_own_uids(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A part that grows past max_instance_mb is dropped as it arrives, and its entry in FailedSOPSequence
+    still names it (read from what of it was written: its header comes first), so that the sender knows
+    which instance to send elsewhere; a part whose header never arrived is listed with empty UIDs."""
+    configured = make_settings(settings.data_dir, admin_port=free_port(), min_free_disk_mb=1, admin_users=USERS,
+                               max_instance_mb=1)
+    (small,) = _series(1)
+    (big,) = _series(1, rows=800, columns=800)  # 1.28 MB of pixel data over a 1 MiB limit
+    too_long_to_be_a_header = bytes(2**20 + 1)
+    with admin_server(configured, sessions) as url:
+        status, answer = _store(url, [_part10(small), _part10(big), too_long_to_be_a_header])
+    assert status == 202, answer
+    assert [str(i.ReferencedSOPInstanceUID) for i in answer.ReferencedSOPSequence] == [str(small.SOPInstanceUID)]
+    assert [(str(i.get("ReferencedSOPClassUID", "")), str(i.get("ReferencedSOPInstanceUID", "")),
+             int(i.FailureReason)) for i in answer.FailedSOPSequence] == [
+        (str(MRImageStorage), str(big.SOPInstanceUID), 0xA700), ("", "", 0xA700)]
+    assert [(d["status"], d["reason"]) for d in _refusals(sessions)] == [
+        ("0xA700", "instance of 1 MiB larger than max_instance_mb=1")]  # one burst: the second is counted
 
 
 def test_the_warning_line_counts_the_refusals_per_status(stow: tuple[str, Settings],

@@ -200,6 +200,21 @@ def test_modified_dates_are_shifted_with_their_year_and_intervals_kept() -> None
     assert deidentify(series, "seed", [opt.MODIFIED_DATES])[0][0].StudyDate == ds.StudyDate
 
 
+def test_every_value_of_a_multi_valued_uid_or_date_gets_its_own_replacement() -> None:
+    """VM 1-n: each UID of a list gets its own new UID, mapped back to it; under the modified-dates option
+    each date of a list is shifted by the job's offset (the study date's), none dropped or merged."""
+    (original,) = _series()[:1]
+    events = ["1.2.826.0.1.3680043.7.1", "1.2.826.0.1.3680043.7.2"]
+    original.IrradiationEventUID = events
+    original.SelectorDAValue = ["20200315", "20200415"]
+    (ds,), uid_map = deidentify([original], "seed", [opt.MODIFIED_DATES])
+    assert list(ds.IrradiationEventUID) == [uid_map[uid] for uid in events]
+    assert len(set(ds.IrradiationEventUID) | set(events)) == 4
+    shift = dt.date(2020, 3, 15) - dt.date.fromisoformat(ds.StudyDate)
+    assert [dt.date.fromisoformat(v) for v in ds.SelectorDAValue] == [dt.date(2020, 3, 15) - shift,
+                                                                      dt.date(2020, 4, 15) - shift]
+
+
 def test_clean_descriptors_keep_the_protocol_words_and_drop_names_and_identifiers() -> None:
     (ds, *_), _ = deidentify(_series(), "seed", [opt.CLEAN_DESCRIPTORS])
     assert (ds.SeriesDescription, ds.StudyDescription) == ("T1 MPRAGE", "BRAIN")

@@ -75,11 +75,16 @@ def test_a_wrong_checksum_or_a_failed_load_makes_a_model_unavailable_and_fixing_
     assert set(registry.check(load=True)) == {"no-load"}  # the same registry, checked again
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0), (2, 1, 0)])  # the good rule last, too
 def test_the_sweep_suspends_an_unavailable_models_rules_and_the_study_says_why(
-        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        sessions: sessionmaker[Session], tmp_path: Path, order: tuple[int, int, int]) -> None:
+    """A suspended rule, or one naming a model not installed, gives no job and says so; the series' other
+    rules still give theirs, in whichever order the rules are listed."""
     receive_series(sessions, tmp_path / "spool")
-    rules = [Rule(name="mr-good", model="good", match={"Modality": "^MR$"}),
-             Rule(name="mr-bad", model="bad", match={"Modality": "^MR$"})]
+    named = [Rule(name="mr-good", model="good", match={"Modality": "^MR$"}),
+             Rule(name="mr-bad", model="bad", match={"Modality": "^MR$"}),
+             Rule(name="mr-none", model="none", match={"Modality": "^MR$"})]
+    rules = [named[i] for i in order]
     why = "model bad unavailable: file model.onnx has SHA-256 0123, the manifest says 4567"
     installed = InstalledModels({"good": "1", "bad": "1"}, check_usable, {"bad": why})
     quiet_for(sessions, IDLE + 1)
@@ -90,7 +95,8 @@ def test_the_sweep_suspends_an_unavailable_models_rules_and_the_study_says_why(
         assert study.state_reason == f"routed: 1 job(s); {why}"
         assert [j.model_id for j in session.scalars(select(Job))] == ["good"]
         (series,) = session.scalars(select(Series))
-        assert series.route_reason.endswith(f"; rule mr-bad suspended: {why}")
+        assert f"; rule mr-bad suspended: {why}" in series.route_reason
+        assert "; rule mr-none names unknown model 'none'" in series.route_reason
 
 
 def test_a_study_that_only_a_suspended_model_matches_gets_no_job_and_its_reason(

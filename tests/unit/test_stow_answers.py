@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dicomnode.send.stow import WARNING, answers
+from dicomnode.send.stow import WARNING, answers, entries
 
 _REFERENCED, _FAILED, _UID, _REASON, _WARNING = "00081199", "00081198", "00081155", "00081197", "00081196"
 
@@ -32,3 +32,12 @@ def test_a_response_that_lists_only_failures_is_read() -> None:
 
 def test_no_body_or_no_json_is_no_answer() -> None:
     assert answers(b"") == answers(b"  \n") == answers(b"<html>bad gateway</html>") == answers(b"{") == {}
+
+
+def test_each_failure_counts_even_where_it_names_no_instance() -> None:
+    """A part refused before its header arrived is an entry with empty UIDs (dicomnode's own STOW-RS answers
+    so): two such are two failures, not one, so that a sender never takes a short answer for a whole one."""
+    empty = {_UID: {"vr": "UI"}, _REASON: {"vr": "US", "Value": [0xA700]}}
+    body = json.dumps({_REFERENCED: {"vr": "SQ", "Value": [_item("1.2.1")]},
+                       _FAILED: {"vr": "SQ", "Value": [empty, empty]}}).encode()
+    assert entries(body) == [("1.2.1", 0), ("", 0xA700), ("", 0xA700)]

@@ -50,3 +50,12 @@ def test_smaller_than_roi_is_padded_and_cropped_back() -> None:
     x = np.arange(2 * 5 * 6, dtype=np.float32).reshape(1, 2, 5, 6)
     out = sliding_window(x, Tiling(roi=(4, 8, 8), overlap=0.5), lambda w: w + 1)
     np.testing.assert_allclose(out, x + 1, rtol=1e-6)
+
+
+def test_a_volume_smaller_than_the_window_is_padded_with_its_edge_not_zeros() -> None:
+    """As MONAI's ``padding_mode="replicate"``: the model sees the border's values repeated, so a 2x2 image
+    in a 4x4 window has the mean of its edge-padded copy, (1 + 2*3 + 3*3 + 4*9) / 16, not 10 / 16."""
+    x = np.array([[[1, 2], [3, 4]]], dtype=np.float32)
+    out = sliding_window(x, Tiling(roi=(4, 4), overlap=0.5), window_dependent)
+    np.testing.assert_allclose(out[0], x[0])
+    np.testing.assert_allclose(out[1], np.full((2, 2), 52 / 16), rtol=1e-6)
