@@ -78,6 +78,7 @@ class Forwarder:
         self.source = Source(ae_title=settings.audit_source_id or settings.ae_title, host=self.hostname,
                              pid=os.getpid(), site_id=settings.audit_enterprise_site_id)
         self._sock: socket.socket | None = None
+        self.timeout_seconds = 10.0  # connect, TLS handshake and each send: a repository that stalls is retried
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._checkpoints: deque[Checkpoint] = deque(maxlen=PENDING_CHECKPOINTS)
@@ -170,7 +171,7 @@ class Forwarder:
             self._sock.send(message)
             return
         if self._sock is None:
-            sock = socket.create_connection((repo.host, repo.port), timeout=10)
+            sock = socket.create_connection((repo.host, repo.port), timeout=self.timeout_seconds)
             if repo.scheme == "tls":
                 sock = client_context(self.settings).wrap_socket(sock, server_hostname=repo.host)
             self._sock = sock

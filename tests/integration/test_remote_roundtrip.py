@@ -9,6 +9,7 @@ round trip between two node processes and Orthanc.)"""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,10 +70,12 @@ def _map(sessions: sessionmaker[Session], job_id: int) -> dict[str, str]:
 
 
 def test_results_come_back_into_the_patients_study_and_only_deidentified_uids_went_out(
-        cloud: str, settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        cloud: str, settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     series = _series()
     job = _job(sessions, series)
     timings = Timings()
+    caplog.set_level(logging.INFO, logger="dicomnode.remote.roundtrip")
     results = run_remote(settings, sessions, job, _backend(cloud, tmp_path), series, timings)
 
     assert sorted(str(ds.Modality) for ds in results) == ["SEG", "SR"]
@@ -95,6 +98,8 @@ def test_results_come_back_into_the_patients_study_and_only_deidentified_uids_we
     assert NAME not in export.detail and PID not in export.detail and job.study_uid not in export.detail
     assert set(timings.seconds) == {"deidentify", "upload", "wait", "download", "reidentify"}
     assert all(seconds >= 0 for seconds in timings.seconds.values())
+    (done,) = [r for r in caplog.records if r.getMessage() == "remote inference done"]  # the stages' seconds
+    assert getattr(done, "ctx", None) == {"stage": "remote", "job_id": job.id, **timings.seconds}
 
     again = run_remote(settings, sessions, job, _backend(cloud, tmp_path), series)  # a retry of the same job
     assert _map(sessions, job.id) == uid_map  # the same de-identified UIDs, kept once

@@ -273,6 +273,20 @@ def test_a_deflated_instance_inflates_into_a_file_by_c_store(node: Node) -> None
     assert growth < GROWTH_LIMIT_KB, f"RSS grew by {growth / 1024:.0f} MiB inflating 496 MiB ({before} kB)"
 
 
+def test_a_part_arriving_while_the_disk_guard_trips_is_refused_unwritten(settings: Settings) -> None:
+    """A request that starts while free space is below min_free_disk_mb: each part is refused (0xA700) with
+    the guard's reason as it arrives, and none of it is written, not even its first bytes."""
+    files = PartFiles(make_settings(settings.data_dir, min_free_disk_mb=1e12))
+    reader = RelatedReader('multipart/related; boundary="b"', files)
+    incoming = settings.spool_dir / ".incoming"
+    reader.feed(b"--b\r\n\r\n" + bytes(MiB) + b"\r\n--b\r\n\r\n" + bytes(1000) + b"\r\n--b--\r\n")
+    assert not incoming.exists() or list(incoming.iterdir()) == []
+    assert reader.close() == 2
+    assert [(a.path, a.status) for a in files.arrived] == [(None, 0xA700)] * 2
+    assert all(a.reason.startswith("disk guard: ") and a.reason.endswith(" MiB free, below min_free_disk_mb=1e+12")
+               for a in files.arrived)
+
+
 def test_a_part_over_max_instance_mb_is_dropped_while_it_arrives(settings: Settings) -> None:
     """The limit holds while the part arrives: its file goes as soon as the part passes it, and nothing
     more of it is written; the part is refused (0xA700) with its whole size."""

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -199,3 +200,27 @@ def test_forwarder_outlives_a_database_error(settings: Settings, tmp_path: Path,
     (error, *_) = [r for r in caplog.records if getattr(r, "ctx", {}).get("stage") == "audit"]
     assert error.getMessage() == "audit forwarder error" and error.exc_info is not None
     assert len(receiver.messages) == 3
+
+
+def test_a_repository_that_never_answers_the_tls_handshake_is_given_up_and_retried(
+        settings: Settings, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture) -> None:
+    """A TLS repository that takes the connection and then says nothing holds the forwarder for its timeout,
+    not for ever: it is reported unreachable and tried again, the rows kept for the next try."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the kernel completes the TCP handshake; nobody answers the ClientHello
+    sender = forwarder(settings, sessions, f"tls://127.0.0.1:{silent.getsockname()[1]}")
+    sender.timeout_seconds = 0.5
+    caplog.set_level(logging.WARNING, logger="dicomnode.audit.syslog")
+
+    def timed_out() -> int:
+        return sum(r.getMessage().startswith("audit repository unreachable (TimeoutError)") for r in caplog.records)
+
+    try:
+        write_events(sessions)
+        sender.start()
+        wait_for(lambda: timed_out() >= 2, timeout=30, msg="the stalled handshake given up, twice")
+    finally:
+        sender.stop()
+        silent.close()
+    assert sender.sent == 0
