@@ -27,8 +27,9 @@ from pathlib import Path
 
 KILLED = {"killed", "timeout"}
 
-# What a package does only in a process that a test starts (a CLI command, the node under ``serve``, the
-# edge's remote round trip) mutmut 3's first pass cannot see: it maps tests to a function by the calls made
+# What a package does only in a process that a test starts (the node under ``serve``, the edge's remote round
+# trip, the few CLI commands still run as processes; most CLI tests run the command in pytest's process,
+# tests/support/cli.py) mutmut 3's first pass cannot see: it maps tests to a function by the calls made
 # in the pytest process, so such a mutant is "no tests" and never run. ``byhand`` runs each of them against
 # these tests, the mutant switched on in every process (MUTANT_UNDER_TEST and PYTHONPATH, naming the
 # mutated copy, are inherited), stopping at the first failure: a failure is a kill, a pass a survivor.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from dicomnode.db import make_engine, make_sessionmaker, session_scope
 from dicomnode.node import start_node
 from dicomnode.settings import Settings
 from tests.conftest import make_settings
+from tests.support.cli import run_cli
 from tests.support.net import free_port, wait_for
 from tests.support.tamper import tamper
 
@@ -87,8 +87,7 @@ def test_chain_survives_concurrent_writers(any_sessions: sessionmaker[Session]) 
 
 
 def _cli(settings_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True,
-                          env={**os.environ, **settings_env}, timeout=120, check=False)
+    return run_cli(args, {**os.environ, **settings_env})
 
 
 def test_cli_verify_and_export(tmp_path: Path) -> None:
@@ -166,11 +165,9 @@ def test_cli_verify_with_anchor_names_the_missing_range(sessions: sessionmaker[S
     write_checkpoint(sessions, settings.anchor_path)
     tamper(sessions, "DELETE FROM audit WHERE id > 7")
     env = {**os.environ, "DICOMNODE_DATA_DIR": str(settings.data_dir)}
-    plain = subprocess.run([sys.executable, "-m", "dicomnode", "audit", "verify"], capture_output=True, text=True,
-                           env=env, check=False)
+    plain = run_cli(["audit", "verify"], env)
     assert plain.returncode == 0 and "intact: 7 rows" in plain.stdout
-    anchored = subprocess.run([sys.executable, "-m", "dicomnode", "audit", "verify", "--anchor",
-                               str(settings.anchor_path)], capture_output=True, text=True, env=env, check=False)
+    anchored = run_cli(["audit", "verify", "--anchor", str(settings.anchor_path)], env)
     assert anchored.returncode == 1
     assert "rows 8 to 10 (ids 8 to 10) are missing" in anchored.stderr
 

@@ -1,4 +1,5 @@
-"""The operator's commands as a real process: each does its job, and each has an error case that answers
+"""The operator's commands (in the test's process, as the console script runs them; one test runs the
+console script itself): each does its job, and each has an error case that answers
 in one sentence with a non-zero exit code and no traceback."""
 
 from __future__ import annotations
@@ -22,20 +23,37 @@ from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, transition
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import Settings
+from tests.support.cli import run_cli
 from tests.support.logs import stageless
 from tests.support.net import free_port
 from tests.support.peers import REPO, storescp
 from tests.support.synthetic import make_series, write_series
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def _env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, "DICOMNODE_DATA_DIR": str(settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": "1",
            "COLUMNS": "400"}  # a table row on one line
     env.pop("DICOMNODE_CONFIG", None)
-    done = subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120, check=False)
+    return env
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dicomnode ARGS`` on ``settings``' data directory, in this process (:func:`tests.support.cli.run_cli`)."""
+    done = run_cli(args, _env(settings))
     assert not stageless(done.stderr), done.stderr  # every line the node logs names its stage
     return done
+
+
+@pytest.mark.usefixtures("sessions")
+def test_the_console_script_runs_a_command(settings: Settings) -> None:
+    """What the in-process runs above stand for: ``python -m dicomnode`` and the ``dicomnode`` entry point,
+    real processes, give the same answer, exit status and one-sentence error."""
+    for command in ([sys.executable, "-m", "dicomnode"], [str(Path(sys.executable).parent / "dicomnode")]):
+        done = subprocess.run([*command, "job", "show", "999"], capture_output=True, text=True,
+                              env=_env(settings), cwd=REPO, timeout=120, check=False)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            (mine := cli(settings, "job", "show", "999")).returncode, mine.stdout, mine.stderr), command
+        one_sentence(done, 1, "no job 999")
 
 
 def one_sentence(done: subprocess.CompletedProcess[str], code: int, text: str) -> None:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ from sqlalchemy.orm import Session
 
 from dicomnode.audit.models import AuditRecord
 from dicomnode.jobs.models import Job, Study
+from tests.support.cli import run_cli
 from tests.support.models import write_classifier, write_threshold_model
 from tests.support.net import free_port, holds_for, wait_for
-from tests.support.peers import REPO, NodeProcess, storescp, storescu
+from tests.support.peers import NodeProcess, storescp, storescu
 from tests.support.synthetic import make_radiograph, make_series, write_series
 
 GARBAGE = b"not an ONNX model"
@@ -130,8 +130,7 @@ def unavailable_rows(node: NodeProcess) -> list[dict[str, Any]]:
 def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
     env |= {"DICOMNODE_MODELS_DIR": node.env["DICOMNODE_MODELS_DIR"], "DICOMNODE_DATA_DIR": str(node.data_dir)}
-    return subprocess.run([sys.executable, "-m", "dicomnode", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return run_cli(args, env)
 
 
 def test_a_model_that_cannot_run_is_not_routed_and_comes_back_after_a_fix_and_a_restart(tmp_path: Path) -> None:

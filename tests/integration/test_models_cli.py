@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 
+from tests.support.cli import run_cli
 from tests.support.models import write_classifier, write_threshold_model
-from tests.support.peers import REPO, dciodvfy
+from tests.support.peers import dciodvfy
 from tests.support.synthetic import make_radiograph, make_series, write_series
 
 
@@ -20,8 +20,7 @@ def dicomnode(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
     env |= {"DICOMNODE_MODELS_DIR": str(tmp_path / "models"), "DICOMNODE_DATA_DIR": str(tmp_path / "data"),
             "DICOMNODE_DEVICE": "cpu"}
-    return subprocess.run([sys.executable, "-m", "dicomnode", "models", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return run_cli(["models", *args], env)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,10 @@ from dicomnode.query.counts import PacsCounts
 from dicomnode.results.files import job_folder, result_file_name, write_dataset
 from dicomnode.settings import Peer, Settings
 from tests.conftest import make_settings
+from tests.support.cli import run_cli
 from tests.support.models import write_threshold_model
 from tests.support.net import free_port, wait_for
-from tests.support.peers import REPO, Orthanc, storescu
+from tests.support.peers import Orthanc, storescu
 from tests.support.status import status_of, study_page
 from tests.support.synthetic import make_series, write_series
 
@@ -223,8 +223,7 @@ def test_a_pacs_that_refuses_the_query_leaves_the_idle_timer(tmp_path: Path, ort
 def dicomnode(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
     env |= {"DICOMNODE_DATA_DIR": str(settings.data_dir), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "dicomnode", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120, check=False)
+    return run_cli(args, env)
 
 
 def test_a_query_peer_added_by_the_cli(settings: Settings, sessions: sessionmaker[Session]) -> None:

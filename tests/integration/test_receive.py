@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlalchemy import select, text
 from dicomnode.audit.models import AuditRecord
 from dicomnode.jobs.models import Instance, Study
 from tests.integration.conftest import RunningScp, StartScp
+from tests.support.cli import run_cli
 from tests.support.net import wait_for
 from tests.support.peers import echoscu, storescp, storescu
 from tests.support.spooled import spool_entries
@@ -211,9 +211,9 @@ def test_disk_guard_refuses_before_the_disk_is_full(start_scp_with: StartScp) ->
     assert "disk guard" in json.loads(row.detail)["reason"]
     assert row.study_uid == ds.StudyInstanceUID  # the refusal names the study it kept out
     assert spool_entries(scp.settings) == []
-    status_cli = subprocess.run(
-        [sys.executable, "-m", "dicomnode", "status", "--json"], capture_output=True, text=True, check=True,
-        env={**os.environ, "DICOMNODE_DATA_DIR": str(scp.settings.data_dir), "DICOMNODE_MIN_FREE_DISK_MB": str(2**40)})
+    status_cli = run_cli(["status", "--json"], {**os.environ, "DICOMNODE_DATA_DIR": str(scp.settings.data_dir),
+                                                "DICOMNODE_MIN_FREE_DISK_MB": str(2**40)})
+    assert status_cli.returncode == 0, status_cli.stderr
     disk = json.loads(status_cli.stdout)["disk"]
     assert disk["accepting"] is False and "disk guard" in disk["reason"]
 

@@ -8,8 +8,6 @@ import logging
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from dicomnode.settings import Settings
 from tests.conftest import make_settings
 from tests.support.audit_schema import check, codes
 from tests.support.certs import make_ca, make_cert
+from tests.support.cli import run_cli
 from tests.support.net import free_port, wait_for
 from tests.support.syslog import SyslogReceiver
 from tests.support.tamper import tamper
@@ -151,8 +150,7 @@ def test_checkpoints_in_the_stream_find_a_truncated_trail(settings: Settings, tm
                                      for m in receiver.messages) + b"\n")
     tamper(sessions, f"DELETE FROM audit WHERE id > {newest.id - 3}")  # the newest three rows
     env = {**os.environ, "DICOMNODE_DATA_DIR": str(node_settings.data_dir)}
-    result = subprocess.run([sys.executable, "-m", "dicomnode", "audit", "verify", "--anchor", str(collected)],
-                            capture_output=True, text=True, env=env, check=False)
+    result = run_cli(["audit", "verify", "--anchor", str(collected)], env)
     assert result.returncode == 1
     first = newest.id - 2
     assert (f"rows {first} to {newest.id} (ids {first} to {newest.id}) are missing") in result.stderr
