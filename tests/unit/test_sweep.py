@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from dicomnode.audit.models import AuditRecord
 from dicomnode.db import session_scope, utcnow
 from dicomnode.inference.registry import load_manifests
 from dicomnode.inference.volume import check_usable
-from dicomnode.jobs.models import Instance, Study
+from dicomnode.jobs.models import Instance, Series, Study
 from dicomnode.jobs.status import StudyState
 from dicomnode.settings import Rule
+from dicomnode.store import completion
 from dicomnode.store.completion import HeaderCache, InstalledModels, sweep
 from dicomnode.store.index import InstanceMeta, record_instance
 from tests.support.peers import REPO
@@ -173,3 +175,78 @@ def test_the_sweep_counts_every_study_it_routes(
     assert sweep(sessions, IDLE, RULES, manifests) == 3
     with sessions() as session:
         assert set(session.scalars(select(Study.state))) == {StudyState.ROUTED}
+
+
+class _Clock:
+    """``time`` for dicomnode.store.completion: ``sleep`` moves ``time()`` on, and is counted."""
+
+    def __init__(self) -> None:
+        self.now = utcnow().timestamp()
+        self.slept: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_study_short_of_its_counts_is_polled_until_the_sweeps_deadline_and_not_past_it(
+        sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query peer said 9 instances, 4 have come and more are coming: the tallies are read again every
+    COUNTS_POLL_SECONDS up to the sweep's wait, and the sweep goes on at its deadline, not a poll later."""
+    receive_series(sessions, tmp_path / "spool")
+    with session_scope(sessions) as session:
+        study = session.scalars(select(Study)).one()
+        study.pacs_instances = 9
+        study.pacs_asked_at = study.last_received_at + dt.timedelta(seconds=1)  # asked since: nothing to wait for
+    clock = _Clock()
+    monkeypatch.setattr(completion, "time", clock)
+
+    def ask(study_id: int) -> futures.Future[None]:
+        raise AssertionError(f"study {study_id}'s counts were asked again")
+
+    decided, known = completion._by_counts(sessions, ask, quiet_seconds=60, wait_seconds=0.11)
+    assert (decided, len(known)) == (set(), 1)
+    # slept at 0, 0.025, 0.05 and 0.075 s; at 0.1 s the next poll would end past 0.11 s (margins of 10 ms:
+    # nothing here rests on a float's last bit)
+    assert clock.slept == [completion.COUNTS_POLL_SECONDS] * 4
+
+
+@pytest.mark.parametrize(("pacs", "decided"), [(4, True), (9, False)])
+def test_a_study_whose_counts_match_is_decided_at_once_and_one_gone_quiet_is_not_polled(
+        sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pacs: int,
+        decided: bool) -> None:
+    """4 of 4 instances, counted after the last came: complete by counts, no poll. 4 of 9, but nothing
+    for longer than quiet_seconds: not arriving any more, so not polled either (the idle timer judges it)."""
+    receive_series(sessions, tmp_path / "spool")
+    quiet_for(sessions, 0 if decided else 120)
+    with session_scope(sessions) as session:
+        study = session.scalars(select(Study)).one()
+        study.pacs_instances = pacs
+        study.pacs_asked_at = study.last_received_at + dt.timedelta(seconds=1)
+        session.execute(update(Series).values(pacs_instances=pacs))  # the series' count, as the peer gave it
+        study_id = study.id
+    clock = _Clock()
+    monkeypatch.setattr(completion, "time", clock)
+    found = completion._by_counts(sessions, lambda _: futures.Future(), quiet_seconds=60, wait_seconds=1.0)
+    assert found == ({study_id} if decided else set(), {study_id}) and clock.slept == []
+
+
+def test_a_study_decided_by_its_counts_ends_the_polling_for_the_others(
+        sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One study complete by counts is routed by this sweep now, not after the others' polling."""
+    receive_series(sessions, tmp_path / "a")
+    receive_series(sessions, tmp_path / "b")
+    with session_scope(sessions) as session:
+        complete, arriving = session.scalars(select(Study).order_by(Study.id)).all()
+        for study, pacs in ((complete, 4), (arriving, 9)):
+            study.pacs_instances = pacs
+            study.pacs_asked_at = study.last_received_at + dt.timedelta(seconds=1)
+            session.execute(update(Series).where(Series.study_id == study.id).values(pacs_instances=pacs))
+        ids = complete.id, arriving.id
+    clock = _Clock()
+    monkeypatch.setattr(completion, "time", clock)
+    found = completion._by_counts(sessions, lambda _: futures.Future(), quiet_seconds=60, wait_seconds=1.0)
+    assert found == ({ids[0]}, set(ids)) and clock.slept == []
