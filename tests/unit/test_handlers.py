@@ -10,8 +10,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from dicomnode.receive.handlers import Received, handle_requested, handle_store, store_received
+from dicomnode.receive.handlers import Received, handle_requested, handle_store, handle_tls_failure, store_received
 from dicomnode.store.ingest import UNEXPECTED
 
 
@@ -77,3 +78,18 @@ def test_an_association_that_cannot_be_rejected_is_aborted() -> None:
     assoc = _Association(reject_fails=True)
     handle_requested(SimpleNamespace(assoc=assoc), SimpleNamespace(settings=None))  # type: ignore[arg-type]
     assert assoc.aborted
+
+
+def test_a_refusal_whose_audit_row_cannot_be_written_is_logged_and_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The database is down while a TLS handshake fails: the refusal is still logged (its event named, no
+    values), and the accept loop's callback returns."""
+    caplog.set_level(logging.ERROR, logger="dicomnode.receive.handlers")
+
+    def refused(*_: Any, **__: Any) -> None:
+        raise OperationalError("INSERT INTO audit", {}, Exception("database is locked"))
+
+    ctx = SimpleNamespace(bursts=SimpleNamespace(refused=refused))
+    handle_tls_failure("127.0.0.1", "no certificate", ctx)  # type: ignore[arg-type]
+    (record,) = [r for r in caplog.records if r.getMessage() == "could not write audit row"]
+    assert getattr(record, "ctx", None) == {"stage": "receive", "event": "association_rejected"}
