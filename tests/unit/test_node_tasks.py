@@ -1,6 +1,6 @@
 """The node's periodic tasks (sweep, audit anchor, retention) run on a scheduler: one that fails, here on a
 database that cannot be reached, is logged with its stage and returns, so that the scheduler runs it again
-at its next interval and the node keeps running."""
+at its next interval and the node keeps running; the worker's loop likewise."""
 
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import node
 from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.db import make_engine, make_sessionmaker
+from dicomnode.inference.registry import Registry
+from dicomnode.pipeline import PipelineContext
 from dicomnode.settings import Settings
 from dicomnode.store.completion import HeaderCache
+from dicomnode.worker import Worker
 from tests.conftest import make_settings
+from tests.support.net import wait_for
 
 
 @pytest.fixture
@@ -55,3 +59,24 @@ def test_a_periodic_task_that_fails_is_logged_and_returns(task: str, settings: S
         stage = _failed(caplog, "retention purge failed")
     assert getattr(stage, "ctx", None) == {"stage": {"sweep": "sweep", "anchor": "audit",
                                                       "retention": "retention"}[task]}
+
+
+def test_a_worker_whose_database_fails_logs_it_and_goes_on_polling(
+        settings: Settings, tmp_path: Path, unreachable: sessionmaker[Session],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The worker's loop survives a claim that fails: it logs the error and claims again after its poll,
+    until it is stopped (and then it stops)."""
+    caplog.set_level(logging.ERROR, logger="dicomnode.worker")
+    configured = make_settings(settings.data_dir, worker_poll_seconds=0.05)
+    worker = Worker(PipelineContext(settings=configured, sessions=unreachable,
+                                    registry=Registry(tmp_path / "no-models", "cpu")))
+    worker.start()
+    try:
+        wait_for(lambda: sum(r.getMessage() == "worker loop error" for r in caplog.records) >= 2, timeout=30,
+                 msg="the worker's loop going on after a failed claim")
+    finally:
+        worker.stop(timeout=30)
+    assert worker._thread is not None and not worker._thread.is_alive()
+    errors = [r for r in caplog.records if r.getMessage() == "worker loop error"]
+    assert all(isinstance(r.exc_info and r.exc_info[1], SQLAlchemyError) for r in errors)
+    assert all(getattr(r, "ctx", None) == {"stage": "worker"} for r in errors)
