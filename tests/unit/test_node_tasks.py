@@ -1,6 +1,6 @@
 """The node's periodic tasks (sweep, audit anchor, retention) run on a scheduler: one that fails, here on a
 database that cannot be reached, is logged with its stage and returns, so that the scheduler runs it again
-at its next interval and the node keeps running; the worker's loop likewise."""
+at its next interval and the node keeps running; the worker's loop and the PACS count questions likewise."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dicomnode.audit.bursts import BurstAuditor
 from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.inference.registry import Registry
 from dicomnode.pipeline import PipelineContext
+from dicomnode.query.counts import PacsCounts
 from dicomnode.settings import Settings
 from dicomnode.store.completion import HeaderCache
 from dicomnode.worker import Worker
@@ -80,3 +81,21 @@ def test_a_worker_whose_database_fails_logs_it_and_goes_on_polling(
     errors = [r for r in caplog.records if r.getMessage() == "worker loop error"]
     assert all(isinstance(r.exc_info and r.exc_info[1], SQLAlchemyError) for r in errors)
     assert all(getattr(r, "ctx", None) == {"stage": "worker"} for r in errors)
+
+
+def test_a_question_for_pacs_counts_that_fails_is_logged_and_answers_the_sweep(
+        settings: Settings, unreachable: sessionmaker[Session], caplog: pytest.LogCaptureFixture) -> None:
+    """The sweep waits on the question's future: a failure ends it (without an exception for the sweep to
+    trip on), is logged with its stage, and the study can be asked again."""
+    caplog.set_level(logging.ERROR, logger="dicomnode.query.counts")
+    counts = PacsCounts(settings, unreachable)
+    try:
+        asked = counts(7)
+        assert asked.result(timeout=30) is None
+        wait_for(lambda: 7 not in counts.asking, timeout=30, msg="the question forgotten once answered")
+        assert counts(7) is not asked  # asked afresh
+    finally:
+        counts.stop()
+    errors = [r for r in caplog.records if r.getMessage() == "asking the PACS for counts failed"]
+    assert errors and all(isinstance(r.exc_info and r.exc_info[1], SQLAlchemyError) for r in errors)
+    assert all(getattr(r, "ctx", None) == {"stage": "query"} for r in errors)
