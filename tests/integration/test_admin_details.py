@@ -30,6 +30,7 @@ from tests.support.net import wait_for
 from tests.support.peers import REPO
 from tests.support.spooled import spool
 from tests.support.synthetic import make_series
+from tests.support.trail import audit_rows
 
 PUBLIC = "https://dicomnode.example.org"
 
@@ -120,6 +121,39 @@ def test_origin_of_keeps_only_a_port_that_is_not_the_schemes_default() -> None:
     assert csrf.origin_of("https://host:443/x") == "https://host"
     assert csrf.origin_of("http://host:80/x") == "http://host"
     assert csrf.origin_of("https://host:80/x") == "https://host:80"
+
+
+def test_origin_of_what_is_no_web_origin_is_empty() -> None:
+    """A port out of range, another scheme, no host: no origin, so never the console's; an IPv6 host keeps
+    its brackets."""
+    for url in ("http://host:99999/x", "ftp://host/x", "javascript:alert(1)", "http:///x", "null", ""):
+        assert csrf.origin_of(url) == "", url
+    assert csrf.origin_of("http://[::1]:8080/x") == "http://[::1]:8080"
+
+
+def test_a_console_form_without_origin_is_judged_by_its_referer(serve: Serve,
+                                                                 sessions: sessionmaker[Session]) -> None:
+    """A browser that sends no Origin sends the Referer: the console's own page is accepted, another site's
+    refused with its origin named in the audit trail (never its path or query), and a form with neither is
+    refused."""
+    base = serve()
+
+    def login_with(headers: dict[str, str], source: str) -> int:
+        page = exchange(base, "GET", "/ui/login", source=source)
+        nonce = page.cookies()[csrf.LOGIN_COOKIE].split(";")[0].split("=", 1)[1]
+        form = urllib.parse.urlencode({"user": "it", "password": "s3cret-pass", "csrf_token": nonce}).encode()
+        return exchange(base, "POST", "/ui/login", {**headers, "Cookie": f"{csrf.LOGIN_COOKIE}={nonce}",
+                                                    "Content-Type": "application/x-www-form-urlencoded"}, form,
+                        source=source).status
+
+    assert login_with({"Referer": f"{base}/ui/login"}, "127.0.0.1") == 303
+    assert login_with({"Referer": "https://evil.example/phish?user=it"}, "127.0.0.2") == 403
+    assert login_with({}, "127.0.0.3") == 403  # each from its own address: each the first of its burst
+    reasons = {(d := json.loads(r.detail))["address"]: d["reason"] for r in audit_rows(sessions, "request_refused")}
+    expected = csrf.origin_of(base)
+    assert reasons == {
+        "127.0.0.2": f"POST /ui/login refused: Referer from 'https://evil.example' is not the console's ({expected})",
+        "127.0.0.3": "POST /ui/login refused: neither Origin nor Referer: the console's forms always send one"}
 
 
 def test_console_post_from_another_port_of_the_same_host_is_refused(serve: Serve) -> None:
