@@ -67,7 +67,6 @@ def find_destination(ctx: AdminContext, name: str) -> Destination | None:
 def echo_peer(settings: Settings, peer: Peer) -> EchoResult:
     """A real C-ECHO (PS3.7 9.3.5) to ``peer``, with its answer and round-trip time."""
     started = time.perf_counter()
-    status = echo(settings, peer)
+    result = echo(settings, peer)
     rtt = (time.perf_counter() - started) * 1000
-    return EchoResult(target=str(peer), ok=status == 0, rtt_ms=round(rtt, 1),
-                      status="no association" if status is None else f"0x{status:04X}")
+    return EchoResult(target=str(peer), ok=result.status == 0, rtt_ms=round(rtt, 1), status=str(result))

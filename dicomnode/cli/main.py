@@ -52,7 +52,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="the tamper-evident audit tra
 @app.callback()
 def _root(ctx: typer.Context, config: Annotated[str | None, typer.Option(
         help="TOML configuration file (default: $DICOMNODE_CONFIG)")] = None) -> None:
-    quiet = ctx.invoked_subcommand in operator.COMMANDS  # the operator's commands: warnings only
+    # the operator's commands, and echo: warnings only (a failure is their one sentence, which says why)
+    quiet = ctx.invoked_subcommand in operator.COMMANDS | {"echo"}
     ctx.obj = Invocation(config, own_logging=not quiet)
     if quiet:
         setup_logging("WARNING")
@@ -163,9 +164,9 @@ def echo(ctx: typer.Context) -> None:
     if settings.pacs is None:
         raise Failure("no PACS configured (DICOMNODE_PACS)", code=2)
     result = c_echo(settings, settings.pacs)
-    if result != 0:
-        raise Failure(f"C-ECHO {settings.pacs}: " + ("no association" if result is None else f"0x{result:04X}"))
-    print(f"C-ECHO {settings.pacs}: 0x{result:04X}")
+    if result.status != 0:
+        raise Failure(f"C-ECHO {settings.pacs}: {result}")
+    print(f"C-ECHO {settings.pacs}: {result}")
 
 
 @app.command()

@@ -173,12 +173,12 @@ def destinations_echo(ctx: typer.Context, name: str) -> None:
 
     peer = _destination(ctx, name).peer
     started = time.perf_counter()
-    status = echo(context.settings(ctx), peer)
+    result = echo(context.settings(ctx), peer)
     rtt = (time.perf_counter() - started) * 1000
-    if status is None:
-        raise Failure(f"C-ECHO {peer}: no association after {rtt:.0f} ms")
-    _out().print(f"C-ECHO {peer}: 0x{status:04X} in {rtt:.1f} ms")
-    if status != 0:
+    if result.status is None:
+        raise Failure(f"C-ECHO {peer}: {result} (after {rtt:.0f} ms)")
+    _out().print(f"C-ECHO {peer}: {result} in {rtt:.1f} ms")
+    if result.status != 0:
         raise typer.Exit(1)
 
 

@@ -7,14 +7,16 @@ An instance counts as stored only when the destination answered success (0x0000)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -48,10 +50,10 @@ def _ae(settings: Settings) -> AE:
     return ae
 
 
-def _associate(settings: Settings, ae: AE, peer: Peer) -> Association:
+def _associate(settings: Settings, ae: AE, peer: Peer, handlers: list[Any] | None = None) -> Association:
     tls_args = (client_context(settings), peer.host) if peer.tls else None
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, max_pdu=settings.max_pdu_bytes,
-                        tls_args=tls_args)
+                        tls_args=tls_args, evt_handlers=handlers)
 
 
 NEGOTIATION_TRIES = 10  # quick tries: only a peer that answers fast (rejects or resets) is asked again
@@ -118,15 +120,38 @@ def send_files(settings: Settings, peer: Peer, paths: Sequence[Path]) -> list[St
     return outcomes
 
 
-def echo(settings: Settings, peer: Peer) -> int | None:
-    """C-ECHO ``peer``; returns the status, or None when no association was established."""
+@dataclass(frozen=True)
+class Echoed:
+    """A C-ECHO's outcome: the peer's status, or (``status`` None) why it gave none, in the words an
+    operator acts on (as DCMTK's echoscu says them)."""
+
+    status: int | None
+    why: str = ""
+
+    def __str__(self) -> str:
+        return f"0x{self.status:04X}" if self.status is not None else f"no association: {self.why}"
+
+
+def echo(settings: Settings, peer: Peer) -> Echoed:
+    """C-ECHO ``peer`` (PS3.7 9.3.5): its status; else whether nothing took the connection, the peer
+    rejected the association (result, source and reason of its A-ASSOCIATE-RJ, PS3.8 9.3.4), or it
+    answered neither."""
     ae = _ae(settings)
     ae.add_requested_context(Verification)
-    assoc = _associate(settings, ae, peer)
+    connected = threading.Event()
+    assoc = _associate(settings, ae, peer, [(evt.EVT_CONN_OPEN, lambda _event: connected.set())])
     if not assoc.is_established:
-        return None
+        primitive = assoc.acceptor.primitive
+        if assoc.is_rejected and primitive is not None and primitive.result is not None:
+            why = f"{primitive.result_str} by the {primitive.source_str}: {primitive.reason_str}"
+        elif not connected.is_set():
+            why = f"no connection to {peer.host}:{peer.port}"
+        else:
+            why = ("no answer to the association request (closed, aborted, or none within "
+                   f"acse_timeout_seconds={settings.acse_timeout_seconds:g})")
+        return Echoed(None, why)
     try:
         rsp = assoc.send_c_echo()
-        return int(rsp.Status) if "Status" in rsp else None
+        return Echoed(int(rsp.Status)) if "Status" in rsp else Echoed(None, "no answer to the C-ECHO request")
     finally:
         assoc.release()

@@ -26,7 +26,7 @@ from dicomnode.settings import Settings
 from tests.support.cli import run_cli
 from tests.support.logs import stageless
 from tests.support.net import free_port
-from tests.support.peers import REPO, storescp
+from tests.support.peers import REPO, dcmqrscp, storescp
 from tests.support.synthetic import make_series, write_series
 
 
@@ -215,3 +215,35 @@ def test_web_serves_the_admin_api_alone_and_stops_on_sigterm(settings: Settings,
         assert process.wait(30) == 0
     no_port = cli(settings, "web")
     assert no_port.returncode == 2 and "Traceback" not in no_port.stderr
+
+
+def test_echo_answers_for_the_pacs(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """``dicomnode echo``: the PACS's answer; no PACS configured is a usage error; a PACS that is not
+    there, or that rejects the node's association, a failure that says which (and the rejection's reason),
+    in one sentence, without pynetdicom's own lines."""
+    one_sentence(cli(settings, "echo"), 2, "no PACS configured (DICOMNODE_PACS)")
+    env = _env(settings)
+    with storescp(tmp_path / "pacs", aet="PACS") as port:
+        done = run_cli(["echo"], {**env, "DICOMNODE_PACS": f"PACS@127.0.0.1:{port}"})
+        assert (done.returncode, done.stdout) == (0, f"C-ECHO PACS@127.0.0.1:{port}: 0x0000\n"), done.stderr
+    gone = run_cli(["echo"], {**env, "DICOMNODE_PACS": f"PACS@127.0.0.1:{port}"})  # storescp has stopped
+    one_sentence(gone, 1, f"C-ECHO PACS@127.0.0.1:{port}: no association: no connection to 127.0.0.1:{port}")
+    with dcmqrscp(tmp_path / "archive", aet="ARCHIVE") as port:  # it knows itself as ARCHIVE, not PACS
+        rejected = run_cli(["echo"], {**env, "DICOMNODE_PACS": f"PACS@127.0.0.1:{port}"})
+    one_sentence(rejected, 1, f"C-ECHO PACS@127.0.0.1:{port}: no association: Rejected Permanent by the "
+                              "Service User: Called AE title not recognised")
+
+
+def test_purge_says_how_many_studies_it_purged(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    done = cli(settings, "purge")
+    assert (done.returncode, done.stdout) == (0, "purged 0 studies\n"), done.stderr
+
+
+def test_hash_password_reads_a_pipe_and_refuses_a_short_password(settings: Settings) -> None:
+    from dicomnode.admin.auth import check_password
+
+    done = run_cli(["admin", "hash-password"], _env(settings), stdin="correct horse battery\n")
+    assert done.returncode == 0, done.stderr
+    assert check_password("correct horse battery", done.stdout.strip())
+    one_sentence(run_cli(["admin", "hash-password"], _env(settings), stdin="short\n"), 2,
+                 "use a password of at least 12 characters")

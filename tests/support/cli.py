@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -50,12 +51,23 @@ def _as_a_process(env: Mapping[str, str], cwd: Path) -> Iterator[None]:
 
 
 def run_cli(args: list[str] | tuple[str, ...], env: Mapping[str, str] | None = None,
-            cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """``dicomnode ARGS`` with ``env`` as its whole environment (default: this process's), from ``cwd``."""
+            cwd: Path = REPO, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``dicomnode ARGS`` with ``env`` as its whole environment (default: this process's), from ``cwd``,
+    reading ``stdin`` (a pipe, not a terminal)."""
     out, err = _stream(), _stream()
-    with _as_a_process(dict(os.environ) if env is None else env, cwd), redirect_stdout(out), redirect_stderr(err):
+    with _as_a_process(dict(os.environ) if env is None else env, cwd), redirect_stdout(out), redirect_stderr(err), \
+            _stdin(stdin):
         code = main(list(args))
     return subprocess.CompletedProcess(["dicomnode", *args], code, _text(out), _text(err))
+
+
+@contextmanager
+def _stdin(text: str) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 def _stream() -> io.TextIOWrapper:
