@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -109,12 +110,27 @@ def test_cli_verify_and_export(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())
     assert [r["event"] for r in rows] == ["study_received", "association_rejected"]
     assert rows[0]["patient_name"] == "DOE^JANE" and len(rows[0]["hash"]) == 64
+    assert [r["id"] for r in rows] == [1, 2] and set(rows[0]) == {
+        "id", "at", "event", "outcome", "actor", "study_uid", "patient_id", "patient_name", "detail", "prev_hash",
+        "hash"}
     assert out.stat().st_mode & 0o077 == 0  # PHI: owner-only
+    # --since is inclusive, --until exclusive, to the row's own instant
+    window = tmp_path / "window.json"
+    assert _cli(env, "audit", "export", "--since", rows[1]["at"], "--until", rows[1]["at"], "--output",
+                str(window)).returncode == 0
+    assert json.loads(window.read_text()) == []
+    assert _cli(env, "audit", "export", "--since", rows[1]["at"], "--output", str(window)).returncode == 0
+    assert [r["id"] for r in json.loads(window.read_text())][:1] == [2]
 
-    xml = _cli(env, "audit", "export", "--format", "xml", "--since", "2000-01-01")
+    xml = _cli({**env, "DICOMNODE_AUDIT_ENTERPRISE_SITE_ID": "HOSPITAL-7"}, "audit", "export", "--format", "xml",
+               "--since", "2000-01-01")
     assert xml.returncode == 0
-    # the two rows, and the first export itself ("Audit Log Used")
-    assert xml.stdout.count("<AuditMessage>") == 3
+    # the two rows, and the exports before it ("Audit Log Used"), in one XML document
+    assert xml.stdout.startswith("<?xml version='1.0' encoding='utf-8'?>\n<AuditMessages>\n")
+    assert xml.stdout.endswith("\n</AuditMessages>\n") and xml.stdout.count("<?xml") == xml.stdout.count("?>") == 1
+    messages = ET.fromstring(xml.stdout.encode()).findall("AuditMessage")
+    assert len(messages) == 5
+    assert {m.find("AuditSourceIdentification").get("AuditEnterpriseSiteID") for m in messages} == {"HOSPITAL-7"}
     for code in ("110104", "110113", "110101"):
         assert f'csd-code="{code}"' in xml.stdout
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.audit.anchor import CHECKPOINT_DETAIL, Checkpoint
 from dicomnode.audit.events import AuditEvent, Outcome
-from dicomnode.audit.models import AuditRecord
+from dicomnode.audit.models import AuditCursor, AuditRecord
 from dicomnode.audit.syslog import Forwarder
 from dicomnode.audit.trail import record
 from dicomnode.db import make_engine, make_sessionmaker, session_scope
@@ -222,3 +222,17 @@ def test_a_repository_that_never_answers_the_tls_handshake_is_given_up_and_retri
         sender.stop()
         silent.close()
     assert sender.sent == 0
+
+
+def test_a_repository_unreachable_at_stop_is_said_and_the_rows_kept(
+        settings: Settings, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture) -> None:
+    """The node's stop sends what is pending once more; a repository that is not there then is a warning,
+    and the rows stay in the trail for the next start (the cursor does not move)."""
+    caplog.set_level(logging.WARNING, logger="dicomnode.audit.syslog")
+    sender = forwarder(settings, sessions, f"tcp://127.0.0.1:{free_port()}")  # nothing listens there
+    write_events(sessions)
+    sender.stop(flush=True)
+    (said,) = [r for r in caplog.records if r.getMessage() == "audit repository unreachable at stop"]
+    assert getattr(said, "ctx", None) == {"stage": "audit"} and sender.sent == 0
+    with sessions() as session:
+        assert session.scalars(select(AuditCursor)).first() is None  # nothing was sent: nothing marked sent

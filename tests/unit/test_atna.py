@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,45 @@ def test_a_message_is_utf_8_xml_whatever_characters_it_carries() -> None:
     assert xml is not None and xml.startswith(b"<?xml version='1.0' encoding='utf-8'?>")
     assert "müller".encode() in xml and b"&#" not in xml
     assert check(xml).find("ActiveParticipant").get("UserID") == "müller"  # type: ignore[union-attr]
+
+
+def test_a_query_without_its_identifier_carries_an_empty_one() -> None:
+    """A query row that kept no identifier (the peer was never asked) has an empty ParticipantObjectQuery,
+    never the word None."""
+    query = row(AuditEvent.QUERY, "minor_failure")
+    query.detail = json.dumps({"sop_class": "1.2.840.10008.5.1.4.1.2.2.1"})
+    root = check(audit_message(query, SOURCE) or "")
+    assert [q.text or "" for q in root.iter("ParticipantObjectQuery")] == [""]
+
+
+def test_the_patient_is_identified_by_rfc_3881s_patient_number() -> None:
+    """PS3.15 A.5.3 / RFC 3881: the patient participant's ID type is code 2, Patient Number, of RFC-3881."""
+    root = check(audit_message(row(AuditEvent.STUDY_RECEIVED), SOURCE) or "")
+    patient = next(o for o in root.iterfind("ParticipantObjectIdentification")
+                   if o.get("ParticipantObjectTypeCode") == "1")
+    id_type = patient.find("ParticipantObjectIDTypeCode")
+    assert id_type is not None
+    assert (id_type.get("csd-code"), id_type.get("codeSystemName"), id_type.get("originalText")) == (
+        "2", "RFC-3881", "Patient Number")
+    assert (patient.get("ParticipantObjectID"), patient.findtext("ParticipantObjectName")) == ("PID-1", "DOE^JANE")
+
+
+def test_a_checkpoint_names_the_node_by_its_process_and_host() -> None:
+    checkpoint = Checkpoint(at="2026-11-23T19:30:01.123456Z", rows=1, head_id=1, head_hash="ab" * 32)
+    (node,) = check(checkpoint_message(checkpoint, SOURCE)).findall("ActiveParticipant")
+    assert (node.get("UserID"), node.get("AlternativeUserID"), node.get("NetworkAccessPointID")) == (
+        "DICOMNODE", "4242", "node1")
+
+
+def test_a_checkpoint_whose_value_is_not_strict_base64_does_not_read(tmp_path: Path) -> None:
+    """A checkpoint's value is base64 (RFC 4648) and read strictly: characters outside its alphabet make
+    the capture unreadable at that message, never a checkpoint read from what was left of them."""
+    checkpoint = Checkpoint(at="2026-11-23T19:30:01.123456Z", rows=3, head_id=3, head_hash="ef" * 32)
+    xml = checkpoint_message(checkpoint, SOURCE)
+    value = re.search(rb'value="([^"]+)"', xml.split(b"ParticipantObjectDetail", 1)[1])
+    assert value is not None
+    damaged = xml.replace(value.group(1), value.group(1)[:8] + b"*" + value.group(1)[8:])
+    collected = tmp_path / "collected.log"
+    collected.write_bytes(b"<85>1 - node1 dicomnode 7 IHE+RFC-3881 - \xef\xbb\xbf" + damaged)
+    with pytest.raises(ValueError, match="audit message 1 in the file does not parse"):
+        read_checkpoints(collected)
