@@ -108,3 +108,40 @@ def test_a_configuration_file_that_is_not_there_is_exit_2(tmp_path: Path, capsys
         os.umask(umask)
     error = capsys.readouterr().err
     assert error.startswith("dicomnode: configuration error: ") and str(missing) in error
+
+
+def test_a_complaint_inside_a_list_names_its_whole_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``peers.0.port``: the list, the item and the field, joined by dots as the configuration writes them."""
+
+    class _Peer(BaseModel):
+        port: int
+
+    class _Config(BaseModel):
+        peers: list[_Peer]
+
+    with pytest.raises(ValidationError) as caught:
+        _Config.model_validate({"peers": [{"port": "x"}]})
+    assert first_error(caught.value) == "peers.0.port: Input should be a valid integer, unable to parse string as an integer"
+
+
+@pytest.mark.parametrize(("name", "sentence"), [
+    ("onnxruntime.capi", "onnxruntime is not installed: install the onnx extra (`pip install 'dicomnode[onnx]'`, "
+                         "or `pip install -e '.[onnx]'`)"),
+    ("somepackage.sub", "the Python package somepackage is not installed"),
+    (None, "this installation of dicomnode is incomplete (No module named 'x')"),
+    ("dicomnode.cli.gone", "this installation of dicomnode is incomplete (No module named 'x')"),
+])
+def test_a_missing_module_is_named_with_how_to_install_it(name: str | None, sentence: str) -> None:
+    """The top-level package of the missing module decides the sentence: a known extra says how to install
+    it; another package is named; dicomnode's own module, or none, is an incomplete installation."""
+    assert _failure(ModuleNotFoundError("No module named 'x'", name=name)) == (1, sentence)
+
+
+def test_a_usage_error_names_the_command_whose_help_to_read(capsys: pytest.CaptureFixture[str]) -> None:
+    umask = os.umask(0o022)
+    try:
+        assert main(["peers", "add", "ONLYTHEAE"]) == 2
+    finally:
+        os.umask(umask)
+    error = capsys.readouterr().err
+    assert error.startswith("dicomnode: ") and error.endswith(" (see `dicomnode peers add --help`)\n"), error
