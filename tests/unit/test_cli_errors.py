@@ -121,7 +121,8 @@ def test_a_complaint_inside_a_list_names_its_whole_place(monkeypatch: pytest.Mon
 
     with pytest.raises(ValidationError) as caught:
         _Config.model_validate({"peers": [{"port": "x"}]})
-    assert first_error(caught.value) == "peers.0.port: Input should be a valid integer, unable to parse string as an integer"
+    assert first_error(caught.value) == (
+        "peers.0.port: Input should be a valid integer, unable to parse string as an integer")
 
 
 @pytest.mark.parametrize(("name", "sentence"), [
