@@ -114,6 +114,7 @@ def test_destination_api_validation_roles_echo_and_audit(settings: Settings, ses
         assert call(url, "PUT", "/api/destinations/gone", {"ae_title": "GONE", "port": closed}, token=token)[0] == 200
         status, echoed = call(url, "POST", "/api/destinations/gone/echo", token=token)
         assert status == 200 and echoed["ok"] is False
+        assert echoed["rtt_ms"] >= 0 and echoed["rtt_ms"] == round(echoed["rtt_ms"], 1)  # to a tenth of a ms
         assert re.fullmatch(rf"no association: no connection to [\w.:]+:{closed}", echoed["status"]), echoed
         status, listing = call(url, "GET", "/api/destinations", token=viewer)
         assert status == 200 and [d["name"] for d in listing["stored"]] == ["gone"]

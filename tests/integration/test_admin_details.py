@@ -177,6 +177,7 @@ def test_a_refused_console_request_is_a_page_that_says_so(serve: Serve) -> None:
     assert answer.status == 403
     assert "<title>Request refused · dicomnode</title>" in answer.text and "<h1>Request refused</h1>" in answer.text
     assert 'role="alert"' in answer.text and "nothing was changed" in answer.text
+    assert "Open the console again and repeat it there." in html.unescape(answer.text)  # what to do instead
     assert 'role="status"' not in answer.text
 
 

@@ -140,6 +140,7 @@ def test_password_flood_is_throttled_and_audited_once(base: str, sessions: sessi
     assert status == 429 and "try again later" in body["detail"]
     (row,) = _rows(sessions, "user_login_failed")  # one audit row for the whole burst
     assert json.loads(row.detail)["security_alert"] is True
+    assert json.loads(row.detail)["reason"] == "wrong user name or password"
     # the throttle is a delay, not a lock-out: after it, the right password works
     wait_for(lambda: call(base, "POST", "/api/login", {"user": "it", "password": "s3cret-pass"})[0] == 200,
              timeout=10, msg="login after the throttle delay")

@@ -24,7 +24,7 @@ from dicomnode.results.files import RESULTS_SUMMARY
 from dicomnode.settings import AdminUser, Peer, Settings
 from dicomnode.worker import Worker
 from tests.conftest import make_settings
-from tests.support.admin import admin_server, login
+from tests.support.admin import admin_server, exchange, login
 from tests.support.models import write_threshold_model
 from tests.support.net import free_port
 from tests.support.peers import storescp
@@ -156,3 +156,14 @@ def test_a_failed_jobs_notice_is_searched_and_retrieved(node: Node) -> None:
     assert retrieved == notice
     (whole,) = client.retrieve_series(study_uid, str(notice.SeriesInstanceUID))
     assert whole.SOPInstanceUID == notice.SOPInstanceUID
+    # PS3.18 8.7: a media type the node does not serve is 406, saying which it serves; none asked is served
+    token = login(node.base, "edge-a", "sender-pass")
+    path = f"/dicomweb/studies/{study_uid}/series/{notice.SeriesInstanceUID}"
+    for accept, status in (("application/json", 406), ("image/jpeg", 406), ("", 200),
+                           ('multipart/related; type="application/dicom"', 200)):
+        answer = exchange(node.base, "GET", path, {"Authorization": f"Bearer {token}",
+                                                   **({"Accept": accept} if accept else {})})
+        assert answer.status == status, accept
+        if status == 406:
+            assert json.loads(answer.text) == {
+                "detail": 'results are served as multipart/related; type="application/dicom"'}

@@ -164,8 +164,8 @@ def test_a_body_that_never_contains_its_boundary_is_refused_with_that_reason(
     status, answer = _post(url, token, b"\r\n".join([b"only a preamble"] * 50),
                            'multipart/related; type="application/dicom"; boundary=never-sent')
     assert (status, answer) == (400, {"detail": "the body does not contain its boundary; nothing was stored"})
-    assert [(d["status"], d["reason"]) for d in _refusals(sessions)] == [
-        ("HTTP 400", "STOW-RS request refused: the body does not contain its boundary")]
+    assert [(d["status"], d["reason"], d["transport"]) for d in _refusals(sessions)] == [
+        ("HTTP 400", "STOW-RS request refused: the body does not contain its boundary", "STOW-RS")]
 
 
 def test_a_sender_is_told_it_may_use_only_dicomweb(stow: tuple[str, Settings]) -> None:

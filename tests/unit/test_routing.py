@@ -6,6 +6,7 @@ from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from dicomnode.admin.rule_tester import judge
 from dicomnode.jobs.routing import effective_rules, evaluate, route, search
 from dicomnode.settings import Rule
 from tests.support.heap import steady_heap
@@ -87,3 +88,12 @@ def test_a_polynomial_pattern_is_matched_in_linear_time() -> None:
             matched = evaluate(rule, header(SeriesDescription="a" * length)).matched
             elapsed = time.perf_counter() - started
         assert not matched and elapsed < 0.5, length
+
+
+def test_the_rule_tester_shows_a_missing_description_or_modality_as_empty() -> None:
+    """A series whose header lacks SeriesDescription and Modality is listed with empty ones, as the console
+    and the CLI show them, never the word None; no rule matches it."""
+    header = Dataset()
+    header.SeriesInstanceUID = "1.2.3.4"
+    (verdict,) = judge([Rule(name="mr", model="deepbet", match={"Modality": "^MR$"})], [header], {})
+    assert (verdict.series_uid, verdict.description, verdict.modality, verdict.models) == ("1.2.3.4", "", "", ())
