@@ -333,3 +333,11 @@ def test_a_burned_in_series_that_cannot_run_here_is_not_sent(tmp_path: Path, ses
     (manifest.directory / "model.onnx").unlink()
     with pytest.raises(NotSentToRemote, match=r"^not sent to the remote model: burned-in annotation$"):
         runs_remote(manifest, remote_backend(manifest), sessions, _burned("YES"))
+
+
+def test_each_job_seed_gives_its_own_date_offset_within_the_range() -> None:
+    """The offset is the seed's (a hash of it), 366 to 3652 days: two jobs' dates are not moved alike, so
+    one job's offset, once known, tells nothing of another's."""
+    offsets = {opt.shift_days(f"job-{n}") for n in range(50)}
+    assert len(offsets) >= 45 and min(offsets) >= 366 and max(offsets) <= 3652
+    assert opt.shift_days("job-1") == opt.shift_days("job-1")

@@ -74,3 +74,14 @@ def test_prefer_local_with_no_local_queue_goes_remote_once_a_job_waits(tmp_path:
 def test_an_invalid_remote_table_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"remote\.placement"):
         _manifest(tmp_path, 'placement = "somewhere"')
+
+
+def test_local_stays_local_with_the_model_missing_and_a_long_queue(tmp_path: Path, settings: Settings,
+                                                                   sessions: sessionmaker[Session]) -> None:
+    """``placement = "local"``: the remote table is there but never used, whatever would send a
+    prefer-local job away (here both: the model's file missing, and more jobs waiting than the limit)."""
+    manifest = _manifest(tmp_path, 'placement = "local"\nmax_local_queue = 0')
+    (manifest.directory / "model.onnx").unlink()
+    _queue(settings, sessions, 2)
+    backend = remote_backend(manifest)
+    assert backend is not None and not goes_remote(manifest, backend, sessions)

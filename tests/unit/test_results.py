@@ -14,6 +14,7 @@ from dicomnode.errors import BuildError
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.volume import build_volume
 from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_header, sanitise_headers
 from dicomnode.results.seg import build_seg
 from dicomnode.results.sr import build_sr, procedure_reported, segment_volumes_ml
@@ -138,3 +139,12 @@ def test_results_from_reference_headers_equal_those_from_whole_headers(manifest:
     assert len(sanitise_headers(volume.datasets)[1]) < len(sanitise_header(volume.datasets[1])) / 2
     assert _comparable(seg_lean) == _comparable(seg_whole)
     assert _comparable(sr_lean) == _comparable(sr_whole)
+
+
+def test_a_failure_notice_that_cannot_be_built_says_so_with_the_cause(manifest: Manifest) -> None:
+    """A source without the study's identity (no Study Instance UID): BuildError, saying what could not be
+    built and why, for the job's reason and the log."""
+    source = make_series(n_slices=1, rows=8, columns=8)[0]
+    del source.StudyInstanceUID
+    with pytest.raises(BuildError, match=r"^failure notice could not be built: \S"):
+        build_failure_notice([source], manifest, "model output was empty", 7, 1)
