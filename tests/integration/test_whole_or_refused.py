@@ -477,3 +477,34 @@ def test_lenient_reading_is_scoped_to_its_readers_never_set_for_the_process(monk
     assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE  # the second still reads
     second.__exit__(None, None, None)
     assert pydicom_config.settings.reading_validation_mode == pydicom_config.WARN
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("not deflate at all", "the deflated dataset does not inflate"),
+    ("cut short", "the deflated dataset is cut short"),
+])
+def test_a_deflated_dataset_that_does_not_inflate_whole_is_refused(tmp_path: Path, case: str, reason: str) -> None:
+    """Deflated Explicit VR Little Endian (PS3.5 A.5) whose bytes are no raw deflate stream, or one that
+    ends before its last block: 0xC210, saying which."""
+    sent = _deflated()
+    body = b"\xff" * 64 if case == "not deflate at all" else sent.body[: len(sent.body) // 2]
+    _, path = _file(tmp_path, Sent(sent.uid, sent.transfer_syntax, body))
+    refused = file_refusal(path, sent.transfer_syntax, inflated_limit=2**30)
+    assert refused is not None and (refused.status, refused.reason) == (0xC210, reason)
+
+
+def test_a_sequence_delimiter_with_a_length_is_refused(tmp_path: Path) -> None:
+    """PS3.5 7.5: the Sequence Delimitation Item's length is 0; one with a length (and those bytes after it)
+    is not the encoding pydicom or any reader agrees on: 0xC210, saying so."""
+    ds = _image(8, 8)
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    ds.ReferencedImageSequence = [item]
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    body = _body(ds)
+    delimiter = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    assert body.count(delimiter) == 1
+    body = body.replace(delimiter, b"\xfe\xff\xdd\xe0\x04\x00\x00\x00" + bytes(4))
+    _, path = _file(tmp_path, Sent(str(ds.SOPInstanceUID), ExplicitVRLittleEndian, body))
+    refused = file_refusal(path, ExplicitVRLittleEndian, inflated_limit=2**30)
+    assert refused is not None and (refused.status, refused.reason) == (0xC210, "a sequence delimiter with a length")
