@@ -16,6 +16,7 @@ the same test (a stall, the defect, is the attack's whole length, or a refusal).
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import struct
 import subprocess
@@ -107,7 +108,8 @@ def rejections(scp: RunningScp) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("claimed", [1_000_000, 200_000], ids=["over-the-bound", "under-the-bound"])
-def test_stalled_association_requests_take_no_slot(start_scp_with: StartScp, instance: Path, claimed: int) -> None:
+def test_stalled_association_requests_take_no_slot(start_scp_with: StartScp, instance: Path, claimed: int,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     # measured: 11 x (header claiming 1,000,000 bytes, 70,000 sent, stall) kept STORESCU refused for 150 s
     scp = start_scp_with(first_pdu_timeout_seconds=2)  # max_associations: 10, the default
     limit = allowance(scp.port, instance)
@@ -124,6 +126,10 @@ def test_stalled_association_requests_take_no_slot(start_scp_with: StartScp, ins
     expected = (f"A-ASSOCIATE-RQ of {claimed + 6} bytes is larger than max_associate_rq_bytes=262144"
                 if claimed > 2**18 else "no A-ASSOCIATE-RQ within first_pdu_timeout_seconds=2")
     assert {r["reason"] for r in rejections(scp)} == {expected}  # audited, one row per burst
+    said = ("association rejected: A-ASSOCIATE-RQ larger than max_associate_rq_bytes" if claimed > 2**18
+            else "connection closed: no whole A-ASSOCIATE-RQ within first_pdu_timeout_seconds")
+    logged = [r for r in caplog.records if r.name == "dicomnode.receive.server" and r.levelno == logging.WARNING]
+    assert len(logged) == 11 and {r.getMessage() for r in logged} == {said}  # one line per connection turned away
 
 
 def test_an_association_request_over_256_kib_is_refused_at_once(start_scp_with: StartScp, instance: Path) -> None:

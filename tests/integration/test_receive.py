@@ -234,6 +234,9 @@ def test_association_limit(start_scp_with: StartScp) -> None:
     wait_for(lambda: any("local limit exceeded" in json.loads(r.detail)["reason"]
                          for r in _audit(scp, "association_rejected")),
              timeout=10, msg="the rejection by the association limit audited")
+    (row,) = [r for r in _audit(scp, "association_rejected")
+              if "local limit exceeded" in json.loads(r.detail)["reason"]]
+    assert (row.actor, json.loads(row.detail)["address"]) == ("STORESCU", "127.0.0.1")  # who, from where
     wait_for(lambda: echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0,
              timeout=10, msg="serving again once the held association is released")
 
