@@ -4,6 +4,7 @@ importing torch, and it falls back to TorchScript when they are missing."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -48,9 +49,14 @@ def test_onnx_masks_agree_with_torchscript(exported: Manifest, shared_data: Path
     assert dice(onnx.predict(stripped, mni.affine), torchscript.predict(stripped, mni.affine)) >= MIN_DICE
 
 
-def test_without_its_onnx_files_deepbet_runs_on_torchscript(tmp_path: Path) -> None:
+def test_without_its_onnx_files_deepbet_runs_on_torchscript(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dicomnode.inference.deepbet")
     model = DeepbetModel(_manifest_copy(tmp_path), "cpu")
     assert model.runtime == "torchscript"
+    fallback = "deepbet runs on TorchScript: its ONNX files are not usable"
+    (said,) = [r for r in caplog.records if r.getMessage() == fallback]
+    context = getattr(said, "ctx", {})
+    assert (context["stage"], context["model"]) == ("infer", "deepbet") and ".onnx" in context["reason"]  # which
 
 
 def test_a_node_serving_deepbet_through_onnx_never_imports_torch(exported: Manifest) -> None:
