@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from dicomnode.inference import distribution
 from dicomnode.inference.distribution import (
     TEMPLATE_SHAPE,
     DistributionCheck,
@@ -104,3 +105,10 @@ def test_outside_inputs_are_counted_and_the_drift_check_uses_the_reference() -> 
     assert any("input distance" in w for w in metrics.warnings())
     drift = {d.output: d for d in drift_check(manifest, {"Opacity": [0.99] * 12})}
     assert drift["Opacity"].out_of_range  # a run of confident positives leaves the reference outputs' range
+
+
+def test_blocks_average_each_block_and_a_grid_as_fine_as_the_image_is_the_image() -> None:
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(distribution._blocks(x, (4, 4)), x)  # one pixel per block
+    np.testing.assert_array_equal(distribution._blocks(x, (2, 2)), [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_array_equal(distribution._blocks(np.ones((5, 7)), (2, 3)), np.ones((2, 3)))  # edges cropped
