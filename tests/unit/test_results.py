@@ -14,6 +14,7 @@ from dicomnode.errors import BuildError
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.volume import build_volume
 from dicomnode.results.equipment import ResultIdentity
+from dicomnode.results.files import job_folder, result_series_uids
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_header, sanitise_headers
 from dicomnode.results.seg import build_seg
@@ -148,3 +149,20 @@ def test_a_failure_notice_that_cannot_be_built_says_so_with_the_cause(manifest: 
     del source.StudyInstanceUID
     with pytest.raises(BuildError, match=r"^failure notice could not be built: \S"):
         build_failure_notice([source], manifest, "model output was empty", 7, 1)
+
+
+def test_a_jobs_result_series_are_read_from_its_files_an_unreadable_one_naming_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The series the PACS may hold from a job (what the PACS count check sets aside): every readable
+    result file's series, a damaged one skipped wherever the folder lists it (here: by name, first)."""
+    listed = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(sorted(listed(self, pattern))))
+    folder = job_folder(tmp_path, 7)
+    folder.mkdir(parents=True)
+    series = [make_series(n_slices=1, rows=4, columns=4)[0] for _ in range(3)]
+    for n, ds in enumerate(series):
+        ds.save_as(folder / f"{n}-result.dcm", enforce_file_format=True)
+    for name in ("0-damaged.dcm", "9-damaged.dcm"):  # before and after the others
+        (folder / name).write_bytes(b"not DICOM")
+    assert result_series_uids(tmp_path, 7) == {str(ds.SeriesInstanceUID) for ds in series}
+    assert result_series_uids(tmp_path, 8) == set()  # a job with no folder
