@@ -58,6 +58,8 @@ def test_colliding_instance_of_another_patient_is_refused_not_merged(
     assert detail["status"] == "0xC213" and detail["security_alert"] is True
     assert "another study" in detail["reason"] and detail["sop_instance_uid"] == str(intruder.SOPInstanceUID)
     assert row.study_uid == str(intruder.StudyInstanceUID) and row.patient_id == "SYN-B"
+    assert row.patient_name == "BETA^TWO"  # whom the refused instance was of: for the privacy officer
+    assert detail["series_uid"] == str(intruder.SeriesInstanceUID)
     logged = caplog.text
     assert "UID collision" in logged
     (refusal,) = [r for r in caplog.records if "refused with 0xC213" in r.getMessage()]
