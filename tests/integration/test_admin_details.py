@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import http.client
 import json
 import re
 import socket
@@ -307,3 +308,35 @@ def test_the_study_list_filtered_by_calling_ae_holds_that_peers_studies_only(
     assert sorted(row["study_uid"] for row in answer["studies"]) == ["1.2.9.1", "1.2.9.3"]
     status, answer = call(base, "GET", "/api/studies?ae=NOBODY", token=token)
     assert (status, answer["studies"]) == (200, [])
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_a_console_on_an_ipv6_address_knows_its_own_origin(serve: Serve) -> None:
+    """admin_host = "::1": the console's origin is http://[::1]:PORT (RFC 3986 brackets), so that its own
+    forms are accepted from it."""
+    port = int(serve(admin_host="::1").rsplit(":", 1)[1])
+
+    def exchange6(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        return answer
+
+    page = exchange6("GET", "/ui/login", {})
+    nonce = next(c for c in page.headers.get_all("Set-Cookie") or [] if c.startswith(csrf.LOGIN_COOKIE))
+    nonce = nonce.split(";")[0].split("=", 1)[1]
+    form = urllib.parse.urlencode({"user": "it", "password": "s3cret-pass", "csrf_token": nonce}).encode()
+    answer = exchange6("POST", "/ui/login", {"Origin": f"http://[::1]:{port}", "Cookie": f"{csrf.LOGIN_COOKIE}={nonce}",
+                                             "Content-Type": "application/x-www-form-urlencoded"}, form)
+    assert answer.status == 303

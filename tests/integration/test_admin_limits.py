@@ -278,3 +278,22 @@ def test_malformed_parameters_get_4xx(base: str, path: str) -> None:
     method = "POST" if path.endswith(("retry", "echo")) else "GET"
     status, _ = call(base, method, path, token=token)
     assert 400 <= status < 500, (path, status)
+
+
+def test_stopping_the_web_server_waits_for_a_stalled_request_only_so_long(settings: Settings,
+                                                                         sessions: sessionmaker[Session]) -> None:
+    """A client that sent half a request and stalled holds the node's stop for the graceful shutdown's few
+    seconds, not until its own request deadline (here two minutes): a restart is never held by a client."""
+    configured = make_settings(settings.data_dir, admin_port=free_port(), admin_users=USERS,
+                               admin_request_timeout_seconds=120)
+    server = app.start_admin(app.AdminContext(configured, sessions))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
+        stalled.sendall(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{\"user\": ")
+        wait_for(lambda: len(server._server.server_state.tasks) == 1, timeout=30,
+                 msg="the stalled request in the app, waiting for the rest of its body")
+        started = time.monotonic()
+        server.shutdown()
+        stopped = time.monotonic() - started
+        server.server_close()
+    assert not server._thread.is_alive() and stopped < 25, stopped

@@ -71,7 +71,8 @@ def test_viewer_reads_masked_and_changes_nothing(base: str, sessions: sessionmak
                                ("PUT", "/api/rules/r", {"model": "deepbet"}), ("DELETE", "/api/rules/r", None),
                                ("POST", f"/api/jobs/{dead_id}/retry", None),
                                ("POST", f"/api/jobs/{queued_id}/cancel", None)):
-        assert call(base, method, path, body, token=token)[0] == 403, path
+        assert call(base, method, path, body, token=token) == (403, {
+            "detail": "the viewer role may not change anything"}), path
     assert audit_rows(sessions, "config_changed") == [] and audit_rows(sessions, "instances_accessed") == []
     with sessions() as session:
         assert session.get(Job, dead_id).status is JobStatus.DEAD_LETTER  # type: ignore[union-attr]
