@@ -140,6 +140,9 @@ def test_clean_stop_releases_held_jobs(any_sessions: sessionmaker[Session]) -> N
     assert release_held(any_sessions, "w1") == 1
     with any_sessions() as session:
         assert session.scalars(select(Job.status)).one() is JobStatus.QUEUED
+        last = session.scalars(select(JobEvent).order_by(JobEvent.id.desc())).first()
+        assert last is not None and (last.from_status, last.to_status, last.reason) == (
+            JobStatus.RUNNING, JobStatus.QUEUED, "worker stopped")  # why, in the job's history
 
 
 def test_job_whose_worker_keeps_dying_goes_to_the_dead_letter(any_sessions: sessionmaker[Session]) -> None:

@@ -301,3 +301,18 @@ def test_a_part_over_max_instance_mb_is_dropped_while_it_arrives(settings: Setti
     assert list(incoming.iterdir()) == []
     assert reader.close() == 1
     assert files.arrived == [Arrived(None, 0xA700, "instance of 3 MiB larger than max_instance_mb=1")]
+
+
+def test_a_part_whose_file_cannot_be_made_is_refused_saying_why(settings: Settings) -> None:
+    """The spool's .incoming is not a folder (a hand edit, a restore gone wrong): each part is refused with
+    0xA700 and the file system's own words, nothing written, and the request still answered per part."""
+    configured = make_settings(settings.data_dir, min_free_disk_mb=1)
+    configured.spool_dir.mkdir(parents=True, exist_ok=True)
+    (configured.spool_dir / ".incoming").write_bytes(b"not a folder")
+    files = PartFiles(configured)
+    reader = RelatedReader('multipart/related; boundary="b"', files)
+    reader.feed(b"--b\r\n\r\n" + bytes(1000) + b"\r\n--b--\r\n")
+    assert reader.close() == 1
+    (arrived,) = files.arrived
+    assert (arrived.path, arrived.status) == (None, 0xA700)
+    assert arrived.reason.startswith("could not write spool file: ") and len(arrived.reason) > 28, arrived.reason

@@ -223,3 +223,12 @@ def test_every_group_names_the_algorithm_longitudinal_ones_included() -> None:
     # the prior's and the change's groups are tracked by the job's deterministic UIDs, as every other group
     label = str(manifest.labels[0].number)
     assert _tracking_uids(sr)[1:] == [identity.uid("prior", prior_uid, label), identity.uid("change", prior_uid, label)]
+
+
+def test_a_two_frame_image_is_not_a_radiograph() -> None:
+    """A 2D model takes one frame: an image of two frames is refused, whatever its size."""
+    ds = make_radiograph(np.zeros((8, 6), np.uint16))
+    ds.NumberOfFrames = 2
+    ds.PixelData = bytes(8 * 6 * 2 * 2)
+    with pytest.raises(SeriesNotUsable, match=r"^not a single-frame image$"):
+        build_image([ds])

@@ -154,6 +154,10 @@ def test_a_demonstration_classifier_never_says_positive() -> None:
     assert summary(present, demonstration=True) == f"DEMO present: {spec.label}"
     assert summary(absent, demonstration=True) == "DEMO negative"
     assert summary(present) == f"POSITIVE {spec.label}"  # a site model's findings still sort a worklist
+    other = spec.model_copy(update={"label": "Effusion"})
+    both = ClassificationResult(classes=(ClassProbability(spec, 0.99), ClassProbability(other, 0.98)))
+    assert summary(both) == f"POSITIVE {spec.label}, Effusion"
+    assert summary(both, demonstration=True) == f"DEMO present: {spec.label}, Effusion"
 
 
 def test_the_console_dashboard_lists_each_model_with_its_routing_state(settings: Settings,

@@ -56,3 +56,16 @@ def test_target_spacing_sets_the_model_grid() -> None:
     grid = model_grid((10, 40, 40), affine, InputSpec(orientation="LPS", spacing=(1.0, 1.0, 1.0)))
     assert grid.model_shape == (20, 20, 20)
     assert resample(np.ones((10, 40, 40)), grid.model_shape).shape == (20, 20, 20)
+
+
+def test_pad_fit_into_a_grid_that_is_not_square_centres_on_each_axis_by_its_own_size() -> None:
+    """A square image into a 40 x 80 grid: scaled to 40 x 40, padded 0 rows and 20 columns on each side."""
+    fit = fit_2d((100, 100), InputSpec(dimensions=2, size=(40, 80), fit="pad"))
+    assert (fit.scaled_shape, fit.model_shape, fit.offset) == ((40, 40), (40, 80), (0, 20))
+
+
+def test_without_a_grid_the_image_keeps_its_shape() -> None:
+    fit = fit_2d((128, 64), InputSpec(dimensions=2))
+    assert (fit.scaled_shape, fit.model_shape, fit.offset) == ((128, 64), (128, 64), (0, 0))
+    image = np.arange(128 * 64, dtype=np.float32).reshape(128, 64)
+    np.testing.assert_array_equal(fit.to_model(image), image)
