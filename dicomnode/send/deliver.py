@@ -107,7 +107,7 @@ def _deliver_to(settings: Settings, sessions: sessionmaker[Session], job: Claime
     except SendError as exc:
         with session_scope(sessions) as session:
             record(session, AuditEvent.RESULT_SEND_FAILED, Outcome.SERIOUS_FAILURE, actor=actor,
-                   **job.subject(), job_id=job.id, reason=str(exc))
+                   **job.subject(), job_id=job.id, address=address, reason=str(exc))
         raise
     _record(sessions, job, target, actor, address, outcomes)
     failed = [o for o in outcomes if not o.stored]

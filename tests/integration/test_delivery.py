@@ -6,6 +6,7 @@ extra files, where a PACS that overwrites by SOP Instance UID would hide them.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,16 @@ def test_each_delivery_records_what_was_sent_where(settings: Settings, sessions:
         destinations = {row.destination for row in rows}
     assert len(written) == 2 and recorded == written
     assert destinations == {f"STORESCP@127.0.0.1:{pacs[0]}"}
+    with sessions() as session:
+        audit = session.scalars(select(AuditRecord).where(AuditRecord.event.in_(
+            ["begin_transfer_out", "result_sent"])).order_by(AuditRecord.id)).all()
+    assert [r.event for r in audit] == ["begin_transfer_out", "result_sent", "result_sent"]
+    assert {r.study_uid for r in audit} == {job_study(sessions, job_id)} and None not in {r.patient_id for r in audit}
+    assert {json.loads(r.detail)["address"] for r in audit[1:]} == {"127.0.0.1"}  # the PACS's host
+
+
+def job_study(sessions: sessionmaker[Session], job_id: int) -> str:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return str(job.series.study.study_uid)

@@ -97,6 +97,9 @@ def test_a_rejection_goes_to_the_dead_letter(settings: Settings, sessions: sessi
     (failed,) = [row for row in audit_rows(sessions, "result_send_failed") if "kind" not in json.loads(row.detail)]
     assert (failed.actor, failed.outcome) == ("archive", "serious_failure")
     assert json.loads(failed.detail)["reason"] == "archive rejected the results: HTTP 403"
+    # whose results, and where they were going: the study and the archive's address (ATNA's access point)
+    assert failed.study_uid is not None and failed.patient_id is not None
+    assert json.loads(failed.detail)["address"] == "127.0.0.1"
 
 
 def test_https_with_the_archive_ca_and_without(settings: Settings, sessions: sessionmaker[Session], models: Path,

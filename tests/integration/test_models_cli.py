@@ -97,3 +97,17 @@ def test_run_errors_are_one_sentence(tmp_path: Path, models: Path, args: tuple[s
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
+
+
+def test_list_shows_a_folder_whose_manifest_does_not_read_with_its_error(tmp_path: Path, models: Path) -> None:
+    """A model folder whose manifest is not valid is listed under its folder's name, with dashes for what
+    could not be read and the manifest's error, beside the models that read; the command fails (exit 1)."""
+    manifest = models / "threshold-test" / "manifest.toml"
+    manifest.write_text("colour = 1\n" + manifest.read_text())
+    listed = dicomnode(tmp_path, "list")
+    lines = listed.stdout.splitlines()
+    assert lines[1].split() == ["region-classifier", "2.1", "classification", "onnx", "-", "no"]
+    broken = next(line for line in lines if line.startswith("threshold-test"))
+    assert broken.split()[:6] == ["threshold-test", "-", "-", "-", "-", "no"], broken
+    assert "  ERROR: " in broken and "colour" in broken
+    assert listed.returncode == 1, listed.stderr

@@ -107,6 +107,8 @@ def test_expired_lease_is_requeued(any_sessions: sessionmaker[Session]) -> None:
     with any_sessions() as session:  # the reason an operator reads in the job's history
         last = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc())).first()
         assert last is not None and (last.to_status, last.reason) == (JobStatus.QUEUED, "lease expired: worker gone")
+        audited = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
+        assert audited is not None and audited.actor == "node"  # no worker moved it: the node did
     again = claim(any_sessions, "live-worker", 60)
     assert again is not None and again.id == job.id and again.attempts == 2
 
@@ -143,6 +145,8 @@ def test_clean_stop_releases_held_jobs(any_sessions: sessionmaker[Session]) -> N
         last = session.scalars(select(JobEvent).order_by(JobEvent.id.desc())).first()
         assert last is not None and (last.from_status, last.to_status, last.reason) == (
             JobStatus.RUNNING, JobStatus.QUEUED, "worker stopped")  # why, in the job's history
+        audited = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
+        assert audited is not None and (audited.actor, json.loads(audited.detail)["reason"]) == ("w1", "worker stopped")
 
 
 def test_job_whose_worker_keeps_dying_goes_to_the_dead_letter(any_sessions: sessionmaker[Session]) -> None:

@@ -64,3 +64,18 @@ def test_keys_are_separate_bursts_and_a_quiet_key_starts_a_new_one(sessions: ses
 def test_burst_seconds_must_be_positive(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(ValueError, match="burst_seconds must be positive"):
         BurstAuditor(sessions, burst_seconds=0)
+
+
+def test_a_refusal_exactly_burst_seconds_after_the_last_is_still_the_same_burst(
+        sessions: sessionmaker[Session]) -> None:
+    """A burst ends after burst_seconds *without* a refusal: one that comes exactly then still belongs to it
+    (and a flush at that instant closes nothing), one a moment later starts the next."""
+    clock = Clock()
+    auditor = BurstAuditor(sessions, burst_seconds=5.0, clock=clock)  # 100.0 and 5.0: exact in binary
+    assert auditor.refused(AuditEvent.ASSOCIATION_REJECTED, "k", actor="EVIL") is True
+    clock.now += 5.0
+    assert auditor.flush() == 0
+    assert auditor.refused(AuditEvent.ASSOCIATION_REJECTED, "k", actor="EVIL") is False
+    clock.now += 5.25
+    assert auditor.refused(AuditEvent.ASSOCIATION_REJECTED, "k", actor="EVIL") is True
+    assert [(r["burst"], r["count"]) for r in rows(sessions)] == [("first", 1), ("ended", 1), ("first", 1)]
