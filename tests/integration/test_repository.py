@@ -55,6 +55,9 @@ def test_queued_and_finished_jobs_name_their_model_in_the_audit_trail(any_sessio
         details = {row.event: json.loads(row.detail) for row in rows}
     assert details["job_queued"]["model"] == "deepbet" and details["job_queued"]["model_version"] == "1.0.2"
     assert details["job_queued"]["rule"] == "brain" and details["job_queued"]["series_uid"] == "1.2.3.0"
+    assert details["job_queued"]["revision"] == 1  # which content of the series the job is for
+    queued = next(row for row in rows if row.event == "job_queued")
+    assert (queued.actor, queued.study_uid) == ("router", "1.2.3")  # routing queued it, for that study
     assert details["job_succeeded"]["model"] == "deepbet" and details["job_succeeded"]["reason"] == "done"
 
 
