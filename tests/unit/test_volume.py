@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,12 @@ def test_each_slice_keeps_its_own_rescale() -> None:
     assert volume.array[0, 2, 0] == pytest.approx((10 + 2) * 2 - 100)
     assert volume.array[1, 2, 0] == pytest.approx((20 + 2) * 0.5 + 7)
     assert volume.array[2, 2, 0] == pytest.approx((30 + 2) * 2 - 100)
+
+
+def test_a_single_slice_is_a_regular_volume_without_a_spacing_to_check() -> None:
+    """One slice has no gaps: nothing to compare, and no NumPy warning of a median over nothing (warnings are
+    errors here, as they would be noise in the node's log)."""
+    (header,) = make_series(n_slices=1, rows=8, columns=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_series([header])
