@@ -145,7 +145,9 @@ def echo(settings: Settings, peer: Peer) -> Echoed:
         if assoc.is_rejected and primitive is not None and primitive.result is not None:
             why = f"{primitive.result_str} by the {primitive.source_str}: {primitive.reason_str}"
         elif not connected.is_set():
-            why = f"no connection to {peer.host}:{peer.port}"
+            why = (f"no TLS connection to {peer.host}:{peer.port} (nothing listening, or a failed handshake: "
+                   "a certificate not trusted, or not accepted)" if peer.tls
+                   else f"no connection to {peer.host}:{peer.port}")
         else:
             why = ("no answer to the association request (closed, aborted, or none within "
                    f"acse_timeout_seconds={settings.acse_timeout_seconds:g})")

@@ -51,7 +51,7 @@ def test_results_reach_a_dcmtk_scp(settings: Settings, result_files: list[Path],
                                    caplog: pytest.LogCaptureFixture) -> None:
     with storescp(tmp_path / "received") as port, caplog.at_level(logging.INFO):
         peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port)
-        assert echo(settings, peer) == 0
+        assert echo(settings, peer).status == 0
         outcomes = send_files(settings, peer, result_files)
     # one log line per answer, found by stage and destination, with no PHI of the results sent
     answers = [getattr(r, "ctx", {}) for r in caplog.records if r.getMessage() == "C-STORE answered"]

@@ -96,7 +96,7 @@ def test_scu_sends_over_tls(pki: dict[str, KeyPair], tmp_path: Path) -> None:
     files = write_series(make_series(n_slices=2), tmp_path / "out")
     with storescp(tmp_path / "received", extra_args=tls_args(pki["pacs"], pki["ca"])) as port:
         peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)
-        assert echo(settings, peer) == 0
+        assert echo(settings, peer).status == 0
         outcomes = send_files(settings, peer, files)
     assert [o.status for o in outcomes] == [0, 0]
     assert len(list((tmp_path / "received").iterdir())) == 2
@@ -109,10 +109,13 @@ def test_scu_refuses_a_pacs_with_an_untrusted_certificate(pki: dict[str, KeyPair
                              tls_key_file=pki["node"].key)
     with storescp(tmp_path / "received", extra_args=(*tls_args(pki["rogue"], pki["ca"]), "-ic")) as port:
         peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)
-        assert echo(settings, peer) is None
+        refused = echo(settings, peer)
+        assert refused.status is None and refused.why == (
+            f"no TLS connection to 127.0.0.1:{port} (nothing listening, or a failed handshake: a certificate "
+            "not trusted, or not accepted)")
     trusted = tmp_path / "trusted"
     with storescp(trusted, extra_args=(*tls_args(pki["pacs"], pki["ca"]), "-ic")) as port:  # the control
-        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) == 0
+        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)).status == 0
 
 
 def test_scu_without_a_key_presents_no_certificate(pki: dict[str, KeyPair], tmp_path: Path) -> None:
@@ -120,7 +123,7 @@ def test_scu_without_a_key_presents_no_certificate(pki: dict[str, KeyPair], tmp_
     on without one, to a PACS that asks for none (-ic)."""
     settings = make_settings(tmp_path / "data", tls_ca_file=pki["ca"].cert, tls_cert_file=pki["node"].cert)
     with storescp(tmp_path / "received", extra_args=(*tls_args(pki["pacs"], pki["ca"]), "-ic")) as port:
-        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)) == 0
+        assert echo(settings, Peer(ae_title="STORESCP", host="127.0.0.1", port=port, tls=True)).status == 0
 
 
 @pytest.mark.parametrize("missing", ["tls_cert_file", "tls_key_file"])
