@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.jobs.models import Instance, Series
 from dicomnode.store.committer import GroupCommitter, Receipt, Recorded
 from dicomnode.store.index import InstanceMeta
+from dicomnode.store.ownership import NOT_OWNED
 
 BASE = InstanceMeta(study_uid="1.2.3", series_uid="1.2.3.4", sop_instance_uid="1.2.3.4.0",
                     sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -113,3 +114,18 @@ def test_the_commit_waits_for_each_files_bytes_and_a_failed_fsync_spoils_no_othe
     with any_sessions() as session:
         stored = set(session.scalars(select(Instance.sop_instance_uid)))
     assert stored == {"1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.3"} == set(synced) & stored
+
+
+def test_a_sender_whose_study_another_sender_claimed_meanwhile_is_refused_at_commit(
+        any_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """Ownership is checked again in the commit's own transaction: a STOW-RS sender's instance for a study
+    another sender made since the landing's check is not recorded, and is answered "not owned"."""
+    committer = GroupCommitter(any_sessions)
+    first = dataclasses.replace(_receipt(tmp_path, BASE), sender="edge-a")
+    assert committer.record(first).changed  # edge-a makes the study
+    late = dataclasses.replace(_receipt(tmp_path, dataclasses.replace(BASE, sop_instance_uid="1.2.3.4.7")),
+                               sender="edge-b")
+    refused = committer.record(late)
+    assert (refused.changed, refused.not_owned, refused.collision) == (False, True, NOT_OWNED)
+    with any_sessions() as session:
+        assert set(session.scalars(select(Instance.sop_instance_uid))) == {BASE.sop_instance_uid}
