@@ -49,13 +49,18 @@ def test_echo_from_known_peer_and_audit(scp: RunningScp) -> None:
     assert [a.actor for a in _audit(scp, "association_accepted")] == ["STORESCU"]
 
 
-def test_unknown_calling_ae_is_rejected_and_audited(scp: RunningScp) -> None:
+def test_unknown_calling_ae_is_rejected_and_audited(scp: RunningScp, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dicomnode.receive.handlers")
     result = echoscu(scp.port, called="DICOMNODE", calling="INTRUDER")
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stderr + result.stdout
     (row,) = _audit(scp, "association_rejected")
     assert row.actor == "INTRUDER" and row.outcome == "minor_failure"
     assert json.loads(row.detail)["security_alert"] is True
+    reason = "calling AE title 'INTRUDER' is not a known peer"
+    assert json.loads(row.detail)["reason"] == reason
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("association rejected")] == [
+        f"association rejected: {reason}"]  # the log says why, as the audit row does
     assert echoscu(scp.port, called="DICOMNODE", calling="STORESCU").returncode == 0  # still serving
 
 
