@@ -46,12 +46,12 @@ def test_a_landing_that_raises_is_0xc2ff_and_logged(caplog: pytest.LogCaptureFix
 class _Association:
     """What the handlers read of a pynetdicom association, recording the rejection or abort they send."""
 
-    def __init__(self, *, reject_fails: bool = False) -> None:
+    def __init__(self, *, reject_fails: bool = False, abort_fails: bool = False) -> None:
         self.requestor = SimpleNamespace(ae_title="PACS", primitive=None, address="127.0.0.1")
         self.rejections: list[tuple[int, int, int]] = []
         self.aborted = False
         self.acse = SimpleNamespace(send_reject=self._reject)
-        self._reject_fails = reject_fails
+        self._reject_fails, self._abort_fails = reject_fails, abort_fails
 
     def _reject(self, result: int, source: int, diagnostic: int) -> None:
         if self._reject_fails:
@@ -59,6 +59,8 @@ class _Association:
         self.rejections.append((result, source, diagnostic))
 
     def abort(self) -> None:
+        if self._abort_fails:
+            raise OSError("the socket is gone")
         self.aborted = True
 
 
@@ -93,3 +95,11 @@ def test_a_refusal_whose_audit_row_cannot_be_written_is_logged_and_not_raised(
     handle_tls_failure("127.0.0.1", "no certificate", ctx)  # type: ignore[arg-type]
     (record,) = [r for r in caplog.records if r.getMessage() == "could not write audit row"]
     assert getattr(record, "ctx", None) == {"stage": "receive", "event": "association_rejected"}
+
+
+def test_an_association_that_can_be_neither_rejected_nor_aborted_is_said_so(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dicomnode.receive.handlers")
+    assoc = _Association(reject_fails=True, abort_fails=True)
+    handle_requested(SimpleNamespace(assoc=assoc), SimpleNamespace(settings=None))  # type: ignore[arg-type]
+    (said,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (said.getMessage(), getattr(said, "ctx", None)) == ("could not abort the association", {"stage": "receive"})
