@@ -126,6 +126,7 @@ def test_stalled_association_requests_take_no_slot(start_scp_with: StartScp, ins
     expected = (f"A-ASSOCIATE-RQ of {claimed + 6} bytes is larger than max_associate_rq_bytes=262144"
                 if claimed > 2**18 else "no A-ASSOCIATE-RQ within first_pdu_timeout_seconds=2")
     assert {r["reason"] for r in rejections(scp)} == {expected}  # audited, one row per burst
+    assert {r["address"] for r in rejections(scp)} == {"127.0.0.1"}  # where the attack came from
     said = ("association rejected: A-ASSOCIATE-RQ larger than max_associate_rq_bytes" if claimed > 2**18
             else "connection closed: no whole A-ASSOCIATE-RQ within first_pdu_timeout_seconds")
     logged = [r for r in caplog.records if r.name == "dicomnode.receive.server" and r.levelno == logging.WARNING]

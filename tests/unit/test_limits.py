@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pynetdicom.dsutils import split_dataset
 
 from dicomnode.admin.rule_tester import file_headers
 from dicomnode.store.completion import HeaderCache
+from dicomnode.store.landing import Arrival, _size_refusal
 from dicomnode.store.part10 import InflationLimit, inflate_bounded, read_to_pixels
-from tests.support.synthetic import make_series
+from tests.conftest import make_settings
+from tests.support.synthetic import make_series, write_series
 
 
 def deflate(data: bytes) -> bytes:
@@ -112,3 +115,15 @@ def test_the_rule_tester_reads_deflated_files_as_the_sweep_does(tmp_path: Path) 
     headers, skipped = file_headers([path], 16 * 2**20)  # inflates past the limit: skipped, not read whole
     assert headers == [] and skipped == [path]
     assert sorted(tmp_path.iterdir()) == [path, tmp_path / "notes.txt"]  # no inflated copy left behind
+
+
+def test_max_instance_mb_bounds_the_dataset_not_its_file_meta(tmp_path: Path) -> None:
+    """PS3.10's preamble and file meta are the node's wrapping, not the instance: a file just over
+    max_instance_mb whose dataset is within it is taken; one whose dataset is over it is refused."""
+    (path,) = write_series(make_series(n_slices=1, rows=64, columns=64), tmp_path)
+    size, start = path.stat().st_size, split_dataset(path)[1]
+    dataset = size - start
+    within = make_settings(tmp_path / "a", max_instance_mb=(dataset + start / 2) / 2**20)
+    assert _size_refusal(Arrival("k", path), within) == ""
+    over = make_settings(tmp_path / "b", max_instance_mb=(dataset - 1) / 2**20)
+    assert _size_refusal(Arrival("k", path), over).startswith("instance of 0 MiB larger than max_instance_mb=")
