@@ -156,14 +156,18 @@ class PacsCounts:
         """Ask for ``study_id``'s counts now (or join the question in flight); returns at once."""
         with self.lock:
             future = self.asking.get(study_id)
-            if future is None:
-                future = self.asking[study_id] = self.pool.submit(self._ask, study_id)
-                future.add_done_callback(lambda _f: self._done(study_id))
-            return future
+            if future is not None:
+                return future
+            future = self.asking[study_id] = self.pool.submit(self._ask, study_id)
+        # outside the lock: a question already answered runs its callback here, at once, and the
+        # callback takes the lock (inside it, the sweep's thread deadlocked on a question that failed fast)
+        future.add_done_callback(lambda done: self._done(study_id, done))
+        return future
 
-    def _done(self, study_id: int) -> None:
+    def _done(self, study_id: int, future: Future[None]) -> None:
         with self.lock:
-            self.asking.pop(study_id, None)
+            if self.asking.get(study_id) is future:  # not a newer question for the same study
+                del self.asking[study_id]
 
     def _ask(self, study_id: int) -> None:
         try:

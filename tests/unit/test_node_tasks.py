@@ -5,9 +5,12 @@ at its next interval and the node keeps running; the worker's loop and the PACS 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +27,8 @@ from dicomnode.store.completion import HeaderCache
 from dicomnode.worker import Worker
 from tests.conftest import make_settings
 from tests.support.net import wait_for
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -83,6 +88,17 @@ def test_a_worker_whose_database_fails_logs_it_and_goes_on_polling(
     assert all(getattr(r, "ctx", None) == {"stage": "worker"} for r in errors)
 
 
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()`` on a thread of its own, which must return within ``seconds`` (a deadlock fails the test,
+    and the daemon thread it leaves behind does not hold pytest's exit)."""
+    box: list[T] = []
+    thread = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"no answer within {seconds} s: deadlocked"
+    return box[0]
+
+
 def test_a_question_for_pacs_counts_that_fails_is_logged_and_answers_the_sweep(
         settings: Settings, unreachable: sessionmaker[Session], caplog: pytest.LogCaptureFixture) -> None:
     """The sweep waits on the question's future: a failure ends it (without an exception for the sweep to
@@ -90,12 +106,32 @@ def test_a_question_for_pacs_counts_that_fails_is_logged_and_answers_the_sweep(
     caplog.set_level(logging.ERROR, logger="dicomnode.query.counts")
     counts = PacsCounts(settings, unreachable)
     try:
-        asked = counts(7)
+        asked = _within(30, lambda: counts(7))
         assert asked.result(timeout=30) is None
         wait_for(lambda: 7 not in counts.asking, timeout=30, msg="the question forgotten once answered")
-        assert counts(7) is not asked  # asked afresh
+        assert _within(30, lambda: counts(7)) is not asked  # asked afresh
     finally:
         counts.stop()
     errors = [r for r in caplog.records if r.getMessage() == "asking the PACS for counts failed"]
     assert errors and all(isinstance(r.exc_info and r.exc_info[1], SQLAlchemyError) for r in errors)
     assert all(getattr(r, "ctx", None) == {"stage": "query"} for r in errors)
+
+
+def test_a_question_answered_before_it_is_registered_neither_deadlocks_nor_lingers(
+        settings: Settings, unreachable: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A question whose answer is in before the PACS counts register their callback (a study gone, no
+    query peer, a database that refuses at once: the found deadlock) returns, and is forgotten, so the
+    next sweep asks again; an answer that comes late does not forget a newer question."""
+    counts = PacsCounts(settings, unreachable)
+    answered: Future[None] = Future()
+    answered.set_result(None)
+    monkeypatch.setattr(counts.pool, "submit", lambda *_: answered)
+    try:
+        assert _within(30, lambda: counts(8)) is answered
+        assert 8 not in counts.asking
+        newer: Future[None] = Future()
+        counts.asking[8] = newer
+        counts._done(8, answered)  # the old question's callback, late
+        assert counts.asking[8] is newer
+    finally:
+        counts.stop()
