@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,13 @@ def test_without_a_grid_the_image_keeps_its_shape() -> None:
     assert (fit.scaled_shape, fit.model_shape, fit.offset) == ((128, 64), (128, 64), (0, 0))
     image = np.arange(128 * 64, dtype=np.float32).reshape(128, 64)
     np.testing.assert_array_equal(fit.to_model(image), image)
+
+
+@pytest.mark.parametrize("normalise", ["minmax", "zscore"])
+def test_a_flat_image_normalises_to_zeros_never_to_nan(normalise: str) -> None:
+    """A blank frame (every pixel the same: a detector's dark frame, a padded slice) has no range and no
+    spread: it becomes zeros, so that no NaN reaches the model, and no warning the log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = adjust(np.full((4, 5), 300, np.int16), Intensity(normalise=normalise))
+    assert out.dtype == np.float32 and np.array_equal(out, np.zeros((4, 5), np.float32))
