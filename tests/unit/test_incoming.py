@@ -44,3 +44,13 @@ def test_leftovers_older_than_a_day_are_removed_at_start_and_newer_ones_kept(set
     os.utime(old, (then, then))
     receive_into_files(settings)
     assert sorted(p.name for p in folder.iterdir()) == ["new.dcm"]
+
+
+@pytest.mark.usefixtures("restored")
+def test_a_second_start_on_the_same_spool_keeps_the_factory_and_what_it_tracks(settings: Settings) -> None:
+    """A receiving role started again in the process (the node's roles share one spool) keeps pynetdicom's
+    file factory, so that the files of associations in flight stay known to it and are removed with them."""
+    receive_into_files(settings)
+    first = dimse_messages.NamedTemporaryFile
+    receive_into_files(settings)
+    assert dimse_messages.NamedTemporaryFile is first

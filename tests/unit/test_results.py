@@ -67,6 +67,11 @@ def test_sr_volume_is_voxel_count_times_voxel_volume(manifest: Manifest) -> None
     assert sr.StudyInstanceUID == seg.StudyInstanceUID
     assert sr.SeriesInstanceUID != seg.SeriesInstanceUID
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # TID 300: the measurement names the algorithm that made it (111001 Algorithm Name, 111003 Version)
+    (number,) = values
+    said = {item.ConceptNameCodeSequence[0].CodeValue: item.TextValue
+            for item in number.get("ContentSequence", []) if item.ValueType == "TEXT"}
+    assert (said.get("111001"), said.get("111003")) == (manifest.name, manifest.version)
 
 
 def _walk(items):  # type: ignore[no-untyped-def]
