@@ -68,3 +68,11 @@ def test_malformed_times_become_empty_and_names_with_groups_are_kept() -> None:
     assert clean.StudyTime == ""
     assert str(clean.ReferringPhysicianName) == "Yamada=やまだ"  # component groups: no "^" added
     assert str(clean.PatientName) == "DOE^"
+
+
+def test_a_text_value_kept_as_bytes_loses_its_nuls_and_padding() -> None:
+    """A source's text value still in its raw bytes (an unknown character set, read leniently) is cleaned
+    as a decoded one is: NUL bytes out, padding stripped."""
+    source = make_series(n_slices=1)[0]
+    source.add(DataElement(0x00081030, "LO", b" BRAIN\x00\x00 ", validation_mode=config.IGNORE))
+    assert sanitise_header(source)["StudyDescription"].value == b"BRAIN"
