@@ -90,12 +90,12 @@ class PartFiles:
     """The :class:`~dicomnode.net.multipart.PartSink` of a STOW-RS request: each part goes into its own
     file in ``spool_dir/.incoming`` (the spool's file system, so that it lands by a rename) as it arrives,
     never into memory, with the preamble it lacks (:func:`_prefix`). A part that grows past
-    ``max_instance_mb`` (written up to it), or arrives while the disk guard trips (asked at the first part and for every
-    64 MiB) or its file cannot be written, is refused with 0xA700 there and then: its file is removed and
-    the rest of it is not written, once its UIDs are read from what was (:func:`_named`: the response's
-entry names the instance where it can). A part shorter than a preamble that does not start at its File Meta
-    Information is no Part-10 file (0xC210) and gets none. :meth:`discard` removes every file that did not
-    land, once the request has been answered (or has failed)."""
+    ``max_instance_mb`` (written up to it), or arrives while the disk guard trips (asked at the first part
+    and for every 64 MiB) or its file cannot be written, is refused with 0xA700 there and then: its file is
+    removed and the rest of it is not written, once its UIDs are read from what was (:func:`_named`: the
+    response's entry names the instance where it can). A part shorter than a preamble that does not start
+    at its File Meta Information is no Part-10 file (0xC210) and gets none. :meth:`discard` removes every
+    file that did not land, once the request has been answered (or has failed)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -127,9 +127,12 @@ class Echoed:
 
     status: int | None
     why: str = ""
+    associated: bool = False  # the association was made, and the C-ECHO got no status
 
     def __str__(self) -> str:
-        return f"0x{self.status:04X}" if self.status is not None else f"no association: {self.why}"
+        if self.status is not None:
+            return f"0x{self.status:04X}"
+        return self.why if self.associated else f"no association: {self.why}"
 
 
 def echo(settings: Settings, peer: Peer) -> Echoed:
@@ -154,6 +157,8 @@ def echo(settings: Settings, peer: Peer) -> Echoed:
         return Echoed(None, why)
     try:
         rsp = assoc.send_c_echo()
-        return Echoed(int(rsp.Status)) if "Status" in rsp else Echoed(None, "no answer to the C-ECHO request")
+        if "Status" not in rsp:
+            return Echoed(None, "no answer to the C-ECHO request", associated=True)
+        return Echoed(int(rsp.Status))
     finally:
         assoc.release()
