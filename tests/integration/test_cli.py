@@ -23,6 +23,7 @@ from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, transition
 from dicomnode.jobs.status import JobStatus
 from dicomnode.settings import Settings
+from tests.support.children import dies_with_us
 from tests.support.cli import run_cli
 from tests.support.logs import stageless
 from tests.support.net import free_port
@@ -204,7 +205,7 @@ def test_web_serves_the_admin_api_alone_and_stops_on_sigterm(settings: Settings,
     env.pop("DICOMNODE_CONFIG", None)
     with open(tmp_path / "web.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "dicomnode", "web"], cwd=REPO, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, **dies_with_us())
     try:
         wait_for(lambda: process.poll() is None and port_open(port), timeout=60, msg="dicomnode web listening")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as rsp:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.support.children import dies_with_us
 from tests.support.net import free_port, port_open, wait_for
 from tests.support.peers import REPO
 from tests.support.proxy import recording_proxy
@@ -40,7 +41,7 @@ def fl(log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``dicomnode fl ARGS`` as a process, its output going to ``log`` (a pipe could fill and stall it)."""
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "dicomnode", "fl", *args], cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, **dies_with_us())
 
 
 def finish(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:

@@ -31,6 +31,7 @@ from dicomnode.jobs.models import Instance
 from dicomnode.receive.incoming import INCOMING
 from tests.integration.conftest import RunningScp, StartScp
 from tests.support.certs import KeyPair, make_ca, make_cert
+from tests.support.children import dies_with_us
 from tests.support.net import free_port, listen_backlog, wait_for
 from tests.support.peers import DCMTK_ENV, require
 from tests.support.spooled import spool_entries
@@ -104,7 +105,8 @@ def attacker(port: int, ds: Dataset, folder: Path, *args: str) -> Iterator[Attac
     ds.save_as(path, enforce_file_format=True)
     process = subprocess.Popen([require("storescu"), "-v", "-aet", "STORESCU", "-aec", "DICOMNODE", *args,
                                 "127.0.0.1", str(port), str(path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV,
+                               **dies_with_us())
     attack = Attack(process)
     try:
         yield attack

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
+from tests.support.children import dies_with_us
 from tests.support.net import free_port, port_open, wait_for
 from tests.support.peers import REPO
 from training.sites import SITES, write_site
@@ -151,7 +152,8 @@ def test_one_round_two_site_federation(installed: Installed, workdir: Path,
     def fl(log: str, *args: str) -> subprocess.Popen[bytes]:
         with (workdir / log).open("wb") as out:
             process = subprocess.Popen([str(installed.venv / "bin" / "dicomnode"), "fl", *args], cwd=workdir,
-                                       env=installed.env(workdir), stdout=out, stderr=subprocess.STDOUT)
+                                       env=installed.env(workdir), stdout=out, stderr=subprocess.STDOUT,
+                                       **dies_with_us())
         processes.append(process)
         return process
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.children import dies_with_us
 from tests.support.logs import stageless
 from tests.support.net import free_port, port_open, wait_for
 
@@ -44,7 +45,8 @@ def storescu(port: int, files: list[Path] | Path, *, called: str, calling: str =
 @contextmanager
 def _listening(args: list[str], port: int) -> Iterator[int]:
     """A DCMTK SCP started with ``args``, once it listens on ``port``; stopped on exit."""
-    process = subprocess.Popen(args, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(args, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               **dies_with_us())
     try:
         wait_for(lambda: process.poll() is None and port_open(port), timeout=30, msg=f"{Path(args[0]).name} listening")
         yield port
@@ -185,7 +187,7 @@ end
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         with open(self.folder / "orthanc.log", "wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen([require("Orthanc"), str(self.folder / "orthanc.json")],
-                                            stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
+                                            stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV, **dies_with_us())
         wait_for(lambda: self._alive() and self.get("/system"), timeout=60, msg="Orthanc answering HTTP")
         return self
 
@@ -258,7 +260,7 @@ class NodeProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen([sys.executable, "-m", "dicomnode", self.command], cwd=REPO, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT, **dies_with_us())
         if self.command in ("serve", "receive"):
             wait_for(lambda: self._alive() and port_open(self.port), timeout=120, msg="node listening")
         else:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.jobs.models import Delivery, Instance, Job, Series, Study
 from dicomnode.jobs.status import JobStatus
+from tests.support.children import dies_with_us
 from tests.support.models import write_threshold_model
 from tests.support.net import holds_for, wait_for
 from tests.support.peers import DCMTK_ENV, NodeProcess, Orthanc, require, storescu
@@ -162,7 +163,7 @@ class Soak:
         sender = subprocess.Popen(
             [require("storescu"), "-v", "-aet", "STORESCU", "-aec", self.node.ae_title, "127.0.0.1",
              str(self.node.port), *map(str, files)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV, **dies_with_us())
         spool = self.node.data_dir / "spool" / study_uid  # this study's instances only
         wait_for(lambda: sum(1 for _ in spool.rglob("*.dcm")) >= target, timeout=60, interval=0.005,
                  msg=f"{target} instances spooled")

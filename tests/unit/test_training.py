@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.children import dies_with_us
 from training.common import DISCLAIMER, auc, dice
 from training.phantoms import TEST_SEED_BASE, VALIDATION_SEED_BASE, ct_chest, radiograph
 
@@ -28,7 +29,7 @@ MODELS = REPO / "models"
 def _smoke(script: str, out: Path, seed: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", f"training.{script}", "--smoke", "--threads", "1",
                              "--seed", str(seed), "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **dies_with_us())
 
 
 def _finish(process: subprocess.Popen[bytes]) -> None:
