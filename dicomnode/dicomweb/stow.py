@@ -41,7 +41,7 @@ from dicomnode.log import extra
 from dicomnode.receive.incoming import incoming_dir
 from dicomnode.settings import Settings
 from dicomnode.store.ingest import CANNOT_DECODE, OUT_OF_RESOURCES_DISK, SUCCESS, TOO_LARGE, Client, disk_guard
-from dicomnode.store.landing import Arrival, Landed, Landing
+from dicomnode.store.landing import Arrival, Landed, Landing, sop_uids
 from dicomnode.store.part10 import DEFER_BYTES, open_part10
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _named(path: Path, limit: int) -> tuple[str, str]:
     header comes first, values over DEFER_BYTES skipped); ("", "") where that names none."""
     try:
         with open_part10(path, limit, DEFER_BYTES) as (ds, _):
-            return str(ds.get("SOPClassUID", ""))[:64], str(ds.get("SOPInstanceUID", ""))[:64]  # as landing's
+            return sop_uids(ds)
     except Exception:  # a part cut off anywhere, or never DICOM: whatever pydicom raises
         return "", ""
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -125,8 +126,14 @@ def _size_refusal(arrival: Arrival, settings: Settings) -> str:
     return ""
 
 
+def sop_uids(ds: Dataset) -> tuple[str, str]:
+    """A header's SOP Class and Instance UIDs as a refusal names them: as they came, at most 64 characters
+    each (a UI value's bound, PS3.5 6.2), "" where absent."""
+    return str(ds.get("SOPClassUID", ""))[:64], str(ds.get("SOPInstanceUID", ""))[:64]
+
+
 def _bad_uid(exc: ValueError, sop: tuple[str, str] = ("", "")) -> Landed:
-    return Landed(BAD_UID, str(exc), sop_class_uid=sop[0][:64], sop_instance_uid=sop[1][:64])
+    return Landed(BAD_UID, str(exc), sop_class_uid=sop[0], sop_instance_uid=sop[1])
 
 
 def read_header(arrival: Arrival, inflated_limit: int) -> InstanceMeta | Landed:
@@ -143,11 +150,10 @@ def read_header(arrival: Arrival, inflated_limit: int) -> InstanceMeta | Landed:
             syntax = arrival.transfer_syntax or str(ds.file_meta.get("TransferSyntaxUID", "") or "")
             if not syntax:
                 return Landed(CANNOT_DECODE, "no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
-            sop = (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")))
             try:
                 return read_meta(ds, syntax)  # a dirty header's values, decoded leniently (dicomnode.log)
             except ValueError as exc:
-                return _bad_uid(exc, sop)
+                return _bad_uid(exc, sop_uids(ds))
     except InflationLimit as exc:
         return Landed(TOO_LARGE, str(exc))
     except Exception as exc:  # zlib.error, InvalidDicomError, anything pydicom raises on bad bytes
