@@ -18,6 +18,7 @@ from dicomnode.db import make_engine, make_sessionmaker
 from dicomnode.log import STAGES
 from dicomnode.migrate import upgrade
 from dicomnode.settings import Settings
+from tests.support.logs import logging_kept
 from tests.support.peers import REPO, Orthanc
 from tests.support.postgres import Postgres
 
@@ -69,6 +70,14 @@ def _every_record_names_its_stage() -> Iterator[None]:
     if found:
         pytest.fail("records without one of the node's stages: " + "; ".join(sorted(set(found))[:10]),
                     pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _logging_put_back() -> Iterator[None]:
+    """What a test does to the process's logging (setup_logging, a quiet CLI command run in-process) stays
+    in that test (:func:`tests.support.logs.logging_kept`)."""
+    with logging_kept():
+        yield
 
 
 @pytest.fixture(autouse=True)

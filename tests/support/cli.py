@@ -13,7 +13,6 @@ its own tests in a real process (``test_cli.py::test_the_console_script_runs_a_c
 from __future__ import annotations
 
 import io
-import logging
 import os
 import subprocess
 import sys
@@ -22,32 +21,25 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from dicomnode.cli.main import main
+from tests.support.logs import logging_kept
 from tests.support.peers import REPO
-
-# the loggers whose levels dicomnode.log.setup_logging and the CLI set
-_LOGGERS = ("", "dicomnode", "pynetdicom", "apscheduler", "pydicom", "highdicom", "alembic")
 
 
 @contextmanager
 def _as_a_process(env: Mapping[str, str], cwd: Path) -> Iterator[None]:
     environment, directory = dict(os.environ), os.getcwd()
     umask = os.umask(0o022)
-    root = logging.getLogger()
-    handlers = root.handlers[:]
-    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     try:
-        yield
+        with logging_kept():
+            yield
     finally:
         os.chdir(directory)
         os.environ.clear()
         os.environ.update(environment)
         os.umask(umask)
-        root.handlers[:] = handlers
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def run_cli(args: list[str] | tuple[str, ...], env: Mapping[str, str] | None = None,
