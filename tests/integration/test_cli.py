@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import config_store
 from dicomnode.audit.models import AuditRecord
+from dicomnode.cli import context
 from dicomnode.db import session_scope
 from dicomnode.jobs.models import Job, Series, Study
 from dicomnode.jobs.repository import claim, enqueue, transition
@@ -175,13 +176,20 @@ def test_jobs_show_retry_cancel(settings: Settings, sessions: sessionmaker[Sessi
     shown = cli(settings, "job", "show", str(dead))
     assert shown.returncode == 0 and "dead_letter" in shown.stdout
     one_sentence(cli(settings, "retry", str(queued)), 1, f"job {queued} is queued, not dead_letter")
-    assert cli(settings, "retry", str(dead)).returncode == 0
-    assert cli(settings, "cancel", str(queued)).returncode == 0
+    retried, cancelled = cli(settings, "retry", str(dead)), cli(settings, "cancel", str(queued))
+    assert (retried.returncode, retried.stdout) == (0, f"job {dead} queued again\n")
+    assert (cancelled.returncode, cancelled.stdout) == (0, f"job {queued} cancelled\n")
     with sessions() as session:
         assert session.get(Job, dead).status is JobStatus.QUEUED  # type: ignore[union-attr]
         assert session.get(Job, queued).status is JobStatus.DEAD_LETTER  # type: ignore[union-attr]
-    one_sentence(cli(settings, "job", "show", "999"), 1, "no job 999")
-    one_sentence(cli(settings, "cancel", "999"), 1, "no job 999")
+        moved = [(r.actor, json.loads(r.detail)["job_id"], json.loads(r.detail)["reason"]) for r in session.scalars(
+            select(AuditRecord).where(AuditRecord.actor != "w", AuditRecord.detail.contains("by operator"))
+            .order_by(AuditRecord.id))]
+    user = context.operator()  # the operating-system user: who moved the jobs, in the audit trail
+    assert moved == [(user, dead, f"retried by operator {user}"), (user, queued, f"cancelled by operator {user}")]
+    for missing in ("999", "0", str(2**63)):  # none such, none ever, none a database can hold
+        for command in (("job", "show"), ("retry",), ("cancel",)):
+            one_sentence(cli(settings, *command, missing), 1, f"no job {missing}")
     bad_state = cli(settings, "jobs", "--state", "exploded")
     assert bad_state.returncode == 2 and "Traceback" not in bad_state.stderr
 
@@ -190,6 +198,15 @@ def test_jobs_show_retry_cancel(settings: Settings, sessions: sessionmaker[Sessi
 def test_usage_errors_have_no_traceback(settings: Settings, args: list[str]) -> None:
     done = cli(settings, *args)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_a_group_without_its_command_shows_the_group_s_help() -> None:
+    """`dicomnode peers` alone: the group's usage and its commands (as `--help` shows them), exit status 2."""
+    done, helped = run_cli(["peers"]), run_cli(["peers", "--help"])
+    assert done.returncode == 2 and helped.returncode == 0 and done.stderr.strip() == ""  # no empty complaint
+    assert "Usage: dicomnode peers [OPTIONS] COMMAND [ARGS]..." in done.stdout
+    assert done.stdout.strip() == helped.stdout.strip()
+    assert all(f" {command} " in done.stdout for command in ("add", "list", "remove"))
 
 
 def test_web_serves_the_admin_api_alone_and_stops_on_sigterm(settings: Settings, sessions: sessionmaker[Session],
