@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -131,6 +132,14 @@ def test_cli_verify_and_export(tmp_path: Path) -> None:
     messages = ET.fromstring(xml.stdout.encode()).findall("AuditMessage")
     assert len(messages) == 5
     assert {m.find("AuditSourceIdentification").get("AuditEnterpriseSiteID") for m in messages} == {"HOSPITAL-7"}
+    assert {m.find("AuditSourceIdentification").get("AuditSourceID") for m in messages} == {"DICOMNODE"}
+    # the node in each message: its AE title, the exporting process, this host (ATNA's network access point)
+    node = [p.attrib for m in messages for p in m.findall("ActiveParticipant") if p.get("UserID") == "DICOMNODE"]
+    assert len(node) == 5 and all(p["AlternativeUserID"] == str(os.getpid()) for p in node)  # in-process CLI
+    assert all(p["NetworkAccessPointID"] == socket.gethostname() for p in node)
+    sourced = _cli({**env, "DICOMNODE_AUDIT_SOURCE_ID": "AUDIT-SRC"}, "audit", "export", "--format", "xml")
+    assert {m.find("AuditSourceIdentification").get("AuditSourceID")
+            for m in ET.fromstring(sourced.stdout.encode()).findall("AuditMessage")} == {"AUDIT-SRC"}
     for code in ("110104", "110113", "110101"):
         assert f'csd-code="{code}"' in xml.stdout
 
