@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from pydicom import dcmread
 
@@ -16,10 +17,10 @@ from tests.support.peers import dciodvfy
 from tests.support.synthetic import make_radiograph, make_series, write_series
 
 
-def dicomnode(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def dicomnode(tmp_path: Path, *args: str, device: str = "cpu") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
     env |= {"DICOMNODE_MODELS_DIR": str(tmp_path / "models"), "DICOMNODE_DATA_DIR": str(tmp_path / "data"),
-            "DICOMNODE_DEVICE": "cpu"}
+            "DICOMNODE_DEVICE": device}
     return run_cli(["models", *args], env)
 
 
@@ -41,6 +42,21 @@ def test_list_and_verify(tmp_path: Path, models: Path) -> None:
     assert verified.returncode == 0, verified.stderr
     assert "region-classifier: checksums ok, loaded on cpu, synthetic run ok (Opacity " in verified.stdout
     assert "threshold-test: checksums ok, loaded on cpu, synthetic run ok (" in verified.stdout
+
+
+def test_list_and_verify_load_on_the_configured_device(tmp_path: Path, models: Path) -> None:
+    """`device = "cuda"` where there is none: each model is unavailable and says why (the node does not
+    quietly run on the CPU what a site configured for its GPU); `auto` falls back to the CPU."""
+    if onnxruntime.get_device() == "GPU" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has a CUDA onnxruntime: the refusal is for one that has none")
+    listed = dicomnode(tmp_path, "list", "--load", device="cuda")
+    assert listed.returncode == 1
+    assert sum("UNAVAILABLE (its rules are suspended): device 'cuda' was configured, but this onnxruntime has no "
+               "CUDA provider" in line for line in listed.stdout.splitlines()) == 2
+    verified = dicomnode(tmp_path, "verify", "threshold-test", device="cuda")
+    assert verified.returncode == 1 and "device 'cuda' was configured" in verified.stdout + verified.stderr
+    auto = dicomnode(tmp_path, "list", "--load", device="auto")
+    assert auto.returncode == 0 and [line.split()[4] for line in auto.stdout.splitlines()[1:]] == ["cpu", "cpu"]
 
 
 @pytest.mark.parametrize(("damage", "message"), [
