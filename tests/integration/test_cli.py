@@ -135,6 +135,18 @@ def test_destinations_add_echo_send_remove(settings: Settings, sessions: session
     one_sentence(cli(settings, "destinations", "add", "r", "R", "h", "104", "--send", "PNG"), 2, "send")
 
 
+@pytest.mark.usefixtures("sessions")
+def test_rules_list_shows_the_demonstration_models_defaults_only_with_demo_models(settings: Settings) -> None:
+    """README: the demonstration models are installed but route nothing unless the site turns them on."""
+    def rules(demo: str) -> list[tuple[str, str]]:
+        listed = run_cli(["rules", "list"], {**_env(settings), "DICOMNODE_DEMO_MODELS": demo}).stdout
+        return [(cells[1].strip(), cells[5].strip()) for line in listed.splitlines()
+                if len(cells := line.split("\u2502")) == 7]
+    assert rules("false") == [("mr-t1-brain", "in force")]
+    assert rules("true") == [("ct-chest-nodule-demo", "in force"), ("cxr-demo", "in force"),
+                             ("mr-t1-brain", "in force")]
+
+
 def test_rules_list_and_test(settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
     listed = cli(settings, "rules", "list").stdout
     assert "mr-t1-brain" in listed and "in force" in listed
