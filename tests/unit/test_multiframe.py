@@ -41,3 +41,16 @@ def test_each_frame_gets_its_own_slope_and_intercept(where: str) -> None:
     second = (0.5, 10) if where == "per frame" else (2, -1000)
     expected = np.stack([stored[0] * 2 - 1000, stored[1] * second[0] + second[1]])
     np.testing.assert_array_equal(rescaled_frames(_image(where)), expected)
+
+
+def test_frames_without_any_rescale_are_the_stored_values() -> None:
+    """No Pixel Value Transformation anywhere (an enhanced MR may have none): slope 1, intercept 0."""
+    ds = _image("none")
+    del ds.RescaleSlope, ds.RescaleIntercept
+    np.testing.assert_array_equal(rescaled_frames(ds), np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+
+
+def test_a_transformation_with_only_an_intercept_keeps_slope_1() -> None:
+    ds = _image("the image's own")
+    del ds.RescaleSlope
+    np.testing.assert_array_equal(rescaled_frames(ds), np.arange(8, dtype=np.float32).reshape(2, 2, 2) - 1000)
