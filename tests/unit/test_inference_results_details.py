@@ -138,6 +138,16 @@ def test_every_occlusion_patch_is_a_whole_patch_inside_the_image(shape: tuple[in
         assert int(covered.sum()) == int(np.prod(window))
 
 
+def test_an_occlusion_map_is_the_mean_drop_over_the_patches_covering_each_pixel() -> None:
+    """The class depends on one pixel only: each pixel's value is the share of the patches over it that hid
+    that pixel (2 x 2 patches, stride 1, on 4 x 4: 1, 1, 1/2 and 0 along each axis), peak 1."""
+    x = np.zeros((1, 4, 4), np.float32)
+    x[0, 1, 1] = 10.0
+    maps = occlusion_maps(x, [0], Explanation(patch=2, stride=1), lambda seen: np.array([float(seen[0, 1, 1])]))
+    share = np.array([1.0, 1.0, 0.5, 0.0])
+    np.testing.assert_allclose(maps[0], np.outer(share, share), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 
