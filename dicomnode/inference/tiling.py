@@ -36,9 +36,10 @@ def weights(roi: tuple[int, ...], blend: str) -> np.ndarray:
         sigma = 0.125 * n
         g = np.exp(-0.5 * (x / sigma) ** 2)
         out = np.multiply.outer(out, g)
-    out = out / out.max()
+    # as MONAI's compute_importance_map: not rescaled to a peak of 1 (for an even roi the peak is under 1),
+    # floored at 1e-3 (never zero, so that every voxel gets a weight): the same weights where windows overlap
     result: np.ndarray = np.maximum(out, 1e-3).astype(np.float32)
-    return result  # never zero, so that every voxel gets a weight
+    return result
 
 
 def sliding_window(array: np.ndarray, spec: Tiling, predict: Predict) -> np.ndarray:

@@ -59,3 +59,13 @@ def test_a_volume_smaller_than_the_window_is_padded_with_its_edge_not_zeros() ->
     out = sliding_window(x, Tiling(roi=(4, 4), overlap=0.5), window_dependent)
     np.testing.assert_allclose(out[0], x[0])
     np.testing.assert_allclose(out[1], np.full((2, 2), 52 / 16), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "roi", "overlap"), [((20, 30, 25), (8, 16, 16), 0.25), ((40, 40), (16, 16), 0.5)])
+def test_gaussian_blend_of_a_window_dependent_model_matches_monai(shape: tuple[int, ...], roi: tuple[int, ...],
+                                                                   overlap: float) -> None:
+    """Where windows overlap, each one's output counts by its Gaussian weight at the voxel (sigma = roi / 8,
+    as MONAI's default): a model whose output depends on the window shows the weights, a pointwise one not."""
+    x = np.random.default_rng(2).normal(size=(1, *shape)).astype(np.float32)
+    ours = sliding_window(x, Tiling(roi=roi, overlap=overlap, blend="gaussian"), window_dependent)
+    np.testing.assert_allclose(ours, monai(x, roi, overlap, "gaussian"), atol=1e-4)
