@@ -85,9 +85,12 @@ def test_admin_sees_phi_and_each_view_is_audited(base: str, sessions: sessionmak
     assert status == 200 and study["patient_name"] == NAME and study["patient_id"] == PID
     assert [e["event"] for e in study["timeline"]][:1] == ["job_queued"]
     (row,) = audit_rows(sessions, "instances_accessed")
-    assert row.actor == "boss" and row.study_uid == "1.2.3" and row.patient_name == NAME
+    assert (row.actor, row.study_uid, row.patient_id, row.patient_name) == ("boss", "1.2.3", PID, NAME)
+    assert json.loads(row.detail)["reason"] == "study viewed in the admin API"
     call(base, "GET", "/api/studies", token=token)
-    assert len(audit_rows(sessions, "instances_accessed")) == 2
+    listed = audit_rows(sessions, "instances_accessed")[1:]
+    assert [(r.study_uid, r.patient_id, json.loads(r.detail)["reason"]) for r in listed] == [
+        ("1.2.3", PID, "study list viewed in the admin API")]
 
 
 def test_retry_and_cancel_are_audited_with_the_operator(base: str, sessions: sessionmaker[Session]) -> None:
