@@ -68,10 +68,14 @@ def test_health_and_metrics_need_no_login(admin: tuple[str, Settings]) -> None:
 
 def test_failed_login_is_a_security_alert(admin: tuple[str, Settings], sessions: sessionmaker[Session]) -> None:
     base, _ = admin
-    status, _ = call(base, "POST", "/api/login", {"user": "it", "password": "wrong"})
-    assert status == 401
+    status, body = call(base, "POST", "/api/login", {"user": "it", "password": "wrong"})
+    assert (status, body) == (401, {"detail": "wrong user name or password"})  # which of the two: not said
     (row,) = audit_rows(sessions, "user_login_failed")
-    assert row.actor == "it" and json.loads(row.detail)["security_alert"] is True
+    detail = json.loads(row.detail)
+    assert (row.actor, row.outcome, detail["security_alert"], detail["address"]) == (
+        "it", "minor_failure", True, "127.0.0.1")  # ATNA: a failed login is a minor failure, with where from
+    assert detail["reason"] == "wrong user name or password" and detail["burst"].startswith(
+        "further failures from 127.0.0.1 or for this user within ")
     assert call(base, "GET", "/api/studies")[0] == 401
 
 
