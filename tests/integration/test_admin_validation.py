@@ -5,6 +5,7 @@ the routing of another study."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import shutil
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
@@ -315,6 +316,25 @@ def test_console_retries_and_cancels_a_job_of_its_own_and_says_which_study_waits
     assert answer.status == 200 and f"job {queued_id} cancelled" in answer.text()
     page.goto("/ui/")
     assert page.locator("#oldest").inner_text().startswith(f"1.2.3: job {dead_id} (deepbet) is queued")
+
+
+def test_with_no_job_waiting_the_console_names_the_oldest_study_still_receiving(
+        page: Any, sessions: sessionmaker[Session]) -> None:
+    """No job queued or running: the oldest study whose instances are still arriving is the one that
+    waits, with its reason; a study already routed, or one with nothing to do, waits for nothing."""
+    with session_scope(sessions) as session:
+        session.add_all([Study(study_uid="1.2.1", calling_ae="PACS", state=StudyState.ROUTED),
+                         Study(study_uid="1.2.2", calling_ae="PACS", state=StudyState.NO_MATCH),
+                         Study(study_uid="1.2.4", calling_ae="PACS", state=StudyState.RECEIVING,
+                               state_reason="waiting for the PACS's count", first_received_at=dt.datetime(2026, 1, 2)),
+                         Study(study_uid="1.2.3", calling_ae="PACS", state=StudyState.RECEIVING,
+                               first_received_at=dt.datetime(2026, 1, 1))])  # the older, added later
+    page.goto("/ui/")
+    assert page.locator("#oldest").inner_text() == "1.2.3: instances still arriving"
+    with session_scope(sessions) as session:
+        session.execute(delete(Study).where(Study.study_uid == "1.2.3"))
+    page.goto("/ui/")
+    assert page.locator("#oldest").inner_text() == "1.2.4: waiting for the PACS's count"
 
 
 def test_the_free_disk_space_is_said_in_mib(base: str, node_settings: Settings) -> None:
