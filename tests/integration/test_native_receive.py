@@ -164,14 +164,19 @@ def test_a_pdu_ending_one_message_and_starting_the_next_hands_the_rest_to_pynetd
     assert _rows(scp).keys() == {uid1, uid2}
 
 
-def test_the_answer_fits_the_peers_maximum_pdu_size(scp: RunningScp, taken: Taken) -> None:
+@pytest.mark.parametrize("max_pdu", [64, 0])
+def test_the_answer_fits_the_peers_maximum_pdu_size(scp: RunningScp, taken: Taken, max_pdu: int) -> None:
+    """A peer's maximum of 64 bytes: the answer in PDUs of at most 64; 0 (no maximum, PS3.8 D.1.1): in one."""
     uid, data = _instance()
-    assoc = RawAssociation(scp.port, MR, max_pdu=64)
+    assoc = RawAssociation(scp.port, MR, max_pdu=max_pdu)
     assoc.send(p_data([pdv(1, COMMAND | LAST, c_store_rq(MR, uid))]) + p_data(fragments(1, data, 58)))
     answer = assoc.read_response()
     assert status(answer) == 0x0000
     assert answer is not None and answer[0x1000].rstrip(b"\0").decode() == uid
-    assert assoc.largest_pdu <= 64
+    if max_pdu:
+        assert assoc.largest_pdu <= max_pdu and assoc.data_pdus > 1
+    else:
+        assert assoc.data_pdus == 1
     assert assoc.release()
     assert taken == [uid]
 

@@ -76,6 +76,7 @@ class RawAssociation:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.sendall(associate_rq(sop_class, **request))  # type: ignore[arg-type]
         self.largest_pdu = 0  # the longest P-DATA-TF the node sent (its length field)
+        self.data_pdus = 0  # how many P-DATA-TF PDUs the node sent
         kind, body = self.read_pdu()
         self.accepted = kind == A_ASSOCIATE_AC and _context_result(body) == 0
 
@@ -90,6 +91,7 @@ class RawAssociation:
         kind, _, length = struct.unpack(">BBI", header)
         if kind == P_DATA_TF:
             self.largest_pdu = max(self.largest_pdu, length)
+            self.data_pdus += 1
         return kind, self._read(length)
 
     def read_response(self) -> dict[int, bytes] | None:
