@@ -51,6 +51,12 @@ def test_the_reference_round_trips_through_the_manifest_and_its_own_draws_are_in
     # the template is the mean training image's 16 x 16 block means, kept to 4 decimals
     expected = np.mean([_blocks(x.astype(np.float64), TEMPLATE_SHAPE) for x in _images(1, 60)], axis=0).ravel()
     assert np.abs(np.asarray(reference.template) - expected).max() <= 5e-5
+    # the correlation with the template: the training draws' median and spread, kept to 5 decimals
+    template = expected.reshape(TEMPLATE_SHAPE)
+    drawn = [distribution.features(x, distribution.LEVELS, template)[-1] for x in _images(1, 60)]
+    spread = distribution._spread(np.asarray(drawn)[:, None])[0]
+    assert reference.correlation == pytest.approx((float(np.median(drawn)), float(spread)), abs=2e-5)
+    assert 0 < reference.correlation[1] < 0.5  # a spread of a correlation: a fraction, never rounded away
 
 
 def test_an_inverted_image_is_outside_though_its_histogram_alone_might_pass() -> None:
