@@ -44,6 +44,15 @@ def test_list_and_verify(tmp_path: Path, models: Path) -> None:
     assert "threshold-test: checksums ok, loaded on cpu, synthetic run ok (" in verified.stdout
 
 
+def test_verify_runs_a_tiled_model_on_an_input_at_least_one_window_large(tmp_path: Path) -> None:
+    """A model with a sliding window whose roi is larger than the default synthetic volume (32 x 64 x 64) in
+    two axes is verified on a volume that holds a whole window, and says what it found."""
+    write_threshold_model(tmp_path / "models", 40.0, input_extra="[input.tiling]\nroi = [40, 24, 80]\noverlap = 0.5")
+    verified = dicomnode(tmp_path, "verify", "threshold-test")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("threshold-test: checksums ok, loaded on cpu, synthetic run ok (")
+
+
 def test_list_and_verify_load_on_the_configured_device(tmp_path: Path, models: Path) -> None:
     """`device = "cuda"` where there is none: each model is unavailable and says why (the node does not
     quietly run on the CPU what a site configured for its GPU); `auto` falls back to the CPU."""
