@@ -61,7 +61,7 @@ def test_every_mapped_event_is_covered() -> None:
 @pytest.mark.parametrize("event", sorted(EXPECTED))
 def test_message_structure_and_codes(event: AuditEvent) -> None:
     xml = audit_message(row(event), SOURCE)
-    assert xml is not None
+    assert xml is not None and xml.startswith(b"<?xml version='1.0' encoding='utf-8'?>\n<AuditMessage>")
     root = check(xml)
     event_id, type_code, roles = EXPECTED[event]
     assert codes(root, "EventIdentification/EventID") == [event_id]
@@ -124,7 +124,9 @@ def test_instances_accessed_names_the_person_or_the_model() -> None:
 
 def test_a_checkpoint_is_an_audit_log_used_message_that_reads_back(tmp_path: Path) -> None:
     checkpoint = Checkpoint(at="2026-11-23T19:30:01.123456Z", rows=42, head_id=45, head_hash="cd" * 32)
-    root = check(checkpoint_message(checkpoint, SOURCE))
+    xml = checkpoint_message(checkpoint, SOURCE)
+    assert xml.startswith(b"<?xml version='1.0' encoding='utf-8'?>\n<AuditMessage>")  # RFC 5425: UTF-8, as stated
+    root = check(xml)
     assert codes(root, "EventIdentification/EventID") == ["110101"]  # Audit Log Used
     assert root.findtext("EventIdentification/EventOutcomeDescription") == (
         "audit trail checkpoint: 42 rows, newest id 45")

@@ -147,6 +147,15 @@ def test_results_from_reference_headers_equal_those_from_whole_headers(manifest:
     assert _comparable(sr_lean) == _comparable(sr_whole)
 
 
+@pytest.mark.parametrize(("source_number", "offset"), [(7, 207), (107, 207), (None, 200)])
+def test_a_failure_notice_s_series_number_is_the_base_plus_200_plus_the_source_s(
+        manifest: Manifest, source_number: int | None, offset: int) -> None:
+    """models/README.md: failure notice at series_number_base + 200 + n, n = the source's SeriesNumber mod 100."""
+    source = make_series(n_slices=1, rows=8, columns=8)[0]
+    notice = build_failure_notice([source], manifest, "model output was empty", source_number, 1)
+    assert notice.SeriesNumber == manifest.series_number_base + offset
+
+
 def test_a_failure_notice_that_cannot_be_built_says_so_with_the_cause(manifest: Manifest) -> None:
     """A source without the study's identity (no Study Instance UID): BuildError, saying what could not be
     built and why, for the job's reason and the log."""
