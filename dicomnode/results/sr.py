@@ -134,16 +134,6 @@ def middle_anchor(sources: Sequence[Dataset]) -> Anchor:
     return anchor_at(sources, frames // 2, (int(sources[0].Rows) - 1) / 2, (int(sources[0].Columns) - 1) / 2)
 
 
-def fullest_anchor(sources: Sequence[Dataset], mask: np.ndarray) -> Anchor:
-    """The centre of ``mask`` ``(index, row, column)``, in source order, on its fullest image or frame."""
-    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    index = int(np.argmax(counts))
-    rows, columns = np.nonzero(mask[index])
-    if rows.size == 0:
-        return middle_anchor(sources)
-    return anchor_at(sources, index, float(rows.mean()), float(columns.mean()))
-
-
 def strongest_anchor(sources: Sequence[Dataset], heat: np.ndarray) -> Anchor:
     """The voxel where ``heat`` (``(index, row, column)`` or ``(row, column)``, source order) is highest."""
     volume = heat if heat.ndim == 3 else heat[None]
