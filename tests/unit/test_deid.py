@@ -277,6 +277,9 @@ def test_reidentify_maps_uids_back_and_restores_the_patient() -> None:
         NAME, PID, BIRTH, ACCESSION)
     assert "PatientIdentityRemoved" not in back
     assert "IssuerOfPatientID" not in series[0] and "IssuerOfPatientID" not in back
+    # a copy: the cloud's result, nested sequences too, is left as it came
+    assert result.StudyInstanceUID == copies[0].StudyInstanceUID and result.IssuerOfPatientID == "CLOUD"
+    assert result.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == copies[1].SOPInstanceUID
 
 
 # --- burned-in annotation -----------------------------------------------------------------------------

@@ -12,13 +12,14 @@ from pydicom.dataset import Dataset
 
 from dicomnode.errors import BuildError
 from dicomnode.inference.registry import Manifest, load_manifests
+from dicomnode.inference.result import Component
 from dicomnode.inference.volume import build_volume
 from dicomnode.results.equipment import ResultIdentity
 from dicomnode.results.files import job_folder, result_series_uids
 from dicomnode.results.notice import build_failure_notice
 from dicomnode.results.sanitise import sanitise_header, sanitise_headers
 from dicomnode.results.seg import build_seg
-from dicomnode.results.sr import build_sr, procedure_reported, segment_volumes_ml
+from dicomnode.results.sr import build_sr, component_anchor, procedure_reported, segment_volumes_ml
 from tests.support.peers import REPO
 from tests.support.results import box_seg
 from tests.support.synthetic import make_series
@@ -180,3 +181,15 @@ def test_a_jobs_result_series_are_read_from_its_files_an_unreadable_one_naming_n
         (folder / name).write_bytes(b"not DICOM")
     assert result_series_uids(tmp_path, 7) == {str(ds.SeriesInstanceUID) for ds in series}
     assert result_series_uids(tmp_path, 8) == set()  # a job with no folder
+
+
+@pytest.mark.parametrize(("slices", "centroid", "drawn_on"), [
+    ((2, 3, 4, 5, 6), (4.4, 1.0, 2.0), 4),  # a ball: its middle slice
+    ((1, 2, 7, 8), (4.6, 1.0, 2.0), 7),  # a horseshoe: the touched slice nearest the centroid, not its first
+])
+def test_a_component_is_drawn_on_the_slice_it_touches_nearest_its_centroid(
+        slices: tuple[int, ...], centroid: tuple[float, float, float], drawn_on: int) -> None:
+    sources = make_series(n_slices=9, rows=8, columns=8)
+    part = Component(label=1, voxels=10, volume_mm3=10.0, max_probability=0.9, slices=slices, centroid=centroid)
+    anchor = component_anchor(sources, part)
+    assert (anchor.image, anchor.frame, anchor.column, anchor.row) == (sources[drawn_on], None, 2.5, 1.5)
