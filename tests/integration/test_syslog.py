@@ -111,13 +111,15 @@ def test_tls_transport(settings: Settings, sessions: sessionmaker[Session], tmp_
     sender = forwarder(settings, sessions, f"tls://127.0.0.1:{receiver.port}", tls_ca_file=ca.cert)
     try:
         write_events(sessions)
+        sender.checkpoint(Checkpoint(at="2026-11-23T19:30:01.123456Z", rows=1, head_id=1, head_hash="ab" * 32))
         sender.start()
-        wait_for(lambda: len(receiver.messages) >= 3, timeout=20, msg="audit messages over TLS")
+        wait_for(lambda: len(receiver.messages) >= 4, timeout=20, msg="audit messages over TLS")
     finally:
         sender.stop()
         receiver.stop()
     for message in receiver.messages:
         check(message.xml)
+    assert sender.sent == len(receiver.messages) == 4  # three rows' messages and the checkpoint, each counted once
 
 
 def test_checkpoints_in_the_stream_find_a_truncated_trail(settings: Settings, tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def test_message_structure_and_codes(event: AuditEvent) -> None:
     source = root.find("AuditSourceIdentification")
     assert source is not None and source.get("AuditSourceID") == "DICOMNODE"
     assert source.get("AuditEnterpriseSiteID") == "HOSPITAL"
+    assert [c.get("csd-code") for c in source.iterfind("AuditSourceTypeCode")] == ["4"]  # application server process
     if event in STUDY_EVENTS:
         objects = {o.get("ParticipantObjectTypeCodeRole"): o for o in root.iterfind("ParticipantObjectIdentification")}
         assert codes(objects["3"], "ParticipantObjectIDTypeCode") == ["110180"]
