@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage, generate_uid
 
 from dicomnode.results.files import EVIDENCE, job_folder, node_seg_path
+from dicomnode.results.seg import evidence_region
 
 
 def _seg(folder: Path, segmentation_type: str, content_label: str) -> Path:
@@ -32,3 +34,12 @@ def test_the_evidence_region_of_a_classifier_is_not_the_nodes_segmentation(tmp_p
     segmentation = _seg(job_folder(tmp_path, 3), "BINARY", "AI_SEG")
     _seg(job_folder(tmp_path, 3), "BINARY", EVIDENCE)
     assert node_seg_path(tmp_path, 3) == segmentation
+
+
+def test_an_evidence_region_is_where_the_map_reaches_half_its_peak_and_empty_for_a_flat_map() -> None:
+    """An occlusion map that never moved the class (all 0): an empty region of the map's shape, not an error."""
+    heat = np.array([[[0.0, 0.2, 0.5], [0.49, 1.0, 0.6]]])
+    assert evidence_region(heat).tolist() == [[[False, False, True], [False, True, True]]]
+    flat = evidence_region(np.zeros((2, 3, 4)))
+    assert flat.shape == (2, 3, 4) and flat.dtype == bool and not flat.any()
+    assert evidence_region(np.zeros((0, 3))).shape == (0, 3)
