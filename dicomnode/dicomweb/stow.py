@@ -171,7 +171,7 @@ class PartFiles:
             make_private_dirs(folder)
             fd, name = tempfile.mkstemp(prefix="stow-", suffix=".dcm", dir=folder)  # owner-only
         except OSError as exc:
-            self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
+            self._refuse(OUT_OF_RESOURCES_DISK, _cannot_write(exc))
             return
         self._current = Path(name)
         self._paths.append(self._current)
@@ -184,7 +184,7 @@ class PartFiles:
         try:
             self._file.write(data)
         except OSError as exc:
-            self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
+            self._refuse(OUT_OF_RESOURCES_DISK, _cannot_write(exc))
 
     def _refuse(self, status: int, reason: str) -> None:
         self._refusal = (status, reason)
@@ -200,7 +200,12 @@ class PartFiles:
             try:
                 file.close()
             except OSError as exc:  # the last buffered bytes could not be written
-                self._refuse(OUT_OF_RESOURCES_DISK, f"could not write spool file: {exc.strerror or exc}")
+                self._refuse(OUT_OF_RESOURCES_DISK, _cannot_write(exc))
+
+
+def _cannot_write(exc: OSError) -> str:
+    """A refused part's reason when its spool file could not be made or written: the file system's words."""
+    return f"could not write spool file: {exc.strerror or exc}"
 
 
 def _named(path: Path, limit: int) -> tuple[str, str]:

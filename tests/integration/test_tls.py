@@ -55,11 +55,13 @@ def test_mutual_tls_peer_is_served(tls_scp, pki: dict[str, KeyPair]) -> None:  #
     assert result.returncode == 0, result.stderr
 
 
-def test_plain_peer_is_refused_on_the_tls_port(tls_scp) -> None:  # type: ignore[no-untyped-def]
+def test_plain_peer_is_refused_on_the_tls_port(tls_scp, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     result = echoscu(tls_scp.settings.tls_port, called="DICOMNODE", calling="STORESCU")
     assert result.returncode != 0
     # the client can see the handshake fail before the node has written its audit row: poll for it
     alerts = wait_for(lambda: security_alerts(tls_scp), timeout=10, msg="security alert audited")
+    logged = [r for r in caplog.records if r.name == "dicomnode.net.tls"]
+    assert [(r.levelname, r.getMessage()) for r in logged] == [("WARNING", alerts[0]["reason"])]  # the same words
     assert len(alerts) == 1 and re.fullmatch(r"TLS handshake failed: [A-Z_]+", str(alerts[0]["reason"]))
     assert alerts[0]["reason"] != "TLS handshake failed: None"  # OpenSSL's reason, named
     assert alerts[0]["security_alert"] is True
