@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
     SegmentationStorage,
@@ -105,6 +106,24 @@ def busy_scp() -> Iterator[int]:
         yield port
     finally:
         held.release()
+        server.shutdown()
+
+
+def test_an_echo_the_peer_associates_for_and_never_answers_says_so(settings: Settings) -> None:
+    """A peer that accepts the association and gives the C-ECHO no status within dimse_timeout_seconds (a
+    pynetdicom SCP whose C-ECHO handler hangs): "no answer to the C-ECHO request", not "no association"."""
+    answered = threading.Event()
+    ae = AE(ae_title="SLOW")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_ECHO, lambda _event: answered.wait(30) and 0x0000)])
+    try:
+        quick = settings.model_copy(update={"dimse_timeout_seconds": 1.0})
+        result = echo(quick, Peer(ae_title="SLOW", host="127.0.0.1", port=port))
+        assert (result.status, result.associated, str(result)) == (None, True, "no answer to the C-ECHO request")
+    finally:
+        answered.set()
         server.shutdown()
 
 
