@@ -71,6 +71,13 @@ def test_without_a_grid_the_image_keeps_its_shape() -> None:
     assert (fit.scaled_shape, fit.model_shape, fit.offset) == ((128, 64), (128, 64), (0, 0))
     image = np.arange(128 * 64, dtype=np.float32).reshape(128, 64)
     np.testing.assert_array_equal(fit.to_model(image), image)
+    np.testing.assert_array_equal(fit.to_source(np.stack([image, -image])), np.stack([image, -image]))  # a 2D seg's
+
+
+def test_a_padded_image_is_padded_with_its_minimum_as_float32() -> None:
+    fit = fit_2d((4, 2), InputSpec(dimensions=2, size=(4, 4), fit="pad"))
+    out = fit.to_model(np.array([[5, 6], [7, 8], [9, 10], [11, 12]], dtype=np.float32))
+    assert out.dtype == np.float32 and out.tolist() == [[5, 5, 6, 5], [5, 7, 8, 5], [5, 9, 10, 5], [5, 11, 12, 5]]
 
 
 @pytest.mark.parametrize("normalise", ["minmax", "zscore"])
