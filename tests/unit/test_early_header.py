@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from dicomnode.receive.dataphase import early
 from dicomnode.receive.dataphase.native import _file_meta
 from dicomnode.store.ingest import read_meta
+from dicomnode.store.landing import sop_uids
 from dicomnode.store.part10 import DEFER_BYTES
 from tests.support.synthetic import make_series
 
@@ -91,3 +92,13 @@ def test_a_value_that_does_not_decode_is_raised_once_the_rest_parsed(tmp_path: P
         read_meta(dcmread(path, defer_size=DEFER_BYTES), EXPLICIT)
     with pytest.raises(NotImplementedError, match="QQ"):
         early.finish(path, parsed, len(meta) + len(data))
+
+
+def test_a_refusal_names_a_header_s_uids_at_most_64_characters_each() -> None:
+    """What a refusal names (a STOW-RS FailedSOPSequence entry, an audit row) is a valid-length UI value even
+    when the header's is not (PS3.5 6.2: 64 bytes at most)."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1." * 40 + "1", "2." * 40 + "2"
+    named = sop_uids(ds)
+    assert named == (("1." * 40 + "1")[:64], ("2." * 40 + "2")[:64]) and {len(u) for u in named} == {64}
+    assert sop_uids(Dataset()) == ("", "")

@@ -171,6 +171,17 @@ def test_the_classification_label_is_the_text_a_radiologist_reads(probability: f
     assert _label(group) == label
 
 
+def test_the_probability_is_drawn_where_the_finding_is() -> None:
+    """The probability measurement of a classification without an explanation map references the middle of
+    the radiograph (an SCOORD POINT on it), as its finding does: a viewer draws it there."""
+    sr, _ = _classification_sr(0.88)
+    (group,) = _groups(sr)
+    (number,) = [item for item in group.ContentSequence if item.ValueType == "NUM"]
+    (point,) = [item for item in number.ContentSequence if item.ValueType == "SCOORD"]
+    assert (point.RelationshipType, point.GraphicType, [float(v) for v in point.GraphicData]) == (
+        "INFERRED FROM", "POINT", [8.0, 8.0])  # the centre of the 16 x 16 image, in pixels from its corner
+
+
 def test_classification_tracking_uids_are_deterministic() -> None:
     """The classification SR's Tracking UID is the job's deterministic UID, the same on every build."""
     radiograph = make_radiograph(np.full((16, 16), 1000, np.uint16))
