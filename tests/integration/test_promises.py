@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import gc
+import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from dicomnode.send.scu import send_files
 from dicomnode.settings import AdminUser, Peer, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import StartScp
-from tests.support.admin import admin_server, call, exchange
+from tests.support.admin import Answer, admin_server, call, exchange
 from tests.support.net import free_port
 from tests.support.synthetic import make_series, write_series
 from tests.support.tamper import tamper
@@ -76,6 +79,32 @@ def admin(settings: Settings, sessions: sessionmaker[Session], monkeypatch: pyte
                                admin_login_free_failures=2, admin_login_max_delay_seconds=30.0)
     with admin_server(configured, sessions) as url:
         yield url
+
+
+def test_logins_that_arrive_together_run_one_password_check_at_a_time_and_the_throttle_stops_the_rest(
+        settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: a login costs one PBKDF2 run "and one runs at a time"; after `admin_login_free_failures`
+    failures the rest "get 429 with Retry-After ... without any password check" -- those already waiting for
+    their turn too. Six wrong passwords at once, one free failure, a real-cost hash (310,000 iterations):
+    one 401, five 429."""
+    monkeypatch.setattr(app, "LoginThrottle", partial(LoginThrottle, clock=lambda: 1000.0))
+    users = [AdminUser(name="it", password_hash=hash_password("s3cret-pass"))]
+    configured = make_settings(settings.data_dir, admin_port=free_port(), min_free_disk_mb=1, admin_users=users,
+                               admin_login_free_failures=1, admin_login_max_delay_seconds=30.0)
+    with admin_server(configured, sessions) as url:
+        together = threading.Barrier(6)
+
+        def wrong(i: int) -> Answer:
+            together.wait(30)
+            return exchange(url, "POST", "/api/login", {"Content-Type": "application/json"},
+                            b'{"user": "it", "password": "guess%d"}' % i)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(wrong, range(6)))
+    assert sorted(a.status for a in answers) == [401, 429, 429, 429, 429, 429]
+    throttled = [a for a in answers if a.status == 429]
+    assert all(json.loads(a.text) == {"detail": "too many failed logins: try again later"} for a in throttled)
+    assert all(a.header("Retry-After") in ("1", "2") for a in throttled)  # the first delay, 1 s, rounded up
 
 
 def test_a_throttled_login_gets_429_with_retry_after(admin: str) -> None:
