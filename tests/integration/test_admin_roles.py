@@ -87,7 +87,12 @@ def test_admin_sees_phi_and_each_view_is_audited(base: str, sessions: sessionmak
     (row,) = audit_rows(sessions, "instances_accessed")
     assert (row.actor, row.study_uid, row.patient_id, row.patient_name) == ("boss", "1.2.3", PID, NAME)
     assert json.loads(row.detail)["reason"] == "study viewed in the admin API"
-    call(base, "GET", "/api/studies", token=token)
+    status, listing = call(base, "GET", "/api/studies", token=token)
+    (row,) = listing["studies"]  # the answer to "why is this study still waiting?"
+    assert (row["study_uid"], row["state"], row["reason"], row["calling_ae"]) == ("1.2.3", "receiving", "", "PACS")
+    assert [(j["model"], j["status"], j["reason"]) for j in row["jobs"]] == [
+        ("deepbet", "dead_letter", "association rejected"), ("deepbet", "queued", "")]
+    assert [(s["series_uid"], s["instances"]) for s in row["series"]] == [("1.2.3.0", 0), ("1.2.3.1", 0)]
     listed = audit_rows(sessions, "instances_accessed")[1:]
     assert [(r.study_uid, r.patient_id, json.loads(r.detail)["reason"]) for r in listed] == [
         ("1.2.3", PID, "study list viewed in the admin API")]
