@@ -244,6 +244,11 @@ def test_every_group_names_the_algorithm_longitudinal_ones_included() -> None:
     # the prior's and the change's groups are tracked by the job's deterministic UIDs, as every other group
     label = str(manifest.labels[0].number)
     assert _tracking_uids(sr)[1:] == [identity.uid("prior", prior_uid, label), identity.uid("change", prior_uid, label)]
+    # each says what it measured: the segment's type, as the report's own group does (TID 1501 Finding)
+    finding = [[(str(i.ConceptCodeSequence[0].CodeValue), str(i.ConceptCodeSequence[0].CodingSchemeDesignator))
+                for i in g.ContentSequence if _code(i) == "121071"] for g in groups]
+    kind = manifest.labels[0].type
+    assert finding == [[(kind.value, kind.scheme)]] * 3
 
 
 def test_a_two_frame_image_is_not_a_radiograph() -> None:
