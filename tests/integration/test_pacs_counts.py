@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -150,7 +151,8 @@ def decoded(row: AuditRecord) -> Dataset:
     return read_dataset(DicomBytesIO(base64.b64decode(json.loads(row.detail)["query"])), True, True)  # type: ignore[arg-type]
 
 
-def test_counts_that_match_start_the_job_at_once(tmp_path: Path, orthanc: Orthanc) -> None:
+def test_counts_that_match_start_the_job_at_once(tmp_path: Path, orthanc: Orthanc,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     study_uid, instances = upload(orthanc, tmp_path / "in")
     node = run_node(tmp_path, orthanc, idle=30.0)
     try:
@@ -165,6 +167,8 @@ def test_counts_that_match_start_the_job_at_once(tmp_path: Path, orthanc: Orthan
         node.stop()
     assert seen["pacs"] == SLICES and seen["series"] == {"CRASHTEST T1": SLICES}, seen
     assert seen["delay"] < 0.5, f"the job started {seen['delay']:.3f} s after the last instance"
+    failed = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failed == []  # no sweep failed on the way (a failed one is retried, and would hide here otherwise)
     rows = queries(node, study_uid)
     assert rows and all(r.outcome == "success" and r.actor == orthanc.aet for r in rows)
     assert all(r.patient_id is None and r.patient_name is None for r in rows)
