@@ -9,6 +9,7 @@ from concurrent import futures
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -165,6 +166,27 @@ def test_a_study_nothing_matches_is_audited_as_not_routed_by_the_router(
     assert (row.actor, row.outcome, row.study_uid) == ("router", "success", study.study_uid)
     assert json.loads(row.detail)["reason"] == study.state_reason
     assert study.state_reason.startswith("nothing to do: series 7: ")
+
+
+def test_a_matched_series_that_cannot_be_used_is_audited_as_skipped_with_its_study_and_patient(
+        sessions: sessionmaker[Session], manifests: InstalledModels, tmp_path: Path) -> None:
+    """A series a rule matches but the model cannot take (here: one slice tilted away from the others) is
+    skipped, and its audit row names the series, the study and the patient, with the reason."""
+    paths = receive_series(sessions, tmp_path / "spool")
+    tilted = make_series(n_slices=1, rows=8, columns=8)[0]
+    kept = dcmread(paths[1])
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SeriesDescription", "Modality"):
+        setattr(tilted, keyword, kept.data_element(keyword).value)
+    tilted.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal, in an axial series
+    tilted.save_as(paths[1], enforce_file_format=True)
+    quiet_for(sessions, IDLE + 1)
+    assert sweep(sessions, IDLE, RULES, manifests) == 1
+    with sessions() as session:
+        (row,) = session.scalars(select(AuditRecord).where(AuditRecord.event == "series_skipped")).all()
+        study = session.scalars(select(Study)).one()
+    assert (row.actor, row.outcome, row.study_uid, row.patient_id) == ("router", "minor_failure", study.study_uid, "P1")
+    detail = json.loads(row.detail)
+    assert detail["series_uid"] == str(kept.SeriesInstanceUID) and "orientation" in detail["reason"]
 
 
 def test_the_sweep_counts_every_study_it_routes(
