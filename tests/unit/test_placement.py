@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import ModelError
 from dicomnode.inference.registry import Manifest
-from dicomnode.remote.backend import goes_remote, installed, remote_backend
+from dicomnode.remote.backend import goes_remote, installed, remote_backend, runs_remote
 from dicomnode.settings import Settings
 from tests.support.models import write_threshold_model
 from tests.support.spooled import queue_job, spool
@@ -43,6 +43,10 @@ def test_an_installed_model_with_a_short_queue(tmp_path: Path, sessions: session
     manifest = _manifest(tmp_path, f'placement = "{placement}"')
     assert installed(manifest)
     assert goes_remote(manifest, remote_backend(manifest), sessions) is expected
+    # where the job runs follows (an MR series: nothing burned in that would keep it here)
+    series = make_series(n_slices=2, rows=8, columns=8)
+    assert runs_remote(manifest, remote_backend(manifest), sessions, series) is expected
+    assert runs_remote(manifest, None, sessions, series) is False  # no backend: here
 
 
 def test_prefer_local_goes_remote_when_the_model_is_missing(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
