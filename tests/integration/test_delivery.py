@@ -160,6 +160,9 @@ def test_each_delivery_records_what_was_sent_where(settings: Settings, sessions:
     assert [r.event for r in audit] == ["begin_transfer_out", "result_sent", "result_sent"]
     assert {r.study_uid for r in audit} == {job_study(sessions, job_id)} and None not in {r.patient_id for r in audit}
     assert {json.loads(r.detail)["address"] for r in audit[1:]} == {"127.0.0.1"}  # the PACS's host
+    begin = json.loads(audit[0].detail)  # what is about to leave, and to where
+    assert (audit[0].actor, begin["instances"], begin["destination"], begin["job_id"]) == (
+        settings.ae_title, 2, f"STORESCP@127.0.0.1:{pacs[0]}", job_id)
 
 
 def job_study(sessions: sessionmaker[Session], job_id: int) -> str:
