@@ -16,7 +16,7 @@ from dicomnode.errors import SeriesNotUsable
 from dicomnode.inference.explain import occlusion_maps
 from dicomnode.inference.intensity import display_values
 from dicomnode.inference.manifest import CodeSpec, Explanation, FindingSpec, Intensity
-from dicomnode.inference.postprocess import components, segment_finding
+from dicomnode.inference.postprocess import components, label_map, segment_finding
 from dicomnode.inference.registry import Manifest, load_manifests
 from dicomnode.inference.result import ClassificationResult, ClassProbability
 from dicomnode.inference.volume import build_image, build_volume
@@ -258,3 +258,14 @@ def test_a_two_frame_image_is_not_a_radiograph() -> None:
     ds.PixelData = bytes(8 * 6 * 2 * 2)
     with pytest.raises(SeriesNotUsable, match=r"^not a single-frame image$"):
         build_image([ds])
+
+
+def test_an_argmax_label_map_keeps_the_declared_labels_and_makes_the_rest_background() -> None:
+    """models/README.md, `mode = "argmax"`: the label is the channel of the highest probability; a channel
+    that is no declared label (here 2: only Brain, 1, is declared) is background."""
+    manifest = _manifest("deepbet")
+    argmax = manifest.model_copy(update={"output": manifest.output.model_copy(update={"mode": "argmax"})})
+    winner = np.array([[0, 1], [2, 1]])
+    probabilities = np.stack([(winner == c).astype(np.float32) * 0.8 + 0.1 for c in range(3)])
+    labels = label_map(probabilities, argmax)
+    assert labels.dtype == np.uint8 and labels.tolist() == [[0, 1], [0, 1]]
