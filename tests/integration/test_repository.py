@@ -77,8 +77,10 @@ def test_claim_runs_and_finishes(any_sessions: sessionmaker[Session]) -> None:
         events = session.scalars(select(JobEvent).order_by(JobEvent.id)).all()
         assert [(e.from_status, e.to_status) for e in events] == [
             (None, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING), (JobStatus.RUNNING, JobStatus.SUCCEEDED)]
-        audit = [a.event for a in session.scalars(select(AuditRecord).order_by(AuditRecord.id))]
-        assert audit == ["job_queued", "job_started", "job_succeeded"]
+        assert [e.reason for e in events][1:] == ["claimed", "done"]  # the job's history says why each move
+        audit = list(session.scalars(select(AuditRecord).order_by(AuditRecord.id)))
+        assert [a.event for a in audit] == ["job_queued", "job_started", "job_succeeded"]
+        assert (audit[1].actor, json.loads(audit[1].detail)["reason"]) == ("w1", "claimed")  # who took it
 
 
 def test_concurrent_claims_take_each_job_once(any_sessions: sessionmaker[Session]) -> None:
