@@ -269,3 +269,17 @@ def test_an_argmax_label_map_keeps_the_declared_labels_and_makes_the_rest_backgr
     probabilities = np.stack([(winner == c).astype(np.float32) * 0.8 + 0.1 for c in range(3)])
     labels = label_map(probabilities, argmax)
     assert labels.dtype == np.uint8 and labels.tolist() == [[0, 1], [0, 1]]
+
+
+def test_a_segment_s_volume_is_drawn_at_the_segment_not_the_middle_of_the_series() -> None:
+    """The box (slices 2-6, rows 4-9, columns 3-8 of a 10-slice 16 x 12 series): its volume is drawn at the
+    box's centre, (column 6, row 7) in pixels, on one of its slices; the series' middle would be row 8."""
+    manifest = _manifest("deepbet")
+    box = box_seg(manifest)
+    sr = build_sr(box.seg, box.sources, box.volumes, manifest, box.identity)
+    (group,) = _groups(sr)
+    (number,) = [item for item in group.ContentSequence if item.ValueType == "NUM"]
+    (point,) = [item for item in number.ContentSequence if item.ValueType == "SCOORD"]
+    assert (point.GraphicType, [float(v) for v in point.GraphicData]) == ("POINT", [6.0, 7.0])
+    drawn_on = str(point.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    assert drawn_on in {str(ds.SOPInstanceUID) for ds in box.sources[2:7]}
