@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.admin.auth import hash_password
+from dicomnode.admin.console import MAX_UPLOAD_FILES
 from dicomnode.admin.schemas import JOB_ID_MAX
 from dicomnode.audit.models import AuditRecord
 from dicomnode.config_store import runtime_rules
@@ -234,6 +236,23 @@ def post_form(page: Any, base: str, path: str, form: dict[str, str]) -> Any:
     strips line breaks from a text input), as a forged request would."""
     token = page.locator("input[name=csrf_token]").first.get_attribute("value")
     return page.request.post(base + path, form={**form, "csrf_token": token}, headers={"Origin": base})
+
+
+def test_the_rule_tester_takes_up_to_its_limit_of_files_and_refuses_more(page: Any, base: str) -> None:
+    """The console's rule tester reads up to MAX_UPLOAD_FILES (2000) files in one upload (a study's worth,
+    more than the form parser's default of 1000); one more is a 400, with nothing read."""
+    page.goto("/ui/rules")
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+
+    def upload(n: int) -> requests.Response:
+        files = [("files", (f"{i}.dcm", b"not DICOM")) for i in range(n)]
+        return requests.post(base + "/ui/rules/test", data={"csrf_token": token}, files=files, cookies=cookies,
+                             headers={"Origin": base}, timeout=120)
+
+    taken = upload(1500)
+    assert taken.status_code == 200 and "1500 uploaded file(s) are not DICOM" in taken.text
+    assert upload(MAX_UPLOAD_FILES + 1).status_code == 400
 
 
 @pytest.mark.parametrize("host", BAD_HOSTS)
