@@ -493,6 +493,26 @@ def test_a_deflated_dataset_that_does_not_inflate_whole_is_refused(tmp_path: Pat
     assert refused is not None and (refused.status, refused.reason) == (0xC210, reason)
 
 
+def test_an_item_that_ends_inside_an_element_s_header_is_refused_saying_so(tmp_path: Path) -> None:
+    """An item whose length ends 8 bytes into a 12-byte (OB) element header: 0xC210, the element cut short
+    inside its header -- not read on past the item's end into the bytes that follow it."""
+    ds = _image(8, 8)
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    item.add_new(0x00420011, "OB", b"\x00\x01")  # Encapsulated Document: an explicit VR long form header
+    ds.ReferencedImageSequence = [item]
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    body = _body(ds)
+    whole = 8 + 6 + 12 + 2  # the UI element (header and "1.2.3" padded), the OB element (header and value)
+    header = b"\xfe\xff\x00\xe0" + struct.pack("<I", whole)
+    assert body.count(header) == 1
+    body = body.replace(header, b"\xfe\xff\x00\xe0" + struct.pack("<I", 8 + 6 + 8))  # ends inside the OB header
+    _, path = _file(tmp_path, Sent(str(ds.SOPInstanceUID), ExplicitVRLittleEndian, body))
+    refused = file_refusal(path, ExplicitVRLittleEndian, inflated_limit=2**30)
+    assert refused is not None and (refused.status, refused.reason) == (
+        0xC210, "an element cut short (the dataset ends inside its header)")
+
+
 def test_a_sequence_delimiter_with_a_length_is_refused(tmp_path: Path) -> None:
     """PS3.5 7.5: the Sequence Delimitation Item's length is 0; one with a length (and those bytes after it)
     is not the encoding pydicom or any reader agrees on: 0xC210, saying so."""
