@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
@@ -210,10 +211,12 @@ def test_bad_requests_store_nothing(base: str, configured: Settings, sessions: s
     assert _instances(sessions) == 0 and _spooled(configured) == []
 
 
-def test_a_stalled_upload_is_cut_at_the_dicomweb_deadline(settings: Settings, sessions: sessionmaker[Session]
-                                                          ) -> None:
+@contextmanager
+def _upload_begun(configured: Settings, sessions: sessionmaker[Session]
+                  ) -> Iterator[tuple[socket.socket, bytes, float]]:
+    """A STOW-RS request of two instances whose headers and first 100 bytes of body are sent, on a connection
+    of its own: the socket, the whole body, and when the sending began."""
     body, ctype = encode_related([_part10(ds) for ds in _series(2)])
-    configured = _settings(settings, admin_request_timeout_seconds=0.5, dicomweb_request_timeout_seconds=2.0)
     with admin_server(configured, sessions) as url:
         token = login(url, "edge-a", "sender-pass")
         port = int(url.rsplit(":", 1)[1])
@@ -221,8 +224,15 @@ def test_a_stalled_upload_is_cut_at_the_dicomweb_deadline(settings: Settings, se
             started = time.monotonic()
             sock.sendall(f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                          f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-            assert sock.recv(1024) == b""  # closed by the server, without an answer
-            elapsed = time.monotonic() - started
+            yield sock, body, started
+
+
+def test_a_stalled_upload_is_cut_at_the_dicomweb_deadline(settings: Settings, sessions: sessionmaker[Session]
+                                                          ) -> None:
+    configured = _settings(settings, admin_request_timeout_seconds=0.5, dicomweb_request_timeout_seconds=2.0)
+    with _upload_begun(configured, sessions) as (sock, _, started):
+        assert sock.recv(1024) == b""  # closed by the server, without an answer
+        elapsed = time.monotonic() - started
     assert 1.5 < elapsed < 20  # the upload's own deadline, not admin_request_timeout_seconds
     assert _instances(sessions) == 0 and _spooled(configured) == []
 
@@ -231,26 +241,19 @@ def test_a_trickled_upload_is_cut_at_the_dicomweb_deadline_too(settings: Setting
                                                                ) -> None:
     """A client that keeps sending a few bytes does not renew the deadline: the whole request must arrive
     within `dicomweb_request_timeout_seconds` (a slow-drip client holds a slot no longer than a stalled one)."""
-    body, ctype = encode_related([_part10(ds) for ds in _series(2)])
     configured = _settings(settings, admin_request_timeout_seconds=0.5, dicomweb_request_timeout_seconds=2.0)
-    with admin_server(configured, sessions) as url:
-        token = login(url, "edge-a", "sender-pass")
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            started = time.monotonic()
-            sock.sendall(f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-            sent, closed = 100, False
-            sock.settimeout(0.2)
-            while not closed and time.monotonic() - started < 30:
+    with _upload_begun(configured, sessions) as (sock, body, started):
+        sent, closed = 100, False
+        sock.settimeout(0.2)
+        while not closed and time.monotonic() - started < 30:
+            try:
+                closed = sock.recv(1024) == b""  # closed by the server, without an answer
+            except TimeoutError:  # still open: 16 more bytes
                 try:
-                    closed = sock.recv(1024) == b""  # closed by the server, without an answer
-                except TimeoutError:  # still open: 16 more bytes
-                    try:
-                        sock.sendall(body[sent:sent + 16])
-                        sent += 16
-                    except OSError:  # reset by the server
-                        closed = True
-            elapsed = time.monotonic() - started
+                    sock.sendall(body[sent:sent + 16])
+                    sent += 16
+                except OSError:  # reset by the server
+                    closed = True
+        elapsed = time.monotonic() - started
     assert closed and 1.5 < elapsed < 20 and sent < len(body)
     assert _instances(sessions) == 0 and _spooled(configured) == []

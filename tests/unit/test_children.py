@@ -15,13 +15,14 @@ from tests.support.net import holds_for, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 # The "test run": starts a sleeper (with or without the helper), says its pid, then waits to be killed.
+# Both processes block until a signal ends them (signal.pause): no sleep of a guessed length.
 RUN = """
-import subprocess, sys, time
+import signal, subprocess, sys
 from tests.support.children import dies_with_us
 extra = dies_with_us() if sys.argv[1] == "armed" else {}
-sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], **extra)
+sleeper = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], **extra)
 print(sleeper.pid, flush=True)
-time.sleep(120)
+signal.pause()
 """
 
 
